@@ -1,0 +1,305 @@
+"""Model and stream configuration: small dataclasses with ``validate()`` and a preset registry.
+
+NumPy-free and torch-free: the runtime reads these from a model directory's manifest, the
+PyTorch reference builds modules from them. Every size the runtime uses comes from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ConfigError",
+    "DiTConfig",
+    "VAEConfig",
+    "AudioConfig",
+    "StreamConfig",
+    "ScheduleConfig",
+    "ModelConfig",
+    "PRESETS",
+    "from_name",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the field and the value."""
+
+
+def _check(cond: bool, where: str, name: str, value, expect: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}.{name}={value!r} is invalid: {expect}")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Wan2.1-style DiT sizes. ``in_dim`` = latent + masked-source latent + mask channels."""
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    rope_theta: float = 10000.0
+    eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def validate(self) -> "DiTConfig":
+        w = "dit"
+        _check(self.dim > 0, w, "dim", self.dim, "must be > 0")
+        _check(self.num_heads > 0 and self.dim % self.num_heads == 0, w, "num_heads", self.num_heads,
+               f"must divide dim={self.dim}")
+        hd = self.dim // max(self.num_heads, 1)
+        _check(hd % 2 == 0 and hd >= 12, w, "head_dim", hd,
+               "dim/num_heads must be even and >= 12 (3-D RoPE splits it over frame/height/width)")
+        _check(self.num_layers > 0, w, "num_layers", self.num_layers, "must be > 0")
+        _check(self.ffn_dim > 0, w, "ffn_dim", self.ffn_dim, "must be > 0")
+        _check(self.freq_dim > 0 and self.freq_dim % 2 == 0, w, "freq_dim", self.freq_dim, "must be even and > 0")
+        _check(tuple(self.patch_size)[0] == 1 and len(self.patch_size) == 3, w, "patch_size", self.patch_size,
+               "must be (1, ph, pw): frames are never patched together (block-causal chunks)")
+        _check(self.rope_theta > 1, w, "rope_theta", self.rope_theta, "must be > 1")
+        return self
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Streaming VAE: 8x spatial and ``temporal_compression``x temporal compression, causal in time."""
+
+    z_dim: int = 16
+    base_channels: int = 32
+    spatial_compression: int = 8
+    temporal_compression: int = 4
+
+    def validate(self) -> "VAEConfig":
+        w = "vae"
+        _check(self.z_dim > 0, w, "z_dim", self.z_dim, "must be > 0")
+        _check(self.base_channels > 0, w, "base_channels", self.base_channels, "must be > 0")
+        _check(self.spatial_compression == 8, w, "spatial_compression", self.spatial_compression,
+               "must be 8 (three stride-2 stages, as in Wan's VAE)")
+        _check(self.temporal_compression >= 1, w, "temporal_compression", self.temporal_compression, "must be >= 1")
+        return self
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Log-mel front end and the per-frame audio encoder.
+
+    16 kHz mono; hop 160 samples (10 ms), so a 25 fps video frame owns 640 samples = 4 mel frames.
+    The encoder sees, for video frame i, the mel frames of video frames
+    ``[i - context_frames, i + lookahead_frames]``; ``lookahead_frames`` adds to the algorithmic latency.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 80
+    context_frames: int = 2
+    lookahead_frames: int = 2
+    tokens_per_frame: int = 4
+    token_dim: int = 256
+    hidden_dim: int = 512
+
+    def validate(self, fps: float = 25.0) -> "AudioConfig":
+        w = "audio"
+        _check(self.sample_rate == 16000, w, "sample_rate", self.sample_rate, "the model runs at 16000 Hz")
+        spf = self.sample_rate / fps
+        _check(abs(spf - round(spf)) < 1e-9 and round(spf) % self.hop_length == 0, w, "hop_length", self.hop_length,
+               f"must divide the samples per video frame ({spf:g} at fps={fps:g})")
+        _check(self.n_fft >= self.hop_length, w, "n_fft", self.n_fft, f"must be >= hop_length={self.hop_length}")
+        _check(self.n_mels > 0, w, "n_mels", self.n_mels, "must be > 0")
+        _check(self.context_frames >= 0, w, "context_frames", self.context_frames, "must be >= 0")
+        _check(self.lookahead_frames >= 0, w, "lookahead_frames", self.lookahead_frames, "must be >= 0")
+        _check(self.tokens_per_frame > 0, w, "tokens_per_frame", self.tokens_per_frame, "must be > 0")
+        _check(self.token_dim > 0, w, "token_dim", self.token_dim, "must be > 0")
+        return self
+
+    def mels_per_video_frame(self, fps: float) -> int:
+        return int(round(self.sample_rate / fps)) // self.hop_length
+
+    def window_video_frames(self) -> int:
+        return self.context_frames + 1 + self.lookahead_frames
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Chunking and cache sizes, in latent frames; resolution of the face crop in pixels."""
+
+    fps: float = 25.0
+    resolution: int = 128
+    chunk_frames: int = 1
+    window_frames: int = 6
+    sink_frames: int = 1
+
+    def validate(self, vae: VAEConfig | None = None, dit: DiTConfig | None = None) -> "StreamConfig":
+        w = "stream"
+        _check(self.fps > 0, w, "fps", self.fps, "must be > 0")
+        _check(self.chunk_frames >= 1, w, "chunk_frames", self.chunk_frames, "must be >= 1 latent frame")
+        _check(self.window_frames >= 0, w, "window_frames", self.window_frames, "must be >= 0")
+        _check(self.sink_frames >= 0, w, "sink_frames", self.sink_frames, "must be >= 0")
+        mult = 16
+        if vae is not None and dit is not None:
+            mult = vae.spatial_compression * dit.patch_size[1]
+        _check(self.resolution > 0 and self.resolution % mult == 0, w, "resolution", self.resolution,
+               f"must be a positive multiple of {mult} (VAE 8x times the DiT patch)")
+        return self
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Two-step rectified-flow schedule ``x_t = (1-t) x0 + t eps``.
+
+    Step 1 at ``t=1``; re-noise to ``t_land`` (mid-trajectory, from the teacher analysis);
+    step 2; then, if ``cache_pass == "clean"``, one more pass at ``t=0`` on the clean chunk writes
+    the cache (Self Forcing). ``cache_pass == "last_step"`` keeps the keys/values of step 2 instead.
+    """
+
+    t_land: float = 0.5
+    cache_pass: str = "clean"
+    seed: int = 0
+
+    def validate(self) -> "ScheduleConfig":
+        w = "schedule"
+        _check(0.0 < self.t_land < 1.0, w, "t_land", self.t_land, "must be strictly between 0 and 1")
+        _check(self.cache_pass in ("clean", "last_step"), w, "cache_pass", self.cache_pass,
+               "must be 'clean' (a t=0 pass writes the cache) or 'last_step'")
+        return self
+
+    @property
+    def timesteps(self) -> tuple[float, ...]:
+        return (1.0, self.t_land)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    dit: DiTConfig
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def validate(self) -> "ModelConfig":
+        self.dit.validate()
+        self.vae.validate()
+        self.audio.validate(self.stream.fps)
+        self.stream.validate(self.vae, self.dit)
+        self.schedule.validate()
+        return self
+
+    # ---- derived sizes (computed, never stored) ----
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.z_dim
+
+    @property
+    def mask_channels(self) -> int:
+        return self.vae.temporal_compression
+
+    @property
+    def in_dim(self) -> int:  # noisy latents + masked-source latents + mask (Wan I2V style)
+        return 2 * self.vae.z_dim + self.mask_channels
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        s = self.stream.resolution // self.vae.spatial_compression
+        return s, s
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        h, w = self.latent_hw
+        return h // self.dit.patch_size[1], w // self.dit.patch_size[2]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        gh, gw = self.grid_hw
+        return gh * gw
+
+    @property
+    def video_frames_per_chunk(self) -> int:
+        return self.stream.chunk_frames * self.vae.temporal_compression
+
+    @property
+    def num_slots(self) -> int:
+        """Frame slots in the KV cache: sink + ring (window + the chunk being written)."""
+        return self.stream.sink_frames + self.stream.window_frames + self.stream.chunk_frames
+
+    @property
+    def samples_per_video_frame(self) -> int:
+        return int(round(self.audio.sample_rate / self.stream.fps))
+
+    def algorithmic_latency_ms(self) -> float:
+        """Chunk length in video frames plus the audio look-ahead, before any compute."""
+        frames = self.video_frames_per_chunk + self.audio.lookahead_frames
+        extra = (self.audio.n_fft - self.audio.hop_length) / 2 / self.audio.sample_rate  # last STFT window's overhang
+        return 1000.0 * (frames / self.stream.fps + extra)
+
+    def replace(self, **sections) -> "ModelConfig":
+        """``cfg.replace(stream={"resolution": 256})`` returns a validated copy with fields changed."""
+        kw = {}
+        for sec, changes in sections.items():
+            if sec == "name":
+                kw["name"] = changes
+                continue
+            if not hasattr(self, sec):
+                raise ConfigError(f"unknown config section {sec!r}; expected one of dit, vae, audio, stream, schedule")
+            kw[sec] = dataclasses.replace(getattr(self, sec), **changes)
+        return dataclasses.replace(self, **kw).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        try:
+            dit = dict(d["dit"])
+            dit["patch_size"] = tuple(dit.get("patch_size", (1, 2, 2)))
+            return cls(
+                name=d["name"],
+                dit=DiTConfig(**dit),
+                vae=VAEConfig(**d.get("vae", {})),
+                audio=AudioConfig(**d.get("audio", {})),
+                stream=StreamConfig(**d.get("stream", {})),
+                schedule=ScheduleConfig(**d.get("schedule", {})),
+            ).validate()
+        except (KeyError, TypeError) as e:
+            raise ConfigError(f"model config is malformed ({e}); expected the dict written by ModelConfig.to_dict()") from e
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # CI / CPU / the bundled default: 128x128 face crop -> 16x16 latents -> 64 tokens per latent frame.
+    "tiny": ModelConfig(
+        name="tiny",
+        dit=DiTConfig(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=64),
+        vae=VAEConfig(z_dim=16, base_channels=16),
+        audio=AudioConfig(tokens_per_frame=2, token_dim=64, hidden_dim=128),
+        stream=StreamConfig(resolution=128, chunk_frames=1, window_frames=6, sink_frames=1),
+    ),
+    # Wan2.1-1.3B sizes; 512x512 crop -> 64x64 latents -> 1024 tokens per latent frame.
+    "1.3b": ModelConfig(
+        name="1.3b",
+        dit=DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, freq_dim=256),
+        vae=VAEConfig(z_dim=16, base_channels=64),
+        audio=AudioConfig(tokens_per_frame=4, token_dim=512, hidden_dim=1024),
+        stream=StreamConfig(resolution=512, chunk_frames=1, window_frames=8, sink_frames=1),
+    ),
+    # Wan2.1-14B sizes.
+    "14b": ModelConfig(
+        name="14b",
+        dit=DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, freq_dim=256),
+        vae=VAEConfig(z_dim=16, base_channels=96),
+        audio=AudioConfig(tokens_per_frame=4, token_dim=1024, hidden_dim=2048),
+        stream=StreamConfig(resolution=512, chunk_frames=1, window_frames=8, sink_frames=1),
+    ),
+}
+
+
+def from_name(name: str) -> ModelConfig:
+    """Look up a preset (``tiny``, ``1.3b``, ``14b``) and return it validated."""
+    try:
+        return PRESETS[name.lower()].validate()
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}") from None

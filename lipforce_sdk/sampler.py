@@ -1,0 +1,28 @@
+"""The two-step schedule, written once for every backend's array type (torch, NumPy, CuPy).
+
+Rectified flow ``x_t = (1 - t) x0 + t eps``: step 1 at ``t = 1`` predicts x0 from pure noise;
+re-noise to ``t_land``; step 2 predicts the final x0; then (``cache_pass == "clean"``) one pass at
+``t = 0`` on the clean chunk writes its keys/values into the cache (Self Forcing). Every pass writes
+the chunk's cache slots, so with ``cache_pass == "last_step"`` the keys/values of step 2 stay.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .config import ScheduleConfig
+
+__all__ = ["renoise", "two_step_sample"]
+
+
+def renoise(x0: Any, eps: Any, t: float) -> Any:
+    return x0 * (1.0 - t) + eps * t
+
+
+def two_step_sample(step: Callable[[Any, float], Any], noise: Any, eps2: Any, schedule: ScheduleConfig) -> Any:
+    """``step(x_t, t) -> x0`` runs one DiT pass of the current chunk; returns the chunk's x0."""
+    x0 = step(noise, 1.0)
+    x0 = step(renoise(x0, eps2, schedule.t_land), schedule.t_land)
+    if schedule.cache_pass == "clean":
+        step(x0, 0.0)
+    return x0
