@@ -1,0 +1,318 @@
+"""The streaming runtime: ``Engine`` (loaded once) creates ``Session``s (one per stream).
+
+Clock: audio samples and video frames share one clock from 0; frame i covers
+``[i / fps, (i + 1) / fps)``. A chunk (``chunk_frames`` latent frames = ``chunk_frames * Tc`` video
+frames) runs as soon as all its frames and their audio, plus the encoder's look-ahead, have
+arrived. Inputs are validated before anything is changed, so a rejected push leaves the session
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import LogMelStream
+from .backends.base import Backend, BackendError
+from .cache_plan import RingCachePlanner
+from .config import ModelConfig
+from .face import FaceBox, FaceTracker, mouth_mask, mouth_mask_hard, paste
+from .sampler import two_step_sample
+
+__all__ = ["Engine", "Session", "OutputFrame", "SessionStats", "InputError", "BACKENDS", "default_model_dir"]
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+def default_model_dir() -> Path:
+    """The bundled default model (the ``tiny`` preset)."""
+    return Path(__file__).parent / "assets" / "default"
+
+
+class InputError(ValueError):
+    """Bad input to ``Session.push``; the message names the value and the fix. Nothing was consumed."""
+
+
+@dataclass(frozen=True)
+class OutputFrame:
+    index: int  # video frame index on the session clock
+    timestamp: float  # seconds, = index / fps
+    image: np.ndarray  # [H, W, 3] uint8 RGB, the full frame with the re-rendered mouth
+    box: FaceBox  # the face crop box used for this frame
+
+
+@dataclass
+class SessionStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    audio_samples_in: int = 0
+    chunks: int = 0
+    time_to_first_frame_ms: float | None = None  # first push() -> first frame out (wall clock)
+    chunk_latency_ms: list[float] = field(default_factory=list)  # compute time of each chunk
+
+    def percentile(self, q: float) -> float | None:
+        return float(np.percentile(self.chunk_latency_ms, q)) if self.chunk_latency_ms else None
+
+    @property
+    def p50_ms(self) -> float | None:
+        return self.percentile(50)
+
+    @property
+    def p95_ms(self) -> float | None:
+        return self.percentile(95)
+
+    @property
+    def p99_ms(self) -> float | None:
+        return self.percentile(99)
+
+    @property
+    def fps(self) -> float | None:
+        """Output frames per second of compute (chunk time only, not waiting for input)."""
+        total = sum(self.chunk_latency_ms) / 1000.0
+        return self.frames_out / total if total > 0 else None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "frames_in": self.frames_in, "frames_out": self.frames_out, "chunks": self.chunks,
+            "time_to_first_frame_ms": self.time_to_first_frame_ms,
+            "chunk_ms_p50": self.p50_ms, "chunk_ms_p95": self.p95_ms, "chunk_ms_p99": self.p99_ms, "fps": self.fps,
+        }
+
+
+class Engine:
+    """A loaded model shared by any number of sessions (it holds no per-stream state)."""
+
+    def __init__(self, backend: Backend, model_dir: Path | None = None):
+        self.backend = backend
+        self.config: ModelConfig = backend.config
+        self.model_dir = model_dir
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, backend: str = "torch", **backend_options) -> "Engine":
+        """Load a model directory (default: the bundled ``tiny`` model) with a backend:
+        ``torch`` (weights), ``onnxruntime`` (exported graphs) or ``tensorrt`` (built engines)."""
+        model_dir = Path(path) if path is not None else default_model_dir()
+        if backend not in BACKENDS:
+            raise BackendError(f"backend={backend!r} is not one of {BACKENDS}")
+        if backend == "torch":
+            from .backends.torch_backend import TorchBackend
+
+            return cls(TorchBackend.load(model_dir, **backend_options), model_dir)
+        if backend == "onnxruntime":
+            from .backends.onnxruntime_backend import OnnxRuntimeBackend
+
+            return cls(OnnxRuntimeBackend.load(model_dir, **backend_options), model_dir)
+        from .backends.tensorrt_backend import TensorRTBackend
+
+        return cls(TensorRTBackend.load(model_dir, **backend_options), model_dir)
+
+    def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
+                tracker: FaceTracker | None = None) -> "Session":
+        """A new stream. ``box`` fixes the face crop (x0, y0, x1, y1) in frame pixels; by default the
+        face is detected (OpenCV Haar cascade) and the crop smoothed over time."""
+        return Session(self, box=box, seed=seed, tracker=tracker)
+
+    def __repr__(self) -> str:
+        return f"Engine({self.config.name!r}, backend={self.backend.name!r}, dir={str(self.model_dir)!r})"
+
+
+class Session:
+    """One stream: ``push(audio, frame)`` in, lip-synced ``OutputFrame``s out."""
+
+    def __init__(self, engine: Engine, box=None, seed: int | None = None, tracker: FaceTracker | None = None):
+        cfg = engine.config
+        self.engine, self.cfg, self.backend = engine, cfg, engine.backend
+        self.sample_rate = cfg.audio.sample_rate
+        self.fps = cfg.stream.fps
+        self.seed = cfg.schedule.seed if seed is None else int(seed)
+        self._fv = cfg.video_frames_per_chunk
+        res = cfg.stream.resolution
+        self.tracker = tracker or FaceTracker(res, box=box)
+        self.state = self.backend.new_state()
+        self.planner = RingCachePlanner(cfg.stream.sink_frames, cfg.stream.window_frames, cfg.stream.chunk_frames)
+        self.mel = LogMelStream(cfg.audio, self.fps)
+        # fixed per model: the source is hidden under the hard mask; the result is blended under the soft one
+        self._src_keep = (1.0 - mouth_mask_hard(res))[..., None]  # [S, S, 1]
+        self._blend = mouth_mask(res)  # [S, S]
+        self._mask = self._latent_mask(mouth_mask_hard(res))
+        self._mask_arr = self.backend.asarray(self._mask)
+        self._reset_stream()
+
+    # ---------------- public API ----------------
+    def push(self, audio=None, frame: np.ndarray | None = None, sample_rate: int | None = None) -> list[OutputFrame]:
+        """Feed any number of audio samples (mono float32 in [-1, 1] or int16) and/or one video
+        frame (``[H, W, 3]`` uint8 RGB). Returns the frames whose chunk completed (maybe none)."""
+        if self._ended:
+            raise InputError("push() after flush(): the stream has ended; call reset() to start a new one")
+        a = self._check_audio(audio, sample_rate)
+        f = self._check_frame(frame) if frame is not None else None
+        if a.size == 0 and f is None:
+            raise InputError("push() got no audio samples and no frame; pass audio=<samples>, frame=<HxWx3 uint8>, or both")
+        crop = None
+        if f is not None:
+            crop = self.tracker.crop(f)  # may raise FaceNotFoundError: nothing consumed yet
+        if self._t_first_push is None:
+            self._t_first_push = time.perf_counter()
+        if a.size:
+            self.mel.push(a)
+            self.stats.audio_samples_in += a.size
+        if f is not None:
+            if self._frame_hw is None:
+                self._frame_hw = f.shape[:2]
+            self._pending.append((f, crop))
+            self.stats.frames_in += 1
+        return self._drain()
+
+    def flush(self) -> list[OutputFrame]:
+        """End of stream: complete the last partial chunk (repeating the last frame, silence for
+        missing audio) and return the remaining real frames."""
+        if self._ended:
+            return []
+        out: list[OutputFrame] = []
+        if self._pending:
+            self._stream_end = self._next_frame + len(self._pending)  # padding frames are not returned
+            while len(self._pending) % self._fv:
+                self._pending.append(self._pending[-1])
+            need = self.mel.fe.samples_needed(self._next_frame + len(self._pending) - 1 + self.cfg.audio.lookahead_frames)
+            missing = need - self.mel.samples_in
+            if missing > 0:
+                self.mel.push(np.zeros(missing, np.float32))
+            out = self._drain()
+        self._ended = True
+        return out
+
+    def reset(self) -> None:
+        """Forget the stream (caches, buffers, face track, stats); keep the engine."""
+        self.backend.reset_state(self.state)
+        self.tracker.reset()
+        self._reset_stream()
+
+    # ---------------- internals ----------------
+    def _reset_stream(self) -> None:
+        self.planner.reset()
+        self.mel.reset()
+        self._pending: list[tuple[np.ndarray, Any]] = []
+        self._next_frame = 0  # index of the first pending frame
+        self._chunk_index = 0
+        self._frame_hw: tuple[int, int] | None = None
+        self._ended = False
+        self._stream_end: int | None = None
+        self._t_first_push: float | None = None
+        self.stats = SessionStats()
+
+    def _latent_mask(self, hard: np.ndarray) -> np.ndarray:
+        """Pixel mask [S, S] -> latent mask [1, Tc, C, h, w] (the same for every video frame)."""
+        cfg = self.cfg
+        h, w = cfg.latent_hw
+        s = cfg.vae.spatial_compression
+        m = hard.reshape(h, s, w, s).max(axis=(1, 3)).astype(np.float32)  # any masked pixel -> masked latent
+        return np.broadcast_to(m, (1, cfg.mask_channels, cfg.stream.chunk_frames, h, w)).copy()
+
+    def _ready(self) -> bool:
+        return (len(self._pending) >= self._fv
+                and self.mel.frames_ready() >= self._next_frame + self._fv + self.cfg.audio.lookahead_frames)
+
+    def _drain(self) -> list[OutputFrame]:
+        out: list[OutputFrame] = []
+        while self._ready():
+            out += self._run_chunk()
+        return out
+
+    def _run_chunk(self) -> list[OutputFrame]:
+        t0 = time.perf_counter()
+        cfg, be, fv = self.cfg, self.backend, self._fv
+        first = self._next_frame
+        items = self._pending[:fv]
+        crops = np.stack([c.image for _, c in items]).astype(np.float32) / 127.5 - 1.0  # [Fv, S, S, 3]
+        src = (crops * self._src_keep).transpose(3, 0, 1, 2)[None]  # [1, 3, Fv, S, S] mouth hidden
+        mel = self.mel.window(first, fv)[None]  # [1, Fv, Wm, n_mels]
+        audio_tokens = be.encode_audio(mel)
+        cond = be.encode_video(np.ascontiguousarray(src), self.state)
+        h, w = cfg.latent_hw
+        rng = np.random.default_rng([self.seed, self._chunk_index])
+        shape = (1, cfg.latent_channels, cfg.stream.chunk_frames, h, w)
+        noise = be.asarray(rng.standard_normal(shape, dtype=np.float32))
+        eps2 = be.asarray(rng.standard_normal(shape, dtype=np.float32))
+        plan = self.planner.plan()
+
+        def step(x_t, t):
+            return be.dit_step(x_t, t, cond, self._mask_arr, audio_tokens, plan, self.state)
+
+        x0 = two_step_sample(step, noise, eps2, cfg.schedule)
+        self.planner.commit()
+        gen = be.decode(x0, self.state)[0].transpose(1, 2, 3, 0)  # [Fv, S, S, 3] in [-1, 1]
+        gen_u8 = np.clip((gen + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        out = []
+        for j, ((frame, crop), g) in enumerate(zip(items, gen_u8)):
+            idx = first + j
+            if self._stream_end is not None and idx >= self._stream_end:
+                break
+            img = paste(frame, crop.box, g, mask=self._blend)
+            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=img, box=crop.box))
+        del self._pending[:fv]
+        self._next_frame += fv
+        self._chunk_index += 1
+        self.mel.release_before(self._next_frame - cfg.audio.context_frames)
+        now = time.perf_counter()
+        st = self.stats
+        st.chunk_latency_ms.append((now - t0) * 1000.0)
+        st.chunks += 1
+        st.frames_out += len(out)
+        if st.time_to_first_frame_ms is None:
+            st.time_to_first_frame_ms = (now - self._t_first_push) * 1000.0
+        return out
+
+    # ---------------- validation (no side effects) ----------------
+    def _check_audio(self, audio, sample_rate) -> np.ndarray:
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            raise InputError(f"sample_rate={sample_rate} but this session runs at {self.sample_rate} Hz; resample first "
+                             f"(e.g. lipforce_sdk.media.read_audio(path, sample_rate={self.sample_rate}))")
+        if audio is None:
+            return np.zeros(0, np.float32)
+        a = np.asarray(audio)
+        if a.ndim == 2 and 1 in a.shape and a.size:
+            a = a.reshape(-1)
+        if a.ndim != 1:
+            if a.ndim == 2 and 2 in a.shape:
+                raise InputError(f"audio has shape {a.shape}: stereo is not accepted; mix down to mono first, "
+                                 f"e.g. audio.mean(axis={1 if a.shape[1] == 2 else 0})")
+            raise InputError(f"audio must be a 1-D array of mono samples, got shape {a.shape}")
+        if a.dtype == np.int16:
+            return a.astype(np.float32) / 32768.0
+        if a.dtype not in (np.float32, np.float64):
+            raise InputError(f"audio dtype {a.dtype} is not supported; pass float32 in [-1, 1] or int16 PCM "
+                             "(e.g. (x / 32768).astype(np.float32) for int32 holding 16-bit values)")
+        bad = ~np.isfinite(a)
+        if bad.any():
+            raise InputError(f"audio contains {int(bad.sum())} NaN/Inf sample(s), first at index {int(np.argmax(bad))}; "
+                             "replace them (e.g. np.nan_to_num(audio)) before pushing")
+        peak = float(np.abs(a).max()) if a.size else 0.0
+        if peak > 1.0 + 1e-6:
+            raise InputError(f"float audio must lie in [-1, 1], got a peak of {peak:.4g}; if it holds int16 values "
+                             "divide by 32768, otherwise normalise it")
+        return a.astype(np.float32, copy=False)
+
+    def _check_frame(self, frame) -> np.ndarray:
+        if not isinstance(frame, np.ndarray):
+            raise InputError(f"frame must be a numpy array [H, W, 3] uint8 RGB, got {type(frame).__name__}")
+        if frame.dtype != np.uint8:
+            hint = ("scale and cast: (img * 255).round().astype(np.uint8)" if frame.dtype.kind == "f"
+                    else "convert to uint8 RGB")
+            raise InputError(f"frame dtype {frame.dtype} is not supported (need uint8); {hint}")
+        if frame.ndim != 3:
+            hint = "grayscale: np.repeat(img[..., None], 3, axis=-1)" if frame.ndim == 2 else "pass one frame at a time"
+            raise InputError(f"frame must have rank 3 [H, W, 3], got shape {frame.shape}; {hint}")
+        if frame.shape[2] != 3:
+            hint = "drop alpha with img[..., :3]" if frame.shape[2] == 4 else "convert to RGB"
+            raise InputError(f"frame must have 3 channels (RGB), got {frame.shape[2]} (shape {frame.shape}); {hint}")
+        if frame.shape[0] < 16 or frame.shape[1] < 16:
+            raise InputError(f"frame of {frame.shape[1]}x{frame.shape[0]} is too small (min 16x16)")
+        if self._frame_hw is not None and frame.shape[:2] != self._frame_hw:
+            raise InputError(f"frame size changed mid-stream from {self._frame_hw[1]}x{self._frame_hw[0]} to "
+                             f"{frame.shape[1]}x{frame.shape[0]}; resize frames to the stream's size, or call "
+                             "reset() to start a new stream at the new size")
+        return frame
