@@ -1,0 +1,492 @@
+"""Video and audio file I/O for lipforce (PyAV, no torch).
+
+Conventions used throughout the SDK:
+
+- video frames are RGB ``uint8`` arrays ``[H, W, 3]``; a clip is ``[F, H, W, 3]``;
+- audio is mono ``float32`` in ``[-1, 1]`` at a given sample rate (16 kHz inside the model);
+- audio and video share one clock from 0: frame ``i`` covers ``[i / fps, (i + 1) / fps)``.
+
+Written files are MP4: H.264 (``libx264``, or ``mpeg4`` where the PyAV build has no x264)
+in ``yuv420p`` plus, optionally, one mono AAC audio stream; both streams start at 0.
+``yuv420p`` needs an even width and height: frames of odd size are padded by one row and/or
+column (edge pixels repeated) to the next even size, so the file is at most one pixel
+larger than the frames given. ``VideoWriter.padded_size`` says when this happened.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Iterable, Iterator
+
+import av
+import numpy as np
+
+__all__ = [
+    "MediaInfo",
+    "probe",
+    "read_video",
+    "iter_video_frames",
+    "read_audio",
+    "write_video",
+    "VideoWriter",
+    "default_video_codec",
+]
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file holds (from the container headers; nothing is decoded).
+
+    ``num_frames`` is the count the container declares (0 when it does not say);
+    ``duration_s`` is the longest stream duration in seconds (0.0 when unknown).
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+    duration_s: float
+    has_video: bool
+    has_audio: bool
+    audio_sample_rate: int  # 0 when there is no audio stream
+    audio_channels: int  # 0 when there is no audio stream
+
+
+def _check_exists(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"media file {path!r} does not exist (cwd: {os.getcwd()!r}); "
+            "check the path, or use lipforce_sdk's bundled sample under "
+            "lipforce_sdk/assets/sample/"
+        )
+    return path
+
+
+def _open(path: str) -> "av.container.InputContainer":
+    try:
+        return av.open(path)
+    except av.error.FFmpegError as e:  # not a media file, truncated, unknown format
+        raise ValueError(
+            f"could not open {path!r} as a media file ({e}); pass an audio/video file "
+            "FFmpeg can read (e.g. .mp4, .mov, .mkv, .wav)"
+        ) from e
+
+
+def _stream_fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe(path: str | os.PathLike) -> MediaInfo:
+    """Read a media file's headers: size, fps, frame count, duration, audio presence."""
+    path = _check_exists(path)
+    with _open(path) as c:
+        vs = c.streams.video[0] if c.streams.video else None
+        au = c.streams.audio[0] if c.streams.audio else None
+        durations = [
+            float(s.duration * s.time_base)
+            for s in (vs, au)
+            if s is not None and s.duration is not None and s.time_base is not None
+        ]
+        if not durations and c.duration is not None:
+            durations = [c.duration / av.time_base]
+        return MediaInfo(
+            path=path,
+            width=vs.codec_context.width if vs else 0,
+            height=vs.codec_context.height if vs else 0,
+            fps=_stream_fps(vs) if vs else 0.0,
+            num_frames=int(vs.frames or 0) if vs else 0,
+            duration_s=max(durations) if durations else 0.0,
+            has_video=vs is not None,
+            has_audio=au is not None,
+            audio_sample_rate=au.codec_context.sample_rate if au else 0,
+            audio_channels=au.codec_context.channels if au else 0,
+        )
+
+
+def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+    """Decode a video file frame by frame.
+
+    Yields:
+        RGB ``uint8`` frames ``[H, W, 3]`` in presentation order. The file stays open
+        until the iterator is exhausted or closed.
+    """
+    path = _check_exists(path)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise ValueError(
+                f"{path!r} has no video stream; pass a video file (for audio alone use "
+                "read_audio)"
+            )
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format="rgb24")
+    finally:
+        container.close()
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Decode a whole video file into memory.
+
+    Returns:
+        ``(frames, fps)``: ``frames`` is RGB ``uint8`` ``[F, H, W, 3]``; ``fps`` is the
+        stream's average frame rate as a float.
+    """
+    path = _check_exists(path)
+    with _open(path) as c:
+        if not c.streams.video:
+            raise ValueError(
+                f"{path!r} has no video stream; pass a video file (for audio alone use "
+                "read_audio)"
+            )
+        fps = _stream_fps(c.streams.video[0])
+    frames = list(iter_video_frames(path))
+    if not frames:
+        raise ValueError(f"{path!r} has a video stream but no decodable frame; re-encode it")
+    return np.stack(frames), fps
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+    """Decode the first audio stream of a file (WAV, MP3, the audio of an MP4, ...).
+
+    The signal is resampled to ``sample_rate`` with FFmpeg's resampler
+    (``av.AudioResampler``) and its channels are averaged to mono.
+
+    Returns:
+        ``float32`` ``[N]`` in ``[-1, 1]``, ``N ~= duration * sample_rate``.
+    """
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+        raise ValueError(
+            f"sample_rate must be a positive int, got {sample_rate!r}; the model uses 16000"
+        )
+    sample_rate = int(sample_rate)
+    path = _check_exists(path)
+    with _open(path) as c:
+        if not c.streams.audio:
+            kinds = ", ".join(s.type for s in c.streams) or "none"
+            raise ValueError(
+                f"{path!r} has no audio stream (streams: {kinds}); pass a WAV file or a "
+                "video with a sound track"
+            )
+        stream = c.streams.audio[0]
+        # Resample with the channels kept, then average them: FFmpeg's own downmix weights
+        # channels by 1/sqrt(2), which is louder than the mean and can clip.
+        resampler = None
+        chunks: list[np.ndarray] = []
+        for frame in c.decode(stream):
+            if resampler is None:
+                resampler = av.AudioResampler(
+                    format="fltp", layout=frame.layout.name, rate=sample_rate
+                )
+            frame.pts = None  # let the resampler count samples; gaps are not expected
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().mean(axis=0))
+        if resampler is not None:
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().mean(axis=0))
+        declared = None
+        if stream.duration is not None and stream.time_base is not None:
+            declared = int(round(float(stream.duration * stream.time_base) * sample_rate))
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    # AAC pads its last frame; the container's declared duration trims that padding.
+    if declared is not None and 0 < declared < audio.shape[0]:
+        audio = audio[:declared]
+    return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def default_video_codec() -> str:
+    """``"libx264"`` when the PyAV build has an H.264 encoder, else ``"mpeg4"``."""
+    for name in ("libx264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:
+            continue
+    raise RuntimeError(
+        "this PyAV build has neither the libx264 nor the mpeg4 encoder; install the "
+        "PyAV wheel from PyPI (pip install av), which bundles both"
+    )
+
+
+def _as_fps(fps) -> Fraction:
+    try:
+        f = float(fps)
+    except (TypeError, ValueError):
+        raise ValueError(f"fps must be a positive number, got {fps!r}") from None
+    if not np.isfinite(f) or f <= 0:
+        raise ValueError(f"fps must be a positive finite number, got {fps!r}; e.g. 25")
+    if isinstance(fps, Fraction):
+        return fps
+    return Fraction(f).limit_denominator(1001)
+
+
+def _as_audio(samples, where: str) -> np.ndarray:
+    a = np.asarray(samples)
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1:
+        raise ValueError(
+            f"{where}: audio must be mono, shape [N], got shape {a.shape}; average the "
+            "channels first (samples.mean(axis=-1))"
+        )
+    if a.dtype == np.int16:
+        a = a.astype(np.float32) / 32768.0
+    elif np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float32, copy=False)
+    else:
+        raise ValueError(
+            f"{where}: audio dtype must be float32 in [-1, 1] or int16, got {a.dtype}"
+        )
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{where}: audio contains NaN or Inf; clean the signal first")
+    return np.clip(a, -1.0, 1.0)
+
+
+class VideoWriter:
+    """Streaming MP4 writer: frames (and mono audio) go in as they are produced.
+
+    Usage::
+
+        with VideoWriter("out.mp4", fps=25, with_audio=True) as w:
+            for frame in frames:          # RGB uint8 [H, W, 3], all the same size
+                w.write(frame)
+            w.write_audio(samples)        # float32 [N] in [-1, 1] (or int16), any chunking
+
+    The video stream is created at the first frame (its size sets the file's size, padded
+    to even; see the module docstring). Audio written before the first frame is held back
+    until then. Audio and video both start at time 0; audio sample ``k`` plays at
+    ``k / sample_rate`` seconds regardless of how the calls interleave.
+
+    Args:
+        path: output file (``.mp4``); its folder must exist.
+        fps: frame rate (float or Fraction), e.g. 25.
+        with_audio: create an AAC audio stream (mono, ``sample_rate``).
+        sample_rate: rate of the samples passed to ``write_audio``.
+        codec: video encoder; default ``default_video_codec()``.
+        crf: x264 constant rate factor (lower = better, bigger); mpeg4 uses ``qscale``.
+        audio_bitrate: AAC bit rate in bit/s.
+        progress: ``True`` for a tqdm bar, a callable ``f(frames_written)`` called per
+            frame, or ``None``.
+        total: expected frame count, for the progress bar only.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: float | Fraction,
+        *,
+        with_audio: bool = False,
+        sample_rate: int = 16000,
+        codec: str | None = None,
+        crf: int = 18,
+        audio_bitrate: int = 64000,
+        progress: bool | Callable[[int], None] | None = None,
+        total: int | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(
+                f"output folder {folder!r} does not exist; create it before writing "
+                f"{self.path!r}"
+            )
+        self.fps = _as_fps(fps)
+        if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
+        self.sample_rate = int(sample_rate)
+        self.with_audio = bool(with_audio)
+        self.codec = codec or default_video_codec()
+        self.crf = int(crf)
+        self.audio_bitrate = int(audio_bitrate)
+        self.frames_written = 0
+        self.samples_written = 0
+        self.frame_size: tuple[int, int] | None = None  # (H, W) of the frames given
+        self.padded_size: tuple[int, int] | None = None  # (H, W) in the file
+        self._pending_audio: list[np.ndarray] = []
+        self._container = av.open(self.path, "w", options={"movflags": "+faststart"})
+        self._vstream = None
+        self._astream = None
+        self._closed = False
+        self._bar = None
+        self._callback = None
+        if progress is True:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="frame", desc=os.path.basename(self.path))
+        elif callable(progress):
+            self._callback = progress
+        elif progress not in (None, False):
+            raise ValueError(
+                f"progress must be True, False, None or a callable, got {progress!r}"
+            )
+
+    # -- streams -------------------------------------------------------------------------
+    def _open_streams(self, h: int, w: int) -> None:
+        ph, pw = h + (h % 2), w + (w % 2)
+        vs = self._container.add_stream(self.codec, rate=self.fps)
+        vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
+        vs.codec_context.time_base = 1 / self.fps
+        if self.codec == "libx264":
+            vs.options = {"crf": str(self.crf), "preset": "medium"}
+        elif self.codec == "mpeg4":
+            vs.codec_context.qscale = max(2, min(31, self.crf // 6))
+        self._vstream = vs
+        if self.with_audio:
+            a = self._container.add_stream("aac", rate=self.sample_rate)
+            a.layout = "mono"
+            a.bit_rate = self.audio_bitrate
+            self._astream = a
+        self.frame_size, self.padded_size = (h, w), (ph, pw)
+        for chunk in self._pending_audio:
+            self._encode_audio(chunk)
+        self._pending_audio.clear()
+
+    def _encode_audio(self, a: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(a[None, :], format="flt", layout="mono")
+        frame.sample_rate = self.sample_rate
+        frame.pts = self.samples_written
+        frame.time_base = Fraction(1, self.sample_rate)
+        self.samples_written += a.shape[0]
+        for packet in self._astream.encode(frame):
+            self._container.mux(packet)
+
+    # -- public ---------------------------------------------------------------------------
+    def write(self, frame: np.ndarray) -> None:
+        """Append one RGB ``uint8`` frame ``[H, W, 3]`` (same size as the first frame)."""
+        if self._closed:
+            raise RuntimeError(f"VideoWriter for {self.path!r} is closed; open a new one")
+        f = np.asarray(frame)
+        if f.ndim != 3 or f.shape[2] != 3:
+            raise ValueError(
+                f"frame {self.frames_written}: expected RGB [H, W, 3], got shape {f.shape}; "
+                "convert grayscale/RGBA to RGB first"
+            )
+        if f.dtype != np.uint8:
+            raise ValueError(
+                f"frame {self.frames_written}: expected dtype uint8, got {f.dtype}; "
+                "convert with np.clip(x, 0, 255).astype(np.uint8)"
+            )
+        h, w = f.shape[:2]
+        if self._vstream is None:
+            if h < 2 or w < 2:
+                raise ValueError(f"frame size {w}x{h} is too small to encode (need >= 2x2)")
+            self._open_streams(h, w)
+        elif (h, w) != self.frame_size:
+            raise ValueError(
+                f"frame {self.frames_written} is {w}x{h} but the video is "
+                f"{self.frame_size[1]}x{self.frame_size[0]}; all frames of one file must "
+                "have the same size (resize them, or start a new file)"
+            )
+        ph, pw = self.padded_size
+        if (ph, pw) != (h, w):
+            f = np.pad(f, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+        vf.pts = self.frames_written
+        vf.time_base = 1 / self.fps
+        for packet in self._vstream.encode(vf):
+            self._container.mux(packet)
+        self.frames_written += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if self._callback is not None:
+            self._callback(self.frames_written)
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """Append mono audio: ``float32 [N]`` in ``[-1, 1]`` or ``int16 [N]``."""
+        if self._closed:
+            raise RuntimeError(f"VideoWriter for {self.path!r} is closed; open a new one")
+        if not self.with_audio:
+            raise RuntimeError(
+                "this VideoWriter has no audio stream; create it with with_audio=True"
+            )
+        a = _as_audio(samples, "write_audio")
+        if a.shape[0] == 0:
+            return
+        if self._vstream is None:
+            self._pending_audio.append(a.copy())
+        else:
+            self._encode_audio(a)
+
+    def close(self) -> None:
+        """Flush the encoders and finish the file. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._vstream is None:
+                raise ValueError(
+                    f"no frame was written to {self.path!r}; an MP4 needs at least one "
+                    "video frame"
+                )
+            for packet in self._vstream.encode(None):
+                self._container.mux(packet)
+            if self._astream is not None:
+                for packet in self._astream.encode(None):
+                    self._container.mux(packet)
+        finally:
+            self._container.close()
+            if self._bar is not None:
+                self._bar.close()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # do not mask the original error with a flush error
+            try:
+                self.close()
+            except Exception:
+                pass
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: Iterable[np.ndarray] | np.ndarray,
+    fps: float | Fraction,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    progress: bool | Callable[[int], None] | None = None,
+    *,
+    codec: str | None = None,
+    crf: int = 18,
+) -> str:
+    """Write frames (and optional mono audio) to an MP4 file.
+
+    Args:
+        frames: RGB ``uint8`` ``[F, H, W, 3]`` or any iterable of ``[H, W, 3]`` frames.
+        fps: frame rate, e.g. 25.
+        audio: mono ``float32 [N]`` in ``[-1, 1]`` (or ``int16``) at ``sample_rate``,
+            starting with frame 0; written as is (not trimmed or padded to the video).
+        progress: ``True`` for a tqdm bar, or a callable ``f(frames_written)``.
+
+    Returns:
+        ``path`` as a string. Odd frame sizes are padded to even (see module docstring).
+    """
+    total = len(frames) if hasattr(frames, "__len__") else None
+    if isinstance(frames, np.ndarray) and frames.ndim != 4:
+        raise ValueError(
+            f"frames array must be [F, H, W, 3], got shape {frames.shape}; for one frame "
+            "use frames[None]"
+        )
+    with VideoWriter(
+        path,
+        fps,
+        with_audio=audio is not None,
+        sample_rate=sample_rate,
+        codec=codec,
+        crf=crf,
+        progress=progress,
+        total=total,
+    ) as w:
+        for frame in frames:
+            w.write(frame)
+        if audio is not None:
+            w.write_audio(audio)
+    return w.path
