@@ -45,6 +45,7 @@ __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
     "DEFAULT_ROPE_THETA",
+    "TRT_PARSER_ATTRIBUTES",
     "rope_dims",
     "kv_cache_attention_numpy",
     "kv_cache_attention_cpu",
@@ -66,8 +67,9 @@ INPUT_NAMES = ("q", "k", "v", "k_cache", "v_cache", "write_idx", "q_pos", "k_pos
 OUTPUT_NAMES = ("out", "k_cache_out", "v_cache_out")
 DEFAULT_ROPE_THETA = 10000.0
 
-# String attributes the TensorRT ONNX parser reads from a plugin node; accepted (and checked) by the ORT op.
-_TRT_PARSER_ATTRIBUTES = ("plugin_version", "plugin_namespace")
+# Extra node attributes for TensorRT's ONNX parser, which maps an unknown op to the plugin named by its op type
+# and reads version/namespace from these (it ignores the node's domain). The ORT custom op ignores them.
+TRT_PARSER_ATTRIBUTES = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
 
 
 def rope_dims(head_dim: int) -> tuple[int, int, int]:
@@ -221,8 +223,10 @@ _ort_op = None
 def register_ort_custom_op() -> str:
     """Registers ``KVCacheAttention`` as an onnxruntime-extensions Python custom op (idempotent).
 
-    The op runs the C++ CPU reference and returns ``(out, k_cache_out, v_cache_out)`` (float32). Such ops live
-    in the domain ``ai.onnx.contrib``: run a ``lipforce``-domain model through :func:`to_ort_contrib_domain`.
+    The op runs the C++ CPU reference and returns ``(out, k_cache_out, v_cache_out)`` (float32). The node must
+    carry all of :data:`ATTRIBUTE_NAMES` (ONNX Runtime custom ops have no optional attributes; other attributes,
+    such as :data:`TRT_PARSER_ATTRIBUTES`, are ignored). Such ops live in the domain ``ai.onnx.contrib``: run a
+    ``lipforce``-domain model through :func:`to_ort_contrib_domain`.
     Returns the custom-op library path for ``SessionOptions.register_custom_ops_library``.
     """
     global _ort_op
@@ -237,7 +241,6 @@ def register_ort_custom_op() -> str:
     if _ort_op is None:
         attrs: dict[str, Any] = {name: PyCustomOpDef.dt_int64 for name in INT_ATTRIBUTE_NAMES}
         attrs["rope_theta"] = PyCustomOpDef.dt_float
-        attrs.update({name: PyCustomOpDef.dt_string for name in _TRT_PARSER_ATTRIBUTES})
 
         @onnx_op(op_type=OP_TYPE,
                  inputs=[PyCustomOpDef.dt_float] * 5 + [PyCustomOpDef.dt_int32] * 4,
@@ -251,23 +254,14 @@ def register_ort_custom_op() -> str:
 
 
 def _run_ort_node(q, k, v, k_cache, v_cache, write_idx, q_pos, k_pos, k_valid, node_attrs):
-    missing = [name for name in INT_ATTRIBUTE_NAMES if name not in node_attrs]
-    if missing:
-        raise ValueError(f"{OP_TYPE} node is missing attributes {missing}; it needs {list(ATTRIBUTE_NAMES)}")
-    version = node_attrs.get("plugin_version") or PLUGIN_VERSION
-    if version != PLUGIN_VERSION:
-        raise ValueError(f"{OP_TYPE} node asks for plugin_version={version!r}; this build implements "
-                         f"{PLUGIN_VERSION!r}")
     b, lc, h, d = q.shape
     m, c = k_pos.shape[0], write_idx.shape[0]
     actual = {"num_heads": h, "head_dim": d, "num_slots": m, "chunk_frames": c}
     for name, value in actual.items():
         if int(node_attrs[name]) != value:
             raise ValueError(f"{OP_TYPE} attribute {name}={node_attrs[name]} does not match the inputs ({value})")
-    rope_theta = float(node_attrs.get("rope_theta", DEFAULT_ROPE_THETA))
-    out, kc, vc = kv_cache_attention_cpu(q, k, v, k_cache, v_cache, write_idx, q_pos, k_pos, k_valid,
-                                         int(node_attrs["grid_h"]), int(node_attrs["grid_w"]), rope_theta)
-    return out, kc, vc
+    return kv_cache_attention_cpu(q, k, v, k_cache, v_cache, write_idx, q_pos, k_pos, k_valid,
+                                  int(node_attrs["grid_h"]), int(node_attrs["grid_w"]), float(node_attrs["rope_theta"]))
 
 
 def to_ort_contrib_domain(model):
