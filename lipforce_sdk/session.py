@@ -10,6 +10,7 @@ exactly as it was.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from .config import ModelConfig
 from .face import FaceBox, FaceTracker, mouth_mask, mouth_mask_hard, paste
 from .sampler import two_step_sample
 
-__all__ = ["Engine", "Session", "OutputFrame", "SessionStats", "InputError", "BACKENDS", "default_model_dir"]
+__all__ = ["Engine", "Session", "ChunkRenderer", "OutputFrame", "SessionStats", "InputError", "BACKENDS", "default_model_dir"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -47,12 +48,23 @@ class OutputFrame:
 
 @dataclass
 class SessionStats:
+    """Counters and latency of one stream; memory stays bounded over hours (the percentiles are
+    over the last ``LATENCY_WINDOW`` chunks, the totals over the whole stream)."""
+
+    LATENCY_WINDOW = 4096
     frames_in: int = 0
     frames_out: int = 0
     audio_samples_in: int = 0
     chunks: int = 0
     time_to_first_frame_ms: float | None = None  # first push() -> first frame out (wall clock)
-    chunk_latency_ms: list[float] = field(default_factory=list)  # compute time of each chunk
+    chunk_latency_ms: deque = field(default_factory=lambda: deque(maxlen=SessionStats.LATENCY_WINDOW))
+    compute_ms_total: float = 0.0
+
+    def record_chunk(self, ms: float, frames: int) -> None:
+        self.chunk_latency_ms.append(ms)
+        self.compute_ms_total += ms
+        self.chunks += 1
+        self.frames_out += frames
 
     def percentile(self, q: float) -> float | None:
         return float(np.percentile(self.chunk_latency_ms, q)) if self.chunk_latency_ms else None
@@ -72,7 +84,7 @@ class SessionStats:
     @property
     def fps(self) -> float | None:
         """Output frames per second of compute (chunk time only, not waiting for input)."""
-        total = sum(self.chunk_latency_ms) / 1000.0
+        total = self.compute_ms_total / 1000.0
         return self.frames_out / total if total > 0 else None
 
     def summary(self) -> dict[str, Any]:
@@ -120,6 +132,52 @@ class Engine:
         return f"Engine({self.config.name!r}, backend={self.backend.name!r}, dir={str(self.model_dir)!r})"
 
 
+class ChunkRenderer:
+    """The computation of one chunk, shared by ``Session`` and the offline causal pass: mask the
+    source mouth, encode audio and video, two-step sample with the cache, decode, composite."""
+
+    def __init__(self, backend: Backend, cfg: ModelConfig, seed: int):
+        self.backend, self.cfg, self.seed = backend, cfg, seed
+        res = cfg.stream.resolution
+        hard = mouth_mask_hard(res)
+        self.src_keep = (1.0 - hard)[..., None]  # [S, S, 1]: the source mouth is hidden from the model
+        self.blend = mouth_mask(res)  # [S, S]: the result is pasted back under this soft mask
+        h, w = cfg.latent_hw
+        sc = cfg.vae.spatial_compression
+        m = hard.reshape(h, sc, w, sc).max(axis=(1, 3)).astype(np.float32)  # any masked pixel -> masked latent
+        self.mask = backend.asarray(np.broadcast_to(m, (1, cfg.mask_channels, cfg.stream.chunk_frames, h, w)).copy())
+
+    def noise(self, chunk_index: int):
+        cfg = self.cfg
+        h, w = cfg.latent_hw
+        rng = np.random.default_rng([self.seed, chunk_index])
+        shape = (1, cfg.latent_channels, cfg.stream.chunk_frames, h, w)
+        return (self.backend.asarray(rng.standard_normal(shape, dtype=np.float32)),
+                self.backend.asarray(rng.standard_normal(shape, dtype=np.float32)))
+
+    def render(self, crops: list[np.ndarray], mel: np.ndarray, chunk_index: int, planner: RingCachePlanner,
+               state: Any) -> np.ndarray:
+        """crops: Fv x [S, S, 3] uint8; mel [Fv, Wm, n_mels] -> generated crops [Fv, S, S, 3] uint8."""
+        be = self.backend
+        x = np.stack(crops).astype(np.float32) / 127.5 - 1.0  # [Fv, S, S, 3]
+        src = np.ascontiguousarray((x * self.src_keep).transpose(3, 0, 1, 2)[None])  # [1, 3, Fv, S, S]
+        audio_tokens = be.encode_audio(np.ascontiguousarray(mel[None]))
+        cond = be.encode_video(src, state)
+        noise, eps2 = self.noise(chunk_index)
+        plan = planner.plan()
+
+        def step(x_t, t):
+            return be.dit_step(x_t, t, cond, self.mask, audio_tokens, plan, state)
+
+        x0 = two_step_sample(step, noise, eps2, self.cfg.schedule)
+        planner.commit()
+        gen = be.decode(x0, state)[0].transpose(1, 2, 3, 0)  # [Fv, S, S, 3] in [-1, 1]
+        return np.clip((gen + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+    def composite(self, frame: np.ndarray, box: FaceBox, gen: np.ndarray) -> np.ndarray:
+        return paste(frame, box, gen, mask=self.blend)
+
+
 class Session:
     """One stream: ``push(audio, frame)`` in, lip-synced ``OutputFrame``s out."""
 
@@ -130,16 +188,11 @@ class Session:
         self.fps = cfg.stream.fps
         self.seed = cfg.schedule.seed if seed is None else int(seed)
         self._fv = cfg.video_frames_per_chunk
-        res = cfg.stream.resolution
-        self.tracker = tracker or FaceTracker(res, box=box)
+        self.tracker = tracker or FaceTracker(cfg.stream.resolution, box=box)
         self.state = self.backend.new_state()
         self.planner = RingCachePlanner(cfg.stream.sink_frames, cfg.stream.window_frames, cfg.stream.chunk_frames)
         self.mel = LogMelStream(cfg.audio, self.fps)
-        # fixed per model: the source is hidden under the hard mask; the result is blended under the soft one
-        self._src_keep = (1.0 - mouth_mask_hard(res))[..., None]  # [S, S, 1]
-        self._blend = mouth_mask(res)  # [S, S]
-        self._mask = self._latent_mask(mouth_mask_hard(res))
-        self._mask_arr = self.backend.asarray(self._mask)
+        self.renderer = ChunkRenderer(self.backend, cfg, self.seed)
         self._reset_stream()
 
     # ---------------- public API ----------------
@@ -204,14 +257,6 @@ class Session:
         self._t_first_push: float | None = None
         self.stats = SessionStats()
 
-    def _latent_mask(self, hard: np.ndarray) -> np.ndarray:
-        """Pixel mask [S, S] -> latent mask [1, Tc, C, h, w] (the same for every video frame)."""
-        cfg = self.cfg
-        h, w = cfg.latent_hw
-        s = cfg.vae.spatial_compression
-        m = hard.reshape(h, s, w, s).max(axis=(1, 3)).astype(np.float32)  # any masked pixel -> masked latent
-        return np.broadcast_to(m, (1, cfg.mask_channels, cfg.stream.chunk_frames, h, w)).copy()
-
     def _ready(self) -> bool:
         return (len(self._pending) >= self._fv
                 and self.mel.frames_ready() >= self._next_frame + self._fv + self.cfg.audio.lookahead_frames)
@@ -224,46 +269,25 @@ class Session:
 
     def _run_chunk(self) -> list[OutputFrame]:
         t0 = time.perf_counter()
-        cfg, be, fv = self.cfg, self.backend, self._fv
-        first = self._next_frame
+        fv, first = self._fv, self._next_frame
         items = self._pending[:fv]
-        crops = np.stack([c.image for _, c in items]).astype(np.float32) / 127.5 - 1.0  # [Fv, S, S, 3]
-        src = (crops * self._src_keep).transpose(3, 0, 1, 2)[None]  # [1, 3, Fv, S, S] mouth hidden
-        mel = self.mel.window(first, fv)[None]  # [1, Fv, Wm, n_mels]
-        audio_tokens = be.encode_audio(mel)
-        cond = be.encode_video(np.ascontiguousarray(src), self.state)
-        h, w = cfg.latent_hw
-        rng = np.random.default_rng([self.seed, self._chunk_index])
-        shape = (1, cfg.latent_channels, cfg.stream.chunk_frames, h, w)
-        noise = be.asarray(rng.standard_normal(shape, dtype=np.float32))
-        eps2 = be.asarray(rng.standard_normal(shape, dtype=np.float32))
-        plan = self.planner.plan()
-
-        def step(x_t, t):
-            return be.dit_step(x_t, t, cond, self._mask_arr, audio_tokens, plan, self.state)
-
-        x0 = two_step_sample(step, noise, eps2, cfg.schedule)
-        self.planner.commit()
-        gen = be.decode(x0, self.state)[0].transpose(1, 2, 3, 0)  # [Fv, S, S, 3] in [-1, 1]
-        gen_u8 = np.clip((gen + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        gen = self.renderer.render([c.image for _, c in items], self.mel.window(first, fv), self._chunk_index,
+                                   self.planner, self.state)
         out = []
-        for j, ((frame, crop), g) in enumerate(zip(items, gen_u8)):
+        for j, ((frame, crop), g) in enumerate(zip(items, gen)):
             idx = first + j
             if self._stream_end is not None and idx >= self._stream_end:
                 break
-            img = paste(frame, crop.box, g, mask=self._blend)
-            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=img, box=crop.box))
+            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=self.renderer.composite(frame, crop.box, g),
+                                   box=crop.box))
         del self._pending[:fv]
         self._next_frame += fv
         self._chunk_index += 1
-        self.mel.release_before(self._next_frame - cfg.audio.context_frames)
+        self.mel.release_before(self._next_frame - self.cfg.audio.context_frames)
         now = time.perf_counter()
-        st = self.stats
-        st.chunk_latency_ms.append((now - t0) * 1000.0)
-        st.chunks += 1
-        st.frames_out += len(out)
-        if st.time_to_first_frame_ms is None:
-            st.time_to_first_frame_ms = (now - self._t_first_push) * 1000.0
+        self.stats.record_chunk((now - t0) * 1000.0, len(out))
+        if self.stats.time_to_first_frame_ms is None:
+            self.stats.time_to_first_frame_ms = (now - self._t_first_push) * 1000.0
         return out
 
     # ---------------- validation (no side effects) ----------------

@@ -1,0 +1,20 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    from lipforce_sdk import Engine
+
+    return Engine.load()  # the bundled default, torch backend
+
+
+def make_clip(n_frames: int, seed: int = 0, hw=(96, 80), extra_samples: int = 321):
+    """Random frames and noise-like speech of matching length (fixed box avoids detection)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, (n_frames, *hw, 3), dtype=np.uint8)
+    audio = (0.1 * rng.standard_normal(n_frames * 640 + extra_samples)).astype(np.float32)
+    return frames, audio
+
+
+BOX = (8.0, 10.0, 72.0, 74.0)

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lipforce_sdk.config import ConfigError, DiTConfig, ModelConfig, ScheduleConfig, StreamConfig, from_name
+from lipforce_sdk.model import LipSyncModel, load_model, save_model
+from lipforce_sdk.model.checkpoint import CheckpointError
+
+WAN_KEYS = [
+    "patch_embedding.weight", "time_embedding.0.weight", "time_embedding.2.weight", "time_projection.1.weight",
+    "blocks.0.self_attn.q.weight", "blocks.0.self_attn.k.bias", "blocks.0.self_attn.o.weight",
+    "blocks.0.self_attn.norm_q.weight", "blocks.0.self_attn.norm_k.weight", "blocks.0.cross_attn.q.weight",
+    "blocks.0.cross_attn.norm_k.weight", "blocks.0.norm3.weight", "blocks.0.ffn.0.weight", "blocks.0.ffn.2.weight",
+    "blocks.0.modulation", "blocks.1.self_attn.v.weight", "head.head.weight", "head.modulation",
+]
+
+
+def test_wan_named_round_trip(tmp_path):
+    m = LipSyncModel.from_preset("tiny", seed=3)
+    save_model(m, tmp_path)
+    sd = load_file(str(tmp_path / "dit.safetensors"))
+    for k in WAN_KEYS:
+        assert k in sd, f"Wan2.1 key {k!r} missing from dit.safetensors"
+    assert sd["blocks.0.modulation"].shape == (1, 6, 128) and sd["patch_embedding.weight"].shape == (128, 36, 1, 2, 2)
+    m2 = load_model(tmp_path)
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["config"]["name"] == "tiny" and man["weights"]["dit"] == "dit.safetensors"
+
+
+def test_seeded_weights_are_fixed():
+    a = LipSyncModel.from_preset("tiny", seed=0).dit.state_dict()
+    b = LipSyncModel.from_preset("tiny", seed=0).dit.state_dict()
+    c = LipSyncModel.from_preset("tiny", seed=1).dit.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["blocks.0.self_attn.q.weight"], c["blocks.0.self_attn.q.weight"])
+
+
+def test_bundled_default_matches_seed0():
+    from lipforce_sdk import default_model_dir
+
+    m = load_model(default_model_dir())
+    ref = LipSyncModel.from_preset("tiny", seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values()))
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    m = LipSyncModel.from_preset("tiny")
+    save_model(m, tmp_path)
+    sd = load_file(str(tmp_path / "dit.safetensors"))
+    sd["blocks.0.self_attn.q.weight"] = torch.zeros(64, 128)
+    save_file(sd, str(tmp_path / "dit.safetensors"))
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.self_attn\.q\.weight.*\(64, 128\).*\(128, 128\)"):
+        load_model(tmp_path)
+    sd.pop("blocks.0.self_attn.q.weight")
+    sd["blocks.0.attn.q.weight"] = torch.zeros(128, 128)
+    save_file(sd, str(tmp_path / "dit.safetensors"))
+    with pytest.raises(CheckpointError, match=r"1 missing.*self_attn\.q\.weight.*1 unexpected.*attn\.q\.weight"):
+        load_model(tmp_path)
+    (tmp_path / "vae.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_model(tmp_path)
+    from lipforce_sdk.manifest import ManifestError
+
+    with pytest.raises(ManifestError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: from_name("2b"), r"unknown preset '2b'; available: tiny, 1\.3b, 14b"),
+    (lambda: DiTConfig(dim=100, num_heads=3).validate(), r"dit\.num_heads=3 .*divide dim=100"),
+    (lambda: DiTConfig(dim=64, num_heads=8).validate(), r"dit\.head_dim=8"),
+    (lambda: DiTConfig(patch_size=(2, 2, 2)).validate(), r"dit\.patch_size=\(2, 2, 2\)"),
+    (lambda: StreamConfig(resolution=100).validate(), r"stream\.resolution=100 .*multiple of 16"),
+    (lambda: StreamConfig(chunk_frames=0).validate(), r"stream\.chunk_frames=0"),
+    (lambda: ScheduleConfig(t_land=1.5).validate(), r"schedule\.t_land=1\.5 .*between 0 and 1"),
+    (lambda: ScheduleConfig(cache_pass="none").validate(), r"schedule\.cache_pass='none'"),
+    (lambda: from_name("tiny").replace(audio={"hop_length": 300}), r"audio\.hop_length=300"),
+    (lambda: from_name("tiny").replace(foo={}), r"unknown config section 'foo'"),
+])
+def test_config_validation_messages(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_presets_and_derived_sizes():
+    t, b13, b14 = from_name("tiny"), from_name("1.3b"), from_name("14b")
+    assert (b13.dit.dim, b13.dit.num_layers, b13.dit.num_heads, b13.dit.ffn_dim) == (1536, 30, 12, 8960)
+    assert (b14.dit.dim, b14.dit.num_layers, b14.dit.num_heads, b14.dit.ffn_dim) == (5120, 40, 40, 13824)
+    assert t.in_dim == 36 and b13.tokens_per_frame == 1024 and t.tokens_per_frame == 64
+    assert t.video_frames_per_chunk == 4 and t.num_slots == 1 + 6 + 1
+    assert t.algorithmic_latency_ms() == pytest.approx(1000 * (6 / 25 + 120 / 16000))
+    assert ModelConfig.from_dict(b13.to_dict()) == b13

@@ -1,0 +1,193 @@
+"""engine/ without building anything: ONNX inspection, precision rules, targets, flavour detection,
+state-name inference, the progress record, doctor."""
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_engine():
+    """``lipforce_sdk.engine`` when installed; in a source checkout, the repository's ``engine/``
+    folder under that name (the wheel maps it so, see pyproject's ``wheel.packages``)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module("lipforce_sdk.engine")
+    except ModuleNotFoundError as e:
+        if e.name != "lipforce_sdk.engine":
+            raise
+    spec = importlib.util.spec_from_file_location("lipforce_sdk.engine", ROOT / "engine" / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT / "engine")])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+E = _import_engine()
+onnx = pytest.importorskip("onnx", reason="inspecting graphs needs the onnx package")
+from onnx import TensorProto as TP, helper, numpy_helper  # noqa: E402
+
+
+def _matmul_graph(path, elem=TP.FLOAT, np_dtype=np.float32, *, fp8=False, custom=False):
+    w = numpy_helper.from_array(np.ones((8, 8), np_dtype), "W")
+    x = helper.make_tensor_value_info("x", elem, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", elem, [1, 4, 8])
+    inits = [w]
+    if fp8:
+        inits.append(numpy_helper.from_array(np.array(0.1, np_dtype), "s"))
+        nodes = [helper.make_node("QuantizeLinear", ["W", "s"], ["wq"], output_dtype=TP.FLOAT8E4M3FN),
+                 helper.make_node("DequantizeLinear", ["wq", "s"], ["wd"]),
+                 helper.make_node("MatMul", ["x", "wd"], ["y"], name="mm")]
+    elif custom:
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["h"], name="mm"),
+                 helper.make_node("KVAttention", ["h"], ["y"], name="attn_0", domain="lipforce")]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")]
+    opsets = [helper.make_opsetid("", 21)] + ([helper.make_opsetid("lipforce", 1)] if custom else [])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=opsets)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("elem,np_dtype,precision", [
+    (TP.FLOAT, np.float32, "fp32"), (TP.FLOAT16, np.float16, "fp16")])
+def test_inspect_onnx_reads_precision_from_the_weights(tmp_path, elem, np_dtype, precision):
+    info = E.inspect_onnx(_matmul_graph(tmp_path / "g.onnx", elem, np_dtype))
+    assert info.precision == precision, info
+    assert info.quantized is None and info.custom_ops == ()
+    assert [t.name for t in info.inputs] == ["x"] and info.inputs[0].shape == (1, 4, 8)
+    E.check_graph_precision(info, precision)  # the graph's own precision passes
+    other = "fp16" if precision == "fp32" else "fp32"
+    with pytest.raises(E.EngineError, match=rf"{precision} graph.*precision='{other}'"):
+        E.check_graph_precision(info, other)
+
+
+def test_bf16_graph_is_bf16(tmp_path):
+    import ml_dtypes
+
+    info = E.inspect_onnx(_matmul_graph(tmp_path / "g.onnx", TP.BFLOAT16, ml_dtypes.bfloat16))
+    assert info.precision == "bf16"
+    with pytest.raises(E.EngineError, match="bf16 graph"):
+        E.check_graph_precision(info, "fp16")
+
+
+def test_fp8_needs_qdq_and_names_the_gpus(tmp_path):
+    plain = E.inspect_onnx(_matmul_graph(tmp_path / "a.onnx", TP.FLOAT16, np.float16))
+    with pytest.raises(E.EngineError) as ei:
+        E.check_graph_precision(plain, "fp8")
+    msg = str(ei.value)
+    assert "quantized" in msg and "Q/DQ" in msg and "SM89" in msg and "Hopper" in msg and "Blackwell" in msg
+    q = E.inspect_onnx(_matmul_graph(tmp_path / "b.onnx", TP.FLOAT16, np.float16, fp8=True))
+    assert q.quantized == "fp8"
+    E.check_graph_precision(q, "fp8")
+    with pytest.raises(E.EngineError, match="fp8-quantized"):
+        E.check_graph_precision(q, "fp16")
+
+
+def test_unknown_precision_refused(tmp_path):
+    info = E.inspect_onnx(_matmul_graph(tmp_path / "g.onnx"))
+    with pytest.raises(E.EngineError, match="int8.*expected one of fp32, fp16, bf16, fp8"):
+        E.check_graph_precision(info, "int8")
+
+
+def test_custom_domain_nodes_are_listed(tmp_path):
+    info = E.inspect_onnx(_matmul_graph(tmp_path / "g.onnx", custom=True))
+    assert info.custom_ops == (("lipforce", "KVAttention", "attn_0"),)
+
+
+def test_unreadable_onnx_is_a_clear_error(tmp_path):
+    p = tmp_path / "broken.onnx"
+    p.write_bytes(b"\x00not an onnx file")
+    with pytest.raises(E.EngineError, match="broken.onnx.*re-export"):
+        E.inspect_onnx(p)
+
+
+def test_state_mapping_follows_the_naming_convention():
+    ins = ["x_t", "t", "write_idx", "kv_k_0", "kv_v_0", "kv_k_1", "enc_cache_3", "lonely_2"]
+    outs = ["x0", "kv_k_out_0", "kv_v_out_0", "kv_k_out_1", "enc_cache_out_3"]
+    assert E.infer_state_mapping(ins, outs) == {
+        "kv_k_0": "kv_k_out_0", "kv_v_0": "kv_v_out_0", "kv_k_1": "kv_k_out_1", "enc_cache_3": "enc_cache_out_3"}
+
+
+@pytest.mark.parametrize("value,sm", [(86, "sm86"), ("8.6", "sm86"), ("sm89", "sm89"), ("SM_120", "sm120"),
+                                      ("12.0", "sm120"), ((7, 5), "sm75"), (121, "sm121")])
+def test_parse_compute_capability(value, sm):
+    assert E.parse_compute_capability(value) == sm
+
+
+def test_parse_compute_capability_rejects_garbage():
+    with pytest.raises(E.EngineError, match="'ampere'.*sm86"):
+        E.parse_compute_capability("ampere")
+
+
+def test_no_tensorrt_names_both_install_options(monkeypatch):
+    flavour_mod = sys.modules["lipforce_sdk.engine.flavour"]
+
+    def fail(name, *a, **k):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(flavour_mod.importlib, "import_module", fail)
+    with pytest.raises(E.EngineError) as ei:
+        E.detect_tensorrt()
+    msg = str(ei.value)
+    assert "pip install tensorrt-rtx" in msg and "pip install tensorrt`" in msg and "JetPack" in msg
+    with pytest.raises(E.EngineError, match="TensorRT was asked for.*import tensorrt"):
+        E.detect_tensorrt("tensorrt")
+
+
+def test_unknown_flavour_name():
+    with pytest.raises(E.EngineError, match="unknown TensorRT flavour 'tensorflow'"):
+        E.detect_tensorrt("tensorflow")
+
+
+def test_progress_record_nests_and_cancels():
+    p = E.BuildProgress(disable=True)
+    p.phase_start("Building engine", None, 3)
+    p.phase_start("Optimizing graph", "Building engine", 2)
+    assert p.step_complete("Optimizing graph", 0) is True
+    p.step_complete("Optimizing graph", 1)
+    p.phase_finish("Optimizing graph")
+    p.step_complete("Building engine", 0)
+    p.cancel()
+    assert p.step_complete("Building engine", 1) is False  # tells TensorRT to stop
+    p.phase_finish("Building engine")
+    assert [(r.name, r.depth, r.steps_done, r.finished) for r in p.phases] == [
+        ("Building engine", 0, 2, True), ("Optimizing graph", 1, 2, True)]
+    assert p.summary() == {"phases": 2, "top_level": ["Building engine"]}
+
+
+def test_progress_draws_bars(capsys):
+    p = E.BuildProgress(label="dit_step")
+    p.phase_start("Building engine", None, 2)
+    p.step_complete("Building engine", 0)
+    p.step_complete("Building engine", 1)
+    p.phase_finish("Building engine")
+    assert "dit_step: Building engine" in capsys.readouterr().err
+
+
+def test_doctor_reports_every_section():
+    rep = E.doctor()
+    for key in ("python", "torch", "onnxruntime", "tensorrt", "cuda", "gpu", "plugin_library"):
+        assert key in rep, key
+    assert set(rep["tensorrt"]) >= {"tensorrt_rtx", "tensorrt", "usable"}
+    assert rep["plugin_library"]["expected"].endswith("liblipforce_trt_plugin.so")
+    text = E.format_doctor(rep)
+    assert "python.version" in text and "gpu.found" in text
+
+
+def test_engine_and_doctor_import_no_torch():
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r}); "
+            "from test_engine_units import E; E.doctor(); "
+            "print('torch' in sys.modules)").format(root=str(ROOT), tests=str(ROOT / "tests"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False", "engine/ or doctor() imported torch"
