@@ -138,6 +138,9 @@ class WanDiT(nn.Module):
         self.head = Head(d.dim, self.out_dim, self.patch, d.eps)
         gh, gw = cfg.grid_hw
         self.rope = Rope3D(d.head_dim, gh, gw, d.rope_theta)
+        # the cache-attention implementation (same signature as kv_cache_attention); the exporter swaps
+        # in the custom-op form for the plugin flavour
+        self.cache_attention: Callable = kv_cache_attention
 
     # ---- shared pieces ----
     def _embed(self, x_t, t, cond, mask, audio_tokens):
@@ -179,7 +182,7 @@ class WanDiT(nn.Module):
 
         def attn_for_layer(i):
             def fn(q, k, v):
-                out, kc, vc = kv_cache_attention(q, k, v, caches[i][0], caches[i][1], write_idx, q_pos, k_pos,
+                out, kc, vc = self.cache_attention(q, k, v, caches[i][0], caches[i][1], write_idx, q_pos, k_pos,
                                                  k_valid, self.rope, inplace=inplace)
                 new[i] = (kc, vc)
                 return out

@@ -1,0 +1,219 @@
+"""Tracing the four graphs with ``torch.onnx.export(dynamo=True)``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from lipforce_sdk.backends.base import state_out_name
+from lipforce_sdk.manifest import sha256_file, write_manifest
+from lipforce_sdk.model import LipSyncModel
+
+__all__ = ["ATTENTION_FLAVOURS", "ExportError", "export_audio_encoder", "export_vae_encoder", "export_dit_step",
+           "export_vae_decoder", "export_model", "example_inputs"]
+
+ATTENTION_FLAVOURS = {"decomposed": 18, "onnx_attention": 23, "plugin": 18}
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 6: "int32", 7: "int64", 9: "bool"}
+_EXTERNAL_DATA_BYTES = 1 << 30  # graphs above this keep their weights in a side file (protobuf 2 GB limit)
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------- graph wrappers (flat signatures)
+class AudioEncoderGraph(nn.Module):
+    def __init__(self, model: LipSyncModel):
+        super().__init__()
+        self.enc = model.audio_encoder
+
+    def forward(self, mel):
+        return self.enc(mel)
+
+
+class VAEEncoderGraph(nn.Module):
+    def __init__(self, model: LipSyncModel):
+        super().__init__()
+        self.vae = model.vae
+
+    def forward(self, frames, *caches):
+        lat, new = self.vae.encode(frames, list(caches))
+        return (lat, *new)
+
+
+class VAEDecoderGraph(nn.Module):
+    def __init__(self, model: LipSyncModel):
+        super().__init__()
+        self.vae = model.vae
+
+    def forward(self, latents, *caches):
+        out, new = self.vae.decode(latents, list(caches))
+        return (out, *new)
+
+
+class DiTStepGraph(nn.Module):
+    def __init__(self, model: LipSyncModel):
+        super().__init__()
+        self.dit = model.dit
+        self.layers = len(model.dit.blocks)
+
+    def forward(self, x_t, t, cond, mask, audio_tokens, write_idx, q_pos, k_pos, k_valid, *kv):
+        caches = [(kv[2 * i], kv[2 * i + 1]) for i in range(self.layers)]
+        x0, new = self.dit.step(x_t, t, cond, mask, audio_tokens, write_idx, q_pos, k_pos, k_valid, caches, inplace=False)
+        return (x0, *(t for pair in new for t in pair))
+
+
+# ---------------------------------------------------------------- example inputs (static shapes)
+def example_inputs(model: LipSyncModel, graph: str, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """``(names, tensors, output_names, state_map)`` for ``graph`` at the model's configured shapes."""
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    C, tc = cfg.stream.chunk_frames, cfg.vae.temporal_compression
+    fv = C * tc
+    h, w = cfg.latent_hw
+    res = cfg.stream.resolution
+    z = cfg.latent_channels
+    rnd = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    if graph == "audio_encoder":
+        a = cfg.audio
+        win = a.window_video_frames() * a.mels_per_video_frame(cfg.stream.fps)
+        return ["mel"], [rnd(1, fv, win, a.n_mels)], ["audio_tokens"], {}
+    if graph in ("vae_encoder", "vae_decoder"):
+        part = "enc" if graph == "vae_encoder" else "dec"
+        shapes = model.vae.cache_shapes(1)[part]
+        states = [f"{part}_cache_{j}" for j in range(len(shapes))]
+        if graph == "vae_encoder":
+            names, tensors, out = ["frames"], [rnd(1, 3, fv, res, res).clamp(-1, 1)], ["latents"]
+        else:
+            names, tensors, out = ["latents"], [rnd(1, z, C, h, w)], ["frames"]
+        return (names + states, tensors + [rnd(*s) for s in shapes], out + [state_out_name(s) for s in states],
+                {s: state_out_name(s) for s in states})
+    if graph == "dit_step":
+        from lipforce_sdk.cache_plan import RingCachePlanner
+
+        pl = RingCachePlanner(cfg.stream.sink_frames, cfg.stream.window_frames, C)
+        for _ in range(cfg.stream.sink_frames + cfg.stream.window_frames):  # a steady-state plan
+            pl.commit()
+        p = pl.plan()
+        a = cfg.audio
+        names = ["x_t", "t", "cond", "mask", "audio_tokens", "write_idx", "q_pos", "k_pos", "k_valid"]
+        tensors = [rnd(1, z, C, h, w), torch.full((1,), 0.5).to(dtype), rnd(1, z, C, h, w),
+                   torch.ones(1, cfg.mask_channels, C, h, w, dtype=dtype), rnd(1, fv, a.tokens_per_frame, a.token_dim)]
+        tensors += [torch.from_numpy(x) for x in (p.write_idx, p.q_pos, p.k_pos, p.k_valid)]
+        states = []
+        for i in range(cfg.dit.num_layers):
+            states += [f"kv_k_{i}", f"kv_v_{i}"]
+        shape = model.dit.cache_shape(1)
+        return (names + states, tensors + [rnd(*shape) for _ in states], ["x0"] + [state_out_name(s) for s in states],
+                {s: state_out_name(s) for s in states})
+    raise ExportError(f"unknown graph {graph!r}; expected audio_encoder, vae_encoder, dit_step or vae_decoder")
+
+
+_WRAPPERS = {"audio_encoder": AudioEncoderGraph, "vae_encoder": VAEEncoderGraph, "dit_step": DiTStepGraph,
+             "vae_decoder": VAEDecoderGraph}
+
+
+def _io_spec(values) -> list[dict]:
+    out = []
+    for v in values:
+        tt = v.type.tensor_type
+        out.append({"name": v.name, "shape": [d.dim_value for d in tt.shape.dim],
+                    "dtype": _ONNX_DTYPE_NAMES.get(tt.elem_type, str(tt.elem_type))})
+    return out
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress and warnings; keep the CLI's output readable."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _export(model: LipSyncModel, graph: str, path: Path, precision: str, attention: str) -> dict:
+    import onnx
+
+    if attention not in ATTENTION_FLAVOURS:
+        raise ExportError(f"attention={attention!r} is not one of {sorted(ATTENTION_FLAVOURS)}")
+    if precision not in _DTYPES:
+        raise ExportError(f"precision={precision!r} is not one of {sorted(_DTYPES)}")
+    dtype = _DTYPES[precision]
+    names, tensors, out_names, state = example_inputs(model, graph, dtype)
+    wrapper = _WRAPPERS[graph](model).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
+    restore = None
+    if graph == "dit_step" and attention == "plugin":
+        from .plugin_op import plugin_cache_attention, plugin_translation_table
+
+        restore, model.dit.cache_attention = model.dit.cache_attention, plugin_cache_attention(model.dit.rope)
+        table = plugin_translation_table(model.cfg)
+    else:
+        table = None
+    t0 = time.perf_counter()
+    try:
+        with _quiet(), torch.no_grad():
+            prog = torch.onnx.export(wrapper, tuple(tensors), dynamo=True, opset_version=ATTENTION_FLAVOURS[attention],
+                                     input_names=names, output_names=out_names, custom_translation_table=table,
+                                     optimize=True, verbose=False)
+            prog.save(str(path), external_data=nbytes > _EXTERNAL_DATA_BYTES)
+    except Exception as e:  # the exporter's own errors are long; keep the cause
+        raise ExportError(f"exporting {graph} ({precision}, attention={attention}) failed: {e}") from e
+    finally:
+        if restore is not None:
+            model.dit.cache_attention = restore
+    m = onnx.load(str(path), load_external_data=False)
+    got_in = [i.name for i in m.graph.input]
+    got_out = [o.name for o in m.graph.output]
+    if got_in != names or got_out != out_names:
+        raise ExportError(f"{graph}: exported I/O names {got_in} -> {got_out} differ from the contract {names} -> {out_names}")
+    return {"file": path.name, "sha256": sha256_file(path), "inputs": _io_spec(m.graph.input),
+            "outputs": _io_spec(m.graph.output), "state": state, "export_seconds": round(time.perf_counter() - t0, 2)}
+
+
+def export_audio_encoder(model: LipSyncModel, path, precision: str = "fp32") -> dict:
+    return _export(model, "audio_encoder", Path(path), precision, "decomposed")
+
+
+def export_vae_encoder(model: LipSyncModel, path, precision: str = "fp32") -> dict:
+    return _export(model, "vae_encoder", Path(path), precision, "decomposed")
+
+
+def export_vae_decoder(model: LipSyncModel, path, precision: str = "fp32") -> dict:
+    return _export(model, "vae_decoder", Path(path), precision, "decomposed")
+
+
+def export_dit_step(model: LipSyncModel, path, precision: str = "fp32", attention: str = "decomposed") -> dict:
+    return _export(model, "dit_step", Path(path), precision, attention)
+
+
+def export_model(model: LipSyncModel, out_dir, precision: str = "fp32", attention: str = "decomposed",
+                 progress: bool = True) -> dict:
+    """Export all four graphs of ``model`` into ``out_dir`` and write its manifest."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    model = model.float().eval()
+    graphs = {}
+    fns = {"audio_encoder": export_audio_encoder, "vae_encoder": export_vae_encoder, "dit_step": export_dit_step,
+           "vae_decoder": export_vae_decoder}
+    bar = tqdm(fns.items(), desc="export", unit="graph", disable=not progress)
+    for name, fn in bar:
+        bar.set_postfix_str(name)
+        kw = {"attention": attention} if name == "dit_step" else {}
+        graphs[name] = fn(model.to(_DTYPES[precision]), out / f"{name}.onnx", precision=precision, **kw)
+    model.float()
+    flavour = "plugin" if attention == "plugin" else "portable"
+    return write_manifest(out, model.cfg, flavour=flavour, attention=attention, opset=ATTENTION_FLAVOURS[attention],
+                          precision=precision, graphs=graphs)

@@ -1,0 +1,78 @@
+"""ONNX Runtime backend: the exported graphs, state kept as NumPy arrays between calls. No torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..manifest import read_manifest, sha256_file
+from .base import Backend, BackendError
+from .graph_backend import GraphBackend
+
+__all__ = ["OrtGraphRunner", "OnnxRuntimeBackend"]
+
+_DT = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64, "bool": np.bool_}
+
+
+class OrtGraphRunner:
+    """One graph in an ``onnxruntime.InferenceSession``; state inputs are fed from the previous
+    call's state outputs (``state`` maps each state input name to its current array)."""
+
+    def __init__(self, path: Path, spec: dict, providers: Sequence[str] | None = None, session_options=None,
+                 check_hash: bool = True):
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise BackendError(f"graph file {str(path)!r} is missing; re-export the model directory")
+        if check_hash and spec.get("sha256") and sha256_file(path) != spec["sha256"]:
+            raise BackendError(f"{str(path)!r} does not match the sha256 in its manifest (changed or corrupted); "
+                               "re-export with `lipforce export`")
+        self.spec = spec
+        self.state_map: dict[str, str] = dict(spec.get("state", {}))
+        so = session_options or ort.SessionOptions()
+        self.sess = ort.InferenceSession(str(path), so, providers=list(providers or ["CPUExecutionProvider"]))
+        self._inputs = {i["name"]: i for i in spec["inputs"]}
+        self._out_names = [o["name"] for o in spec["outputs"]]
+        self._state_outs = set(self.state_map.values())
+
+    def new_state(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros(self._inputs[n]["shape"], _DT[self._inputs[n]["dtype"]]) for n in self.state_map}
+
+    def reset_state(self, state: dict[str, np.ndarray] | None) -> None:
+        for a in (state or {}).values():
+            a.fill(0)
+
+    def run(self, feeds: Mapping[str, np.ndarray], state: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+        inputs = dict(feeds)
+        if state:
+            inputs.update(state)
+        outs = dict(zip(self._out_names, self.sess.run(self._out_names, inputs)))
+        for sin, sout in self.state_map.items():
+            state[sin] = outs[sout]
+        return {k: v for k, v in outs.items() if k not in self._state_outs}
+
+
+class OnnxRuntimeBackend(GraphBackend):
+    @classmethod
+    def load(cls, model_dir: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
+             register_plugin: bool | None = None) -> "OnnxRuntimeBackend":
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendError("backend='onnxruntime' needs ONNX Runtime: pip install 'lipforce[onnx]'") from e
+        d = Path(model_dir)
+        m, cfg = read_manifest(d)
+        if "graphs" not in m:
+            raise BackendError(f"{str(d)!r} has no exported graphs (manifest has no 'graphs'); "
+                               f"run `lipforce export --checkpoint {d} --out DIR` and load DIR")
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        if m.get("flavour") == "plugin":
+            from ..kvattn import ort_session_options_for_plugin  # custom op backed by the C++ CPU reference
+
+            so = ort_session_options_for_plugin(so)
+        runners = {g: OrtGraphRunner(d / spec["file"], spec, providers, so) for g, spec in m["graphs"].items()}
+        return cls("onnxruntime", cfg, m, runners)
