@@ -49,6 +49,7 @@ __all__ = [
     "rope_dims",
     "kv_cache_attention_numpy",
     "kv_cache_attention_cpu",
+    "native_module",
     "register_ort_custom_op",
     "to_ort_contrib_domain",
 ]
@@ -184,15 +185,23 @@ def kv_cache_attention_numpy(q, k, v, k_cache, v_cache, write_idx, q_pos, k_pos,
 
 
 # ---- C++ CPU reference ------------------------------------------------------------------------------------
-def _native():
+def native_module():
+    """The compiled module: lipforce_sdk._kvattn (pip install), else a top-level _kvattn on sys.path (a CMake
+    build directory, e.g. PYTHONPATH=build/csrc)."""
     try:
         from lipforce_sdk import _kvattn
-    except ImportError as e:  # pragma: no cover - depends on the build
+    except ImportError as e:
+        try:
+            import _kvattn  # type: ignore[no-redef]
+        except ImportError:
+            _kvattn = None
+        if _kvattn is not None:
+            return _kvattn
         raise ImportError(
             "lipforce_sdk._kvattn (the compiled KV-cache attention op) is not available: "
             f"{e}. Build it with `pip install .` from the repository root (needs a C++17 compiler, CMake >= 3.24 "
-            "and pybind11), or build csrc/ with CMake (-DLIPFORCE_BUILD_PYTHON=ON) and put the module on "
-            "PYTHONPATH."
+            "and pybind11), or build with CMake (-DLIPFORCE_BUILD_PYTHON=ON) and put the build's csrc/ directory "
+            "on PYTHONPATH."
         ) from e
     return _kvattn
 
@@ -205,7 +214,7 @@ def kv_cache_attention_cpu(q, k, v, k_cache, v_cache, write_idx, q_pos, k_pos, k
     the caches must be float32 C-contiguous arrays; they are updated in place and returned as
     ``k_cache_out``/``v_cache_out``. Otherwise the inputs are left untouched.
     """
-    native = _native()
+    native = native_module()
     if inplace:
         kc, vc = k_cache, v_cache
     else:
@@ -237,7 +246,7 @@ def register_ort_custom_op() -> str:
             "register_ort_custom_op needs onnxruntime-extensions: pip install 'lipforce[plugin-ort]' "
             f"(or pip install onnxruntime-extensions): {e}"
         ) from e
-    _native()  # fail here, with the build hint, rather than inside an ORT session
+    native_module()  # fail here, with the build hint, rather than inside an ORT session
     if _ort_op is None:
         attrs: dict[str, Any] = {name: PyCustomOpDef.dt_int64 for name in INT_ATTRIBUTE_NAMES}
         attrs["rope_theta"] = PyCustomOpDef.dt_float
