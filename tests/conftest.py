@@ -18,3 +18,16 @@ def make_clip(n_frames: int, seed: int = 0, hw=(96, 80), extra_samples: int = 32
 
 
 BOX = (8.0, 10.0, 72.0, 74.0)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(tmp_path_factory):
+    """The bundled default exported once (portable, opset 18): (model, out_dir, manifest)."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'lipforce[onnx]')")
+    from lipforce_sdk import default_model_dir
+    from lipforce_sdk.export import export_model
+    from lipforce_sdk.model import load_model
+
+    model = load_model(default_model_dir())
+    out = tmp_path_factory.mktemp("tiny_onnx")
+    return model, out, export_model(model, out, progress=False)

@@ -191,3 +191,114 @@ def test_engine_and_doctor_import_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False", "engine/ or doctor() imported torch"
+
+
+# ------------------------------------------------------------------------------------------------
+# full TensorRT's side of the flavour, over a stand-in module (TensorRT is not installable everywhere)
+# ------------------------------------------------------------------------------------------------
+class _FakeCache:
+    def __init__(self, blob):
+        self.blob = bytes(blob)
+
+    def serialize(self):
+        return self.blob + b"+more"
+
+
+class _FakeConfig:
+    def __init__(self):
+        self.cache = None
+        self.loaded = None
+        self.hardware_compatibility_level = None
+        self.preview = {}
+
+    def create_timing_cache(self, blob):
+        self.loaded = bytes(blob)
+        return _FakeCache(blob)
+
+    def set_timing_cache(self, cache, ignore_mismatch):
+        self.cache = cache
+        return True
+
+    def get_timing_cache(self):
+        return self.cache
+
+    def set_preview_feature(self, feature, on):
+        self.preview[feature] = on
+
+
+def _full_trt():
+    from types import SimpleNamespace
+
+    mod = SimpleNamespace(HardwareCompatibilityLevel=SimpleNamespace(AMPERE_PLUS="ampere+"),
+                          PreviewFeature=SimpleNamespace(ALIASED_PLUGIN_IO_10_03="alias"))
+    return E.TensorRTFlavour(name="tensorrt", module=mod, version="10.3.0")
+
+
+ORIN = E.GpuInfo(name="Orin", compute_capability=(8, 7))
+H100 = E.GpuInfo(name="NVIDIA H100", compute_capability=(9, 0))
+
+
+def test_full_tensorrt_targets_the_local_gpu():
+    fl = _full_trt()
+    assert fl.supports_plugins and fl.supports_timing_cache and not fl.builds_without_gpu
+    with pytest.raises(E.EngineError, match="no CUDA GPU was found.*TensorRT-RTX"):
+        fl.configure_target(_FakeConfig(), None, precision="fp16", gpu=None)
+    assert fl.configure_target(_FakeConfig(), None, precision="fp16", gpu=ORIN) == {
+        "gpu": "Orin", "compute_capability": "sm87", "hardware_compatibility": "none"}
+    with pytest.raises(E.EngineError, match=r"builds for the GPU it runs on \(Orin, sm87\), not for sm90"):
+        fl.configure_target(_FakeConfig(), "sm90", precision="fp16", gpu=ORIN)
+    cfg = _FakeConfig()
+    assert fl.configure_target(cfg, "ampere+", precision="fp16", gpu=H100)["hardware_compatibility"] == "ampere_plus"
+    assert cfg.hardware_compatibility_level == "ampere+"
+    with pytest.raises(E.EngineError, match="fp8.*not on sm87"):
+        fl.configure_target(_FakeConfig(), None, precision="fp8", gpu=ORIN)
+    assert fl.configure_target(_FakeConfig(), None, precision="fp8", gpu=H100)["compute_capability"] == "sm90"
+
+
+def test_full_tensorrt_timing_cache_is_written_then_reused(tmp_path):
+    fl = _full_trt()
+    path = tmp_path / "cache" / "timing.cache"
+    first = _FakeConfig()
+    assert fl.attach_timing_cache(first, path) is not None and first.loaded == b""  # starts empty
+    assert fl.save_timing_cache(first, path) == len(b"+more") and path.read_bytes() == b"+more"
+    second = _FakeConfig()
+    fl.attach_timing_cache(second, path)
+    assert second.loaded == b"+more"  # the saved cache is read back
+    fl.save_timing_cache(second, path)
+    assert path.read_bytes() == b"+more+more"
+
+
+def test_plugin_libraries_load_once_and_missing_ones_are_named(tmp_path):
+    fl = _full_trt()
+    lib = tmp_path / "liblipforce_trt_plugin.so"
+    lib.write_bytes(b"\x7fELF")
+    calls = []
+
+    class Registry:
+        def load_library(self, path):
+            calls.append(path)
+            return object()
+
+    assert fl.load_plugin_libraries(Registry(), [lib]) == [lib.resolve()]
+    assert fl.load_plugin_libraries(Registry(), [lib]) == [lib.resolve()]
+    assert calls == [str(lib.resolve())]  # the registry is process-wide: loaded once
+    with pytest.raises(E.EngineError, match="libnope.so' does not exist"):
+        fl.load_plugin_libraries(Registry(), [tmp_path / "libnope.so"])
+    cfg = _FakeConfig()
+    assert fl.enable_plugin_features(cfg) == ["ALIASED_PLUGIN_IO_10_03"] and cfg.preview == {"alias": True}
+
+
+def test_engine_gpu_check_names_both_gpus():
+    check = sys.modules["lipforce_sdk.engine.check"]
+    full = {"file": "dit_step.engine", "target": {"gpu": "NVIDIA H100", "compute_capability": "sm90",
+                                                   "hardware_compatibility": "none"}}
+    check._gpu_fits(full, H100, _full_trt())
+    with pytest.raises(E.EngineError, match=r"built on NVIDIA H100 \(sm90\) and this GPU is Orin \(sm87\)"):
+        check._gpu_fits(full, ORIN, _full_trt())
+    rtx = E.TensorRTFlavour(name="tensorrt_rtx", module=None, version="1.7.1.116")
+    entry = {"file": "dit_step.engine", "target": {"compute_capabilities": ["sm86", "sm89"]}}
+    check._gpu_fits(entry, E.GpuInfo("RTX 4090", (8, 9)), rtx)
+    with pytest.raises(E.EngineError, match=r"built for sm86, sm89 and this GPU is RTX 5090 \(sm120\)"):
+        check._gpu_fits(entry, E.GpuInfo("RTX 5090", (12, 0)), rtx)
+    with pytest.raises(E.EngineError, match="not a TensorRT-RTX target: use full TensorRT"):
+        check._gpu_fits(entry, H100, rtx)

@@ -61,7 +61,8 @@ class Rope3D(torch.nn.Module):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Lq, H, D], k/v [B, Lk, H, D], mask [Lk] bool (True = attend) -> [B, Lq, H, D]."""
-    am = None if mask is None else mask[None, None, None, :]
+    # [1, 1, Lq, Lk]: ONNX Runtime's opset-23 Attention kernel does not broadcast the query axis
+    am = None if mask is None else mask[None, None, None, :].expand(1, 1, q.shape[1], mask.shape[0])
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=am)
     return out.transpose(1, 2)
 
