@@ -82,6 +82,50 @@ def _cmd_run(a) -> int:
     return 0
 
 
+def _cmd_export(a) -> int:
+    from .export import export_model
+    from .model import LipSyncModel, load_model
+    from .session import default_model_dir
+
+    if a.preset and a.checkpoint:
+        raise ValueError("give --preset or --checkpoint, not both")
+    if a.preset:
+        model = LipSyncModel.from_preset(a.preset, seed=a.seed)
+    else:
+        model = load_model(a.checkpoint or default_model_dir())
+    over = {k: v for k, v in (("resolution", a.resolution), ("chunk_frames", a.chunk_frames)) if v is not None}
+    if over:
+        cfg = model.cfg.replace(stream=over)
+        state = model.state_dict()
+        model = LipSyncModel(cfg)
+        model.load_state_dict(state)
+    man = export_model(model, a.out, precision=a.precision, attention=a.attention, progress=not a.no_progress)
+    print(f"exported {model.cfg.name} ({man['flavour']}, attention={a.attention}, opset {man['opset']}, "
+          f"{a.precision}) to {a.out}")
+    for g, spec in man["graphs"].items():
+        print(f"  {g:<14} {spec['file']:<20} {spec['sha256'][:12]}  {len(spec['state'])} state tensors")
+    return 0
+
+
+def _cmd_build(a) -> int:
+    from .engine import build_model
+
+    man = build_model(a.model_dir, a.out, precision=a.precision, flavour=a.flavour, target=a.target,
+                      timing_cache=a.timing_cache, plugin_libraries=a.plugin or None, progress=not a.no_progress)
+    print(f"built {len(man['engines'])} engine(s) into {a.out}")
+    for g, e in man["engines"].items():
+        print(f"  {g:<14} {e.get('file', '')}  {e.get('trt_flavour', '')} {e.get('trt_version', '')}  "
+              f"{e.get('precision', '')}  {e.get('build_seconds', 0):.1f}s")
+    return 0
+
+
+def _cmd_doctor(a) -> int:
+    from .engine import format_doctor
+
+    print(format_doctor())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipforce", description="Real-time few-step diffusion lip sync.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -95,6 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="fixed face box (skip detection)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=_cmd_run)
+
+    e = sub.add_parser("export", help="export the four graphs to ONNX with a manifest")
+    e.add_argument("--preset", default=None, help="export a preset with seeded weights (tiny, 1.3b, 14b)")
+    e.add_argument("--checkpoint", default=None, help="model directory with weights (default: the bundled model)")
+    e.add_argument("--seed", type=int, default=0, help="weights seed with --preset")
+    e.add_argument("--out", required=True, help="output directory")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    e.add_argument("--attention", default="decomposed", choices=["decomposed", "onnx_attention", "plugin"],
+                   help="decomposed (opset 18), onnx_attention (opset 23 Attention op) or plugin (lipforce TensorRT plugin)")
+    e.add_argument("--resolution", type=int, default=None, help="face crop size (default: the model's)")
+    e.add_argument("--chunk-frames", type=int, default=None, help="latent frames per chunk (default: the model's)")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(fn=_cmd_export)
+
+    b = sub.add_parser("build", help="build TensorRT / TensorRT-RTX engines from an exported directory")
+    b.add_argument("model_dir", help="directory written by `lipforce export`")
+    b.add_argument("--out", required=True, help="engine directory")
+    b.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16", "fp8"],
+                   help="must match the exported graphs (strongly typed); default: theirs")
+    b.add_argument("--flavour", default=None, choices=["tensorrt_rtx", "tensorrt"], help="default: what imports")
+    b.add_argument("--target", default=None, help="compute capability to build for, e.g. 8.6 (TensorRT-RTX)")
+    b.add_argument("--timing-cache", default=None, help="timing cache file (full TensorRT)")
+    b.add_argument("--plugin", action="append", default=[], help="plugin library to load (full TensorRT)")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(fn=_cmd_build)
+
+    d = sub.add_parser("doctor", help="print Python, torch, ONNX Runtime, TensorRT, CUDA, GPU, plugin library")
+    d.set_defaults(fn=_cmd_doctor)
     return p
 
 

@@ -47,8 +47,13 @@ class WanRMSNorm(nn.Module):
 
 
 class WanLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the weights' dtype (input and affine params alike, so a
+    strongly typed fp16/bf16 graph has one type per node)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
 class _QKVO(nn.Module):
