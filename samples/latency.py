@@ -1,6 +1,7 @@
 """Latency sample: streaming two-step causal student vs the same-scale bidirectional model.
 
     python samples/latency.py --preset tiny --resolution 128 --backend torch
+    python samples/latency.py --preset tiny --backend torch,onnxruntime   # side by side, with the ratio
     python samples/latency.py --preset 1.3b --resolution 512 --backend torch --precision bf16 --device cuda
 
 Prints one table: for each chunk size, time to first frame, chunk latency percentiles, FPS,
@@ -40,20 +41,29 @@ def _reset_gpu_peak(torch, device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def make_engine(args, chunk_frames: int):
+def make_engine(args, backend: str, chunk_frames: int, workdir: Path):
+    """The same seeded model on ``backend``: torch directly; onnxruntime from a fresh export;
+    tensorrt from a fresh export + engine build (needs a GPU to run)."""
     from lipforce_sdk import Engine
     from lipforce_sdk.model import LipSyncModel
 
     over = {"stream": {"resolution": args.resolution, "chunk_frames": chunk_frames}}
-    if args.backend == "torch":
+    model = LipSyncModel.from_preset(args.preset, seed=0, **over)
+    if backend == "torch":
         from lipforce_sdk.backends.torch_backend import TorchBackend
 
-        model = LipSyncModel.from_preset(args.preset, seed=0, **over)
         return Engine(TorchBackend(model, device=args.device, precision=args.precision))
-    if args.model_dir is None:
-        raise SystemExit(f"--backend {args.backend} needs --model-dir (an exported/built directory); "
-                         "see `lipforce export` / `lipforce build`")
-    return Engine.load(args.model_dir, backend=args.backend)
+    from lipforce_sdk.export import export_model
+
+    onnx_dir = workdir / f"onnx_c{chunk_frames}"
+    precision = "fp32" if backend == "onnxruntime" else args.precision
+    export_model(model, onnx_dir, precision=precision, progress=False)
+    if backend == "onnxruntime":
+        return Engine.load(onnx_dir, backend="onnxruntime")
+    from lipforce_sdk.engine import build_model
+
+    build_model(onnx_dir, workdir / f"trt_c{chunk_frames}", progress=False)
+    return Engine.load(workdir / f"trt_c{chunk_frames}", backend="tensorrt")
 
 
 def stream_once(engine, frames, audio):
@@ -121,8 +131,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--resolution", type=int, default=128)
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
-    ap.add_argument("--model-dir", default=None, help="exported/built model directory (onnxruntime/tensorrt)")
+    ap.add_argument("--backend", default="torch",
+                    help="one or more of torch, onnxruntime, tensorrt (comma-separated: measured side by side)")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--chunks", default="1,2,3", help="chunk sizes in latent frames to measure, e.g. 1,2,3")
@@ -152,26 +162,34 @@ def main(argv=None) -> int:
     print(f"# lipforce latency: preset={args.preset} resolution={args.resolution} backend={args.backend} "
           f"precision={args.precision} device={args.device} ({dev_name}, {torch.get_num_threads()} threads) "
           f"clip={args.seconds:g}s ({n_frames} frames)")
-    hdr = ("mode", "chunk", "algo latency ms", "TTFF ms", "p50 ms", "p95 ms", "p99 ms", "FPS", "peak mem MB")
+    backends = [b.strip() for b in args.backend.split(",")]
+    for b in backends:
+        if b not in ("torch", "onnxruntime", "tensorrt"):
+            raise SystemExit(f"--backend {b!r}: expected torch, onnxruntime or tensorrt")
+    hdr = ("mode", "backend", "chunk", "algo latency ms", "TTFF ms", "p50 ms", "p95 ms", "p99 ms", "FPS", "peak mem MB")
     rows = []
     stream_fps = {}
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="lipforce_latency_"))
     for c in [int(x) for x in args.chunks.split(",")]:
-        engine = make_engine(args, c)
+      for b in backends:
+        engine = make_engine(args, b, c, workdir)
         for _ in range(args.warmup):
             stream_once(engine, frames[: 2 * engine.config.video_frames_per_chunk], audio)
         _reset_gpu_peak(torch, dev)
         stats, wall = stream_once(engine, frames, audio)
         mem = _gpu_peak_mb(torch, dev) or _peak_rss_mb()
         cfg = engine.config
-        stream_fps[c] = stats.fps
-        rows.append((f"stream 2-step", f"{c} ({cfg.video_frames_per_chunk} fr)", f"{cfg.algorithmic_latency_ms():.0f}",
+        stream_fps[(b, c)] = stats.fps
+        rows.append((f"stream 2-step", b, f"{c} ({cfg.video_frames_per_chunk} fr)", f"{cfg.algorithmic_latency_ms():.0f}",
                      f"{stats.time_to_first_frame_ms:.1f}", f"{stats.p50_ms:.1f}", f"{stats.p95_ms:.1f}",
                      f"{stats.p99_ms:.1f}", f"{stats.fps:.1f}", f"{mem:.0f}"))
     base = None
-    if not args.no_baseline and args.backend == "torch":
+    if not args.no_baseline:
         base = bidirectional_baseline(args, frames, audio)
         mem = base["gpu_peak_mb"] or _peak_rss_mb()
-        rows.append((f"bidirectional {args.steps}-step CFG", "whole clip", f"{1000 * args.seconds:.0f}+",
+        rows.append((f"bidirectional {args.steps}-step CFG", "torch", "whole clip", f"{1000 * args.seconds:.0f}+",
                      f"{1000 * base['seconds']:.0f}", "-", "-", "-", f"{base['fps']:.2f}", f"{mem:.0f}"))
     widths = [max(len(str(r[i])) for r in rows + [hdr]) for i in range(len(hdr))]
     line = lambda r: "| " + " | ".join(str(v).ljust(w) for v, w in zip(r, widths)) + " |"
@@ -179,9 +197,15 @@ def main(argv=None) -> int:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:
         print(line(r))
+    chunks = sorted({c for _, c in stream_fps})
+    if "torch" in backends:
+        for b in backends:
+            if b != "torch":
+                for c in chunks:
+                    print(f"speed ratio ({b} / torch, chunk={c}): {stream_fps[(b, c)] / stream_fps[('torch', c)]:.2f}x")
     if base:
-        for c, f in stream_fps.items():
-            print(f"speed ratio (stream chunk={c} / bidirectional): {f / base['fps']:.1f}x")
+        for (b, c), f in stream_fps.items():
+            print(f"speed ratio (stream {b} chunk={c} / bidirectional torch): {f / base['fps']:.1f}x")
     print("FPS = output frames per second of compute; TTFF includes the first chunk's algorithmic wait only "
           "as far as the clip is pushed at once (pushes are not paced to real time); "
           "algo latency = chunk length + audio look-ahead + STFT overhang; peak mem = "
