@@ -21,7 +21,7 @@ class OrtGraphRunner:
     call's state outputs (``state`` maps each state input name to its current array)."""
 
     def __init__(self, path: Path, spec: dict, providers: Sequence[str] | None = None, session_options=None,
-                 check_hash: bool = True):
+                 check_hash: bool = True, transform=None):
         import onnxruntime as ort
 
         if not path.is_file():
@@ -32,7 +32,8 @@ class OrtGraphRunner:
         self.spec = spec
         self.state_map: dict[str, str] = dict(spec.get("state", {}))
         so = session_options or ort.SessionOptions()
-        self.sess = ort.InferenceSession(str(path), so, providers=list(providers or ["CPUExecutionProvider"]))
+        source = str(path) if transform is None else transform(path)
+        self.sess = ort.InferenceSession(source, so, providers=list(providers or ["CPUExecutionProvider"]))
         self._inputs = {i["name"]: i for i in spec["inputs"]}
         self._out_names = [o["name"] for o in spec["outputs"]]
         self._state_outs = set(self.state_map.values())
@@ -70,9 +71,19 @@ class OnnxRuntimeBackend(GraphBackend):
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        transform = None
         if m.get("flavour") == "plugin":
-            from ..kvattn import ort_session_options_for_plugin  # custom op backed by the C++ CPU reference
+            # the lipforce::KVCacheAttention nodes run the C++ CPU reference as an onnxruntime-extensions
+            # custom op, which lives in the ai.onnx.contrib domain
+            import onnx
 
-            so = ort_session_options_for_plugin(so)
-        runners = {g: OrtGraphRunner(d / spec["file"], spec, providers, so) for g, spec in m["graphs"].items()}
+            from ..kvattn import register_ort_custom_op, to_ort_contrib_domain
+
+            so.register_custom_ops_library(register_ort_custom_op())
+
+            def transform(path):
+                return to_ort_contrib_domain(onnx.load(str(path))).SerializeToString()
+
+        runners = {g: OrtGraphRunner(d / spec["file"], spec, providers, so, transform=transform)
+                   for g, spec in m["graphs"].items()}
         return cls("onnxruntime", cfg, m, runners)

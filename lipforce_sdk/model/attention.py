@@ -28,6 +28,7 @@ class Rope3D(torch.nn.Module):
         df, dh, dw = rope_axis_dims(head_dim)
         inv = [theta ** (-(torch.arange(0, d, 2, dtype=torch.float64)) / d) for d in (df, dh, dw)]
         self.nf = df // 2
+        self.theta = float(theta)
         self.grid_h, self.grid_w = grid_h, grid_w
         self.register_buffer("inv_f", inv[0].float(), persistent=False)  # [df/2]
         hh = torch.arange(grid_h, dtype=torch.float64).repeat_interleave(grid_w)  # [N]
