@@ -1,9 +1,10 @@
 """Log-mel front end in NumPy (the runtime needs no torch), streaming and offline.
 
 Clock: sample 0 is time 0; video frame i at ``fps`` owns samples ``[i*spf, (i+1)*spf)`` with
-``spf = sample_rate / fps`` (640 at 16 kHz / 25 fps). Mel frame m is the STFT window centred in hop
-m, i.e. samples ``[m*hop - (n_fft-hop)/2, ... + n_fft)``; video frame i owns mel frames
-``[i*mpf, (i+1)*mpf)`` (mpf = spf / hop = 4). Samples before 0 are silence.
+``spf = sample_rate / fps`` (640 at 16 kHz / 25 fps). Mel frame m is the STFT window that *ends* at
+the end of hop m (causal framing), i.e. samples ``[(m+1)*hop - n_fft, (m+1)*hop)``; video frame i
+owns mel frames ``[i*mpf, (i+1)*mpf)`` (mpf = spf / hop = 4), so its features need no sample past
+its own end and a live stream waits for no extra audio. Samples before 0 are silence.
 
 Features are computed one video frame at a time with fixed-shape arithmetic, so a stream cut into
 any pieces gives bit-identical features to the whole clip at once.
@@ -49,8 +50,7 @@ class LogMelFrontEnd:
         self.cfg = cfg
         self.spf = int(round(cfg.sample_rate / fps))  # samples per video frame
         self.mpf = self.spf // cfg.hop_length  # mel frames per video frame
-        self.pad_left = (cfg.n_fft - cfg.hop_length) // 2  # window starts this far before its hop
-        self.pad_right = cfg.n_fft - cfg.hop_length - self.pad_left
+        self.pad_left = cfg.n_fft - cfg.hop_length  # a window starts this far before its hop (ends with it)
         n = np.arange(cfg.n_fft)
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * n / cfg.n_fft)).astype(np.float32)  # periodic Hann
         self.fb = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)  # [n_mels, n_fft/2+1]

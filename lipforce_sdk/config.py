@@ -232,10 +232,10 @@ class ModelConfig:
         return int(round(self.audio.sample_rate / self.stream.fps))
 
     def algorithmic_latency_ms(self) -> float:
-        """Chunk length in video frames plus the audio look-ahead, before any compute."""
+        """Chunk length in video frames plus the audio look-ahead, before any compute (the STFT
+        windows end with their hop, so the features add no further wait)."""
         frames = self.video_frames_per_chunk + self.audio.lookahead_frames
-        extra = (self.audio.n_fft - self.audio.hop_length) / 2 / self.audio.sample_rate  # last STFT window's overhang
-        return 1000.0 * (frames / self.stream.fps + extra)
+        return 1000.0 * frames / self.stream.fps
 
     def replace(self, **sections) -> "ModelConfig":
         """``cfg.replace(stream={"resolution": 256})`` returns a validated copy with fields changed."""

@@ -208,7 +208,7 @@ def main(argv=None) -> int:
             print(f"speed ratio (stream {b} chunk={c} / bidirectional torch): {f / base['fps']:.1f}x")
     print("FPS = output frames per second of compute; TTFF includes the first chunk's algorithmic wait only "
           "as far as the clip is pushed at once (pushes are not paced to real time); "
-          "algo latency = chunk length + audio look-ahead + STFT overhang; peak mem = "
+          "algo latency = chunk length + audio look-ahead; peak mem = "
           + ("GPU max allocated" if dev.type == "cuda" else "process peak RSS (cumulative)"))
     return 0
 

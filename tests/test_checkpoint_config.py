@@ -92,5 +92,5 @@ def test_presets_and_derived_sizes():
     assert (b14.dit.dim, b14.dit.num_layers, b14.dit.num_heads, b14.dit.ffn_dim) == (5120, 40, 40, 13824)
     assert t.in_dim == 36 and b13.tokens_per_frame == 1024 and t.tokens_per_frame == 64
     assert t.video_frames_per_chunk == 4 and t.num_slots == 1 + 6 + 1
-    assert t.algorithmic_latency_ms() == pytest.approx(1000 * (6 / 25 + 120 / 16000))
+    assert t.algorithmic_latency_ms() == pytest.approx(240.0)
     assert ModelConfig.from_dict(b13.to_dict()) == b13
