@@ -281,7 +281,7 @@ class TensorRTFlavour:
 
         TensorRT-RTX: ``target`` is ``None`` (the local GPU when there is one it supports, else the
         portable set ``RTX_DEFAULT_TARGETS``), ``"portable"``, ``"current"`` (needs a GPU), or one or
-        more compute capabilities (``"sm86"``, ``["sm86", "sm89"]``).
+        more compute capabilities (``"sm86"``, ``"8.6,8.9"``, ``["sm86", 89]``).
         TensorRT: the engine is built for the local GPU; ``target`` is ``None``/``"current"``, that
         GPU's compute capability, or ``"ampere_plus"`` (hardware compatibility with Ampere and later).
         """
@@ -313,7 +313,7 @@ class TensorRTFlavour:
                                   f"{', '.join(RTX_COMPUTE_CAPABILITIES)})")
             sms, why = [gpu.sm], f"current GPU ({gpu.name})"
         else:
-            items = [target] if isinstance(target, (str, int)) else list(target)
+            items = _target_items(target)
             sms = []
             for t in items:
                 sm = parse_compute_capability(t)
@@ -344,14 +344,22 @@ class TensorRTFlavour:
             config.hardware_compatibility_level = level
             rec["hardware_compatibility"] = "ampere_plus"
         else:
-            items = [target] if isinstance(target, (str, int)) else list(target)
-            sms = {parse_compute_capability(t) for t in items}
+            sms = {parse_compute_capability(t) for t in _target_items(target)}
             if sms != {gpu.sm}:
                 raise EngineError(f"{self} builds for the GPU it runs on ({gpu.name}, {gpu.sm}), not for "
                                   f"{', '.join(sorted(sms))}: build on the target device, use target='ampere_plus', "
                                   "or use TensorRT-RTX for RTX GPUs")
         _check_precision_on([gpu.sm], precision, self)
         return rec
+
+
+def _target_items(target) -> list:
+    """``"8.6,8.9"`` / ``"sm86"`` / ``86`` / ``["sm86", 89]`` -> a list of items."""
+    if isinstance(target, str):
+        return [t for t in (s.strip() for s in target.split(",")) if t]
+    if isinstance(target, int):
+        return [target]
+    return list(target)
 
 
 def _check_precision_on(sms: Sequence[str], precision: str, flavour: TensorRTFlavour) -> None:

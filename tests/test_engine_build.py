@@ -282,6 +282,9 @@ def test_target_compute_capabilities_are_recorded(graphs, tmp_path):
     entry = E.build_engine(graphs["kv16"], tmp_path / "t.engine", precision="fp16", progress=False, flavour=RTX,
                            target=["8.6", "sm89", 86])
     assert entry["target"] == {"compute_capabilities": ["sm86", "sm89"], "selected_by": "requested"}
+    entry = E.build_engine(graphs["kv16"], tmp_path / "t.engine", precision="fp16", progress=False, flavour=RTX,
+                           target="8.9, 12.0")  # as `lipforce build --target` passes it
+    assert entry["target"]["compute_capabilities"] == ["sm89", "sm120"]
     with pytest.raises(E.EngineError, match="sm87.*not a TensorRT-RTX target.*full TensorRT"):
         E.build_engine(graphs["kv16"], tmp_path / "t.engine", precision="fp16", progress=False, flavour=RTX,
                        target="sm87")
