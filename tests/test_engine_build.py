@@ -471,6 +471,17 @@ def test_load_engine_without_gpu_stops_before_deserializing(built_model):
         E.load_engine(built_model[1], "dit_step")
 
 
+@pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU behaviour")
+def test_engine_load_with_tensorrt_backend_without_gpu_is_a_clear_error(built_model):
+    from lipforce_sdk.backends.base import BackendError
+    from lipforce_sdk.session import Engine
+
+    with pytest.raises(E.EngineError, match=r"cannot load engine \S*audio_encoder.engine: no CUDA GPU"):
+        Engine.load(built_model[1], backend="tensorrt")
+    with pytest.raises(BackendError, match="no TensorRT engines.*lipforce build"):
+        Engine.load(built_model[0], backend="tensorrt")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(NO_GPU, reason="deserializing and running an engine needs a CUDA GPU")
 def test_engine_runs_and_matches_onnxruntime_over_calls(built_model):

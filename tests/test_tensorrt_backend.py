@@ -353,6 +353,31 @@ def test_foreign_or_closed_state_is_refused():
         r1.run(f, s1)
 
 
+def test_stateless_graph_runs_with_state_none():
+    entry = {"inputs": [{"name": "mel", "shape": [2, 3], "dtype": "float32"}],
+             "outputs": [{"name": "audio_tokens", "shape": [2, 3], "dtype": "float32"}], "state": {}}
+
+    class Double(FakeContext):
+        def execute_async_v3(self, stream):
+            bound = dict(self.addr)
+
+            def run():
+                self._arr("audio_tokens", bound["audio_tokens"])[...] = 2 * self._arr("mel", bound["mel"])
+            self.dev._op(run)
+            return True
+
+    dev = FakeDevice()
+    runner = TensorRTGraphRunner(IOPlan.from_entry("audio_encoder", entry), Double(dev, entry), dev)
+    mel = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(runner.run({"mel": mel}, None)["audio_tokens"], 2 * mel)
+    runner.reset_state(None)  # nothing to reset
+    stateful, _ = make_runner()
+    with pytest.raises(BackendError, match="dit_step keeps state \\(kv_0, kv_1\\): pass the runner's new_state"):
+        stateful.run(feeds_for(0, np.random.default_rng(0)), None)
+    runner.close()
+    assert dev.mem == {}
+
+
 def test_bad_feed_leaves_the_state_untouched():
     runner, dev = make_runner()
     state = runner.new_state()

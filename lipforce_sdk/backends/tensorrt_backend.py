@@ -22,6 +22,8 @@ How a call runs (``TensorRTGraphRunner.run``):
 The host-side logic (``IOPlan``, ``PingPong``, the runner's call sequence) is plain Python over a
 small device interface (``CudaDevice`` here; a fake in the tests), so it is tested without a GPU.
 Runs on one runner are serialized by a lock; sessions share a runner and own their states.
+``TensorRTBackend`` puts the four runners behind the ``Backend`` interface (``Engine.load(dir,
+backend="tensorrt")``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .base import GRAPHS, BackendError
+from .graph_backend import GraphBackend
 
 __all__ = [
     "numpy_dtype",
@@ -48,6 +51,7 @@ __all__ = [
     "TensorRTGraphRunner",
     "CudaDevice",
     "load_tensorrt_runners",
+    "TensorRTBackend",
 ]
 
 log = logging.getLogger("lipforce.tensorrt")
@@ -282,6 +286,7 @@ class TensorRTGraphRunner:
             self._host[spec.name] = raw[:spec.nbytes].view(spec.np_dtype).reshape(spec.shape)
         self._finalizer = weakref.finalize(self, _free_runner, device, list(self._dbuf.values()),
                                            list(self._hptr.values()))
+        self._stateless: TensorRTState | None = None  # used when a graph without state is run with state=None
         self.on_close: list = []  # callbacks run by close() (e.g. saving the TensorRT-RTX runtime cache)
 
     # ---- construction from an engine ----
@@ -343,13 +348,23 @@ class TensorRTGraphRunner:
         self._zero(state)
         return state
 
-    def reset_state(self, state: TensorRTState) -> None:
+    def reset_state(self, state: TensorRTState | None) -> None:
+        if state is None and not self.plan.state:
+            return
         self._own(state)
         with self._lock:
             self._zero(state)
 
-    def run(self, feeds: Mapping[str, np.ndarray], state: TensorRTState) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], state: TensorRTState | None) -> dict[str, np.ndarray]:
+        """``state`` may be None for a graph without state tensors (the audio encoder)."""
         arrays = self.plan.validate_feeds(feeds)
+        if state is None:
+            if self.plan.state:
+                raise BackendError(f"{self.plan.graph} keeps state ({', '.join(a.name for a, _ in self.plan.state)}):"
+                                   " pass the runner's new_state()")
+            if self._stateless is None:
+                self._stateless = self.new_state()
+            state = self._stateless
         self._own(state)
         dev = self._dev
         with self._lock:
@@ -374,6 +389,9 @@ class TensorRTGraphRunner:
         for cb in self.on_close:
             cb()
         self.on_close.clear()
+        if self._stateless is not None:
+            self._stateless.close()
+            self._stateless = None
         self._finalizer()
         self._keepalive = ()
 
@@ -534,3 +552,26 @@ def load_tensorrt_runners(engine_dir: str | Path, *, graphs: Sequence[str] | Non
     dev = device or CudaDevice()
     return {le.graph: TensorRTGraphRunner.from_loaded(le, dev, cuda_graph=cuda_graph, runtime_cache=runtime_cache)
             for le in loaded}
+
+
+class TensorRTBackend(GraphBackend):
+    """The four graphs as TensorRT engines built by ``lipforce build``; caches stay on the GPU."""
+
+    @classmethod
+    def load(cls, engine_dir: str | Path, *, cuda_graph: bool = True, model_dir: str | Path | None = None,
+             flavour: str | None = None, runtime_cache: bool = True) -> "TensorRTBackend":
+        """Check and load ``engine_dir`` (see ``load_tensorrt_runners`` for the options)."""
+        from ..manifest import read_manifest
+
+        d = Path(engine_dir)
+        manifest, cfg = read_manifest(d)
+        if "engines" not in manifest:
+            raise BackendError(f"{str(d)!r} has no TensorRT engines (its manifest has no 'engines'): build them with "
+                               f"`lipforce build {d} --out ENGINE_DIR` and load ENGINE_DIR")
+        runners = load_tensorrt_runners(d, cuda_graph=cuda_graph, model_dir=model_dir, flavour=flavour,
+                                        runtime_cache=runtime_cache)
+        return cls("tensorrt", cfg, manifest, runners)
+
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.close()
