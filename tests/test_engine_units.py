@@ -186,11 +186,11 @@ def test_engine_and_doctor_import_no_torch():
     import subprocess
 
     code = ("import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r}); "
-            "from test_engine_units import E; E.doctor(); "
+            "from test_engine_units import E; E.doctor(); import lipforce_sdk.backends.tensorrt_backend; "
             "print('torch' in sys.modules)").format(root=str(ROOT), tests=str(ROOT / "tests"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False", "engine/ or doctor() imported torch"
+    assert out.stdout.strip().splitlines()[-1] == "False", "engine/, doctor() or the TensorRT backend imported torch"
 
 
 # ------------------------------------------------------------------------------------------------
