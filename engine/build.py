@@ -279,6 +279,14 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
     elif libs and not fl.supports_plugins:
         raise EngineError(f"plugin libraries {[str(p) for p in libs]} were given but {fl} cannot load plugins; "
                           "drop them (the portable flavour needs none)")
+    if manifest.get("attention") == "onnx_attention":
+        if not fl.has_native_attention:
+            raise EngineError(f"{model_dir} was exported with the opset-23 Attention op, which {fl} has no layer for "
+                              "(native attention needs TensorRT 10.14+): re-export with `lipforce export --attention "
+                              f"{fl.recommended_attention(precision)}` (or --attention auto)")
+        if precision == "fp32":
+            raise EngineError(f"{model_dir} uses the opset-23 Attention op in fp32, which TensorRT's fused attention "
+                              "does not build: export fp16/bf16 graphs, or --attention decomposed for fp32")
 
     names = list(manifest["graphs"]) if graphs is None else list(graphs)
     unknown = [g for g in names if g not in manifest["graphs"]]

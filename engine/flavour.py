@@ -121,6 +121,35 @@ class TensorRTFlavour:
     def supports_plugins(self) -> bool:
         return not self.is_rtx
 
+    def _version_at_least(self, major: int, minor: int) -> bool:
+        try:
+            parts = tuple(int(x) for x in self.version.split(".")[:2])
+        except ValueError:
+            return False
+        return parts >= (major, minor)
+
+    @property
+    def has_native_attention(self) -> bool:
+        """A fused attention layer the ONNX parser maps the opset-23 ``Attention`` op to
+        (TensorRT 10.14+ ``IAttention``; TensorRT-RTX)."""
+        return hasattr(self.module, "IAttention") or self.is_rtx or self._version_at_least(10, 14)
+
+    @property
+    def has_native_kv_cache_update(self) -> bool:
+        """``IKVCacheUpdateLayer`` / ``IRotaryEmbeddingLayer`` (TensorRT 10.15+)."""
+        return hasattr(self.module, "IKVCacheUpdateLayer") or (not self.is_rtx and self._version_at_least(10, 15))
+
+    def recommended_attention(self, precision: str) -> str:
+        """The export flavour of the DiT step's attention for this TensorRT and precision.
+
+        ``onnx_attention`` where a native fused attention layer exists (fp16/bf16; it has no fp32
+        kernels); ``plugin`` on full TensorRT without one (JetPack 6's 10.3: the lipforce plugin is
+        the only fused path); ``decomposed`` otherwise (fp32, or no plugin path).
+        """
+        if self.has_native_attention:
+            return "onnx_attention" if precision in ("fp16", "bf16") else "decomposed"
+        return "plugin" if self.supports_plugins else "decomposed"
+
     def describe(self) -> dict:
         return {"flavour": self.name, "version": self.version}
 

@@ -82,6 +82,20 @@ def _cmd_run(a) -> int:
     return 0
 
 
+def _auto_attention(precision: str) -> str:
+    """The attention flavour for the TensorRT on this machine (decomposed where there is none)."""
+    from .engine import EngineError, detect_tensorrt
+
+    try:
+        fl = detect_tensorrt()
+    except EngineError:
+        print("no TensorRT here: exporting attention=decomposed (runs everywhere)")
+        return "decomposed"
+    choice = fl.recommended_attention(precision)
+    print(f"{fl}: exporting attention={choice}")
+    return choice
+
+
 def _cmd_export(a) -> int:
     from .export import export_model
     from .model import LipSyncModel, load_model
@@ -99,6 +113,8 @@ def _cmd_export(a) -> int:
         state = model.state_dict()
         model = LipSyncModel(cfg)
         model.load_state_dict(state)
+    if a.attention == "auto":
+        a.attention = _auto_attention(a.precision)
     man = export_model(model, a.out, precision=a.precision, attention=a.attention, progress=not a.no_progress)
     print(f"exported {model.cfg.name} ({man['flavour']}, attention={a.attention}, opset {man['opset']}, "
           f"{a.precision}) to {a.out}")
@@ -114,8 +130,8 @@ def _cmd_build(a) -> int:
                       timing_cache=a.timing_cache, plugin_libraries=a.plugin or None, progress=not a.no_progress)
     print(f"built {len(man['engines'])} engine(s) into {a.out}")
     for g, e in man["engines"].items():
-        print(f"  {g:<14} {e.get('file', '')}  {e.get('trt_flavour', '')} {e.get('trt_version', '')}  "
-              f"{e.get('precision', '')}  {e.get('build_seconds', 0):.1f}s")
+        print(f"  {g:<14} {e['file']:<22} {e['tensorrt']['flavour']} {e['tensorrt']['version']}  {e['precision']}  "
+              f"{e['bytes'] / 2**20:.1f} MiB  {e['build_seconds']:.1f}s")
     return 0
 
 
@@ -146,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="weights seed with --preset")
     e.add_argument("--out", required=True, help="output directory")
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    e.add_argument("--attention", default="decomposed", choices=["decomposed", "onnx_attention", "plugin"],
-                   help="decomposed (opset 18), onnx_attention (opset 23 Attention op) or plugin (lipforce TensorRT plugin)")
+    e.add_argument("--attention", default="decomposed", choices=["decomposed", "onnx_attention", "plugin", "auto"],
+                   help="decomposed (opset 18, runs everywhere), onnx_attention (opset 23 Attention op: TensorRT "
+                        "10.14+/TensorRT-RTX fused attention, fp16/bf16), plugin (lipforce TensorRT plugin, for "
+                        "TensorRT 10.3 / JetPack 6), or auto (chosen by the TensorRT found here)")
     e.add_argument("--resolution", type=int, default=None, help="face crop size (default: the model's)")
     e.add_argument("--chunk-frames", type=int, default=None, help="latent frames per chunk (default: the model's)")
     e.add_argument("--no-progress", action="store_true")

@@ -302,3 +302,30 @@ def test_engine_gpu_check_names_both_gpus():
         check._gpu_fits(entry, E.GpuInfo("RTX 5090", (12, 0)), rtx)
     with pytest.raises(E.EngineError, match="not a TensorRT-RTX target: use full TensorRT"):
         check._gpu_fits(entry, H100, rtx)
+
+
+# ---- attention flavour chosen by TensorRT version ------------------------------------------------------
+class _FakeModule:
+    pass
+
+
+@pytest.mark.parametrize("name,version,classes,precision,want,kv_layer", [
+    ("tensorrt", "10.3.0", (), "fp16", "plugin", False),             # JetPack 6: no native attention -> plugin
+    ("tensorrt", "10.3.0", (), "fp32", "plugin", False),
+    ("tensorrt", "10.14.1", (), "fp16", "onnx_attention", False),    # IAttention from 10.14
+    ("tensorrt", "10.14.1", (), "fp32", "decomposed", False),        # fused attention has no fp32 kernels
+    ("tensorrt", "10.15.0", (), "fp16", "onnx_attention", True),     # IKVCacheUpdateLayer from 10.15
+    ("tensorrt", "11.1.0", (), "bf16", "onnx_attention", True),
+    ("tensorrt", "10.9.0", ("IAttention",), "bf16", "onnx_attention", False),  # feature detection wins
+    ("tensorrt_rtx", "1.7.1", (), "fp16", "onnx_attention", False),
+    ("tensorrt_rtx", "1.7.1", (), "fp32", "decomposed", False),
+])
+def test_recommended_attention_by_version(name, version, classes, precision, want, kv_layer):
+    from lipforce_sdk.engine import TensorRTFlavour
+
+    mod = _FakeModule()
+    for c in classes:
+        setattr(mod, c, object)
+    fl = TensorRTFlavour(name=name, module=mod, version=version)
+    assert fl.recommended_attention(precision) == want, f"{name} {version} {precision}"
+    assert fl.has_native_kv_cache_update == kv_layer, f"{name} {version}"
