@@ -7,7 +7,6 @@ tensor's type from the graph, so the graph *is* the precision), and any custom-d
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +24,12 @@ _ONNX_DTYPES = {
 _FLOAT_PRECISION = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 _FP8 = {"float8e4m3fn", "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz"}
 PRECISION_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "float8e4m3fn"}
+from lipforce_sdk.manifest import sha256_file
+
 _STANDARD_DOMAINS = ("", "ai.onnx")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+file_sha256 = sha256_file  # one hashing helper for model and engine manifests
 
 
 @dataclass(frozen=True)
