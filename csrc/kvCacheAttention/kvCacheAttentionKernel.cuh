@@ -234,23 +234,25 @@ AttnArgs<T> makeAttnArgs(KVCacheAttentionParams const& p, T const* q, T const* k
 template <int D>
 struct Smem
 {
-    static constexpr int kLdQK = D + 8;               // sQ, sK, sV row stride (elements of T)
-    static constexpr int kLdP = kBLOCK_N + 8;          // sP row stride
-    static constexpr int kLdS = kBLOCK_N + 4;          // scores (fp32) row stride
-    static constexpr int kLdO = D + 4;                 // P V partial (fp32) row stride
-    static constexpr int kLdSO = kLdS > kLdO ? kLdS : kLdO;
-    static constexpr size_t kQ = 0;                    // byte offsets
+    static constexpr int kLdQK = D + 8;       // sQ, sK, sV row stride (elements of T)
+    static constexpr int kLdP = kBLOCK_N + 8;  // sP row stride
+    static constexpr int kLdS = kBLOCK_N + 4;  // scores (fp32) row stride
+    static constexpr int kLdX = 16;            // P V exchange blocks (fp32, 16 x 16); rows r, r+1 hit other banks
+    static constexpr size_t kQ = 0;            // byte offsets
     static constexpr size_t kK = kQ + size_t(kBLOCK_M) * kLdQK * 2;
     static constexpr size_t kV = kK + size_t(kBLOCK_N) * kLdQK * 2;
     static constexpr size_t kP = kV + size_t(kBLOCK_N) * kLdQK * 2;
-    static constexpr size_t kSO = kP + size_t(kBLOCK_M) * kLdP * 2;
-    static constexpr size_t kValid = kSO + size_t(kBLOCK_M) * kLdSO * 4;
+    static constexpr size_t kS = kP + size_t(kBLOCK_M) * kLdP * 2;
+    static constexpr size_t kValid = kS + size_t(kBLOCK_M) * kLdS * 4;
     static constexpr size_t kBytes = kValid + size_t(kBLOCK_N) * 4;
+    // A warp's score rows also hold its two P V exchange blocks once the scores are consumed.
+    static_assert(2 * 16 * kLdX <= kWARP_ROWS * kLdS, "exchange blocks fit in a warp's score rows");
     // WMMA needs 32-byte aligned fragment pointers: every region and every 16-row block starts on 32 bytes.
-    static_assert(kK % 32 == 0 && kV % 32 == 0 && kP % 32 == 0 && kSO % 32 == 0, "region alignment");
+    static_assert(kK % 32 == 0 && kV % 32 == 0 && kP % 32 == 0 && kS % 32 == 0, "region alignment");
     static_assert((16 * kLdQK * 2) % 32 == 0 && (16 * kLdP * 2) % 32 == 0, "row-block alignment (T)");
-    static_assert((16 * kLdSO * 4) % 32 == 0 && kLdS % 4 == 0 && kLdO % 4 == 0, "row-block alignment (fp32)");
+    static_assert((16 * kLdS * 4) % 32 == 0 && (16 * kLdX * 4) % 32 == 0, "row-block alignment (fp32)");
     static_assert(kLdQK % 8 == 0 && kLdP % 8 == 0, "WMMA ldm of 16-bit types is a multiple of 8");
+    static_assert(kLdS % 4 == 0 && kLdX % 4 == 0, "WMMA ldm of fp32 is a multiple of 4");
 };
 
 //! Rotates the 4 pairs (8 elements) starting at pair j0 of one head vector; cos/sin from the tables.
@@ -277,14 +279,14 @@ __global__ void __launch_bounds__(kTHREADS) flashAttnKernel(AttnArgs<T> const ar
     using S = Smem<D>;
     constexpr int kVecsPerRow = D / 8;  // 16-byte vectors per head row
     constexpr int kColBlocks = D / 16;  // WMMA blocks along the head dim
-    constexpr int kPerLane = D / 32;    // output columns per lane
+    constexpr int kLaneRows = kWARP_ROWS / 2; // rows of the warp's output a lane holds
 
     extern __shared__ __align__(128) unsigned char smem[];
     T* sQ = reinterpret_cast<T*>(smem + S::kQ);
     T* sK = reinterpret_cast<T*>(smem + S::kK);
     T* sV = reinterpret_cast<T*>(smem + S::kV);
     T* sP = reinterpret_cast<T*>(smem + S::kP);
-    float* sSO = reinterpret_cast<float*>(smem + S::kSO);
+    float* sS = reinterpret_cast<float*>(smem + S::kS);
     int* sValid = reinterpret_cast<int*>(smem + S::kValid);
 
     int const tid = threadIdx.x;
@@ -319,26 +321,32 @@ __global__ void __launch_bounds__(kTHREADS) flashAttnKernel(AttnArgs<T> const ar
         *reinterpret_cast<uint4*>(sQ + row * S::kLdQK + col8 * 8) = x.raw;
     }
 
-    // Per-warp running state: rows warp*16 + r; every lane holds the row max, its partial row sum and
-    // kPerLane output columns (lane + 32 * e) of each row.
+    // Per-warp running state for its rows warp*16 + r. Every lane holds each row's max and its own partial
+    // row sum (over its key columns), and the output at rows 2*i + laneHalf (i < 8), columns 16*jd + laneCol.
+    int const laneHalf = lane >> 4;
+    int const laneCol = lane & 15;
     float rowMax[kWARP_ROWS];
     float rowSum[kWARP_ROWS];
-    float acc[kWARP_ROWS][kPerLane];
+    float acc[kColBlocks][kLaneRows];
 #pragma unroll
     for (int r = 0; r < kWARP_ROWS; ++r)
     {
         rowMax[r] = -INFINITY;
         rowSum[r] = 0.0F;
+    }
 #pragma unroll
-        for (int e = 0; e < kPerLane; ++e)
+    for (int jd = 0; jd < kColBlocks; ++jd)
+    {
+#pragma unroll
+        for (int i = 0; i < kLaneRows; ++i)
         {
-            acc[r][e] = 0.0F;
+            acc[jd][i] = 0.0F;
         }
     }
 
     T const* sQw = sQ + warp * kWARP_ROWS * S::kLdQK;
     T* sPw = sP + warp * kWARP_ROWS * S::kLdP;
-    float* sSw = sSO + warp * kWARP_ROWS * S::kLdSO; // scores, then the P V partial (same rows)
+    float* sSw = sS + warp * kWARP_ROWS * S::kLdS; // scores, then two 16x16 P V exchange blocks
 
     for (int64_t kv0 = 0; kv0 < Tc; kv0 += kBLOCK_N)
     {
@@ -440,10 +448,13 @@ __global__ void __launch_bounds__(kTHREADS) flashAttnKernel(AttnArgs<T> const ar
                 }
                 rowMax[r] = newMax;
                 rowSum[r] = rowSum[r] * alpha + p0 + p1;
-#pragma unroll
-                for (int e = 0; e < kPerLane; ++e)
+                if ((r & 1) == laneHalf) // this lane holds row r as its output row r / 2
                 {
-                    acc[r][e] *= alpha;
+#pragma unroll
+                    for (int jd = 0; jd < kColBlocks; ++jd)
+                    {
+                        acc[jd][r >> 1] *= alpha;
+                    }
                 }
                 sPw[r * S::kLdP + lane] = fromFloat<T>(p0);
                 sPw[r * S::kLdP + lane + 32] = fromFloat<T>(p1);
@@ -451,7 +462,8 @@ __global__ void __launch_bounds__(kTHREADS) flashAttnKernel(AttnArgs<T> const ar
         }
         __syncwarp();
 
-        // ---- O += P V: 16 rows x D, one 16-column block at a time through shared memory.
+        // ---- O += P V: 16 rows x D, one 16x16 block at a time, handed to the lanes through shared memory
+        // (two alternating exchange blocks, so one __syncwarp per block suffices).
         {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pf[kBLOCK_N / 16];
 #pragma unroll
@@ -459,7 +471,6 @@ __global__ void __launch_bounds__(kTHREADS) flashAttnKernel(AttnArgs<T> const ar
             {
                 wmma::load_matrix_sync(pf[kk], sPw + kk * 16, S::kLdP);
             }
-            float* sOw = sSw; // the scores of this warp are consumed
 #pragma unroll
             for (int jd = 0; jd < kColBlocks; ++jd)
             {
@@ -472,22 +483,22 @@ __global__ void __launch_bounds__(kTHREADS) flashAttnKernel(AttnArgs<T> const ar
                     wmma::load_matrix_sync(vf, sV + kk * 16 * S::kLdQK + jd * 16, S::kLdQK);
                     wmma::mma_sync(oAcc, pf[kk], vf, oAcc);
                 }
-                wmma::store_matrix_sync(sOw + jd * 16, oAcc, S::kLdO, wmma::mem_row_major);
-            }
-            __syncwarp();
+                // The scores of this warp are consumed (the __syncwarp after the softmax), and the block
+                // written two steps ago was read before the previous __syncwarp.
+                float* sX = sSw + (jd & 1) * 16 * S::kLdX;
+                wmma::store_matrix_sync(sX, oAcc, S::kLdX, wmma::mem_row_major);
+                __syncwarp();
 #pragma unroll
-            for (int r = 0; r < kWARP_ROWS; ++r)
-            {
-#pragma unroll
-                for (int e = 0; e < kPerLane; ++e)
+                for (int i = 0; i < kLaneRows; ++i)
                 {
-                    acc[r][e] += sOw[r * S::kLdO + lane + 32 * e];
+                    acc[jd][i] += sX[(2 * i + laneHalf) * S::kLdX + laneCol];
                 }
             }
         }
     }
 
     // ---- Normalize and write; a row that saw no valid key gets zeros.
+    float inv[kWARP_ROWS];
 #pragma unroll
     for (int r = 0; r < kWARP_ROWS; ++r)
     {
@@ -497,15 +508,20 @@ __global__ void __launch_bounds__(kTHREADS) flashAttnKernel(AttnArgs<T> const ar
         {
             sum += __shfl_xor_sync(0xffffffffU, sum, off);
         }
-        float const inv = sum > 0.0F ? 1.0F / sum : 0.0F;
-        int64_t const i = q0 + warp * kWARP_ROWS + r;
-        if (i < Lc)
-        {
-            T* o = args.out + ((b * Lc + i) * H + h) * D;
+        inv[r] = sum > 0.0F ? 1.0F / sum : 0.0F;
+    }
 #pragma unroll
-            for (int e = 0; e < kPerLane; ++e)
+    for (int i = 0; i < kLaneRows; ++i)
+    {
+        float const rowInv = laneHalf ? inv[2 * i + 1] : inv[2 * i];
+        int64_t const q = q0 + warp * kWARP_ROWS + 2 * i + laneHalf;
+        if (q < Lc)
+        {
+            T* o = args.out + ((b * Lc + q) * H + h) * D + laneCol;
+#pragma unroll
+            for (int jd = 0; jd < kColBlocks; ++jd)
             {
-                o[lane + 32 * e] = fromFloat<T>(acc[r][e] * inv);
+                o[16 * jd] = fromFloat<T>(acc[jd][i] * rowInv);
             }
         }
     }

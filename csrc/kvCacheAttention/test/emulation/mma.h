@@ -3,8 +3,8 @@
  *
  * Used only by kvCacheAttentionKernelEmulation.cpp, which compiles the CUDA kernels with a host compiler.
  * Every lane keeps the whole 16x16 tile in its fragment (the real layout is opaque anyway); loads read the
- * tile, stores write a lane's share of it (element e goes to lane e % 32), so cross-lane traffic still needs
- * the kernel's own __syncwarp. The documented preconditions are checked: 256-bit aligned pointers and ldm a
+ * tile, stores write a lane's share of it (the element's lane in the sm_80 mma.sync accumulator layout), so
+ * cross-lane traffic still needs the kernel's own __syncwarp. The documented preconditions are checked: 256-bit aligned pointers and ldm a
  * multiple of 16 bytes.
  */
 #pragma once
@@ -111,13 +111,13 @@ template <int M, int N, int K>
 void store_matrix_sync(float* p, fragment<accumulator, M, N, K, float> const& f, unsigned ldm, layout_t layout)
 {
     emu_detail::checkOperand(p, ldm, "store_matrix_sync");
+    // Element (i, j) is written by the lane holding it in the accumulator layout of mma.sync m16n8k16
+    // (lane = 4 * (i % 8) + (j % 8) / 2), so reading it back from another lane needs a __syncwarp.
     int const lane = lipforce_emulation::laneId();
-    for (int e = lane; e < 256; e += 32)
-    {
-        int const i = e / 16;
-        int const j = e % 16;
-        p[layout == mem_row_major ? i * ldm + j : i + j * ldm] = f.x[e];
-    }
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j)
+            if (4 * (i % 8) + (j % 8) / 2 == lane)
+                p[layout == mem_row_major ? i * ldm + j : i + j * ldm] = f.x[i * 16 + j];
 }
 
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB>
