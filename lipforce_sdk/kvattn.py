@@ -289,9 +289,9 @@ def to_ort_contrib_domain(model):
                 graphs.extend(attr.graphs)
     opsets = {imp.domain: imp.version for imp in model.opset_import}
     if DOMAIN in opsets:
+        version = opsets.pop(DOMAIN)
+        opsets[ORT_CONTRIB_DOMAIN] = max(version, opsets.get(ORT_CONTRIB_DOMAIN, version))
         del model.opset_import[:]
         for dom, ver in opsets.items():
-            if dom == DOMAIN:
-                dom = ORT_CONTRIB_DOMAIN
             model.opset_import.add(domain=dom, version=ver)
     return model
