@@ -244,7 +244,7 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
     ``"backend": "tensorrt"`` and ``"engines"``) and returns that manifest. Nothing else is copied:
     the engine directory is all the TensorRT backend reads. ``precision`` defaults to the model's;
     ``plugin_libraries`` defaults, for a ``"plugin"``-flavour model under full TensorRT, to
-    ``lipforce_sdk/lib/liblipforce_trt_plugin.so``. ``graphs`` builds a subset (default: all).
+    ``lipforce_sdk/lib/liblipforce_trt_plugins.so``. ``graphs`` builds a subset (default: all).
     Other options as in ``build_engine``.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -273,7 +273,7 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
             default = default_plugin_library()
             if default is None:
                 raise EngineError("the 'plugin' flavour needs the lipforce TensorRT plugin library and "
-                                  "lipforce_sdk/lib/liblipforce_trt_plugin.so was not found: build it (csrc/, CMake) "
+                                  "lipforce_sdk/lib/liblipforce_trt_plugins.so was not found: build it (csrc/, CMake) "
                                   "or pass plugin_libraries=[path]")
             libs = [default]
     elif libs and not fl.supports_plugins:

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 MANIFEST_NAME = "manifest.json"
-PLUGIN_LIBRARY_NAME = "liblipforce_trt_plugin.so"
+PLUGIN_LIBRARY_NAME = "liblipforce_trt_plugins.so"
 
 
 def _load(path: Path, what: str, fix: str) -> dict:
@@ -95,7 +95,7 @@ def write_json_atomic(path: str | Path, obj) -> None:
 
 
 def default_plugin_library() -> Path | None:
-    """``lipforce_sdk/lib/liblipforce_trt_plugin.so`` when it has been built, else None."""
+    """``lipforce_sdk/lib/liblipforce_trt_plugins.so`` when it has been built, else None."""
     spec = importlib.util.find_spec("lipforce_sdk")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
     for loc in locations:

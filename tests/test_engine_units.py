@@ -177,7 +177,7 @@ def test_doctor_reports_every_section():
     for key in ("python", "torch", "onnxruntime", "tensorrt", "cuda", "gpu", "plugin_library"):
         assert key in rep, key
     assert set(rep["tensorrt"]) >= {"tensorrt_rtx", "tensorrt", "usable"}
-    assert rep["plugin_library"]["expected"].endswith("liblipforce_trt_plugin.so")
+    assert rep["plugin_library"]["expected"].endswith("liblipforce_trt_plugins.so")
     text = E.format_doctor(rep)
     assert "python.version" in text and "gpu.found" in text
 
@@ -270,7 +270,7 @@ def test_full_tensorrt_timing_cache_is_written_then_reused(tmp_path):
 
 def test_plugin_libraries_load_once_and_missing_ones_are_named(tmp_path):
     fl = _full_trt()
-    lib = tmp_path / "liblipforce_trt_plugin.so"
+    lib = tmp_path / "liblipforce_trt_plugins.so"
     lib.write_bytes(b"\x7fELF")
     calls = []
 
