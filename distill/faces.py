@@ -50,14 +50,14 @@ GEOMETRY = ("gap_px", "width_px", "area_px", "teeth_px")  # columns of MouthGeom
 
 _PIVOT = (0.5, 0.72)  # the head rotates/scales about this point (the neck), crop units
 _GAP = 0.085  # lip gap at open = 1, head units
-_MIN_GAP_PX = 0.9  # a closed mouth still shows a dark line this thick (pixels)
-_INTERIOR = np.array([0.20, 0.05, 0.06], np.float32)  # mouth interior (linear RGB in [0, 1])
+_MIN_GAP_PX = 1.5  # a closed mouth still shows a dark line this thick (pixels)
+_INTERIOR = np.array([0.14, 0.035, 0.04], np.float32)  # mouth interior (linear RGB in [0, 1])
 _TEETH = np.array([0.93, 0.92, 0.88], np.float32)
-_TONGUE = np.array([0.42, 0.12, 0.13], np.float32)
+_TONGUE = np.array([0.19, 0.045, 0.05], np.float32)  # as dark as the interior: the gap reads as one
 
 _SKIN_TONES = np.array([
     [0.96, 0.80, 0.69], [0.91, 0.72, 0.58], [0.80, 0.59, 0.44],
-    [0.66, 0.46, 0.32], [0.50, 0.34, 0.24], [0.38, 0.25, 0.18],
+    [0.66, 0.46, 0.32], [0.52, 0.35, 0.25], [0.42, 0.28, 0.20],
 ], np.float32)
 _HAIR_COLOURS = np.array([
     [0.08, 0.06, 0.05], [0.20, 0.13, 0.08], [0.40, 0.26, 0.14], [0.62, 0.45, 0.25],
@@ -67,6 +67,7 @@ _IRIS_COLOURS = np.array([
     [0.30, 0.18, 0.10], [0.18, 0.11, 0.07], [0.25, 0.45, 0.65], [0.30, 0.50, 0.35],
     [0.45, 0.38, 0.20], [0.40, 0.45, 0.50],
 ], np.float32)
+_LUMA = np.array([0.299, 0.587, 0.114])
 HAIR_STYLES = ("short", "long", "bob", "buzz", "curly", "fringe")
 
 
@@ -123,6 +124,7 @@ class Identity:
         iris = _IRIS_COLOURS[int(r.integers(len(_IRIS_COLOURS)))] * u(0.8, 1.2)
         lip_red = np.array([0.78, 0.32, 0.33])
         lip = np.clip((skin * (1 - u(0.3, 0.55)) + lip_red * u(0.3, 0.55)) * u(0.72, 0.85), 0, 1)
+        lip = np.clip(lip * max(1.0, 0.25 / float(lip @ _LUMA)), 0, 1)  # lips stay well above the dark gap
         light = np.array([u(-0.6, 0.6), u(-0.7, -0.2), 1.0])
         light = light / np.linalg.norm(light)
         shirt = r.uniform(0.1, 0.9, 3)
@@ -569,7 +571,7 @@ def _mouth_shape(idt: Identity, params: np.ndarray, ppu: float) -> _MouthShape:
         hi=hi,
         tu=idt.lip_upper * (1.0 + 0.35 * rd),
         tl=idt.lip_lower * (1.0 + 0.30 * rd),
-        teeth_h=te * min(2.0 * hi, 0.6 * _GAP) * 0.55,
+        teeth_h=te * min(g, 0.6 * _GAP) * 0.55,  # no teeth in a closed mouth's lip line
     )
 
 
