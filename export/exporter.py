@@ -148,6 +148,11 @@ def _export(model: LipSyncModel, graph: str, path: Path, precision: str, attenti
     if precision not in _DTYPES:
         raise ExportError(f"precision={precision!r} is not one of {sorted(_DTYPES)}")
     dtype = _DTYPES[precision]
+    if next(model.parameters()).dtype != dtype:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)  # never cast the caller's weights in place
+    was_training = model.training
     names, tensors, out_names, state = example_inputs(model, graph, dtype)
     wrapper = _WRAPPERS[graph](model).eval()
     path = Path(path)
@@ -173,6 +178,7 @@ def _export(model: LipSyncModel, graph: str, path: Path, precision: str, attenti
     finally:
         if restore is not None:
             model.dit.cache_attention = restore
+        model.train(was_training)
     m = onnx.load(str(path), load_external_data=False)
     got_in = [i.name for i in m.graph.input]
     got_out = [o.name for o in m.graph.output]
@@ -200,11 +206,14 @@ def export_dit_step(model: LipSyncModel, path, precision: str = "fp32", attentio
 
 def export_model(model: LipSyncModel, out_dir, precision: str = "fp32", attention: str = "decomposed",
                  progress: bool = True) -> dict:
-    """Export all four graphs of ``model`` into ``out_dir`` and write its manifest."""
+    """Export all four graphs of ``model`` into ``out_dir`` and write its manifest. ``model`` itself
+    is left as it was (the export casts a copy)."""
+    import copy
+
     from tqdm import tqdm
 
     out = Path(out_dir)
-    model = model.float().eval()
+    model = copy.deepcopy(model).to(_DTYPES[precision]).eval()
     graphs = {}
     fns = {"audio_encoder": export_audio_encoder, "vae_encoder": export_vae_encoder, "dit_step": export_dit_step,
            "vae_decoder": export_vae_decoder}
@@ -212,8 +221,7 @@ def export_model(model: LipSyncModel, out_dir, precision: str = "fp32", attentio
     for name, fn in bar:
         bar.set_postfix_str(name)
         kw = {"attention": attention} if name == "dit_step" else {}
-        graphs[name] = fn(model.to(_DTYPES[precision]), out / f"{name}.onnx", precision=precision, **kw)
-    model.float()
+        graphs[name] = fn(model, out / f"{name}.onnx", precision=precision, **kw)
     flavour = "plugin" if attention == "plugin" else "portable"
     return write_manifest(out, model.cfg, flavour=flavour, attention=attention, opset=ATTENTION_FLAVOURS[attention],
                           precision=precision, graphs=graphs)

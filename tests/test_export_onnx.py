@@ -153,3 +153,19 @@ def test_loading_weights_dir_with_onnxruntime_says_export_first():
 
     with pytest.raises(BackendError, match=r"no exported graphs.*lipforce export"):
         Engine.load(backend="onnxruntime")
+
+
+def test_export_leaves_the_model_untouched(tmp_path):
+    from lipforce_sdk.export import export_dit_step
+    from lipforce_sdk.model import LipSyncModel
+
+    model = LipSyncModel.from_preset("tiny", seed=6, stream={"resolution": 32}).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_model(model, tmp_path / "a", precision="fp16", progress=False)
+    export_dit_step(model, tmp_path / "b.onnx", precision="bf16", attention="plugin")
+    after = model.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+    assert model.training, "export changed the model's train/eval mode"
+    from lipforce_sdk.model.attention import kv_cache_attention
+
+    assert model.dit.cache_attention is kv_cache_attention
