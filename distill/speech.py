@@ -8,6 +8,11 @@ initialised with ``espeakINITIALIZE_PHONEME_EVENTS``; each event carries the ind
 output sample where that phoneme starts. So the timing comes from the synthesizer itself, on
 the same sample clock as the audio: phoneme ``k`` spans ``[start_k, start_{k+1})``.
 
+Determinism: inside one process espeak-ng carries state from one utterance to the next (the
+same text comes out a few samples different the second time), so every utterance is
+synthesized by a small ctypes script in a fresh Python process (``_CHILD``, ~50 ms); the
+same (text, voice, rate) then gives the same samples every time, in any order.
+
 Clock: sample 0 is time 0. The synthesizer runs at its own rate (22050 Hz for the voices
 used here); the audio is resampled to 16 kHz (polyphase, zero-phase, so no delay) and the
 phoneme times, in seconds, stay as they are.
@@ -24,8 +29,11 @@ import ctypes.util
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +70,7 @@ VOICES: tuple[str, ...] = (
 )
 RATES: tuple[int, int] = (130, 195)  # words per minute, inclusive range sampled by sample_spec
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 class SpeechUnavailableError(RuntimeError):
@@ -162,127 +170,117 @@ def silence(seconds: float) -> Speech:
 
 
 # --------------------------------------------------------------------------------------
-# espeak-ng through ctypes
+# espeak-ng through ctypes, one fresh process per utterance
 # --------------------------------------------------------------------------------------
 
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INIT_PHONEME_EVENTS = 0x0001
-_INIT_DONT_EXIT = 0x8000
-_EVENT_LIST_TERMINATED = 0
-_EVENT_PHONEME = 7
-_EVENT_MSG_TERMINATED = 6
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 2, 3, 4, 7
-
-
-class _EventId(ctypes.Union):
+# espeak-ng keeps state from one utterance to the next inside a process (the same text comes
+# out a few samples longer or shorter the second time), and its library cannot be
+# re-initialised in place. A fresh process per utterance gives the same samples every time,
+# so each synthesis runs this self-contained script (ctypes only) in a new interpreter. It
+# writes one JSON line (sample rate, version, phoneme events) and then the int16 samples.
+_CHILD = r'''
+import ctypes, json, sys
+text, voice, rate = json.loads(sys.stdin.read())
+lib = ctypes.CDLL(sys.argv[1])
+class EventId(ctypes.Union):
     _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+class Event(ctypes.Structure):  # espeak_EVENT (speak_lib.h)
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", EventId)]
+CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(Event))
+chunks, events = [], []
+def on_synth(wav, n, ev):
+    if n > 0:
+        chunks.append(ctypes.string_at(wav, 2 * n))
+    i = 0
+    while ev[i].type != 0:  # espeakEVENT_LIST_TERMINATED
+        if ev[i].type == 7:  # espeakEVENT_PHONEME: id.string = mnemonic, sample = where it starts
+            events.append([bytes(ev[i].id.string).split(b"\0")[0].decode("utf-8", "replace"), ev[i].sample])
+        i += 1
+    return 0
+cb = CB(on_synth)
+lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+lib.espeak_Info.restype = ctypes.c_char_p
+lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                             ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+# AUDIO_OUTPUT_SYNCHRONOUS; espeakINITIALIZE_PHONEME_EVENTS | espeakINITIALIZE_DONT_EXIT
+sr = lib.espeak_Initialize(2, 0, None, 0x0001 | 0x8000)
+if sr <= 0:
+    sys.exit("espeak_Initialize failed (%d): is espeak-ng-data installed?" % sr)
+lib.espeak_SetSynthCallback(cb)
+if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+    sys.exit("espeak-ng has no voice %r; list them with `espeak-ng --voices=en`" % voice)
+for p, v in ((1, rate), (2, 100), (3, 50), (4, 50), (7, 0)):  # rate, volume, pitch, range, word gap
+    lib.espeak_SetParameter(p, int(v), 0)
+buf = text.encode("utf-8") + b"\0"
+err = lib.espeak_Synth(buf, len(buf), 0, 1, 0, 1, None, None)  # POS_CHARACTER, espeakCHARS_UTF8
+if err != 0:
+    sys.exit("espeak_Synth failed with code %d" % err)
+lib.espeak_Synchronize()
+out = sys.stdout.buffer
+out.write((json.dumps({"rate": sr, "version": lib.espeak_Info(None).decode(), "events": events}) + "\n").encode())
+out.write(b"".join(chunks))
+out.flush()
+'''
+
+_LIB_NAMES = ("libespeak-ng.so.1", "libespeak-ng.so", "libespeak-ng.1.dylib", "libespeak-ng.dylib")
 
 
-class _Event(ctypes.Structure):  # espeak_EVENT from speak_lib.h
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),  # ms
-        ("sample", ctypes.c_int),  # output sample index where the event happens
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
+@lru_cache(maxsize=1)
+def _library() -> str | None:
+    """Name of the espeak-ng shared library that loads here, or None."""
+    names = list(_LIB_NAMES)
+    found = ctypes.util.find_library("espeak-ng")
+    if found:
+        names.insert(0, found)
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+            return name
+        except OSError:
+            continue
+    return None
 
 
-_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-
-
-class _ESpeak:
-    """The process-wide espeak-ng instance (the library has global state; calls are locked)."""
-
-    _instance: "_ESpeak | None" = None
-    _create_lock = threading.Lock()
-
-    def __init__(self) -> None:
-        names = ["libespeak-ng.so.1", ctypes.util.find_library("espeak-ng") or "", "libespeak-ng.dylib"]
-        lib = None
-        for name in [n for n in names if n]:
-            try:
-                lib = ctypes.CDLL(name)
-                break
-            except OSError:
-                continue
-        if lib is None:
-            raise SpeechUnavailableError(
-                "espeak-ng's library (libespeak-ng.so.1) was not found; install it with "
-                "`apt-get install espeak-ng` (Debian/Ubuntu) to synthesize speech")
-        self.lib = lib
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-                                     ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        lib.espeak_Info.restype = ctypes.c_char_p
-        lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
-        self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None,
-                                          _INIT_PHONEME_EVENTS | _INIT_DONT_EXIT)
-        if self.rate <= 0:
-            raise SpeechUnavailableError(f"espeak_Initialize failed (returned {self.rate}); is espeak-ng-data installed?")
-        self.version = lib.espeak_Info(None).decode()
-        self.lock = threading.Lock()
-        self._chunks: list[np.ndarray] = []
-        self._events: list[tuple[str, int]] = []
-        self._cb = _Callback(self._on_synth)  # keep a reference: the library holds the pointer
-        lib.espeak_SetSynthCallback(self._cb)
-
-    @classmethod
-    def get(cls) -> "_ESpeak":
-        with cls._create_lock:
-            if cls._instance is None:
-                cls._instance = _ESpeak()
-            return cls._instance
-
-    def _on_synth(self, wav, n, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            e = events[i]
-            if e.type == _EVENT_PHONEME:
-                self._events.append((bytes(e.id.string).split(b"\0")[0].decode("utf-8", "replace"), e.sample))
-            i += 1
-        return 0
-
-    def synth(self, text: str, voice: str, rate: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
-        """int16 audio at ``self.rate`` and ``[(phoneme, start_sample)]``."""
-        with self.lock:
-            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"espeak-ng has no voice {voice!r}; list them with `espeak-ng --voices=en` "
-                                 f"(variants: `ls {'/usr/lib/x86_64-linux-gnu/espeak-ng-data/voices/!v'}`)")
-            for p, v in ((_PARAM_RATE, rate), (_PARAM_VOLUME, 100), (_PARAM_PITCH, 50), (_PARAM_RANGE, 50),
-                         (_PARAM_WORDGAP, 0)):
-                self.lib.espeak_SetParameter(p, int(v), 0)
-            self._chunks, self._events = [], []
-            buf = text.encode("utf-8") + b"\0"
-            err = self.lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-            if err != 0:
-                raise RuntimeError(f"espeak_Synth failed with code {err} for text {text!r}")
-            self.lib.espeak_Synchronize()
-            audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-            return audio, list(self._events)
+def _require_library() -> str:
+    lib = _library()
+    if lib is None:
+        raise SpeechUnavailableError(
+            "espeak-ng's library (libespeak-ng.so.1) was not found; install it with "
+            "`apt-get install espeak-ng` (Debian/Ubuntu) to synthesize speech")
+    return lib
 
 
 def espeak_available() -> bool:
     """Whether espeak-ng's library loads here."""
-    try:
-        _ESpeak.get()
-        return True
-    except SpeechUnavailableError:
-        return False
+    return _library() is not None
 
 
+@lru_cache(maxsize=1)
 def espeak_version() -> str:
-    return _ESpeak.get().version
+    lib = ctypes.CDLL(_require_library())
+    lib.espeak_Info.restype = ctypes.c_char_p
+    lib.espeak_Info.argtypes = [ctypes.c_void_p]
+    return lib.espeak_Info(None).decode()
+
+
+def _synth_raw(text: str, voice: str, rate: int) -> tuple[int, np.ndarray, list[tuple[str, int]]]:
+    """(sample rate, int16 samples, [(phoneme, start sample)]) from a fresh process."""
+    lib = _require_library()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    r = subprocess.run([sys.executable, "-I", "-c", _CHILD, lib], input=json.dumps([text, voice, int(rate)]).encode(),
+                       capture_output=True, env=env, timeout=120)
+    if r.returncode != 0:
+        msg = r.stderr.decode(errors="replace").strip().splitlines()
+        detail = msg[-1] if msg else f"exit code {r.returncode}"
+        if "no voice" in detail:
+            raise ValueError(detail)
+        raise RuntimeError(f"espeak-ng failed for voice={voice!r} rate={rate} text={text!r}: {detail}")
+    head, _, body = r.stdout.partition(b"\n")
+    info = json.loads(head)
+    audio = np.frombuffer(body, dtype="<i2").copy()
+    return int(info["rate"]), audio, [(str(n), int(s)) for n, s in info["events"]]
 
 
 def cache_dir() -> Path:
@@ -301,12 +299,11 @@ def _resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 def _make(spec: SpeechSpec) -> Speech:
-    es = _ESpeak.get()
-    raw, events = es.synth(spec.text, spec.voice, spec.rate)
-    audio = _resample(raw.astype(np.float32) / 32768.0, es.rate, SAMPLE_RATE)
+    sr, raw, events = _synth_raw(spec.text, spec.voice, spec.rate)
+    audio = _resample(raw.astype(np.float32) / 32768.0, sr, SAMPLE_RATE)
     audio = np.clip(audio, -1.0, 1.0)
     end = audio.size / SAMPLE_RATE
-    starts = [min(max(s / es.rate, 0.0), end) for _, s in events]
+    starts = [min(max(s / sr, 0.0), end) for _, s in events]
     names = [n for n, _ in events]
     phon: list[Phoneme] = []
     if not starts or starts[0] > 0:

@@ -1,0 +1,148 @@
+"""Train the sync scorer on procedural talking faces, evaluate it on held-out clips, save it.
+
+    python -m distill.make_scorer                  # data + training + evaluation, writes the weights
+    python -m distill.make_scorer --eval-only      # evaluate distill/weights/syncnet.safetensors
+
+Run from the repository root. Needs espeak-ng (``apt-get install espeak-ng``). Training
+clips are ``make_clip(i, "train")`` for ``i < --train-clips``; evaluation clips are
+``make_clip(i, "held_out")`` (held-out sentences, voices drawn afresh, unseen identities and
+motions). The evaluation prints, per condition, how often the scorer finds the true offset:
+
+- in sync: the clip as rendered (true offset 0);
+- audio shifted by ``s`` frames (``Speech.shifted(s)``; the video then lags the audio by
+  ``s``, true offset ``s``);
+- other audio: a different held-out clip's audio (no true offset; Sync-C should be low).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+from .data import make_clip
+from .syncnet import (DEFAULT_WEIGHTS, MAX_OFFSET, SyncScorer, TrainConfig, audio_features, mouth_crops,
+                      train)
+
+SHIFTS = (0, 1, 2, 5, -5, 10)
+
+
+def _features(job: tuple[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crops float16, mels float16, audio float32) of one clip."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    index, split = job
+    c = make_clip(index, split)
+    return (mouth_crops(c.frames).astype(np.float16), audio_features(c.audio, c.frames.shape[0]).astype(np.float16),
+            c.audio)
+
+
+def build(n: int, split: str, workers: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    jobs = [(i, split) for i in range(n)]
+    if workers <= 1:
+        return [_features(j) for j in jobs]
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return pool.map(_features, jobs, chunksize=4)
+
+
+def evaluate(scorer: SyncScorer, clips, shifts=SHIFTS) -> list[dict]:
+    """One row per condition: clips, exact offset rate, within +-1 rate, mean Sync-C / Sync-D."""
+    from .speech import Phoneme, Speech  # noqa: F401  (shifted audio below)
+
+    rows = []
+    emb = [scorer.embed_features(c.astype(np.float32), m.astype(np.float32)) for c, m, _ in clips]
+    for s in shifts:
+        res = []
+        for (crops, _, audio), (v, _) in zip(clips, emb):
+            f = crops.shape[0]
+            k = int(round(s * 640))
+            sh = np.zeros_like(audio)
+            if s >= 0:
+                sh[: audio.size - k] = audio[k:]
+            else:
+                sh[-k:] = audio[: audio.size + k]
+            _, a = scorer.embed_features(crops, audio_features(sh, f))
+            res.append(scorer.score_embeddings(v, a))
+        off = np.array([r.offset for r in res])
+        rows.append({
+            "condition": "in sync" if s == 0 else f"audio {s:+d} frames",
+            "true": s, "clips": len(res),
+            "exact": float(np.mean(off == s)), "within1": float(np.mean(np.abs(off - s) <= 1)),
+            "sync_c": float(np.mean([r.sync_c for r in res])), "sync_d": float(np.mean([r.sync_d for r in res])),
+        })
+    res = []
+    for j, ((crops, _, _), (v, _)) in enumerate(zip(clips, emb)):
+        other = clips[(j + 1) % len(clips)][2]
+        f = crops.shape[0]
+        audio = np.zeros(f * 640, np.float32)
+        audio[: min(other.size, audio.size)] = other[: audio.size]
+        _, a = scorer.embed_features(crops, audio_features(audio, f))
+        res.append(scorer.score_embeddings(v, a))
+    rows.append({"condition": "other clip's audio", "true": None, "clips": len(res), "exact": float("nan"),
+                 "within1": float("nan"), "sync_c": float(np.mean([r.sync_c for r in res])),
+                 "sync_d": float(np.mean([r.sync_d for r in res]))})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| condition | true offset | clips | offset found exactly | within +-1 | Sync-C (mean) | Sync-D (mean) |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        t = "-" if r["true"] is None else f"{r['true']:+d}"
+        ex = "-" if r["true"] is None else f"{100 * r['exact']:.0f}%"
+        w1 = "-" if r["true"] is None else f"{100 * r['within1']:.0f}%"
+        out.append(f"| {r['condition']} | {t} | {r['clips']} | {ex} | {w1} | {r['sync_c']:.3f} | {r['sync_d']:.3f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m distill.make_scorer", description=__doc__.split("\n")[0])
+    ap.add_argument("--train-clips", type=int, default=240)
+    ap.add_argument("--eval-clips", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="weights file to write (default: %(default)s)")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate --out instead of training")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    t0 = time.time()
+    print(f"held-out clips: {args.eval_clips} ...", flush=True)
+    held = build(args.eval_clips, "held_out", args.workers)
+    if args.eval_only:
+        scorer = SyncScorer.load(args.out)
+    else:
+        print(f"training clips: {args.train_clips} ...", flush=True)
+        tr = build(args.train_clips, "train", args.workers)
+        frames = sum(c.shape[0] for c, _, _ in tr)
+        print(f"data: {frames} training frames in {time.time() - t0:.0f} s", flush=True)
+        t1 = time.time()
+        cfg = TrainConfig(steps=args.steps, seed=args.seed)
+        net = train([(c, m) for c, m, _ in tr], cfg)
+        train_s = time.time() - t1
+        scorer = SyncScorer(net)
+    rows = evaluate(scorer, held)
+    print(table(rows))
+    if not args.eval_only:
+        cmd = "python -m distill.make_scorer " + " ".join(sys.argv[1:] if argv is None else argv)
+        scorer.save(args.out, {
+            "command": cmd.strip(),
+            "train": json.dumps({"clips": args.train_clips, "frames": frames, "steps": args.steps, "seed": args.seed,
+                                 "seconds": round(train_s)}),
+            "held_out": json.dumps(rows),
+        })
+        print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.2f} MB); training took {train_s:.0f} s, "
+              f"total {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
