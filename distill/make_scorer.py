@@ -11,7 +11,8 @@ motions). The evaluation prints, per condition, how often the scorer finds the t
 - in sync: the clip as rendered (true offset 0);
 - audio shifted by ``s`` frames (``Speech.shifted(s)``; the video then lags the audio by
   ``s``, true offset ``s``);
-- other audio: a different held-out clip's audio (no true offset; Sync-C should be low).
+- other audio: a different held-out clip's audio (no true offset; Sync-C should be low);
+- the same on 1 s and 0.4 s pieces (25 and 10 frames) of the clips scored alone, the harder case.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import time
 import numpy as np
 
 from .data import make_clip
-from .syncnet import (DEFAULT_WEIGHTS, MAX_OFFSET, SyncScorer, TrainConfig, audio_features, mouth_crops,
-                      train)
+from .syncnet import DEFAULT_WEIGHTS, MAX_OFFSET, SyncScorer, TrainConfig, audio_features, mouth_crops, train
 
 SHIFTS = (0, 1, 2, 5, -5, 10)
 
@@ -51,31 +51,41 @@ def build(n: int, split: str, workers: int) -> list[tuple[np.ndarray, np.ndarray
         return pool.map(_features, jobs, chunksize=4)
 
 
-def evaluate(scorer: SyncScorer, clips, shifts=SHIFTS) -> list[dict]:
-    """One row per condition: clips, exact offset rate, within +-1 rate, mean Sync-C / Sync-D."""
-    from .speech import Phoneme, Speech  # noqa: F401  (shifted audio below)
+def _shift(audio: np.ndarray, s: int) -> np.ndarray:
+    """As ``Speech.shifted(s)``: the audio ``s`` frames earlier (> 0) or later, same length."""
+    k = int(round(s * 640))
+    out = np.zeros_like(audio)
+    if k >= 0:
+        out[: audio.size - k] = audio[k:]
+    else:
+        out[-k:] = audio[: audio.size + k]
+    return out
 
+
+def evaluate(scorer: SyncScorer, clips, shifts=SHIFTS, windows=(25, 10)) -> list[dict]:
+    """One row per condition: clips (or windows), exact offset rate, within +-1 rate, mean
+    Sync-C / Sync-D. Whole clips, then pieces of ``windows`` frames (1 s, 0.4 s) scored alone
+    (their audio context up to +-15 frames comes from the clip)."""
     rows = []
     emb = [scorer.embed_features(c.astype(np.float32), m.astype(np.float32)) for c, m, _ in clips]
-    for s in shifts:
-        res = []
-        for (crops, _, audio), (v, _) in zip(clips, emb):
-            f = crops.shape[0]
-            k = int(round(s * 640))
-            sh = np.zeros_like(audio)
-            if s >= 0:
-                sh[: audio.size - k] = audio[k:]
-            else:
-                sh[-k:] = audio[: audio.size + k]
-            _, a = scorer.embed_features(crops, audio_features(sh, f))
-            res.append(scorer.score_embeddings(v, a))
+
+    def row(name, true, res):
         off = np.array([r.offset for r in res])
         rows.append({
-            "condition": "in sync" if s == 0 else f"audio {s:+d} frames",
-            "true": s, "clips": len(res),
-            "exact": float(np.mean(off == s)), "within1": float(np.mean(np.abs(off - s) <= 1)),
+            "condition": name, "true": true, "clips": len(res),
+            "exact": float(np.mean(off == true)) if true is not None else float("nan"),
+            "within1": float(np.mean(np.abs(off - true) <= 1)) if true is not None else float("nan"),
             "sync_c": float(np.mean([r.sync_c for r in res])), "sync_d": float(np.mean([r.sync_d for r in res])),
         })
+
+    shifted = {}
+    for s in shifts:
+        res = []
+        for (crops, _, audio), (v, a0) in zip(clips, emb):
+            a = a0 if s == 0 else scorer.embed_features(crops, audio_features(_shift(audio, s), crops.shape[0]))[1]
+            shifted[s] = shifted.get(s, []) + [a]
+            res.append(scorer.score_embeddings(v, a))
+        row("in sync" if s == 0 else f"audio {s:+d} frames", s, res)
     res = []
     for j, ((crops, _, _), (v, _)) in enumerate(zip(clips, emb)):
         other = clips[(j + 1) % len(clips)][2]
@@ -84,14 +94,20 @@ def evaluate(scorer: SyncScorer, clips, shifts=SHIFTS) -> list[dict]:
         audio[: min(other.size, audio.size)] = other[: audio.size]
         _, a = scorer.embed_features(crops, audio_features(audio, f))
         res.append(scorer.score_embeddings(v, a))
-    rows.append({"condition": "other clip's audio", "true": None, "clips": len(res), "exact": float("nan"),
-                 "within1": float("nan"), "sync_c": float(np.mean([r.sync_c for r in res])),
-                 "sync_d": float(np.mean([r.sync_d for r in res]))})
+    row("other clip's audio", None, res)
+    for window in windows:
+        for s in (0, 5):
+            res = []
+            for (v, _), a in zip(emb, shifted[s]):
+                f = v.shape[0]
+                for start in range(MAX_OFFSET, f - MAX_OFFSET - window + 1, window):
+                    res.append(scorer.score_embeddings(v, a, anchors=np.arange(start, start + window)))
+            row(("in sync" if s == 0 else f"audio {s:+d} frames") + f", {window}-frame windows", s, res)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| condition | true offset | clips | offset found exactly | within +-1 | Sync-C (mean) | Sync-D (mean) |",
+    out = ["| condition | true offset | clips (windows) | offset found exactly | within +-1 | Sync-C (mean) | Sync-D (mean) |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         t = "-" if r["true"] is None else f"{r['true']:+d}"

@@ -23,7 +23,6 @@ original SyncNet's.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,27 +131,37 @@ class SyncNet(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def offset_distances(v: np.ndarray, a: np.ndarray, max_offset: int = MAX_OFFSET) -> tuple[np.ndarray, np.ndarray]:
+def offset_distances(v: np.ndarray, a: np.ndarray, max_offset: int = MAX_OFFSET,
+                     anchors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean distance between video window ``i`` and audio window ``i - k`` for each offset ``k``.
 
     Args:
         v, a: ``[F, D]`` embeddings of one clip.
+        anchors: the video frames ``i`` to average over, each with ``0 <= i - k < F`` for every
+            offset (e.g. a 1 s window of a longer clip). Default: the frames ``[K, F-K)`` (the
+            same set for every offset, so offsets compare fairly) when the clip has more than
+            ``2K + 4`` frames; otherwise each offset averages over the pairs that exist.
 
     Returns:
-        ``(offsets [2K+1], dists [2K+1])``. Anchors are the frames ``[K, F-K)`` for every
-        offset (the same set, so offsets compare fairly) when the clip has more than
-        ``2K + 4`` frames; otherwise each offset averages over the pairs that exist.
+        ``(offsets [2K+1], dists [2K+1])``.
     """
     f = v.shape[0]
     offs = np.arange(-max_offset, max_offset + 1)
+    if anchors is not None:
+        i = np.asarray(anchors, np.int64)
+        if i.size == 0 or i.min() - max_offset < 0 or i.max() + max_offset >= f:
+            raise ValueError(f"anchors must lie in [{max_offset}, {f - max_offset}) so that every offset "
+                             f"up to +-{max_offset} has its audio window; got {i.min()}..{i.max()} for F={f}")
     d = np.linalg.norm(v[:, None, :] - a[None, :, :], axis=-1)  # [F(video), F(audio)]
     out = np.empty(offs.size)
     for n, k in enumerate(offs):
-        if f > 2 * max_offset + 4:
-            i = np.arange(max_offset, f - max_offset)
+        if anchors is not None:
+            ii = i
+        elif f > 2 * max_offset + 4:
+            ii = np.arange(max_offset, f - max_offset)
         else:
-            i = np.arange(max(0, k), min(f, f + k))
-        out[n] = d[i, i - k].mean() if i.size else np.nan
+            ii = np.arange(max(0, k), min(f, f + k))
+        out[n] = d[ii, ii - k].mean() if ii.size else np.nan
     return offs, out
 
 
@@ -223,8 +232,10 @@ class SyncScorer:
         return self.score_embeddings(*self.embed(frames, audio), max_offset=max_offset)
 
     @staticmethod
-    def score_embeddings(v: np.ndarray, a: np.ndarray, max_offset: int = MAX_OFFSET) -> SyncResult:
-        offs, d = offset_distances(v, a, max_offset)
+    def score_embeddings(v: np.ndarray, a: np.ndarray, max_offset: int = MAX_OFFSET,
+                         anchors: np.ndarray | None = None) -> SyncResult:
+        """``score`` from embeddings ``[F, D]`` (see ``offset_distances`` for ``anchors``)."""
+        offs, d = offset_distances(v, a, max_offset, anchors)
         n = int(np.nanargmin(d))
         return SyncResult(int(offs[n]), float(d[n]), float(np.nanmedian(d) - d[n]), offs, d)
 

@@ -85,11 +85,12 @@ def test_regions():
     hard = mouth_mask_hard(s) > 0
     np.testing.assert_array_equal(ins > 0, hard)
     assert not (out > 0)[hard].any()
-    # every outside pixel's 11 x 11 window misses the mask
-    ys, xs = np.nonzero(hard)
-    oy, ox = np.nonzero(out > 0)
-    near = (np.abs(oy[:, None] - ys[None, :]) <= 5) & (np.abs(ox[:, None] - xs[None, :]) <= 5)
-    assert not near.any()
+    # every outside pixel's 11 x 11 window misses the mask: count mask pixels per window
+    from scipy.signal import convolve2d
+
+    count = convolve2d(hard.astype(float), np.ones((11, 11)), mode="same")
+    assert np.all(count[out > 0] == 0)
+    assert np.all(count[(out == 0) & ~hard] > 0)  # and nothing more is left out
     assert 0.3 < out.mean() < 0.8
     # a change inside the mouth leaves the outside scores perfect
     rng = np.random.default_rng(2)
