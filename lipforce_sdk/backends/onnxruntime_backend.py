@@ -58,7 +58,11 @@ class OrtGraphRunner:
 class OnnxRuntimeBackend(GraphBackend):
     @classmethod
     def load(cls, model_dir: str | Path, providers: Sequence[str] | None = None, threads: int | None = None,
-             register_plugin: bool | None = None) -> "OnnxRuntimeBackend":
+             spin: bool = False) -> "OnnxRuntimeBackend":
+        """``spin``: let idle intra-op threads spin. Off by default: the four graphs run one after
+        another, each in its own session, and a finished session's spinning threads steal the cores
+        from the next one (measured on 2 cores: 169 -> 265 FPS for the tiny model with spinning off;
+        BENCHMARKS.md)."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -71,6 +75,8 @@ class OnnxRuntimeBackend(GraphBackend):
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         transform = None
         if m.get("flavour") == "plugin":
             # the lipforce::KVCacheAttention nodes run the C++ CPU reference as an onnxruntime-extensions
