@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         mem = _gpu_peak_mb(torch, dev) or _peak_rss_mb()
         cfg = engine.config
         stream_fps[(b, c)] = stats.fps
-        rows.append((f"stream 2-step", b, f"{c} ({cfg.video_frames_per_chunk} fr)", f"{cfg.algorithmic_latency_ms():.0f}",
+        rows.append(("stream 2-step", b, f"{c} ({cfg.video_frames_per_chunk} fr)", f"{cfg.algorithmic_latency_ms():.0f}",
                      f"{stats.time_to_first_frame_ms:.1f}", f"{stats.p50_ms:.1f}", f"{stats.p95_ms:.1f}",
                      f"{stats.p99_ms:.1f}", f"{stats.fps:.1f}", f"{mem:.0f}"))
     base = None

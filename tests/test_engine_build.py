@@ -10,34 +10,14 @@ import importlib
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _import_engine():
-    """``lipforce_sdk.engine`` when installed; in a source checkout, the repository's ``engine/``
-    folder under that name (the wheel maps it so, see pyproject's ``wheel.packages``)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    try:
-        return importlib.import_module("lipforce_sdk.engine")
-    except ModuleNotFoundError as e:
-        if e.name != "lipforce_sdk.engine":
-            raise
-    spec = importlib.util.spec_from_file_location("lipforce_sdk.engine", ROOT / "engine" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "engine")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-E = _import_engine()
+import lipforce_sdk.engine as E  # noqa: E402  (installed as lipforce_sdk.engine; see pyproject)
 trt = pytest.importorskip("tensorrt_rtx", reason="building engines on a CPU-only machine needs TensorRT-RTX "
                                                   "(pip install tensorrt-rtx)")
 onnx = pytest.importorskip("onnx", reason="the builder reads graphs with the onnx package")

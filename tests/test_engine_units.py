@@ -1,36 +1,15 @@
 """engine/ without building anything: ONNX inspection, precision rules, targets, flavour detection,
 state-name inference, the progress record, doctor."""
 
-import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def _import_engine():
-    """``lipforce_sdk.engine`` when installed; in a source checkout, the repository's ``engine/``
-    folder under that name (the wheel maps it so, see pyproject's ``wheel.packages``)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    try:
-        return importlib.import_module("lipforce_sdk.engine")
-    except ModuleNotFoundError as e:
-        if e.name != "lipforce_sdk.engine":
-            raise
-    spec = importlib.util.spec_from_file_location("lipforce_sdk.engine", ROOT / "engine" / "__init__.py",
-                                                  submodule_search_locations=[str(ROOT / "engine")])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-E = _import_engine()
+import lipforce_sdk.engine as E  # noqa: E402  (installed as lipforce_sdk.engine; see pyproject)
 onnx = pytest.importorskip("onnx", reason="inspecting graphs needs the onnx package")
 from onnx import TensorProto as TP, helper, numpy_helper  # noqa: E402
 
@@ -185,10 +164,10 @@ def test_doctor_reports_every_section():
 def test_engine_and_doctor_import_no_torch():
     import subprocess
 
-    code = ("import sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r}); "
-            "from test_engine_units import E; E.doctor(); import lipforce_sdk.backends.tensorrt_backend; "
-            "print('torch' in sys.modules)").format(root=str(ROOT), tests=str(ROOT / "tests"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = ("import sys; import lipforce_sdk.engine as E; E.doctor(); import lipforce_sdk.backends.tensorrt_backend; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(Path(__file__).parent))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False", "engine/, doctor() or the TensorRT backend imported torch"
 

@@ -1,7 +1,6 @@
 """Exported graphs vs their PyTorch modules, and whole streams through ONNX Runtime vs torch."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

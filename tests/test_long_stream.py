@@ -5,7 +5,6 @@ import gc
 import sys
 
 import numpy as np
-import torch
 
 from lipforce_sdk import Engine
 from lipforce_sdk.backends.torch_backend import TorchBackend

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..manifest import read_manifest, sha256_file
-from .base import Backend, BackendError
+from .base import BackendError
 from .graph_backend import GraphBackend
 
 __all__ = ["OrtGraphRunner", "OnnxRuntimeBackend"]
@@ -86,9 +86,7 @@ class OnnxRuntimeBackend(GraphBackend):
             from ..kvattn import register_ort_custom_op, to_ort_contrib_domain
 
             so.register_custom_ops_library(register_ort_custom_op())
-
-            def transform(path):
-                return to_ort_contrib_domain(onnx.load(str(path))).SerializeToString()
+            transform = lambda path: to_ort_contrib_domain(onnx.load(str(path))).SerializeToString()  # noqa: E731
 
         runners = {g: OrtGraphRunner(d / spec["file"], spec, providers, so, transform=transform)
                    for g, spec in m["graphs"].items()}
