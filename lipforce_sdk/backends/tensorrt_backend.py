@@ -451,17 +451,13 @@ class TensorRTGraphRunner:
 # The device: cuda-python, thin
 # ------------------------------------------------------------------------------------------------
 def _cudart():
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-        return cudart
-    except ImportError:
-        pass
-    try:
-        from cuda import cudart  # older cuda-python
-        return cudart
-    except ImportError as e:
+    from ..engine.gpu import cuda_runtime_module
+
+    cudart = cuda_runtime_module()
+    if cudart is None:
         raise BackendError("the TensorRT backend allocates device memory through cuda-python: "
-                           "pip install cuda-python") from e
+                           "pip install cuda-python")
+    return cudart
 
 
 class CudaDevice:
