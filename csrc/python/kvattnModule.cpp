@@ -56,17 +56,14 @@ py::array inPlaceCache(py::object obj, char const* name)
     return a;
 }
 
-KVCacheAttentionParams paramsFromShapes(py::array const& q, py::array const& kCache, int32_t chunkFrames,
-    int32_t numSlots, int32_t gridH, int32_t gridW, float ropeTheta)
+// Fills the parameters and checks them; errors are reported as ValueError prefixed with `who`.
+KVCacheAttentionParams checkedParams(char const* who, int32_t batch, int32_t numHeads, int32_t headDim, int32_t gridH,
+    int32_t gridW, int32_t numSlots, int32_t chunkFrames, float ropeTheta)
 {
-    if (q.ndim() != 4)
-        throw py::value_error("q must be [B, Lc, H, D], got shape " + shapeOf(q));
-    if (kCache.ndim() != 4)
-        throw py::value_error("k_cache must be [B, T, H, D], got shape " + shapeOf(kCache));
     KVCacheAttentionParams p;
-    p.batch = static_cast<int32_t>(q.shape(0));
-    p.numHeads = static_cast<int32_t>(q.shape(2));
-    p.headDim = static_cast<int32_t>(q.shape(3));
+    p.batch = batch;
+    p.numHeads = numHeads;
+    p.headDim = headDim;
     p.gridH = gridH;
     p.gridW = gridW;
     p.numSlots = numSlots;
@@ -74,7 +71,20 @@ KVCacheAttentionParams paramsFromShapes(py::array const& q, py::array const& kCa
     p.ropeTheta = ropeTheta;
     std::string const err = p.check();
     if (!err.empty())
-        throw py::value_error("kv_cache_attention: " + err);
+        throw py::value_error(std::string(who) + ": " + err);
+    return p;
+}
+
+KVCacheAttentionParams paramsFromShapes(py::array const& q, py::array const& kCache, int32_t chunkFrames,
+    int32_t numSlots, int32_t gridH, int32_t gridW, float ropeTheta)
+{
+    if (q.ndim() != 4)
+        throw py::value_error("q must be [B, Lc, H, D], got shape " + shapeOf(q));
+    if (kCache.ndim() != 4)
+        throw py::value_error("k_cache must be [B, T, H, D], got shape " + shapeOf(kCache));
+    KVCacheAttentionParams const p = checkedParams("kv_cache_attention", static_cast<int32_t>(q.shape(0)),
+        static_cast<int32_t>(q.shape(2)), static_cast<int32_t>(q.shape(3)), gridH, gridW, numSlots, chunkFrames,
+        ropeTheta);
     if (q.shape(1) != p.chunkTokens())
     {
         std::ostringstream m;
@@ -147,18 +157,8 @@ py::array_t<float> kvCacheAttentionCpu(FloatArray q, FloatArray k, FloatArray v,
 KVCacheAttentionParams cudaParams(int32_t batch, int32_t numHeads, int32_t headDim, int32_t gridH, int32_t gridW,
     int32_t numSlots, int32_t chunkFrames, float ropeTheta)
 {
-    KVCacheAttentionParams p;
-    p.batch = batch;
-    p.numHeads = numHeads;
-    p.headDim = headDim;
-    p.gridH = gridH;
-    p.gridW = gridW;
-    p.numSlots = numSlots;
-    p.chunkFrames = chunkFrames;
-    p.ropeTheta = ropeTheta;
-    std::string const err = p.check();
-    if (!err.empty())
-        throw py::value_error("kv_cache_attention_cuda: " + err);
+    KVCacheAttentionParams const p = checkedParams("kv_cache_attention_cuda", batch, numHeads, headDim, gridH, gridW,
+        numSlots, chunkFrames, ropeTheta);
     if (!lipforce::kvattn::kvCacheAttentionCudaSupports(p))
         throw py::value_error("kv_cache_attention_cuda: head_dim " + std::to_string(headDim)
             + " is not compiled; the CUDA kernels support head_dim 64 and 128");
