@@ -20,6 +20,18 @@ def make_clip(n_frames: int, seed: int = 0, hw=(96, 80), extra_samples: int = 32
 BOX = (8.0, 10.0, 72.0, 74.0)
 
 
+def corrupted_copy(src, dst, name: str, at: float = 0.5, mask: int = 0xFF):
+    """Copy directory ``src`` to ``dst`` and flip bits of one byte of file ``name`` (at fraction ``at``)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    p = dst / name
+    b = bytearray(p.read_bytes())
+    b[int(len(b) * at)] ^= mask
+    p.write_bytes(bytes(b))
+    return p
+
+
 @pytest.fixture(scope="session")
 def exported_tiny(tmp_path_factory):
     """The bundled default exported once (portable, opset 18): (model, out_dir, manifest)."""

@@ -7,6 +7,7 @@ import pytest
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX not installed (pip install 'lipforce[trt-rtx]')")
 
+from conftest import corrupted_copy  # noqa: E402
 from lipforce_sdk.engine import EngineError, build_model, check_engine  # noqa: E402
 from lipforce_sdk.manifest import sha256_file  # noqa: E402
 
@@ -52,11 +53,7 @@ def test_tiny_engines_serialize_with_right_manifests(tiny_engines, key):
 def test_corrupted_and_mismatched_tiny_engines_are_refused(tiny_engines, tmp_path):
     src, dst, _ = tiny_engines[("fp16", "decomposed")]
     bad = tmp_path / "bad"
-    shutil.copytree(dst, bad)
-    p = bad / "dit_step.engine"
-    b = bytearray(p.read_bytes())
-    b[len(b) // 3] ^= 0x5A
-    p.write_bytes(bytes(b))
+    p = corrupted_copy(dst, bad, "dit_step.engine", at=1 / 3, mask=0x5A)
     with pytest.raises(EngineError, match=r"dit_step\.engine.*(sha256|corrupt).*lipforce build"):
         check_engine(bad, "dit_step", model_dir=src)
     shutil.copyfile(dst / "dit_step.engine", p)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BOX, make_clip
+from conftest import BOX, corrupted_copy, make_clip
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'lipforce[onnx]')")
 
@@ -132,17 +132,11 @@ def test_runtime_imports_no_torch(exported_tiny):
 
 
 def test_corrupted_graph_is_refused(exported_tiny, tmp_path):
-    import shutil
-
     from lipforce_sdk.backends.base import BackendError
 
     _, out, _ = exported_tiny
     bad = tmp_path / "m"
-    shutil.copytree(out, bad)
-    p = bad / "dit_step.onnx"
-    b = bytearray(p.read_bytes())
-    b[len(b) // 2] ^= 0xFF
-    p.write_bytes(bytes(b))
+    corrupted_copy(out, bad, "dit_step.onnx")
     with pytest.raises(BackendError, match=r"dit_step\.onnx.*sha256.*re-export"):
         Engine.load(bad, backend="onnxruntime")
 
