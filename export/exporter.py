@@ -99,7 +99,7 @@ def example_inputs(model: LipSyncModel, graph: str, dtype: torch.dtype = torch.f
     if graph == "dit_step":
         from lipforce_sdk.cache_plan import RingCachePlanner
 
-        pl = RingCachePlanner(cfg.stream.sink_frames, cfg.stream.window_frames, C)
+        pl = RingCachePlanner.for_stream(cfg.stream)
         for _ in range(cfg.stream.sink_frames + cfg.stream.window_frames):  # a steady-state plan
             pl.commit()
         p = pl.plan()

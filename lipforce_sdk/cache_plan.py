@@ -51,6 +51,11 @@ class RingCachePlanner:
         self.M = self.S + self.R
         self.reset()
 
+    @classmethod
+    def for_stream(cls, stream) -> "RingCachePlanner":
+        """The planner of a ``StreamConfig`` (sink, window and chunk sizes in latent frames)."""
+        return cls(stream.sink_frames, stream.window_frames, stream.chunk_frames)
+
     def reset(self) -> None:
         self.sink_filled = 0  # committed sink frames, 0..S
         self.head = 0  # ring slot (0..R-1) the next committed ring frame goes to

@@ -25,7 +25,7 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
     crops = [tracker.crop(frames[i]) for i in range(n)]
     mel = log_mel_clip(np.asarray(audio, np.float32), cfg.audio, cfg.stream.fps, n_pad)
     renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed)
-    planner = RingCachePlanner(cfg.stream.sink_frames, cfg.stream.window_frames, cfg.stream.chunk_frames)
+    planner = RingCachePlanner.for_stream(cfg.stream)
     state = be.new_state()
     out = np.empty_like(frames)
     for k in range(n_pad // fv):

@@ -190,7 +190,7 @@ class Session:
         self._fv = cfg.video_frames_per_chunk
         self.tracker = tracker or FaceTracker(cfg.stream.resolution, box=box)
         self.state = self.backend.new_state()
-        self.planner = RingCachePlanner(cfg.stream.sink_frames, cfg.stream.window_frames, cfg.stream.chunk_frames)
+        self.planner = RingCachePlanner.for_stream(cfg.stream)
         self.mel = LogMelStream(cfg.audio, self.fps)
         self.renderer = ChunkRenderer(self.backend, cfg, self.seed)
         self._reset_stream()

@@ -54,7 +54,7 @@ def test_plugin_dit_step_equals_portable_over_chunks(plugin_dir, exported_tiny, 
                for name, d in (("portable", portable_dir), ("plugin", out))}
     states = {k: r.new_state() for k, r in runners.items()}
     cfg = model.cfg
-    pl = RingCachePlanner(cfg.stream.sink_frames, cfg.stream.window_frames, cfg.stream.chunk_frames)
+    pl = RingCachePlanner.for_stream(cfg.stream)
     for chunk in range(cfg.num_slots + 5):  # past a ring wrap
         names, tensors, _, _ = example_inputs(model, "dit_step", seed=1000 * seed + chunk)
         feeds = {n: t.numpy() for n, t in zip(names[:5], tensors[:5])}
