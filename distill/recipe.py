@@ -1,0 +1,341 @@
+"""The Lip Forcing recipe end to end on procedural talking faces: one command.
+
+    python -m distill.recipe --work runs/recipe            # the full recipe (CPU: see README)
+    python -m distill.recipe --work /tmp/smoke --smoke     # a few steps of every stage
+
+Stages, each writing into ``--work`` and skipped when its output is already there (``--redo
+STAGE`` runs one again):
+
+1. ``data``      render the train and held-out pair sets (``dataset.py``)
+2. ``vae``       train the streaming VAE, unit-scale its latents (``autoencoder.py``)
+3. ``teacher``   train the bidirectional audio-conditioned DiT, flow matching + audio dropout
+4. ``analysis``  the teacher's x0-prediction curves with and without CFG -> sync window, ``t_land``
+5. ``student``   causal student: ODE-pair init, then Self-Forcing rollout + Sync-Window DMD + reward,
+                 and the ablations (CFG everywhere, no reward, evenly spaced steps)
+6. ``eval``      held-out table: teacher (N steps), student and ablations, same data and scorer
+
+The student is written as an SDK model directory (``--work``/``model``) that ``Engine.load`` and
+``lipforce export`` take as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lipforce_sdk.config import from_name
+
+__all__ = ["RecipeConfig", "main"]
+
+
+@dataclass
+class RecipeConfig:
+    preset: str = "tiny"
+    train_clips: int = 200
+    held_out_clips: int = 24
+    ae_steps: int = 800
+    teacher_steps: int = 2000
+    init_steps: int = 400
+    dmd_steps: int = 200  # every student variant trains the same number of steps
+    ode_pairs: int = 256
+    window_frames: int = 8  # latent frames per teacher window (its training length)
+    teacher_eval_steps: int = 16  # Euler steps of the teacher (sampling, analysis, ODE pairs)
+    guidance: float = 3.0
+    analysis_clips: int = 8
+    reward_weight: float = 0.05
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def smoke(cls) -> "RecipeConfig":
+        return cls(train_clips=3, held_out_clips=2, ae_steps=2, teacher_steps=2, init_steps=2, dmd_steps=1,
+                   ode_pairs=4, teacher_eval_steps=4, analysis_clips=1)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def stage_data(work: Path, rc: RecipeConfig):
+    from .dataset import load_or_build
+
+    cfg = from_name(rc.preset)
+    tr = load_or_build(work / "data_train.npz", cfg, "train", rc.train_clips)
+    ho = load_or_build(work / "data_held_out.npz", cfg, "held_out", rc.held_out_clips, max_frames=100)
+    _log(f"data: {len(tr)} train clips ({tr.num_frames} frames), {len(ho)} held-out clips ({ho.num_frames} frames)")
+    return tr, ho
+
+
+def stage_vae(work: Path, rc: RecipeConfig, tr):
+    from safetensors.torch import load_file, save_file
+
+    from lipforce_sdk.model.vae import StreamingVAE
+
+    from .autoencoder import AETrainConfig, normalize_latents, reconstruction_psnr, train_autoencoder
+
+    cfg = from_name(rc.preset)
+    path = work / "vae.safetensors"
+    torch.manual_seed(rc.seed)
+    vae = StreamingVAE(cfg)
+    if path.is_file():
+        vae.load_state_dict(load_file(str(path)))
+        return vae.eval()
+    _log(f"vae: training {rc.ae_steps} steps")
+    info = train_autoencoder(vae, tr, AETrainConfig(steps=rc.ae_steps, seed=rc.seed), log=_log)
+    info["latent_scale"] = normalize_latents(vae, tr)
+    info["reconstruction"] = reconstruction_psnr(vae, tr)
+    _log(f"vae: {json.dumps(info)}")
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    (work / "vae.json").write_text(json.dumps(info, indent=1))
+    return vae.eval()
+
+
+def _load_or_train(path: Path, module: torch.nn.Module, train) -> dict:
+    """Load ``module``'s weights from ``path``, or run ``train()`` and save them (with its info)."""
+    from safetensors.torch import load_file, save_file
+
+    info_path = path.with_suffix(".json")
+    if path.is_file():
+        module.load_state_dict(load_file(str(path)))
+        return json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = train()
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+    info_path.write_text(json.dumps(info, indent=1))
+    return info
+
+
+def stage_teacher(work: Path, rc: RecipeConfig, ls_train):
+    from .teacher import Teacher, TeacherTrainConfig, train_teacher
+
+    cfg = from_name(rc.preset)
+    torch.manual_seed(rc.seed + 1)
+    teacher = Teacher(cfg)
+    tc = TeacherTrainConfig(steps=rc.teacher_steps, seed=rc.seed)
+    info = _load_or_train(work / "teacher.safetensors", teacher,
+                          lambda: (_log(f"teacher: training {tc.steps} steps"), train_teacher(teacher, ls_train, tc, log=_log))[1])
+    _log(f"teacher: {json.dumps(info)}")
+    return teacher.eval()
+
+
+def stage_analysis(work: Path, rc: RecipeConfig, teacher, vae, ls_ho, pairs_ho, scorer):
+    from .analysis import choose_window, trajectory_curves, write_report
+
+    path = work / "analysis.json"
+    if path.is_file():
+        a = json.loads(path.read_text())
+        return (tuple(a["window"]) if a["window"] else None), a["t_land"]
+    n = min(rc.analysis_clips, len(pairs_ho))
+    t0 = time.perf_counter()
+    rows = trajectory_curves(teacher, vae, ls_ho, pairs_ho[:n], scorer, rc.teacher_eval_steps, rc.guidance,
+                             rc.window_frames, seed=rc.seed)
+    window, t_land = choose_window(rows, rc.teacher_eval_steps)
+    write_report(rows, window, t_land, {"clips": n, "steps": rc.teacher_eval_steps, "guidance": rc.guidance,
+                                        "seconds": time.perf_counter() - t0}, work)
+    _log(f"analysis: sync window {window}, t_land {t_land}")
+    return window, t_land
+
+
+STUDENT_VARIANTS = {
+    # name: (window from the analysis?, sync reward?, t_land from the analysis?)
+    "student": dict(window="analysis", reward=True, t_land="analysis"),
+    "cfg_everywhere": dict(window=None, reward=True, t_land="analysis"),
+    "no_reward": dict(window="analysis", reward=False, t_land="analysis"),
+    "even_schedule": dict(window="analysis", reward=True, t_land=0.5),
+}
+
+
+def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, ls_train, sources, scorer, window, t_land):
+    import copy
+
+    from .student import DMDConfig, SyncReward, ode_pairs, train_dmd, train_ode_init
+    from .teacher import window_guidance
+
+    v = STUDENT_VARIANTS[name]
+    cfg = from_name(rc.preset)
+    tl = t_land if v["t_land"] == "analysis" else float(v["t_land"])
+    win = window if v["window"] == "analysis" else None
+    init_path = work / f"init_t{tl:.4f}.safetensors"
+    student = copy.deepcopy(teacher)
+    guide = window_guidance(rc.guidance, window)
+
+    def init():
+        _log(f"{name}: ODE pairs ({rc.ode_pairs}) from the teacher, {rc.teacher_eval_steps} steps, t_land {tl}")
+        pairs = ode_pairs(teacher, ls_train, rc.ode_pairs, rc.window_frames, rc.teacher_eval_steps, guide, tl,
+                          seed=rc.seed)
+        return train_ode_init(student, cfg, pairs, rc.init_steps, tl, weight_map=ls_train.loss_weight(4.0),
+                              seed=rc.seed, log=_log)
+
+    _load_or_train(init_path, student, init)
+    steps = rc.dmd_steps
+    dc = DMDConfig(steps=steps, guidance=rc.guidance, window=win, seed=rc.seed,
+                   reward_weight=rc.reward_weight if v["reward"] else 0.0)
+    reward = SyncReward(copy.deepcopy(vae), copy.deepcopy(scorer.net), cfg) if v["reward"] else None
+
+    def dmd():
+        _log(f"{name}: Self-Forcing DMD {steps} steps (CFG window {win}, reward {v['reward']}, t_land {tl})")
+        return train_dmd(student, teacher, cfg, ls_train, tl, dc, reward=reward, sources=sources, log=_log)
+
+    info = _load_or_train(work / f"{name}.safetensors", student, dmd)
+    return student.eval(), tl, info
+
+
+def write_model_dir(out: Path, rc: RecipeConfig, student, vae, t_land: float, card: dict | None = None) -> Path:
+    """The student as an SDK model directory (``Engine.load(out)``)."""
+    from lipforce_sdk.model.checkpoint import LipSyncModel, save_model
+
+    cfg = from_name(rc.preset).replace(schedule={"t_land": round(float(t_land), 6)})
+    model = LipSyncModel(cfg)
+    model.vae.load_state_dict(vae.state_dict())
+    model.audio_encoder.load_state_dict(student.audio_encoder.state_dict())
+    model.dit.load_state_dict(student.dit.state_dict())
+    return save_model(model.eval(), out, **({"training": card} if card else {}))
+
+
+ROW_KEYS = ("sync_c", "sync_d", "offset", "gap_mae_px", "gap_corr", "psnr_out", "ssim_out", "psnr_in")
+
+
+def _mean(scores: list[dict]) -> dict:
+    import numpy as np
+
+    out = {k: float(np.nanmean([s[k] for s in scores])) for k in ROW_KEYS}
+    out["offset_exact"] = float(np.mean([s["offset"] == 0 for s in scores]))
+    return out
+
+
+def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, window, students: dict) -> list[dict]:
+    """Held-out rows, same pairs and scorer for all: references, teacher, student and ablations."""
+    from lipforce_sdk.session import Engine
+
+    from .analysis import latents_to_frames, teacher_latents
+    from .autoencoder import encode_clip
+    from .evaluate import render_engine, score_clip
+    from .teacher import window_guidance
+
+    pairs_ho = ho.pairs
+    rows = [
+        {"name": "ground truth (target clip)", **_mean([score_clip(p.target, p, scorer) for p in pairs_ho])},
+        {"name": "input video (mouth of other speech)", **_mean([score_clip(p.source, p, scorer) for p in pairs_ho])},
+    ]
+    n_steps = rc.teacher_eval_steps
+    teachers = [(f"teacher, {n_steps} Euler steps, CFG in sync window", window_guidance(rc.guidance, window)),
+                (f"teacher, {n_steps} Euler steps, CFG everywhere", window_guidance(rc.guidance, None)),
+                (f"teacher, {n_steps} Euler steps, no CFG", lambda t: 1.0)]
+    for label, guide in teachers:
+        g = torch.Generator().manual_seed(rc.seed + 7)
+        scores, secs, frames = [], 0.0, 0
+        for i, p in enumerate(pairs_ho):
+            noise = torch.randn(ls_ho.cond[i].shape, generator=g)
+            t0 = time.perf_counter()
+            cond = encode_clip(vae, ho.masked[i])
+            z = teacher_latents(teacher, cond, ls_ho.mel[i], ls_ho.mask_for(1, rc.window_frames), noise, n_steps,
+                                guide, rc.window_frames)
+            out = latents_to_frames(vae, z, p.source)
+            secs += time.perf_counter() - t0
+            frames += out.shape[0]
+            scores.append(score_clip(out, p, scorer))
+        rows.append({"name": label, "kind": "teacher", **_mean(scores), "ms_per_frame": 1000.0 * secs / frames})
+        _log(f"eval: {rows[-1]}")
+    for name, (student, t_land) in students.items():
+        d = write_model_dir(work / "models" / name, rc, student, vae, t_land)
+        engine = Engine.load(d, backend="torch")
+        scores, secs, frames = [], 0.0, 0
+        for p in pairs_ho:
+            out, spf = render_engine(engine, p)
+            secs += spf * out.shape[0]
+            frames += out.shape[0]
+            scores.append(score_clip(out, p, scorer))
+        label = {"student": f"student, 2 steps (1, {t_land:g}), Sync-Window DMD + reward",
+                 "cfg_everywhere": "ablation: CFG at every timestep", "no_reward": "ablation: no sync reward",
+                 "even_schedule": f"ablation: even two-step schedule (1, {t_land:g})"}[name]
+        rows.append({"name": label, "kind": name, **_mean(scores), "ms_per_frame": 1000.0 * secs / frames})
+        _log(f"eval: {rows[-1]}")
+    return rows
+
+
+def results_markdown(rows: list[dict], n_clips: int, frames: int) -> str:
+    head = ("| model | Sync-C ↑ | Sync-D ↓ | offset 0 | lip-gap error (px) ↓ | gap corr ↑ | PSNR out (dB) | "
+            "SSIM out | PSNR in (dB) | ms / frame |")
+    lines = [head, "| --- " * 10 + "|"]
+    for r in rows:
+        ms = f"{r['ms_per_frame']:.1f}" if "ms_per_frame" in r else "-"
+        lines.append(f"| {r['name']} | {r['sync_c']:.3f} | {r['sync_d']:.3f} | {100 * r['offset_exact']:.0f}% | "
+                     f"{r['gap_mae_px']:.2f} | {r['gap_corr']:.2f} | {r['psnr_out']:.2f} | {r['ssim_out']:.4f} | "
+                     f"{r['psnr_in']:.2f} | {ms} |")
+    lines.append("")
+    lines.append(f"{n_clips} held-out clips ({frames} frames; held-out sentences, identities and motions), "
+                 "one SyncNet scorer; means over clips. ms / frame: this machine's CPU, PyTorch fp32, "
+                 "including audio/VAE encoding, decoding and compositing.")
+    return "\n".join(lines) + "\n"
+
+
+STAGES = ("data", "vae", "teacher", "analysis", "student", "eval")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m distill.recipe", description=__doc__.split("\n")[0])
+    ap.add_argument("--work", required=True, type=Path, help="work directory (stage outputs, results)")
+    ap.add_argument("--smoke", action="store_true", help="a few steps of every stage (CI)")
+    ap.add_argument("--until", choices=STAGES, default="eval", help="stop after this stage")
+    ap.add_argument("--redo", action="append", default=[], choices=STAGES, help="run a stage again")
+    ap.add_argument("--variants", nargs="+", choices=list(STUDENT_VARIANTS), default=list(STUDENT_VARIANTS),
+                    help="student variants to train in this process (to spread them over processes)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    rc = RecipeConfig.smoke() if a.smoke else RecipeConfig()
+    work: Path = a.work
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps(asdict(rc), indent=1))
+    for st in a.redo:
+        for f in {"data": ["data_train.npz", "data_held_out.npz"], "vae": ["vae.safetensors"],
+                  "teacher": ["teacher.safetensors"], "analysis": ["analysis.json"],
+                  "student": ["student"], "eval": ["results.json"]}[st]:
+            p = work / f
+            if p.is_file():
+                p.unlink()
+    t0 = time.perf_counter()
+    tr, ho = stage_data(work, rc)
+    if a.until == "data":
+        return 0
+    vae = stage_vae(work, rc, tr)
+    if a.until == "vae":
+        return 0
+    from .dataset import build_pairset
+    from .syncnet import SyncScorer
+    from .teacher import LatentSet
+
+    cfg = from_name(rc.preset)
+    ls_tr = LatentSet.encode(vae, tr, cfg)
+    teacher = stage_teacher(work, rc, ls_tr)
+    if a.until == "teacher":
+        return 0
+    ho_pairs = build_pairset(cfg, "held_out", rc.held_out_clips, max_frames=100, keep_pairs=True, progress=False)
+    ls_ho = LatentSet.encode(vae, ho_pairs, cfg)
+    scorer = SyncScorer.load()
+    window, t_land = stage_analysis(work, rc, teacher, vae, ls_ho, ho_pairs.pairs, scorer)
+    if a.until == "analysis":
+        return 0
+    students = {}
+    for name in a.variants:
+        st, tl, _ = stage_student(work, rc, name, teacher, vae, ls_tr, tr.masked, scorer, window, t_land)
+        students[name] = (st, tl)
+    if a.until == "student" or set(a.variants) != set(STUDENT_VARIANTS):
+        return 0
+    rows = stage_eval(work, rc, teacher, vae, ho_pairs, ls_ho, scorer, window, students)
+    md = results_markdown(rows, len(ho_pairs), ho_pairs.num_frames)
+    (work / "results.json").write_text(json.dumps({"rows": rows, "window": window, "t_land": t_land,
+                                                   "recipe": asdict(rc)}, indent=1))
+    (work / "results.md").write_text(md)
+    print(md)
+    _log(f"done in {time.perf_counter() - t0:.0f} s; the student model directory: {work / 'models' / 'student'}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

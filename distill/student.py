@@ -1,0 +1,308 @@
+"""Stage 5: the causal two-step student (the SDK's model), distilled from the teacher.
+
+The student is the SDK's ``WanDiT`` run exactly as the runtime runs it: chunk by chunk through
+``WanDiT.step`` with the sink + ring KV cache of ``RingCachePlanner``, step 1 at ``t = 1``,
+re-noise to ``t_land``, step 2, then the ``t = 0`` pass on the clean chunk writes the cache.
+
+1. **ODE-pair init** (as CausVid/Self Forcing): the teacher integrates noise -> x0 (windowed CFG);
+   the student learns, causally with the teacher's clean frames as context, to map the noise to
+   that x0 at step 1 and the trajectory's state at ``t_land`` to it at step 2.
+2. **Self-Forcing DMD**: the student rolls out a window autoregressively on its own outputs and
+   its own KV cache (a random exit step carries the gradient, the cache passes do not). Its
+   frames are pushed along ``x0_fake - x0_real`` (distribution matching): the real score is the
+   frozen teacher, with CFG **only inside the sync window** (Sync-Window DMD); the fake score is a
+   copy of the teacher trained online on the student's samples by flow matching.
+3. **Sync reward**: the student's mouth region is decoded (VAE decoder on the mouth's latents),
+   composited as the runtime pastes it, and scored by the frozen SyncNet; the loss is InfoNCE of
+   each frame's video window against its own audio among the clip's audio shifted by +-15 frames.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lipforce_sdk.cache_plan import RingCachePlanner
+from lipforce_sdk.config import ModelConfig
+from lipforce_sdk.face import feather_mask, mouth_mask
+from lipforce_sdk.model.dit import WanDiT
+
+from .faces import MOUTH_BOX
+from .optim import adamw_cosine
+from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
+from .teacher import LatentSet, Teacher, flow_matching_loss, sample, sample_t, time_grid, window_guidance
+
+__all__ = ["rollout", "ode_pairs", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward"]
+
+
+def _plan_tensors(planner: RingCachePlanner):
+    p = planner.plan()
+    return [torch.from_numpy(a) for a in (p.write_idx, p.q_pos, p.k_pos, p.k_valid)]
+
+
+def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Callable, t_land: float,
+            grad_step: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+    """Autoregressive two-step generation of ``L`` latent frames, one chunk at a time.
+
+    cond/noise ``[B, z, L, h, w]``, mask ``[B, Tc, L, h, w]``, tok ``[B, L*Tc, A, Da]``.
+    ``second(k, x0_step1) -> x_{t_land}`` gives step 2's input for chunk ``k`` (re-noising, or the
+    teacher's trajectory state in the ODE init). ``grad_step`` (0 or 1) is the step that carries
+    the gradient and whose x0 is the chunk's output; ``None``: no gradient, step 2's output.
+    ``context`` (teacher forcing): the clean frames written into the cache instead of the outputs.
+    """
+    b, _, n, _, _ = cond.shape
+    c = cfg.stream.chunk_frames
+    tc = cfg.vae.temporal_compression
+    planner = RingCachePlanner.for_stream(cfg.stream)
+    shape = dit.cache_shape(b)
+    caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in dit.blocks]
+    last = 1 if grad_step is None else grad_step
+    outs = []
+    for k in range(0, n, c):
+        sl = slice(k, k + c)
+        idx = _plan_tensors(planner)
+
+        def step(x, t, with_grad):
+            with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
+                tt = torch.full((b,), float(t))
+                return dit.step(x, tt, cond[:, :, sl], mask[:, :, sl], tok[:, k * tc:(k + c) * tc], *idx, caches,
+                                inplace=False)
+
+        x0, _ = step(noise[:, :, sl], 1.0, grad_step == 0)
+        if last == 1:
+            x0, _ = step(second(k, x0.detach()), t_land, grad_step == 1)
+        outs.append(x0)
+        clean = (x0 if context is None else context[:, :, sl]).detach()
+        with torch.no_grad():
+            _, new = step(clean, 0.0, False)
+        caches = [(kc.detach(), vc.detach()) for kc, vc in new]
+        planner.commit()
+    return torch.cat(outs, dim=2)
+
+
+def renoiser(eps2: torch.Tensor, t_land: float, chunk: int) -> Callable:
+    return lambda k, x0: (1.0 - t_land) * x0 + t_land * eps2[:, :, k:k + chunk]
+
+
+# ------------------------------------------------------------------------------------------
+# 1. ODE-pair init
+# ------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def ode_pairs(teacher: Teacher, ls: LatentSet, n: int, frames: int, steps: int, guidance, t_land: float,
+              seed: int = 0, batch: int = 8) -> dict[str, torch.Tensor]:
+    """``n`` teacher trajectories: noise, the state at ``t_land`` (a grid point), the final x0,
+    and the windows' conditions."""
+    grid = time_grid(steps)
+    if not any(abs(t - t_land) < 1e-6 for t in grid):
+        raise ValueError(f"t_land={t_land} is not on the {steps}-step grid {grid}")
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    out = {k: [] for k in ("noise", "x_land", "x0", "cond", "mel", "mask")}
+    for s in range(0, n, batch):
+        bsz = min(batch, n - s)
+        _, cond, mel, mask = ls.windows(rng, bsz, frames)
+        tok = teacher.tokens(mel)
+        noise = torch.randn((bsz, ls.z[0].shape[0], frames, *ls.z[0].shape[2:]), generator=g)
+        seen = {}
+        x0 = sample(teacher, cond, mask, tok, noise, steps, guidance,
+                    record=lambda t, x, _x0: seen.__setitem__(round(t, 6), x))
+        for k, v in (("noise", noise), ("x_land", seen[round(t_land, 6)]), ("x0", x0), ("cond", cond),
+                     ("mel", mel), ("mask", mask)):
+            out[k].append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, t_land: float, batch: int = 8,
+                   lr: float = 2e-4, mouth_weight: float = 4.0, weight_map=None, seed: int = 0, log=print) -> dict:
+    """Regress the causal two-step student onto the teacher's ODE pairs (teacher forcing)."""
+    g = torch.Generator().manual_seed(seed)
+    student.requires_grad_(True)
+    opt, sched = adamw_cosine(student.parameters(), lr, steps)
+    w = weight_map if weight_map is not None else 1.0
+    n = pairs["noise"].shape[0]
+    t0, hist = time.perf_counter(), []
+    student.train()
+    for it in range(steps):
+        sel = torch.randint(0, n, (batch,), generator=g)
+        p = {k: v[sel] for k, v in pairs.items()}
+        tok = student.tokens(p["mel"])
+        loss = 0.0
+        for gs in (0, 1):
+            out = rollout(student.dit, cfg, p["cond"], p["mask"], tok, p["noise"],
+                          lambda k, _x, xl=p["x_land"]: xl[:, :, k:k + cfg.stream.chunk_frames], t_land,
+                          grad_step=gs, context=p["x0"])
+            loss = loss + ((out - p["x0"]).pow(2) * w).mean() / (w.mean() if torch.is_tensor(w) else 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        hist.append(float(loss.detach()))
+        if it % 100 == 0 or it == steps - 1:
+            log(f"  ode-init step {it:5d}  loss {np.mean(hist[-100:]):.4f}  {time.perf_counter() - t0:6.0f} s")
+    student.eval()
+    return {"steps": steps, "final_loss": float(np.mean(hist[-100:])), "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------------------------------
+# 3. Sync reward
+# ------------------------------------------------------------------------------------------
+
+
+class SyncReward:
+    """Differentiable sync loss of generated mouth latents (frozen VAE decoder and SyncNet).
+
+    Decodes only the latents around ``MOUTH_BOX`` (the decoder is convolutional), composites
+    them over the masked source as the runtime pastes them (``mouth_mask`` x the crop feather),
+    and takes the SyncNet's grey mouth crop of that."""
+
+    def __init__(self, vae, scorer_net, cfg: ModelConfig, margin: int = 1):
+        self.vae, self.net = vae, scorer_net.eval()
+        for p in list(vae.parameters()) + list(scorer_net.parameters()):
+            p.requires_grad_(False)
+        s = cfg.stream.resolution
+        sc = cfg.vae.spatial_compression
+        y0, y1, x0, x1 = MOUTH_BOX
+        self.box = (int(round(y0 * s)), int(round(y1 * s)), int(round(x0 * s)), int(round(x1 * s)))
+        r0, r1, c0, c1 = self.box
+        self.lat = (max(0, r0 // sc - margin), min(s // sc, -(-r1 // sc) + margin),
+                    max(0, c0 // sc - margin), min(s // sc, -(-c1 // sc) + margin))
+        self.sc = sc
+        w = feather_mask(s, 0.1) * mouth_mask(s)
+        self.blend = torch.from_numpy(w[r0:r1, c0:c1].astype(np.float32))
+        self.grey = torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1, 1)
+
+    def mouth_grey(self, z: torch.Tensor, source_unit: torch.Tensor) -> torch.Tensor:
+        """z ``[B, z, L, h, w]``, source frames ``[B, 3, L*Tc, S, S]`` in [-1, 1] -> ``[B, F, 32, 48]``."""
+        a0, a1, b0, b1 = self.lat
+        zc = z[:, :, :, a0:a1, b0:b1]
+        caches = [torch.zeros(*s[:-2], a1 - a0, b1 - b0) for s in self.vae.cache_shapes(z.shape[0])["dec"]]
+        y = self.vae.decode(zc, caches)[0]  # [B, 3, F, (a1-a0)*sc, (b1-b0)*sc]
+        r0, r1, c0, c1 = self.box
+        gen = y[..., r0 - a0 * self.sc:r1 - a0 * self.sc, c0 - b0 * self.sc:c1 - b0 * self.sc]
+        src = source_unit[..., r0:r1, c0:c1]
+        comp = src + (gen - src) * self.blend
+        grey = ((comp + 1.0) * 0.5 * self.grey).sum(1)  # [B, F, H, W] in [0, 1]
+        b, f, h, w = grey.shape
+        return F.interpolate(grey.reshape(b * f, 1, h, w), size=VIDEO_HW, mode="area").reshape(b, f, *VIDEO_HW)
+
+    def loss(self, z: torch.Tensor, source_unit: torch.Tensor, mel: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+        """InfoNCE over audio offsets ``-15..15`` (each frame's own audio is the positive)."""
+        crops = self.mouth_grey(z, source_unit)
+        b, f = crops.shape[:2]
+        idx = torch.clamp(torch.arange(f)[:, None] + torch.arange(WINDOW)[None] - WINDOW // 2, 0, f - 1)
+        v = self.net.embed_video(crops[:, idx].reshape(b * f, WINDOW, *VIDEO_HW)).reshape(b, f, -1)
+        a = self.net.embed_audio(mel.reshape(b * f, *mel.shape[2:])).reshape(b, f, -1)
+        sims = torch.einsum("bid,bjd->bij", v, a) / tau  # [B, F, F]
+        off = torch.arange(f)[None] - torch.arange(f)[:, None]
+        sims = sims.masked_fill(off.abs()[None] > MAX_OFFSET, float("-inf"))
+        return F.cross_entropy(sims.reshape(b * f, f), torch.arange(f).repeat(b))
+
+
+# ------------------------------------------------------------------------------------------
+# 2. Self-Forcing DMD
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DMDConfig:
+    steps: int = 400
+    batch: int = 4
+    frames: int = 8
+    lr: float = 5e-5
+    fake_lr: float = 2e-4
+    fake_updates: int = 1  # fake-score steps per generator step
+    guidance: float = 3.0
+    window: tuple[float, float] | None = (0.0, 1.0)  # CFG band of the real score; None = everywhere
+    reward_weight: float = 0.05
+    t_min: float = 0.02
+    t_max: float = 0.98
+    mouth_weight: float = 4.0
+    seed: int = 0
+
+
+def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSet, t_land: float, dc: DMDConfig,
+              reward: SyncReward | None = None, sources: list | None = None, log=print) -> dict:
+    """Self-Forcing rollout + Sync-Window DMD (+ sync reward when ``reward`` is given).
+
+    ``sources`` (with ``reward``): per clip of ``ls``, the masked source frames ``[3, F, S, S]``."""
+    rng = np.random.default_rng(dc.seed)
+    g = torch.Generator().manual_seed(dc.seed)
+    fake = copy.deepcopy(teacher).train().requires_grad_(True)
+    teacher.requires_grad_(False)
+    student.requires_grad_(True)
+    opt, sched = adamw_cosine(student.parameters(), dc.lr, dc.steps, warmup=20)
+    fopt, fsched = adamw_cosine(fake.parameters(), dc.fake_lr, dc.steps * dc.fake_updates, warmup=20)
+    weight = ls.loss_weight(dc.mouth_weight)
+    guide = window_guidance(dc.guidance, dc.window)
+    c = cfg.stream.chunk_frames
+    zdim = ls.z[0].shape[0]
+    t0, hist = time.perf_counter(), {"dmd": [], "reward": [], "fake": []}
+    student.train()
+    for it in range(dc.steps):
+        # pick windows, remembering where they come from (the reward needs the source frames)
+        ok = [i for i, z in enumerate(ls.z) if z.shape[1] >= dc.frames]
+        picks = [(ok[int(rng.integers(len(ok)))], 0) for _ in range(dc.batch)]
+        picks = [(i, int(rng.integers(0, ls.z[i].shape[1] - dc.frames + 1))) for i, _ in picks]
+        cond = torch.stack([ls.cond[i][:, s:s + dc.frames] for i, s in picks])
+        mel = torch.stack([ls.mel[i][s * ls.tc:(s + dc.frames) * ls.tc] for i, s in picks])
+        mask = ls.mask_for(dc.batch, dc.frames)
+        shape = (dc.batch, zdim, dc.frames, *ls.z[0].shape[2:])
+        noise, eps2 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        tok = student.tokens(mel)
+        grad_step = int(torch.randint(0, 2, (1,), generator=g))
+        x = rollout(student.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land, grad_step=grad_step)
+
+        # distribution matching: x0_fake - x0_real at a random noise level
+        t = float(torch.empty(1).uniform_(dc.t_min, dc.t_max, generator=g))
+        eps = torch.randn(shape, generator=g)
+        with torch.no_grad():
+            x_t = (1.0 - t) * x.detach() + t * eps
+            ttok = teacher.tokens(mel)
+            real = teacher.x0(x_t, t, cond, mask, ttok, guide(t))
+            fk = fake.x0(x_t, t, cond, mask, fake.tokens(mel))
+            grad = fk - real
+            norm = (x.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-4)
+            target = x.detach() - grad / norm
+        loss_dmd = 0.5 * ((x - target).pow(2) * weight).mean() / weight.mean()
+        loss = loss_dmd
+        if reward is not None and dc.reward_weight > 0:
+            src = torch.stack([torch.from_numpy(sources[i][:, s * ls.tc:(s + dc.frames) * ls.tc]) for i, s in picks])
+            loss_r = reward.loss(x, src, mel)
+            loss = loss + dc.reward_weight * loss_r
+            hist["reward"].append(float(loss_r.detach()))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        hist["dmd"].append(float(loss_dmd.detach()))
+
+        # fake score: flow matching on the student's samples
+        xs = x.detach()
+        for _ in range(dc.fake_updates):
+            tf = sample_t(g, dc.batch, dc.t_min)
+            e = torch.randn(shape, generator=g)
+            ftok = fake.tokens(mel)
+            lf = flow_matching_loss(lambda xx, tt: fake.dit.forward_full(xx, tt, cond, mask, ftok), xs, tf, e, weight)
+            fopt.zero_grad(set_to_none=True)
+            lf.backward()
+            torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
+            fopt.step()
+            fsched.step()
+            hist["fake"].append(float(lf.detach()))
+        if it % 25 == 0 or it == dc.steps - 1:
+            r = f"  reward {np.mean(hist['reward'][-25:]):.3f}" if hist["reward"] else ""
+            log(f"  dmd step {it:4d}  dmd {np.mean(hist['dmd'][-25:]):.4f}  fake {np.mean(hist['fake'][-25:]):.4f}"
+                f"{r}  {time.perf_counter() - t0:6.0f} s")
+    student.eval()
+    return {"steps": dc.steps, "seconds": time.perf_counter() - t0,
+            **{f"final_{k}": float(np.mean(v[-25:])) for k, v in hist.items() if v}}

@@ -1,0 +1,174 @@
+"""The recipe's stages: the pieces that must agree with the runtime, and a few-step smoke of all."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lipforce_sdk.config import from_name  # noqa: E402
+from lipforce_sdk.model.checkpoint import LipSyncModel  # noqa: E402
+
+pytest.importorskip("cv2")
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return from_name("tiny")
+
+
+def test_rollout_equals_the_runtime_two_step_schedule(cfg):
+    """The student's training rollout is the runtime's computation: same cache plan, same passes."""
+    from distill.student import renoiser, rollout
+    from lipforce_sdk.backends.torch_backend import TorchBackend
+    from lipforce_sdk.cache_plan import RingCachePlanner
+    from lipforce_sdk.sampler import two_step_sample
+
+    m = LipSyncModel.from_preset("tiny", seed=3)
+    g = torch.Generator().manual_seed(0)
+    n = cfg.num_slots + 3  # wraps the ring
+    h, w = cfg.latent_hw
+    cond = torch.randn(1, cfg.latent_channels, n, h, w, generator=g)
+    mask = (torch.rand(1, cfg.mask_channels, n, h, w, generator=g) > 0.5).float()
+    tok = torch.randn(1, n * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim, generator=g)
+    noise, eps2 = torch.randn(2, 1, cfg.latent_channels, n, h, w, generator=g)
+    t_land = 0.375
+    sched = cfg.replace(schedule={"t_land": t_land}).schedule
+    with torch.no_grad():
+        got = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, 1), t_land)
+
+    be = TorchBackend(m, device="cpu")
+    state = be.new_state()
+    planner = RingCachePlanner.for_stream(cfg.stream)
+    tc = cfg.vae.temporal_compression
+    ref = []
+    for k in range(n):
+        plan = planner.plan()
+        sl = slice(k, k + 1)
+
+        def step(x, t, sl=sl, k=k, plan=plan):
+            return be.dit_step(x, t, cond[:, :, sl], mask[:, :, sl], tok[:, k * tc:(k + 1) * tc], plan, state)
+
+        ref.append(two_step_sample(step, noise[:, :, sl], eps2[:, :, sl], sched))
+        planner.commit()
+    ref = torch.cat(ref, dim=2)
+    assert torch.allclose(got, ref, atol=1e-5, rtol=0), float((got - ref).abs().max())
+
+
+def test_rollout_gradient_reaches_only_the_exit_step(cfg):
+    from distill.student import renoiser, rollout
+
+    m = LipSyncModel.from_preset("tiny", seed=1)
+    h, w = cfg.latent_hw
+    cond = torch.randn(2, cfg.latent_channels, 2, h, w)
+    mask = torch.zeros(2, cfg.mask_channels, 2, h, w)
+    tok = torch.randn(2, 2 * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim)
+    noise, eps2 = torch.randn(2, 2, cfg.latent_channels, 2, h, w)
+    for gs in (0, 1):
+        m.zero_grad()
+        out = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, 1), 0.5, grad_step=gs)
+        out.pow(2).mean().backward()
+        gnorm = sum(float(p.grad.abs().sum()) for p in m.dit.parameters() if p.grad is not None)
+        assert gnorm > 0
+    with torch.no_grad():
+        a = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, 1), 0.5, grad_step=None)
+    b = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, 1), 0.5, grad_step=1).detach()
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_latent_normalisation_is_exact(cfg):
+    """Folding the latent scale into the VAE leaves reconstructions unchanged, latents at unit std."""
+    from distill.autoencoder import decode_latents, encode_clip, normalize_latents
+    from distill.dataset import PairSet
+
+    torch.manual_seed(0)
+    m = LipSyncModel(cfg)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (8, 128, 128, 3), dtype=np.uint8) for _ in range(2)]
+    ps = PairSet("train", frames, frames, [], [], [], [])
+    from distill.dataset import to_unit
+
+    x = to_unit(frames[0])
+    before = decode_latents(m.vae, encode_clip(m.vae, x)[None])
+    s = normalize_latents(m.vae, ps, clips=2)
+    assert s > 0
+    z = torch.cat([encode_clip(m.vae, to_unit(f)).flatten() for f in frames])
+    assert abs(float(z.std()) - 1.0) < 1e-4
+    after = decode_latents(m.vae, encode_clip(m.vae, x)[None])
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_sync_reward_crop_matches_the_scorer_crop(cfg):
+    """The reward's differentiable mouth crop (mouth latents only, torch area resize) is the
+    scorer's crop of the runtime composite (full decode, ``paste``, OpenCV area resize)."""
+    from distill.analysis import latents_to_frames
+    from distill.dataset import to_unit
+    from distill.student import SyncReward
+    from distill.syncnet import SyncNet, mouth_crops
+
+    from distill.data import make_sample_pair
+
+    torch.manual_seed(0)
+    m = LipSyncModel(cfg)
+    p = make_sample_pair(0, "held_out")
+    src = p.source[:8]
+    z = torch.randn(cfg.latent_channels, 2, *cfg.latent_hw) * 0.5
+    ref = mouth_crops(latents_to_frames(m.vae, z, src))
+    rw = SyncReward(m.vae, SyncNet(), cfg)
+    with torch.no_grad():
+        got = rw.mouth_grey(z[None], torch.from_numpy(to_unit(src))[None])[0].numpy()
+    # uint8 rounding of the composite and the two area filters differ by a few levels at most;
+    # the crop of the zero-padded latent window differs from the full decode only at its edge
+    assert np.abs(got - ref).mean() < 0.01, np.abs(got - ref).mean()
+    assert np.abs(got - ref).max() < 0.1, np.abs(got - ref).max()
+
+
+def test_choose_window_finds_the_band_and_lands_inside():
+    from distill.analysis import choose_window
+
+    ts = [1.0 - i / 16 for i in range(16)]
+    gain = [0.0, 0.01, 0.02, 0.05, 0.12, 0.2, 0.22, 0.18, 0.12, 0.05, 0.02, 0.0, 0.0, 0.0, 0.0, 0.0]
+    rows = [{"t": t, "sync_gain": g} for t, g in zip(ts, gain)]
+    window, t_land = choose_window(rows, 16)
+    assert window == (ts[8], ts[4])  # gains >= 0.11 (half of 0.22) around the peak
+    assert window[0] <= t_land <= window[1] and abs(t_land * 16 - round(t_land * 16)) < 1e-9
+    none, half = choose_window([{"t": t, "sync_gain": -0.1} for t in ts], 16)
+    assert none is None and half == 0.5
+
+
+def test_flow_matching_loss_is_zero_for_the_truth_and_positive_otherwise():
+    from distill.teacher import flow_matching_loss
+
+    z = torch.randn(2, 4, 2, 4, 4)
+    t = torch.tensor([0.3, 0.9])
+    eps = torch.randn_like(z)
+    w = torch.ones(1, 1, 1, 4, 4)
+    assert float(flow_matching_loss(lambda x, tt: z, z, t, eps, w)) == 0.0
+    assert float(flow_matching_loss(lambda x, tt: x, z, t, eps, w)) > 0.1
+
+
+def test_recipe_smoke_runs_every_stage(tmp_path):
+    """A few steps of each stage: data, VAE, teacher, analysis, four students, the table."""
+    from distill.recipe import STUDENT_VARIANTS, main
+    from lipforce_sdk.session import Engine
+
+    assert main(["--work", str(tmp_path), "--smoke", "--threads", "1"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    kinds = [r.get("kind") for r in res["rows"]]
+    assert kinds.count("teacher") == 3 and all(k in kinds for k in STUDENT_VARIANTS)
+    for r in res["rows"]:
+        assert np.isfinite(r["sync_c"]) and r["gap_mae_px"] >= 0
+    gt = res["rows"][0]
+    assert gt["offset_exact"] == 1.0 and gt["gap_mae_px"] < 1.0  # the ground truth row measures truth
+    assert (tmp_path / "analysis.svg").read_text().startswith("<svg")
+    assert "t_land" in (tmp_path / "analysis.md").read_text()
+    assert "| student, 2 steps" in (tmp_path / "results.md").read_text()
+    engine = Engine.load(tmp_path / "models" / "student")
+    assert engine.config.schedule.t_land == pytest.approx(res["t_land"])
