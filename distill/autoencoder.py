@@ -3,7 +3,8 @@
 The DiT works in this VAE's latent space: it reads the latents of the masked source and writes
 the latents of the re-rendered crop, whose mouth region is pasted back. So the VAE must encode
 both kinds of frames and decode the mouth sharply: the loss is L1 over the crop plus a heavier
-L1 inside the re-rendered region (``mouth_mask``), with Gaussian noise on the latents while
+L1 inside the re-rendered region (``mouth_mask``) and heavier still on the lips (the thin
+dark gap is what a light autoencoder loses first), with Gaussian noise on the latents while
 training so that the decoder tolerates the DiT's small errors. Clips are cut into segments of
 whole chunks encoded from zero caches (the VAE is causal: what a segment's first chunk sees of
 the past is what a stream's first chunk sees).
@@ -31,12 +32,15 @@ __all__ = ["AETrainConfig", "train_autoencoder", "normalize_latents", "encode_cl
 
 @dataclass
 class AETrainConfig:
-    steps: int = 1500
+    steps: int = 2500
     batch: int = 6
     segment_chunks: int = 2  # latent frames per training segment
     lr: float = 1e-3
-    mouth_weight: float = 4.0
-    latent_noise: float = 0.05  # x the latents' running std
+    mouth_weight: float = 4.0  # extra weight over the re-rendered region (mouth_mask)
+    lips_weight: float = 12.0  # and over the lips themselves (the scorer's MOUTH_BOX)
+    latent_noise: float = 0.02  # x the latents' running std
+    masked_sources: bool = True  # half the segments are masked sources (the DiT's condition input)
+    region_crops: float = 0.75  # share of crops that cover the re-rendered region
     latent_l2: float = 1e-4
     seed: int = 0
 
@@ -44,11 +48,12 @@ class AETrainConfig:
 CROP_HW = (64, 96)  # training crops: the convolutional VAE trains on windows of the frame
 
 
-def _segments(ps: PairSet, rng: np.random.Generator, n: int, fv: int, tc: int) -> tuple[np.ndarray, list]:
+def _segments(ps: PairSet, rng: np.random.Generator, n: int, fv: int, tc: int, masked: bool = True,
+              region: float = 0.75) -> tuple[np.ndarray, list]:
     """``n`` random segments of ``fv`` frames (chunk aligned), half targets, half masked sources,
-    cut to ``CROP_HW`` windows on the 8-pixel latent grid: three in four cover the re-rendered
-    region (whose decoded pixels are pasted back), the rest lie anywhere. Returns the crops and
-    their (row, col) offsets."""
+    cut to ``CROP_HW`` windows on the 8-pixel latent grid: a share ``region`` of them cover the
+    re-rendered region (whose decoded pixels are pasted back), the rest lie anywhere. Returns the
+    crops and their (row, col) offsets."""
     s_full = ps.target[0].shape[1]
     ch, cw = CROP_HW
     out = np.empty((n, 3, fv, ch, cw), np.float32)
@@ -57,15 +62,27 @@ def _segments(ps: PairSet, rng: np.random.Generator, n: int, fv: int, tc: int) -
         i = int(rng.integers(len(ps)))
         f = ps.target[i].shape[0]
         s = int(rng.integers(0, (f - fv) // tc + 1)) * tc
-        if rng.random() < 0.75:
-            y0, x0 = 8 * int(rng.integers(6, 9)), 8 * int(rng.integers(1, 4))
+        if rng.random() < region:
+            y0, x0 = 8 * int(rng.integers(7, 9)), 8 * int(rng.integers(2, 4))
         else:
             y0, x0 = 8 * int(rng.integers(0, (s_full - ch) // 8 + 1)), 8 * int(rng.integers(0, (s_full - cw) // 8 + 1))
         y0, x0 = min(y0, s_full - ch), min(x0, s_full - cw)
-        seg = ps.masked[i][:, s:s + fv] if b % 2 else to_unit(ps.target[i][s:s + fv])
+        seg = ps.masked[i][:, s:s + fv] if (masked and b % 2) else to_unit(ps.target[i][s:s + fv])
         out[b] = seg[:, :, y0:y0 + ch, x0:x0 + cw]
         offs.append((y0, x0))
     return out, offs
+
+
+def lips_weight(size: int) -> np.ndarray:
+    """A soft box over ``faces.MOUTH_BOX`` (where the lips move), ``[S, S]`` in [0, 1]."""
+    import cv2
+
+    from .faces import MOUTH_BOX
+
+    y0, y1, x0, x1 = MOUTH_BOX
+    m = np.zeros((size, size), np.float32)
+    m[int(y0 * size):int(y1 * size), int(x0 * size):int(x1 * size)] = 1.0
+    return cv2.GaussianBlur(m, (0, 0), size / 64)
 
 
 def _crop_cache(shape: tuple[int, ...], h: int, w: int) -> tuple[int, ...]:
@@ -78,7 +95,7 @@ def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETra
     tc = vae.tc
     fv = cfg.segment_chunks * tc
     res = ps.target[0].shape[1]
-    w_full = 1.0 + cfg.mouth_weight * mouth_mask(res)
+    w_full = 1.0 + cfg.mouth_weight * mouth_mask(res) + cfg.lips_weight * lips_weight(res)
     ch, cw = CROP_HW
     opt, sched = adamw_cosine(vae.parameters(), cfg.lr, cfg.steps)
     sc = res // vae.latent_hw[0]
@@ -86,7 +103,7 @@ def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETra
     t0 = time.perf_counter()
     hist = []
     for step in range(cfg.steps):
-        xs, offs = _segments(ps, rng, cfg.batch, fv, tc)
+        xs, offs = _segments(ps, rng, cfg.batch, fv, tc, cfg.masked_sources, cfg.region_crops)
         x = torch.from_numpy(xs)
         w = torch.from_numpy(np.stack([w_full[y0:y0 + ch, x0:x0 + cw] for y0, x0 in offs]))[:, None, None]
         z, _ = vae.encode(x, [torch.zeros(_crop_cache(s, ch // sc, cw // sc)) for s in vae.cache_shapes(cfg.batch)["enc"]])

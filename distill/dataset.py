@@ -23,6 +23,7 @@ from lipforce_sdk.config import ModelConfig
 from lipforce_sdk.face import mouth_mask_hard
 
 from .data import make_sample_pair
+from .evaluate import cut_pair
 from .faces import Pair
 
 __all__ = ["PairSet", "build_pairset", "load_or_build", "to_unit", "latent_mask"]
@@ -64,17 +65,6 @@ class PairSet:
         return int(sum(t.shape[0] for t in self.target))
 
 
-def _cut_pair(pair: Pair, f: int) -> Pair:
-    """``pair`` cut to its first ``f`` frames (every per-frame field)."""
-    from dataclasses import replace
-
-    from .faces import MouthGeometry
-
-    geo = MouthGeometry(pair.geometry.values[:f], pair.geometry.centre[:f])
-    return replace(pair, source=pair.source[:f], target=pair.target[:f], audio=pair.audio[: f * 640],
-                   params=pair.params[:f], params_src=pair.params_src[:f], geometry=geo)
-
-
 def build_pairset(cfg: ModelConfig, split: str, n: int, start: int = 0, max_frames: int | None = None,
                   keep_pairs: bool = False, progress: bool = True) -> PairSet:
     """Clips ``start .. start + n - 1`` of ``split`` as model inputs."""
@@ -87,7 +77,7 @@ def build_pairset(cfg: ModelConfig, split: str, n: int, start: int = 0, max_fram
         p = make_sample_pair(i, split, size=cfg.stream.resolution)
         f = p.target.shape[0] if max_frames is None else min(p.target.shape[0], max_frames)
         f = (f // tc) * tc
-        p = _cut_pair(p, f)
+        p = cut_pair(p, f)
         out.target.append(p.target)
         out.source.append(p.source)
         out.masked.append((to_unit(p.source) * keep).astype(np.float32))

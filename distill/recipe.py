@@ -39,10 +39,12 @@ class RecipeConfig:
     preset: str = "tiny"
     train_clips: int = 200
     held_out_clips: int = 24
-    ae_steps: int = 800
-    teacher_steps: int = 2000
-    init_steps: int = 400
-    dmd_steps: int = 200  # every student variant trains the same number of steps
+    ae_steps: int = 2500
+    ae_lips_steps: int = 2000
+    teacher_steps: int = 3000
+    teacher_lips_steps: int = 4000
+    init_steps: int = 200
+    dmd_steps: int = 150  # every student variant trains the same number of steps
     ode_pairs: int = 256
     window_frames: int = 8  # latent frames per teacher window (its training length)
     teacher_eval_steps: int = 16  # Euler steps of the teacher (sampling, analysis, ODE pairs)
@@ -54,7 +56,7 @@ class RecipeConfig:
 
     @classmethod
     def smoke(cls) -> "RecipeConfig":
-        return cls(train_clips=3, held_out_clips=2, ae_steps=2, teacher_steps=2, init_steps=2, dmd_steps=1,
+        return cls(train_clips=3, held_out_clips=2, ae_steps=2, ae_lips_steps=1, teacher_steps=2, teacher_lips_steps=1, init_steps=2, dmd_steps=1,
                    ode_pairs=4, teacher_eval_steps=4, analysis_clips=1)
 
 
@@ -73,6 +75,9 @@ def stage_data(work: Path, rc: RecipeConfig):
 
 
 def stage_vae(work: Path, rc: RecipeConfig, tr):
+    """Three phases: the whole crop (targets and masked sources), then twice the lips (targets
+    only, crops over the re-rendered region, heavier lip weight, lower learning rates); the
+    latents are unit-scaled after each phase."""
     from safetensors.torch import load_file, save_file
 
     from lipforce_sdk.model.vae import StreamingVAE
@@ -80,21 +85,25 @@ def stage_vae(work: Path, rc: RecipeConfig, tr):
     from .autoencoder import AETrainConfig, normalize_latents, reconstruction_psnr, train_autoencoder
 
     cfg = from_name(rc.preset)
-    path = work / "vae.safetensors"
     torch.manual_seed(rc.seed)
     vae = StreamingVAE(cfg)
-    if path.is_file():
-        vae.load_state_dict(load_file(str(path)))
-        return vae.eval()
-    _log(f"vae: training {rc.ae_steps} steps")
-    info = train_autoencoder(vae, tr, AETrainConfig(steps=rc.ae_steps, seed=rc.seed), log=_log)
-    info["latent_scale"] = normalize_latents(vae, tr)
-    info["reconstruction"] = reconstruction_psnr(vae, tr)
-    _log(f"vae: {json.dumps(info)}")
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
-    (work / "vae.json").write_text(json.dumps(info, indent=1))
+    lips = dict(lips_weight=30.0, masked_sources=False, region_crops=1.0)
+    phases = [("vae_phase1", AETrainConfig(steps=rc.ae_steps, seed=rc.seed)),
+              ("vae_phase2", AETrainConfig(steps=rc.ae_lips_steps, seed=rc.seed + 1, lr=5e-4, **lips)),
+              ("vae", AETrainConfig(steps=rc.ae_lips_steps * 3 // 4, seed=rc.seed + 2, lr=3e-4, **lips))]
+    for name, ac in phases:
+        path = work / f"{name}.safetensors"
+        if path.is_file():
+            vae.load_state_dict(load_file(str(path)))
+            continue
+        _log(f"{name}: training {ac.steps} steps")
+        info = train_autoencoder(vae, tr, ac, log=_log)
+        info["latent_scale"] = normalize_latents(vae, tr)
+        info["reconstruction"] = reconstruction_psnr(vae, tr)
+        _log(f"{name}: {json.dumps(info)}")
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+        (work / f"{name}.json").write_text(json.dumps(info, indent=1))
     return vae.eval()
-
 
 def _load_or_train(path: Path, module: torch.nn.Module, train) -> dict:
     """Load ``module``'s weights from ``path``, or run ``train()`` and save them (with its info)."""
@@ -111,17 +120,20 @@ def _load_or_train(path: Path, module: torch.nn.Module, train) -> dict:
 
 
 def stage_teacher(work: Path, rc: RecipeConfig, ls_train):
+    """Two phases: the whole re-rendered region, then a warm restart with the lips weighted up."""
     from .teacher import Teacher, TeacherTrainConfig, train_teacher
 
     cfg = from_name(rc.preset)
     torch.manual_seed(rc.seed + 1)
     teacher = Teacher(cfg)
-    tc = TeacherTrainConfig(steps=rc.teacher_steps, seed=rc.seed)
-    info = _load_or_train(work / "teacher.safetensors", teacher,
-                          lambda: (_log(f"teacher: training {tc.steps} steps"), train_teacher(teacher, ls_train, tc, log=_log))[1])
-    _log(f"teacher: {json.dumps(info)}")
+    phases = [("teacher_phase1", TeacherTrainConfig(steps=rc.teacher_steps, seed=rc.seed)),
+              ("teacher", TeacherTrainConfig(steps=rc.teacher_lips_steps, seed=rc.seed + 1, lips_weight=16.0))]
+    for name, tc in phases:
+        info = _load_or_train(work / f"{name}.safetensors", teacher,
+                              lambda tc=tc, name=name: (_log(f"{name}: training {tc.steps} steps"),
+                                                        train_teacher(teacher, ls_train, tc, log=_log))[1])
+        _log(f"{name}: {json.dumps(info)}")
     return teacher.eval()
-
 
 def stage_analysis(work: Path, rc: RecipeConfig, teacher, vae, ls_ho, pairs_ho, scorer):
     from .analysis import choose_window, trajectory_curves, write_report
@@ -168,7 +180,7 @@ def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, ls_trai
         _log(f"{name}: ODE pairs ({rc.ode_pairs}) from the teacher, {rc.teacher_eval_steps} steps, t_land {tl}")
         pairs = ode_pairs(teacher, ls_train, rc.ode_pairs, rc.window_frames, rc.teacher_eval_steps, guide, tl,
                           seed=rc.seed)
-        return train_ode_init(student, cfg, pairs, rc.init_steps, tl, weight_map=ls_train.loss_weight(4.0),
+        return train_ode_init(student, cfg, pairs, rc.init_steps, tl, weight_map=ls_train.loss_weight(4.0, 16.0),
                               seed=rc.seed, log=_log)
 
     _load_or_train(init_path, student, init)
@@ -242,7 +254,12 @@ def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, wi
         rows.append({"name": label, "kind": "teacher", **_mean(scores), "ms_per_frame": 1000.0 * secs / frames})
         _log(f"eval: {rows[-1]}")
     for name, (student, t_land) in students.items():
-        d = write_model_dir(work / "models" / name, rc, student, vae, t_land)
+        card = {"recipe": "python -m distill.recipe", "variant": name, "t_land": round(float(t_land), 6),
+                "sync_window": window if name != "cfg_everywhere" else None, "guidance": rc.guidance,
+                "data": f"{rc.train_clips} procedural talking-face pairs (distill.data, split 'train')",
+                "steps": {"vae": rc.ae_steps + rc.ae_lips_steps + rc.ae_lips_steps * 3 // 4, "teacher": rc.teacher_steps + rc.teacher_lips_steps,
+                          "ode_init": rc.init_steps, "dmd": rc.dmd_steps}}
+        d = write_model_dir(work / "models" / name, rc, student, vae, t_land, card)
         engine = Engine.load(d, backend="torch")
         scores, secs, frames = [], 0.0, 0
         for p in pairs_ho:
@@ -274,6 +291,53 @@ def results_markdown(rows: list[dict], n_clips: int, frames: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def install_default(work: Path, dest: Path | None = None) -> Path:
+    """Copy the trained student into the SDK's bundled default model directory, with its model
+    card (data, recipe, scores) from this work directory's results."""
+    import shutil
+
+    from lipforce_sdk.session import default_model_dir
+
+    dest = Path(dest) if dest is not None else default_model_dir()
+    src = work / "models" / "student"
+    res = json.loads((work / "results.json").read_text())
+    for f in ("manifest.json", "dit.safetensors", "vae.safetensors", "audio_encoder.safetensors"):
+        shutil.copyfile(src / f, dest / f)
+    ana = (work / "analysis.md").read_text()
+    rc = res["recipe"]
+    w = res["window"]
+    card = f"""# lipforce default model (`tiny` preset, trained)
+
+The model `Engine.load()` uses when given no path. A causal two-step student of the Lip Forcing
+recipe, trained only on procedurally generated talking faces (`distill/`): no real faces, no
+public weights. It re-renders the lower face of a 128 x 128 face crop to match new speech.
+
+- **Size:** DiT dim 128, 2 layers (tiny preset); VAE, audio encoder and DiT together
+  {sum((src / f).stat().st_size for f in ("dit.safetensors", "vae.safetensors", "audio_encoder.safetensors")) / 1e6:.1f} MB (fp32 safetensors).
+- **Data:** {rc["train_clips"]} training pairs from `distill.data.make_sample_pair(i, "train")`: procedural faces
+  (varied identity, head sway, blinks) whose mouth follows espeak-ng speech through its phoneme
+  timing; the input clip's mouth says another sentence. Held-out evaluation uses other sentences,
+  identities and motions.
+- **Recipe** (`python -m distill.recipe --work runs/recipe`, see `distill/README.md`): streaming
+  VAE ({rc["ae_steps"]} + {rc["ae_lips_steps"]} + {rc["ae_lips_steps"] * 3 // 4} steps) -> bidirectional teacher, flow matching with
+  audio dropout ({rc["teacher_steps"]} + {rc["teacher_lips_steps"]} steps)
+  -> trajectory analysis: sync window {("[%.4f, %.4f]" % tuple(w)) if w else "none"}, `t_land` = {res["t_land"]:g}
+  -> causal student: ODE-pair init ({rc["init_steps"]} steps), Self-Forcing rollout with its KV cache and
+  Sync-Window DMD (CFG {rc["guidance"]:g} only inside the window) plus the SyncNet reward ({rc["dmd_steps"]} steps).
+  Sampling: two steps, `t = 1` and `t = {res["t_land"]:g}`, then the clean cache pass.
+- **Limits:** trained on cartoon-like procedural faces at 128 x 128; on real faces (such as the
+  bundled sample) it paints a procedural-looking mouth. Not for identity-sensitive use.
+
+## Held-out scores
+
+{(work / "results.md").read_text()}
+## Teacher trajectory (sync window, `t_land`)
+
+{ana}"""
+    (dest / "MODEL_CARD.md").write_text(card)
+    return dest
+
+
 STAGES = ("data", "vae", "teacher", "analysis", "student", "eval")
 
 
@@ -285,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redo", action="append", default=[], choices=STAGES, help="run a stage again")
     ap.add_argument("--variants", nargs="+", choices=list(STUDENT_VARIANTS), default=list(STUDENT_VARIANTS),
                     help="student variants to train in this process (to spread them over processes)")
+    ap.add_argument("--install-default", action="store_true",
+                    help="copy the trained student (and its model card) into lipforce_sdk/assets/default")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     a = ap.parse_args(argv)
     if a.threads:
@@ -294,12 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(asdict(rc), indent=1))
     for st in a.redo:
-        for f in {"data": ["data_train.npz", "data_held_out.npz"], "vae": ["vae.safetensors"],
-                  "teacher": ["teacher.safetensors"], "analysis": ["analysis.json"],
+        for f in {"data": ["data_train.npz", "data_held_out.npz"], "vae": ["vae_phase1.safetensors", "vae_phase2.safetensors", "vae.safetensors"],
+                  "teacher": ["teacher_phase1.safetensors", "teacher.safetensors"], "analysis": ["analysis.json"],
                   "student": ["student"], "eval": ["results.json"]}[st]:
             p = work / f
             if p.is_file():
                 p.unlink()
+    if a.install_default:
+        _log(f"installed {install_default(work)}")
+        return 0
     t0 = time.perf_counter()
     tr, ho = stage_data(work, rc)
     if a.until == "data":

@@ -226,6 +226,7 @@ class DMDConfig:
     t_min: float = 0.02
     t_max: float = 0.98
     mouth_weight: float = 4.0
+    lips_weight: float = 16.0
     seed: int = 0
 
 
@@ -241,7 +242,7 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
     student.requires_grad_(True)
     opt, sched = adamw_cosine(student.parameters(), dc.lr, dc.steps, warmup=20)
     fopt, fsched = adamw_cosine(fake.parameters(), dc.fake_lr, dc.steps * dc.fake_updates, warmup=20)
-    weight = ls.loss_weight(dc.mouth_weight)
+    weight = ls.loss_weight(dc.mouth_weight, dc.lips_weight)
     guide = window_guidance(dc.guidance, dc.window)
     c = cfg.stream.chunk_frames
     zdim = ls.z[0].shape[0]

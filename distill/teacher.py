@@ -66,6 +66,7 @@ class LatentSet:
     mel: list[torch.Tensor]
     mask: torch.Tensor  # [Tc, h, w]
     tc: int
+    res: int  # crop size in pixels
 
     @classmethod
     @torch.no_grad()
@@ -76,7 +77,7 @@ class LatentSet:
         z = [encode_clip(vae, to_unit(t)) for t in ps.target]
         c = [encode_clip(vae, m) for m in ps.masked]
         return cls(z, c, [torch.from_numpy(m) for m in ps.mel], torch.from_numpy(latent_mask(cfg)),
-                   cfg.vae.temporal_compression)
+                   cfg.vae.temporal_compression, cfg.stream.resolution)
 
     def windows(self, rng: np.random.Generator, batch: int, frames: int):
         """A batch of random windows of ``frames`` latent frames (clips at least that long)."""
@@ -93,9 +94,15 @@ class LatentSet:
     def mask_for(self, batch: int, frames: int) -> torch.Tensor:
         return self.mask[None, :, None].expand(batch, -1, frames, -1, -1).contiguous()
 
-    def loss_weight(self, mouth_weight: float) -> torch.Tensor:
-        """Per latent pixel ``[1, 1, 1, h, w]``: heavier where the mouth is re-rendered."""
-        return (1.0 + mouth_weight * self.mask.amax(0))[None, None, None]
+    def loss_weight(self, mouth_weight: float, lips_weight: float = 0.0) -> torch.Tensor:
+        """Per latent pixel ``[1, 1, 1, h, w]``: heavier where the mouth is re-rendered, and
+        heavier still over the lips (``autoencoder.lips_weight`` averaged per latent pixel)."""
+        from .autoencoder import lips_weight as lips_px
+
+        h, w = self.mask.shape[-2:]
+        s = self.res // h
+        lips = torch.from_numpy(lips_px(self.res).reshape(h, s, w, s).mean(axis=(1, 3)))
+        return (1.0 + mouth_weight * self.mask.amax(0) + lips_weight * lips)[None, None, None]
 
 
 @dataclass
@@ -106,6 +113,7 @@ class TeacherTrainConfig:
     lr: float = 4e-4
     audio_dropout: float = 0.15
     mouth_weight: float = 4.0
+    lips_weight: float = 0.0
     t_min: float = 0.02
     seed: int = 0
 
@@ -130,7 +138,7 @@ def train_teacher(model: Teacher, ls: LatentSet, cfg: TeacherTrainConfig = Teach
     rng = np.random.default_rng(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     opt, sched = adamw_cosine(model.parameters(), cfg.lr, cfg.steps)
-    weight = ls.loss_weight(cfg.mouth_weight)
+    weight = ls.loss_weight(cfg.mouth_weight, cfg.lips_weight)
     model.train()
     t0, hist = time.perf_counter(), []
     for step in range(cfg.steps):
