@@ -41,6 +41,8 @@ class AETrainConfig:
     latent_noise: float = 0.02  # x the latents' running std
     masked_sources: bool = True  # half the segments are masked sources (the DiT's condition input)
     region_crops: float = 0.75  # share of crops that cover the re-rendered region
+    region_rows: tuple[int, int] = (6, 9)  # their top row / left column, in 8-pixel steps [lo, hi)
+    region_cols: tuple[int, int] = (1, 4)
     latent_l2: float = 1e-4
     seed: int = 0
 
@@ -49,7 +51,8 @@ CROP_HW = (64, 96)  # training crops: the convolutional VAE trains on windows of
 
 
 def _segments(ps: PairSet, rng: np.random.Generator, n: int, fv: int, tc: int, masked: bool = True,
-              region: float = 0.75) -> tuple[np.ndarray, list]:
+              region: float = 0.75, rows: tuple[int, int] = (6, 9),
+              cols: tuple[int, int] = (1, 4)) -> tuple[np.ndarray, list]:
     """``n`` random segments of ``fv`` frames (chunk aligned), half targets, half masked sources,
     cut to ``CROP_HW`` windows on the 8-pixel latent grid: a share ``region`` of them cover the
     re-rendered region (whose decoded pixels are pasted back), the rest lie anywhere. Returns the
@@ -63,7 +66,7 @@ def _segments(ps: PairSet, rng: np.random.Generator, n: int, fv: int, tc: int, m
         f = ps.target[i].shape[0]
         s = int(rng.integers(0, (f - fv) // tc + 1)) * tc
         if rng.random() < region:
-            y0, x0 = 8 * int(rng.integers(7, 9)), 8 * int(rng.integers(2, 4))
+            y0, x0 = 8 * int(rng.integers(*rows)), 8 * int(rng.integers(*cols))
         else:
             y0, x0 = 8 * int(rng.integers(0, (s_full - ch) // 8 + 1)), 8 * int(rng.integers(0, (s_full - cw) // 8 + 1))
         y0, x0 = min(y0, s_full - ch), min(x0, s_full - cw)
@@ -103,7 +106,8 @@ def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETra
     t0 = time.perf_counter()
     hist = []
     for step in range(cfg.steps):
-        xs, offs = _segments(ps, rng, cfg.batch, fv, tc, cfg.masked_sources, cfg.region_crops)
+        xs, offs = _segments(ps, rng, cfg.batch, fv, tc, cfg.masked_sources, cfg.region_crops,
+                              cfg.region_rows, cfg.region_cols)
         x = torch.from_numpy(xs)
         w = torch.from_numpy(np.stack([w_full[y0:y0 + ch, x0:x0 + cw] for y0, x0 in offs]))[:, None, None]
         z, _ = vae.encode(x, [torch.zeros(_crop_cache(s, ch // sc, cw // sc)) for s in vae.cache_shapes(cfg.batch)["enc"]])

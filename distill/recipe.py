@@ -87,7 +87,7 @@ def stage_vae(work: Path, rc: RecipeConfig, tr):
     cfg = from_name(rc.preset)
     torch.manual_seed(rc.seed)
     vae = StreamingVAE(cfg)
-    lips = dict(lips_weight=30.0, masked_sources=False, region_crops=1.0)
+    lips = dict(lips_weight=30.0, masked_sources=False, region_crops=1.0, region_rows=(7, 9), region_cols=(2, 4))
     phases = [("vae_phase1", AETrainConfig(steps=rc.ae_steps, seed=rc.seed)),
               ("vae_phase2", AETrainConfig(steps=rc.ae_lips_steps, seed=rc.seed + 1, lr=5e-4, **lips)),
               ("vae", AETrainConfig(steps=rc.ae_lips_steps * 3 // 4, seed=rc.seed + 2, lr=3e-4, **lips))]
