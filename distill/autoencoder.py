@@ -25,7 +25,7 @@ from lipforce_sdk.face import mouth_mask
 from lipforce_sdk.model.vae import StreamingVAE
 
 from .dataset import PairSet, to_unit
-from .optim import adamw_cosine
+from .optim import adamw_cosine, optimizer_step
 
 __all__ = ["AETrainConfig", "train_autoencoder", "normalize_latents", "encode_clip"]
 
@@ -115,11 +115,7 @@ def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETra
         y, _ = vae.decode(zn, [torch.zeros(_crop_cache(s, ch // sc, cw // sc)) for s in vae.cache_shapes(cfg.batch)["dec"]])
         rec = ((y - x).abs() * w).mean() / w.mean()
         loss = rec + cfg.latent_l2 * z.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, vae.parameters())
         hist.append(float(rec.detach()))
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"  ae step {step:5d}  L1(weighted) {np.mean(hist[-100:]):.4f}  {time.perf_counter() - t0:6.0f} s")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-__all__ = ["adamw_cosine"]
+__all__ = ["adamw_cosine", "optimizer_step"]
 
 
 def adamw_cosine(params, lr: float, steps: int, warmup: int = 50, weight_decay: float = 0.0):
@@ -20,3 +20,12 @@ def adamw_cosine(params, lr: float, steps: int, warmup: int = 50, weight_decay: 
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (i - wu) / max(1, steps - wu))))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def optimizer_step(loss: torch.Tensor, opt, sched, params, max_norm: float = 1.0) -> None:
+    """Backward ``loss``, clip the gradient norm of ``params`` to ``max_norm``, step, schedule."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    opt.step()
+    sched.step()

@@ -34,7 +34,7 @@ from lipforce_sdk.face import feather_mask, mouth_mask
 from lipforce_sdk.model.dit import WanDiT
 
 from .faces import MOUTH_BOX
-from .optim import adamw_cosine
+from .optim import adamw_cosine, optimizer_step
 from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
 from .teacher import LatentSet, Teacher, flow_matching_loss, sample, sample_t, time_grid, window_guidance
 
@@ -140,11 +140,7 @@ def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, 
                           lambda k, _x, xl=p["x_land"]: xl[:, :, k:k + cfg.stream.chunk_frames], t_land,
                           grad_step=gs, context=p["x0"])
             loss = loss + ((out - p["x0"]).pow(2) * w).mean() / (w.mean() if torch.is_tensor(w) else 1.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, student.parameters())
         hist.append(float(loss.detach()))
         if it % 100 == 0 or it == steps - 1:
             log(f"  ode-init step {it:5d}  loss {np.mean(hist[-100:]):.4f}  {time.perf_counter() - t0:6.0f} s")
@@ -280,11 +276,7 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
             loss_r = reward.loss(x, src, mel)
             loss = loss + dc.reward_weight * loss_r
             hist["reward"].append(float(loss_r.detach()))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, student.parameters())
         hist["dmd"].append(float(loss_dmd.detach()))
 
         # fake score: flow matching on the student's samples
@@ -294,11 +286,7 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
             e = torch.randn(shape, generator=g)
             ftok = fake.tokens(mel)
             lf = flow_matching_loss(lambda xx, tt: fake.dit.forward_full(xx, tt, cond, mask, ftok), xs, tf, e, weight)
-            fopt.zero_grad(set_to_none=True)
-            lf.backward()
-            torch.nn.utils.clip_grad_norm_(fake.parameters(), 1.0)
-            fopt.step()
-            fsched.step()
+            optimizer_step(lf, fopt, fsched, fake.parameters())
             hist["fake"].append(float(lf.detach()))
         if it % 25 == 0 or it == dc.steps - 1:
             r = f"  reward {np.mean(hist['reward'][-25:]):.3f}" if hist["reward"] else ""

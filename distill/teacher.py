@@ -26,7 +26,7 @@ from lipforce_sdk.model.audio_encoder import AudioEncoder
 from lipforce_sdk.model.dit import WanDiT
 
 from .dataset import PairSet, latent_mask
-from .optim import adamw_cosine
+from .optim import adamw_cosine, optimizer_step
 
 __all__ = ["Teacher", "LatentSet", "TeacherTrainConfig", "train_teacher", "sample", "window_guidance",
            "flow_matching_loss"]
@@ -148,11 +148,7 @@ def train_teacher(model: Teacher, ls: LatentSet, cfg: TeacherTrainConfig = Teach
         t = sample_t(g, cfg.batch, cfg.t_min)
         eps = torch.randn(z.shape, generator=g)
         loss = flow_matching_loss(lambda x, tt: model.dit.forward_full(x, tt, cond, mask, tok), z, t, eps, weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched, model.parameters())
         hist.append(float(loss.detach()))
         if step % 200 == 0 or step == cfg.steps - 1:
             log(f"  teacher step {step:5d}  loss {np.mean(hist[-200:]):.4f}  {time.perf_counter() - t0:6.0f} s")

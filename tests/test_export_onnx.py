@@ -62,7 +62,7 @@ def test_manifest_has_what_the_runtime_reads(exported_tiny):
     c = man["config"]
     assert c["name"] == "tiny" and c["stream"]["chunk_frames"] == 1 and c["stream"]["window_frames"] == 6
     assert c["stream"]["sink_frames"] == 1 and c["stream"]["fps"] == 25.0 and c["audio"]["sample_rate"] == 16000
-    assert c["schedule"]["t_land"] == 0.5 and man["opset"] == 18 and man["flavour"] == "portable"
+    assert c["schedule"]["t_land"] == model.cfg.schedule.t_land and man["opset"] == 18 and man["flavour"] == "portable"
     assert man["sdk_version"] and man["precision"] == "fp32"
     from lipforce_sdk.manifest import sha256_file
 
