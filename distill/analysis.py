@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipforce_sdk.face import FaceBox, paste
+from lipforce_sdk.face import FaceBox, mouth_mask, paste
 
 from .autoencoder import decode_latents
+from .dataset import from_unit
 from .teacher import Teacher, sample, time_grid
 
 __all__ = ["latents_to_frames", "trajectory_curves", "choose_window", "write_report", "svg_plot"]
@@ -35,10 +36,7 @@ __all__ = ["latents_to_frames", "trajectory_curves", "choose_window", "write_rep
 def latents_to_frames(vae, z: torch.Tensor, source: np.ndarray) -> np.ndarray:
     """latents ``[z, C, h, w]`` -> the source clip ``[C*Tc, S, S, 3]`` uint8 with the decoded mouth
     pasted as the runtime does (``paste`` under ``mouth_mask``, whole-frame box)."""
-    from lipforce_sdk.face import mouth_mask
-
-    y = decode_latents(vae, z[None])[0].numpy().transpose(1, 2, 3, 0)
-    gen = np.clip((y + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    gen = from_unit(decode_latents(vae, z[None])[0])
     s = source.shape[1]
     box, blend = FaceBox(0.0, 0.0, float(s), float(s)), mouth_mask(s)
     return np.stack([paste(source[i], box, gen[i], mask=blend) for i in range(gen.shape[0])])
@@ -47,16 +45,16 @@ def latents_to_frames(vae, z: torch.Tensor, source: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def teacher_latents(teacher: Teacher, cond, mel, mask, noise, steps, guidance, frames: int, record=None):
     """A whole clip's latents from independent bidirectional windows of ``frames`` latent frames
-    (the teacher's training length); ``record(t, window_index, x0_c, x0_g)`` as in ``sample``."""
+    (the teacher's training length). ``record(t, x_t, x0, window)`` sees every state as in
+    ``sample``, with ``window = (cond, mask, tok)``, the inputs of the window it belongs to."""
     n = cond.shape[1]
     tc = mel.shape[0] // n
     outs = []
-    for wi, s in enumerate(range(0, n, frames)):
+    for s in range(0, n, frames):
         e = min(n, s + frames)
-        tok = teacher.tokens(mel[None, s * tc:e * tc])
-        rec = None if record is None else (lambda t, x, x0, wi=wi: record(t, wi, x, x0))
-        outs.append(sample(teacher, cond[None, :, s:e], mask[:, :, : e - s], tok, noise[None, :, s:e], steps,
-                           guidance, rec)[0])
+        win = (cond[None, :, s:e], mask[:, :, : e - s], teacher.tokens(mel[None, s * tc:e * tc]))
+        rec = None if record is None else (lambda t, x, x0, win=win: record(t, x, x0, win))
+        outs.append(sample(teacher, *win, noise[None, :, s:e], steps, guidance, rec)[0])
     return torch.cat(outs, dim=1)
 
 
@@ -71,22 +69,17 @@ def trajectory_curves(teacher: Teacher, vae, ls, pairs, scorer, steps: int, scal
     g = torch.Generator().manual_seed(seed)
     acc: dict[float, dict[str, list]] = {}
     for ci in tqdm(range(len(pairs)), desc="trajectories", unit="clip", disable=not progress):
-        cond, mel = ls.cond[ci], ls.mel[ci]
-        n = cond.shape[1]
-        mask = ls.mask_for(1, frames)
+        cond = ls.cond[ci]
         noise = torch.randn(cond.shape, generator=g)
         preds: dict[float, dict[str, list]] = {}
 
-        def rec(t, wi, x, x0c):
-            s = wi * frames
-            e = min(n, s + frames)
-            tok = teacher.tokens(mel[None, s * ls.tc:e * ls.tc])
-            x0g = teacher.x0(x, t, cond[None, :, s:e], mask[:, :, : e - s], tok, scale)
+        def rec(t, x, x0c, win):
             d = preds.setdefault(round(t, 6), {"cond": [], "cfg": []})
             d["cond"].append(x0c[0])
-            d["cfg"].append(x0g[0])
+            d["cfg"].append(teacher.x0(x, t, *win, scale)[0])
 
-        teacher_latents(teacher, cond, mel, mask, noise, steps, lambda t: 1.0, frames, rec)
+        teacher_latents(teacher, cond, ls.mel[ci], ls.mask_for(1, frames), noise, steps, lambda t: 1.0, frames,
+                        rec)
         for t, d in preds.items():
             for kind in ("cond", "cfg"):
                 frames_u8 = latents_to_frames(vae, torch.cat(d[kind], dim=1), pairs[ci].source)

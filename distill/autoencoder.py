@@ -24,7 +24,7 @@ import torch
 from lipforce_sdk.face import mouth_mask
 from lipforce_sdk.model.vae import StreamingVAE
 
-from .dataset import PairSet, to_unit
+from .dataset import PairSet, from_unit, to_unit
 from .optim import adamw_cosine, optimizer_step
 
 __all__ = ["AETrainConfig", "train_autoencoder", "normalize_latents", "encode_clip"]
@@ -50,13 +50,13 @@ class AETrainConfig:
 CROP_HW = (64, 96)  # training crops: the convolutional VAE trains on windows of the frame
 
 
-def _segments(ps: PairSet, rng: np.random.Generator, n: int, fv: int, tc: int, masked: bool = True,
-              region: float = 0.75, rows: tuple[int, int] = (6, 9),
-              cols: tuple[int, int] = (1, 4)) -> tuple[np.ndarray, list]:
-    """``n`` random segments of ``fv`` frames (chunk aligned), half targets, half masked sources,
-    cut to ``CROP_HW`` windows on the 8-pixel latent grid: a share ``region`` of them cover the
-    re-rendered region (whose decoded pixels are pasted back), the rest lie anywhere. Returns the
-    crops and their (row, col) offsets."""
+def _segments(ps: PairSet, rng: np.random.Generator, cfg: AETrainConfig, fv: int, tc: int) -> tuple[np.ndarray, list]:
+    """``cfg.batch`` random segments of ``fv`` frames (chunk aligned), half targets, half masked
+    sources (only targets without ``cfg.masked_sources``), cut to ``CROP_HW`` windows on the
+    8-pixel latent grid: a share ``cfg.region_crops`` of them cover the re-rendered region (whose
+    decoded pixels are pasted back), the rest lie anywhere. Returns the crops and their (row,
+    col) offsets."""
+    n = cfg.batch
     s_full = ps.target[0].shape[1]
     ch, cw = CROP_HW
     out = np.empty((n, 3, fv, ch, cw), np.float32)
@@ -65,12 +65,12 @@ def _segments(ps: PairSet, rng: np.random.Generator, n: int, fv: int, tc: int, m
         i = int(rng.integers(len(ps)))
         f = ps.target[i].shape[0]
         s = int(rng.integers(0, (f - fv) // tc + 1)) * tc
-        if rng.random() < region:
-            y0, x0 = 8 * int(rng.integers(*rows)), 8 * int(rng.integers(*cols))
+        if rng.random() < cfg.region_crops:
+            y0, x0 = 8 * int(rng.integers(*cfg.region_rows)), 8 * int(rng.integers(*cfg.region_cols))
         else:
             y0, x0 = 8 * int(rng.integers(0, (s_full - ch) // 8 + 1)), 8 * int(rng.integers(0, (s_full - cw) // 8 + 1))
         y0, x0 = min(y0, s_full - ch), min(x0, s_full - cw)
-        seg = ps.masked[i][:, s:s + fv] if (masked and b % 2) else to_unit(ps.target[i][s:s + fv])
+        seg = ps.masked[i][:, s:s + fv] if (cfg.masked_sources and b % 2) else to_unit(ps.target[i][s:s + fv])
         out[b] = seg[:, :, y0:y0 + ch, x0:x0 + cw]
         offs.append((y0, x0))
     return out, offs
@@ -106,8 +106,7 @@ def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETra
     t0 = time.perf_counter()
     hist = []
     for step in range(cfg.steps):
-        xs, offs = _segments(ps, rng, cfg.batch, fv, tc, cfg.masked_sources, cfg.region_crops,
-                              cfg.region_rows, cfg.region_cols)
+        xs, offs = _segments(ps, rng, cfg, fv, tc)
         x = torch.from_numpy(xs)
         w = torch.from_numpy(np.stack([w_full[y0:y0 + ch, x0:x0 + cw] for y0, x0 in offs]))[:, None, None]
         z, _ = vae.encode(x, [torch.zeros(_crop_cache(s, ch // sc, cw // sc)) for s in vae.cache_shapes(cfg.batch)["enc"]])
@@ -157,8 +156,6 @@ def reconstruction_psnr(vae: StreamingVAE, ps: PairSet, clips: int = 8) -> dict:
     vals = []
     for i in range(min(clips, len(ps))):
         z = encode_clip(vae, to_unit(ps.target[i]))
-        y = decode_latents(vae, z[None])[0]
-        img = np.clip((y.numpy().transpose(1, 2, 3, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-        vals.append(fidelity(img, ps.target[i]))
+        vals.append(fidelity(from_unit(decode_latents(vae, z[None])[0]), ps.target[i]))
     return {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
 

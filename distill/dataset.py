@@ -26,12 +26,25 @@ from .data import make_sample_pair
 from .evaluate import cut_pair
 from .faces import Pair
 
-__all__ = ["PairSet", "build_pairset", "load_or_build", "to_unit", "latent_mask"]
+__all__ = ["PairSet", "build_pairset", "load_or_build", "to_unit", "from_unit", "masked_source", "latent_mask"]
 
 
 def to_unit(frames: np.ndarray) -> np.ndarray:
     """uint8 ``[F, S, S, 3]`` -> float32 ``[3, F, S, S]`` in [-1, 1] (the SDK's scaling)."""
     return np.ascontiguousarray((frames.astype(np.float32) / 127.5 - 1.0).transpose(3, 0, 1, 2))
+
+
+def from_unit(x) -> np.ndarray:
+    """float ``[3, F, S, S]`` in [-1, 1] (array or tensor) -> uint8 ``[F, S, S, 3]`` (rounded)."""
+    x = np.asarray(x).transpose(1, 2, 3, 0)
+    return np.clip((x + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def masked_source(frames: np.ndarray, res: int) -> np.ndarray:
+    """The DiT's view of the input clip, as ``ChunkRenderer`` builds it: ``to_unit(frames)`` with
+    the ``mouth_mask_hard`` region set to 0, float32 ``[3, F, S, S]``."""
+    keep = (1.0 - mouth_mask_hard(res))[None, None]
+    return (to_unit(frames) * keep).astype(np.float32)
 
 
 def latent_mask(cfg: ModelConfig) -> np.ndarray:
@@ -71,7 +84,6 @@ def build_pairset(cfg: ModelConfig, split: str, n: int, start: int = 0, max_fram
     from tqdm import tqdm
 
     tc = cfg.vae.temporal_compression
-    keep = (1.0 - mouth_mask_hard(cfg.stream.resolution))[None, None]  # [1, 1, S, S]
     out = PairSet(split, [], [], [], [], [], [])
     for i in tqdm(range(start, start + n), desc=f"render {split}", unit="clip", disable=not progress):
         p = make_sample_pair(i, split, size=cfg.stream.resolution)
@@ -80,7 +92,7 @@ def build_pairset(cfg: ModelConfig, split: str, n: int, start: int = 0, max_fram
         p = cut_pair(p, f)
         out.target.append(p.target)
         out.source.append(p.source)
-        out.masked.append((to_unit(p.source) * keep).astype(np.float32))
+        out.masked.append(masked_source(p.source, cfg.stream.resolution))
         out.mel.append(log_mel_clip(p.audio, cfg.audio, cfg.stream.fps, f))
         out.audio.append(p.audio)
         if keep_pairs:
@@ -99,9 +111,8 @@ def load_or_build(path: Path, cfg: ModelConfig, split: str, n: int, **kw) -> Pai
             tgt = np.split(z["target"], cuts)
             src = np.split(z["source"], cuts)
             mel = np.split(z["mel"], cuts)
-            aud = np.split(z["audio"], cuts * 640)
-            keep = (1.0 - mouth_mask_hard(cfg.stream.resolution))[None, None]
-            masked = [(to_unit(s) * keep).astype(np.float32) for s in src]
+            aud = np.split(z["audio"], cuts * cfg.samples_per_video_frame)
+            masked = [masked_source(s, cfg.stream.resolution) for s in src]
             return PairSet(split, tgt, src, masked, mel, aud, [])
     ps = build_pairset(cfg, split, n, **kw)
     path.parent.mkdir(parents=True, exist_ok=True)

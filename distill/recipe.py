@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -52,12 +52,17 @@ class RecipeConfig:
     analysis_clips: int = 8
     reward_weight: float = 0.05
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def smoke(cls) -> "RecipeConfig":
-        return cls(train_clips=3, held_out_clips=2, ae_steps=2, ae_lips_steps=1, teacher_steps=2, teacher_lips_steps=1, init_steps=2, dmd_steps=1,
-                   ode_pairs=4, teacher_eval_steps=4, analysis_clips=1)
+        return cls(train_clips=3, held_out_clips=2, ae_steps=2, ae_lips_steps=1, teacher_steps=2,
+                   teacher_lips_steps=1, init_steps=2, dmd_steps=1, ode_pairs=4, teacher_eval_steps=4,
+                   analysis_clips=1)
+
+    @property
+    def vae_phase_steps(self) -> tuple[int, int, int]:
+        """Steps of the three VAE phases: the whole crop, then the lips twice (the last shorter)."""
+        return self.ae_steps, self.ae_lips_steps, self.ae_lips_steps * 3 // 4
 
 
 def _log(msg: str) -> None:
@@ -65,11 +70,13 @@ def _log(msg: str) -> None:
 
 
 def stage_data(work: Path, rc: RecipeConfig):
-    from .dataset import load_or_build
+    """The training set (cached in the work directory) and the held-out set with its pairs (the
+    evaluation needs their ground truth; rendering 24 clips takes seconds)."""
+    from .dataset import build_pairset, load_or_build
 
     cfg = from_name(rc.preset)
     tr = load_or_build(work / "data_train.npz", cfg, "train", rc.train_clips)
-    ho = load_or_build(work / "data_held_out.npz", cfg, "held_out", rc.held_out_clips, max_frames=100)
+    ho = build_pairset(cfg, "held_out", rc.held_out_clips, max_frames=100, keep_pairs=True, progress=False)
     _log(f"data: {len(tr)} train clips ({tr.num_frames} frames), {len(ho)} held-out clips ({ho.num_frames} frames)")
     return tr, ho
 
@@ -78,8 +85,6 @@ def stage_vae(work: Path, rc: RecipeConfig, tr):
     """Three phases: the whole crop (targets and masked sources), then twice the lips (targets
     only, crops over the re-rendered region, heavier lip weight, lower learning rates); the
     latents are unit-scaled after each phase."""
-    from safetensors.torch import load_file, save_file
-
     from lipforce_sdk.model.vae import StreamingVAE
 
     from .autoencoder import AETrainConfig, normalize_latents, reconstruction_psnr, train_autoencoder
@@ -88,22 +93,23 @@ def stage_vae(work: Path, rc: RecipeConfig, tr):
     torch.manual_seed(rc.seed)
     vae = StreamingVAE(cfg)
     lips = dict(lips_weight=30.0, masked_sources=False, region_crops=1.0, region_rows=(7, 9), region_cols=(2, 4))
-    phases = [("vae_phase1", AETrainConfig(steps=rc.ae_steps, seed=rc.seed)),
-              ("vae_phase2", AETrainConfig(steps=rc.ae_lips_steps, seed=rc.seed + 1, lr=5e-4, **lips)),
-              ("vae", AETrainConfig(steps=rc.ae_lips_steps * 3 // 4, seed=rc.seed + 2, lr=3e-4, **lips))]
-    for name, ac in phases:
-        path = work / f"{name}.safetensors"
-        if path.is_file():
-            vae.load_state_dict(load_file(str(path)))
-            continue
+    s1, s2, s3 = rc.vae_phase_steps
+    phases = [("vae_phase1", AETrainConfig(steps=s1, seed=rc.seed)),
+              ("vae_phase2", AETrainConfig(steps=s2, seed=rc.seed + 1, lr=5e-4, **lips)),
+              ("vae", AETrainConfig(steps=s3, seed=rc.seed + 2, lr=3e-4, **lips))]
+
+    def train(name: str, ac: AETrainConfig) -> dict:
         _log(f"{name}: training {ac.steps} steps")
         info = train_autoencoder(vae, tr, ac, log=_log)
         info["latent_scale"] = normalize_latents(vae, tr)
         info["reconstruction"] = reconstruction_psnr(vae, tr)
         _log(f"{name}: {json.dumps(info)}")
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
-        (work / f"{name}.json").write_text(json.dumps(info, indent=1))
+        return info
+
+    for name, ac in phases:
+        _load_or_train(work / f"{name}.safetensors", vae, lambda name=name, ac=ac: train(name, ac))
     return vae.eval()
+
 
 def _load_or_train(path: Path, module: torch.nn.Module, train) -> dict:
     """Load ``module``'s weights from ``path``, or run ``train()`` and save them (with its info)."""
@@ -134,6 +140,7 @@ def stage_teacher(work: Path, rc: RecipeConfig, ls_train):
                                                         train_teacher(teacher, ls_train, tc, log=_log))[1])
         _log(f"{name}: {json.dumps(info)}")
     return teacher.eval()
+
 
 def stage_analysis(work: Path, rc: RecipeConfig, teacher, vae, ls_ho, pairs_ho, scorer):
     from .analysis import choose_window, trajectory_curves, write_report
@@ -175,22 +182,21 @@ def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, ls_trai
     init_path = work / f"init_t{tl:.4f}.safetensors"
     student = copy.deepcopy(teacher)
     guide = window_guidance(rc.guidance, window)
+    dc = DMDConfig(steps=rc.dmd_steps, guidance=rc.guidance, window=win, seed=rc.seed,
+                   reward_weight=rc.reward_weight if v["reward"] else 0.0)
 
     def init():
         _log(f"{name}: ODE pairs ({rc.ode_pairs}) from the teacher, {rc.teacher_eval_steps} steps, t_land {tl}")
         pairs = ode_pairs(teacher, ls_train, rc.ode_pairs, rc.window_frames, rc.teacher_eval_steps, guide, tl,
                           seed=rc.seed)
-        return train_ode_init(student, cfg, pairs, rc.init_steps, tl, weight_map=ls_train.loss_weight(4.0, 16.0),
-                              seed=rc.seed, log=_log)
+        return train_ode_init(student, cfg, pairs, rc.init_steps, tl,
+                              ls_train.loss_weight(dc.mouth_weight, dc.lips_weight), seed=rc.seed, log=_log)
 
     _load_or_train(init_path, student, init)
-    steps = rc.dmd_steps
-    dc = DMDConfig(steps=steps, guidance=rc.guidance, window=win, seed=rc.seed,
-                   reward_weight=rc.reward_weight if v["reward"] else 0.0)
     reward = SyncReward(copy.deepcopy(vae), copy.deepcopy(scorer.net), cfg) if v["reward"] else None
 
     def dmd():
-        _log(f"{name}: Self-Forcing DMD {steps} steps (CFG window {win}, reward {v['reward']}, t_land {tl})")
+        _log(f"{name}: Self-Forcing DMD {dc.steps} steps (CFG window {win}, reward {v['reward']}, t_land {tl})")
         return train_dmd(student, teacher, cfg, ls_train, tl, dc, reward=reward, sources=sources, log=_log)
 
     info = _load_or_train(work / f"{name}.safetensors", student, dmd)
@@ -244,7 +250,7 @@ def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, wi
         for i, p in enumerate(pairs_ho):
             noise = torch.randn(ls_ho.cond[i].shape, generator=g)
             t0 = time.perf_counter()
-            cond = encode_clip(vae, ho.masked[i])
+            cond = encode_clip(vae, ho.masked[i])  # = ls_ho.cond[i], encoded again inside the timing
             z = teacher_latents(teacher, cond, ls_ho.mel[i], ls_ho.mask_for(1, rc.window_frames), noise, n_steps,
                                 guide, rc.window_frames)
             out = latents_to_frames(vae, z, p.source)
@@ -257,7 +263,7 @@ def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, wi
         card = {"recipe": "python -m distill.recipe", "variant": name, "t_land": round(float(t_land), 6),
                 "sync_window": window if name != "cfg_everywhere" else None, "guidance": rc.guidance,
                 "data": f"{rc.train_clips} procedural talking-face pairs (distill.data, split 'train')",
-                "steps": {"vae": rc.ae_steps + rc.ae_lips_steps + rc.ae_lips_steps * 3 // 4, "teacher": rc.teacher_steps + rc.teacher_lips_steps,
+                "steps": {"vae": sum(rc.vae_phase_steps), "teacher": rc.teacher_steps + rc.teacher_lips_steps,
                           "ode_init": rc.init_steps, "dmd": rc.dmd_steps}}
         d = write_model_dir(work / "models" / name, rc, student, vae, t_land, card)
         engine = Engine.load(d, backend="torch")
@@ -301,6 +307,7 @@ def install_default(work: Path, dest: Path | None = None) -> Path:
     dest = Path(dest) if dest is not None else default_model_dir()
     src = work / "models" / "student"
     res = json.loads((work / "results.json").read_text())
+    rcfg = RecipeConfig(**res["recipe"])
     for f in ("manifest.json", "dit.safetensors", "vae.safetensors", "audio_encoder.safetensors"):
         shutil.copyfile(src / f, dest / f)
     ana = (work / "analysis.md").read_text()
@@ -319,7 +326,7 @@ public weights. It re-renders the lower face of a 128 x 128 face crop to match n
   timing; the input clip's mouth says another sentence. Held-out evaluation uses other sentences,
   identities and motions.
 - **Recipe** (`python -m distill.recipe --work runs/recipe`, see `distill/README.md`): streaming
-  VAE ({rc["ae_steps"]} + {rc["ae_lips_steps"]} + {rc["ae_lips_steps"] * 3 // 4} steps) -> bidirectional teacher, flow matching with
+  VAE ({" + ".join(str(n) for n in rcfg.vae_phase_steps)} steps) -> bidirectional teacher, flow matching with
   audio dropout ({rc["teacher_steps"]} + {rc["teacher_lips_steps"]} steps)
   -> trajectory analysis: sync window {("[%.4f, %.4f]" % tuple(w)) if w else "none"}, `t_land` = {res["t_land"]:g}
   -> causal student: ODE-pair init ({rc["init_steps"]} steps), Self-Forcing rollout with its KV cache and
@@ -376,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
     vae = stage_vae(work, rc, tr)
     if a.until == "vae":
         return 0
-    from .dataset import build_pairset
     from .syncnet import SyncScorer
     from .teacher import LatentSet
 
@@ -385,10 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     teacher = stage_teacher(work, rc, ls_tr)
     if a.until == "teacher":
         return 0
-    ho_pairs = build_pairset(cfg, "held_out", rc.held_out_clips, max_frames=100, keep_pairs=True, progress=False)
-    ls_ho = LatentSet.encode(vae, ho_pairs, cfg)
+    ls_ho = LatentSet.encode(vae, ho, cfg)
     scorer = SyncScorer.load()
-    window, t_land = stage_analysis(work, rc, teacher, vae, ls_ho, ho_pairs.pairs, scorer)
+    window, t_land = stage_analysis(work, rc, teacher, vae, ls_ho, ho.pairs, scorer)
     if a.until == "analysis":
         return 0
     students = {}
@@ -397,14 +402,15 @@ def main(argv: list[str] | None = None) -> int:
         students[name] = (st, tl)
     if a.until == "student" or set(a.variants) != set(STUDENT_VARIANTS):
         return 0
-    rows = stage_eval(work, rc, teacher, vae, ho_pairs, ls_ho, scorer, window, students)
-    md = results_markdown(rows, len(ho_pairs), ho_pairs.num_frames)
+    rows = stage_eval(work, rc, teacher, vae, ho, ls_ho, scorer, window, students)
+    md = results_markdown(rows, len(ho), ho.num_frames)
     (work / "results.json").write_text(json.dumps({"rows": rows, "window": window, "t_land": t_land,
                                                    "recipe": asdict(rc)}, indent=1))
     (work / "results.md").write_text(md)
     print(md)
     _log(f"done in {time.perf_counter() - t0:.0f} s; the student model directory: {work / 'models' / 'student'}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

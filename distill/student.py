@@ -42,8 +42,8 @@ __all__ = ["rollout", "ode_pairs", "train_ode_init", "DMDConfig", "train_dmd", "
 
 
 def _plan_tensors(planner: RingCachePlanner):
-    p = planner.plan()
-    return [torch.from_numpy(a) for a in (p.write_idx, p.q_pos, p.k_pos, p.k_valid)]
+    """The plan as ``WanDiT.step``'s positional tensors (write_idx, q_pos, k_pos, k_valid)."""
+    return [torch.from_numpy(a) for a in planner.plan().as_feeds().values()]
 
 
 def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Callable, t_land: float,
@@ -120,13 +120,13 @@ def ode_pairs(teacher: Teacher, ls: LatentSet, n: int, frames: int, steps: int, 
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, t_land: float, batch: int = 8,
-                   lr: float = 2e-4, mouth_weight: float = 4.0, weight_map=None, seed: int = 0, log=print) -> dict:
-    """Regress the causal two-step student onto the teacher's ODE pairs (teacher forcing)."""
+def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, t_land: float,
+                   weight: torch.Tensor, batch: int = 8, lr: float = 2e-4, seed: int = 0, log=print) -> dict:
+    """Regress the causal two-step student onto the teacher's ODE pairs (teacher forcing);
+    ``weight`` is the per-latent-pixel loss weight (``LatentSet.loss_weight``)."""
     g = torch.Generator().manual_seed(seed)
     student.requires_grad_(True)
     opt, sched = adamw_cosine(student.parameters(), lr, steps)
-    w = weight_map if weight_map is not None else 1.0
     n = pairs["noise"].shape[0]
     t0, hist = time.perf_counter(), []
     student.train()
@@ -139,7 +139,7 @@ def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, 
             out = rollout(student.dit, cfg, p["cond"], p["mask"], tok, p["noise"],
                           lambda k, _x, xl=p["x_land"]: xl[:, :, k:k + cfg.stream.chunk_frames], t_land,
                           grad_step=gs, context=p["x0"])
-            loss = loss + ((out - p["x0"]).pow(2) * w).mean() / (w.mean() if torch.is_tensor(w) else 1.0)
+            loss = loss + ((out - p["x0"]).pow(2) * weight).mean() / weight.mean()
         optimizer_step(loss, opt, sched, student.parameters())
         hist.append(float(loss.detach()))
         if it % 100 == 0 or it == steps - 1:
@@ -242,13 +242,13 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
     guide = window_guidance(dc.guidance, dc.window)
     c = cfg.stream.chunk_frames
     zdim = ls.z[0].shape[0]
+    ok = [i for i, z in enumerate(ls.z) if z.shape[1] >= dc.frames]
     t0, hist = time.perf_counter(), {"dmd": [], "reward": [], "fake": []}
     student.train()
     for it in range(dc.steps):
         # pick windows, remembering where they come from (the reward needs the source frames)
-        ok = [i for i, z in enumerate(ls.z) if z.shape[1] >= dc.frames]
-        picks = [(ok[int(rng.integers(len(ok)))], 0) for _ in range(dc.batch)]
-        picks = [(i, int(rng.integers(0, ls.z[i].shape[1] - dc.frames + 1))) for i, _ in picks]
+        clips = [ok[int(rng.integers(len(ok)))] for _ in range(dc.batch)]
+        picks = [(i, int(rng.integers(0, ls.z[i].shape[1] - dc.frames + 1))) for i in clips]
         cond = torch.stack([ls.cond[i][:, s:s + dc.frames] for i, s in picks])
         mel = torch.stack([ls.mel[i][s * ls.tc:(s + dc.frames) * ls.tc] for i, s in picks])
         mask = ls.mask_for(dc.batch, dc.frames)
