@@ -348,6 +348,14 @@ public weights. It re-renders the lower face of a 128 x 128 face crop to match n
 STAGES = ("data", "vae", "teacher", "analysis", "student", "eval")
 
 
+def _stage_outputs(work: Path, stage: str) -> list[Path]:
+    """The files whose presence makes ``stage`` skip (``--redo`` removes them)."""
+    pats = {"data": ["data_train.npz"], "vae": ["vae_phase*.*", "vae.*"], "teacher": ["teacher_phase1.*", "teacher.*"],
+            "analysis": ["analysis.*"], "student": ["init_t*.*"] + [f"{v}.*" for v in STUDENT_VARIANTS],
+            "eval": ["results.*"]}[stage]
+    return sorted({p for pat in pats for p in work.glob(pat) if p.is_file()})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distill.recipe", description=__doc__.split("\n")[0])
     ap.add_argument("--work", required=True, type=Path, help="work directory (stage outputs, results)")
@@ -367,12 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(asdict(rc), indent=1))
     for st in a.redo:
-        for f in {"data": ["data_train.npz", "data_held_out.npz"], "vae": ["vae_phase1.safetensors", "vae_phase2.safetensors", "vae.safetensors"],
-                  "teacher": ["teacher_phase1.safetensors", "teacher.safetensors"], "analysis": ["analysis.json"],
-                  "student": ["student"], "eval": ["results.json"]}[st]:
-            p = work / f
-            if p.is_file():
-                p.unlink()
+        for p in _stage_outputs(work, st):
+            p.unlink()
     if a.install_default:
         _log(f"installed {install_default(work)}")
         return 0

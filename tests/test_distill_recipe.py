@@ -156,7 +156,7 @@ def test_flow_matching_loss_is_zero_for_the_truth_and_positive_otherwise():
 
 def test_recipe_smoke_runs_every_stage(tmp_path):
     """A few steps of each stage: data, VAE, teacher, analysis, four students, the table."""
-    from distill.recipe import STUDENT_VARIANTS, main
+    from distill.recipe import STAGES, STUDENT_VARIANTS, _stage_outputs, main
     from lipforce_sdk.session import Engine
 
     assert main(["--work", str(tmp_path), "--smoke", "--threads", "1"]) == 0
@@ -170,5 +170,10 @@ def test_recipe_smoke_runs_every_stage(tmp_path):
     assert (tmp_path / "analysis.svg").read_text().startswith("<svg")
     assert "t_land" in (tmp_path / "analysis.md").read_text()
     assert "| student, 2 steps" in (tmp_path / "results.md").read_text()
+    # what --redo removes: every stage's skip markers, e.g. each student variant's weights
+    for st in STAGES:
+        assert _stage_outputs(tmp_path, st), st
+    names = {p.name for p in _stage_outputs(tmp_path, "student")}
+    assert {f"{v}.safetensors" for v in STUDENT_VARIANTS} | {f"init_t{res['t_land']:.4f}.safetensors"} <= names
     engine = Engine.load(tmp_path / "models" / "student")
     assert engine.config.schedule.t_land == pytest.approx(res["t_land"])
