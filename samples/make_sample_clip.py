@@ -1,23 +1,23 @@
-"""Build the bundled sample clip: ``lipforce_sdk/assets/sample/{face.mp4, speech.wav}``.
+"""Build the bundled sample clip: ``lipforce_sdk/assets/sample/{face.mp4, speech.wav, face_boxes.json}``.
 
-The clip is the SDK's default input: a real face with gentle, smooth motion for the face
-tracker to follow, and a sentence of speech of the same length to drive the lips.
+The sample is what the bundled default model was made for: a procedural talking face from
+``distill/`` (the generator the model was trained on), with an identity and head motion from a
+seed range that neither the training nor the held-out evaluation draws, and speech the model
+never heard.
 
-- Face: ``skimage.data.astronaut()``, the NASA portrait of astronaut Eileen Collins (public
-  domain, shipped in the scikit-image wheel). Each frame is a similarity warp of the still
-  photo (slow sway, zoom and a few degrees of tilt, all sums of low-frequency sinusoids),
-  so the face moves in the frame like a slightly moving head/camera.
-- Speech: espeak-ng (voice ``en-us+f3``) saying ``TEXT``, resampled to 16 kHz mono and
-  placed so that it ends before the video does.
-- ``face_boxes.json``: for every frame, where the face (hand-annotated once on the photo:
-  hairline to chin, cheek to cheek), both eyes and the mouth centre are, carried through
-  the frame's warp. Tests use it as the known face location.
+- ``face.mp4``: the *source* video: this face saying other sentences (``SOURCE_TEXT``), so the
+  mouth moves, but not with ``speech.wav``. ``lipforce run`` must make it follow the new speech.
+- ``speech.wav``: espeak-ng saying ``TEXT`` (voice ``VOICE`` at ``RATE`` words per minute).
+- ``face_boxes.json``: ``crop_box``, the face box to give the SDK (the frame is framed as the
+  SDK's face tracker crops a face, so it is the whole frame), and per frame the exact face box
+  and mouth centre (from the generator's pose and mouth geometry), the exact lip gap the target
+  would show, and the source's. ``lipforce_sdk.sync_check`` reads it.
 
-Only needed to regenerate the assets (they are committed); not used at install or test
-time. Deterministic for a given espeak-ng and x264 build. Needs scikit-image (used only
-here, not an SDK dependency) and the ``espeak-ng`` program::
+Only needed to regenerate the assets (they are committed); not used at install or test time.
+Deterministic for a given espeak-ng and x264 build. Run from the repository root (``distill``
+is a package of the repository, not installed); needs the espeak-ng library::
 
-    pip install scikit-image && apt-get install espeak-ng
+    apt-get install espeak-ng
     python samples/make_sample_clip.py            # writes lipforce_sdk/assets/sample/
 """
 
@@ -26,131 +26,52 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import wave
 
-import cv2
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from distill.faces import Identity, Motion, make_pair  # noqa: E402
+from distill.sentences import HELD_OUT, SENTENCES, TRAIN  # noqa: E402
+from distill.speech import RATES, VOICES, synthesize  # noqa: E402
 from lipforce_sdk import media  # noqa: E402
+from lipforce_sdk.face import FaceTracker  # noqa: E402
 
 OUT_DIR = os.path.join(REPO, "lipforce_sdk", "assets", "sample")
 FPS = 25
-NUM_FRAMES = 150  # 6.0 s
-SIZE = 320  # output frames are SIZE x SIZE
 SAMPLE_RATE = 16000
-VOICE = "en-us+f3"
+SIZE = 256  # frame side; the model's crop (128) is this frame scaled by 1/2
+# Identities / motions: train draws seeds 0.., held-out 1_000_000..; the sample is the first
+# seed of its own range.
+SEED = 3_000_000
+VOICE, RATE = "en-us+f2", 180  # one of the training voices, inside the training rates
 TEXT = (
     "Hello! This is a short sample clip for lip force. "
     "The mouth you see follows the voice, frame by frame."
 )
-SPEECH_START_S = 0.25  # silence before the first word
-SPEECH_END_S = 5.6  # the last word ends by then
+SOURCE_VOICE, SOURCE_RATE = "en-us+f2", 170
+SOURCE_TEXT = " ".join(HELD_OUT[:2])  # two sentences the training never saw
+LEAD_S, TAIL_S = 0.25, 0.4  # silence around the speech
+SOURCE_LEAD_S, SOURCE_TAIL_S = 0.3, 0.3
 
-# Hand-annotated on astronaut() (512 x 512), in photo pixels.
-PHOTO_FACE_BOX = (182.0, 80.0, 270.0, 180.0)  # hairline to chin, cheek to cheek
-PHOTO_EYES = ((203.0, 102.0), (247.0, 103.0))  # subject's right eye, left eye (image L, R)
-PHOTO_MOUTH = (222.0, 145.0)
-VIEW_CENTER = (224.0, 140.0)  # photo point shown at the frame centre at rest
-VIEW_SIDE = 288.0  # photo pixels across the frame at rest
-
-
-def load_photo() -> np.ndarray:
-    try:
-        from skimage import data
-    except ImportError:
-        sys.exit("scikit-image is needed to build the sample clip: pip install scikit-image")
-    img = data.astronaut()
-    assert img.shape == (512, 512, 3) and img.dtype == np.uint8, img.shape
-    return img
+# The face box at rest, in crop units: FaceTracker widens a face box by `margin` on every side
+# and moves it down by `chin_shift` face sizes, so a face of size 1 / (1 + 2 margin) fills the crop.
+_TRACKER = FaceTracker(crop_size=128)  # only its framing defaults are read
+FACE_SIZE = 1.0 / (1.0 + 2.0 * _TRACKER.margin)
+FACE_CENTRE = (0.5, 0.5 - _TRACKER.chin_shift * FACE_SIZE)
 
 
-def motion(i: int) -> tuple[float, float, float, float]:
-    """(dx, dy, zoom, angle_deg) of frame ``i``: smooth, slow, a few pixels/degrees."""
-    t = i / FPS
-    tau = 2.0 * np.pi
-    dx = 9.0 * np.sin(tau * 0.21 * t) + 4.0 * np.sin(tau * 0.47 * t + 1.1)
-    dy = 5.0 * np.sin(tau * 0.29 * t + 0.6) + 2.0 * np.sin(tau * 0.53 * t + 2.0)
-    zoom = 1.0 + 0.05 * np.sin(tau * 0.13 * t + 0.4)
-    angle = 3.0 * np.sin(tau * 0.17 * t + 0.3) + 1.0 * np.sin(tau * 0.41 * t + 1.7)
-    return float(dx), float(dy), float(zoom), float(angle)
+def face_boxes(pose: np.ndarray) -> np.ndarray:
+    """``[F, 4]`` face boxes (frame pixels) of the rest box carried through each frame's head pose."""
+    from distill.faces import _to_crop
 
-
-def frame_transform(i: int) -> np.ndarray:
-    """2x3 affine mapping photo pixel coordinates to frame pixel coordinates."""
-    dx, dy, zoom, angle = motion(i)
-    scale = zoom * SIZE / VIEW_SIDE
-    a = np.deg2rad(angle)
-    rot = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    # the photo point VIEW_CENTER + (dx, dy) lands on the frame centre
-    src_c = np.array(VIEW_CENTER) + (dx, dy)
-    t = np.array([SIZE / 2.0, SIZE / 2.0]) - rot @ src_c
-    return np.hstack([rot, t[:, None]])
-
-
-def apply(m: np.ndarray, pts) -> np.ndarray:
-    p = np.asarray(pts, np.float64).reshape(-1, 2)
-    return p @ m[:, :2].T + m[:, 2]
-
-
-def render_frames(photo: np.ndarray) -> tuple[np.ndarray, list[dict]]:
-    frames, boxes = [], []
-    x0, y0, x1, y1 = PHOTO_FACE_BOX
-    corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-    for i in range(NUM_FRAMES):
-        m = frame_transform(i)
-        # cv2 maps pixel centres: convert the [i, i+1) convention (centre i + 0.5)
-        shift = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1]])
-        unshift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
-        m_idx = (shift @ np.vstack([m, [0, 0, 1]]) @ unshift)[:2]
-        frames.append(
-            cv2.warpAffine(
-                photo, m_idx, (SIZE, SIZE), flags=cv2.INTER_CUBIC,
-                borderMode=cv2.BORDER_REFLECT101,
-            )
-        )
-        c = apply(m, corners)
-        boxes.append(
-            {
-                "face_box": [round(float(v), 2) for v in (*c.min(0), *c.max(0))],
-                "eyes": [[round(float(v), 2) for v in p] for p in apply(m, PHOTO_EYES)],
-                "mouth": [round(float(v), 2) for v in apply(m, PHOTO_MOUTH)[0]],
-            }
-        )
-    return np.stack(frames), boxes
-
-
-def synth_speech(tmp: str) -> np.ndarray:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        sys.exit("espeak-ng is needed to build the sample speech: apt-get install espeak-ng")
-
-    def say(speed: int) -> np.ndarray:
-        path = os.path.join(tmp, f"speech_{speed}.wav")
-        subprocess.run([exe, "-v", VOICE, "-s", str(speed), "-w", path, TEXT], check=True)
-        a = media.read_audio(path, SAMPLE_RATE)
-        voiced = np.flatnonzero(np.abs(a) > 0.01)
-        return a[voiced[0] : voiced[-1] + 1]
-
-    target = SPEECH_END_S - SPEECH_START_S
-    speech = say(175)
-    speed = int(round(175 * (len(speech) / SAMPLE_RATE) / target))
-    speed = min(max(speed, 140), 230)
-    speech = say(speed)
-    while len(speech) > target * SAMPLE_RATE and speed < 260:
-        speed += 5
-        speech = say(speed)
-    print(f"espeak-ng: voice {VOICE}, speed {speed} wpm, {len(speech) / SAMPLE_RATE:.2f} s")
-    speech = 0.9 * speech / np.max(np.abs(speech))
-    out = np.zeros(NUM_FRAMES * SAMPLE_RATE // FPS, np.float32)
-    start = int(SPEECH_START_S * SAMPLE_RATE)
-    n = min(len(speech), len(out) - start)
-    out[start : start + n] = speech[:n]
+    out = np.zeros((len(pose), 4))
+    for i, p in enumerate(pose):
+        cx, cy = _to_crop(p, *FACE_CENTRE)
+        half = 0.5 * FACE_SIZE * float(p[3])
+        out[i] = np.array([cx - half, cy - half, cx + half, cy + half]) * SIZE
     return out
 
 
@@ -163,49 +84,58 @@ def write_wav(path: str, audio: np.ndarray) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def check_detection(frames: np.ndarray, boxes: list[dict]) -> None:
-    from lipforce_sdk.face import FaceBox, HaarFaceDetector
-
-    det = HaarFaceDetector()
-    ious = []
-    for i, f in enumerate(frames):
-        b = det.detect(f)
-        if b is None:
-            sys.exit(f"the Haar detector misses the face in frame {i}; reduce the motion")
-        ious.append(b.iou(FaceBox(*boxes[i]["face_box"])))
-    print(f"Haar detector: face found in all {len(frames)} frames, IoU with the annotated "
-          f"box min {min(ious):.2f} / mean {np.mean(ious):.2f}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=OUT_DIR, help="output folder (default: %(default)s)")
     args = ap.parse_args()
+    assert VOICE in VOICES and SOURCE_VOICE in VOICES and RATES[0] <= min(RATE, SOURCE_RATE) <= RATES[1]
+    assert TEXT not in SENTENCES and not any(s in SOURCE_TEXT for s in TRAIN)
     os.makedirs(args.out, exist_ok=True)
 
-    frames, boxes = render_frames(load_photo())
-    check_detection(frames, boxes)
-    video_path = os.path.join(args.out, "face.mp4")
-    media.write_video(video_path, frames, FPS, crf=18)
-    with tempfile.TemporaryDirectory() as tmp:
-        speech = synth_speech(tmp)
-    write_wav(os.path.join(args.out, "speech.wav"), speech)
+    tgt = synthesize(TEXT, VOICE, RATE).padded(LEAD_S, TAIL_S)
+    src = synthesize(SOURCE_TEXT, SOURCE_VOICE, SOURCE_RATE).padded(SOURCE_LEAD_S, SOURCE_TAIL_S)
+    pair = make_pair(Identity.random(SEED), Motion.random(SEED), src, tgt, size=SIZE)
+    n = len(pair.source)
+    audio = pair.audio  # as synthesized: the level the model was trained on
+
+    media.write_video(os.path.join(args.out, "face.mp4"), pair.source, FPS, crf=18)
+    write_wav(os.path.join(args.out, "speech.wav"), audio)
+    boxes = face_boxes(pair.motion.pose(n))
+    mouths = pair.geometry.centre.astype(np.float64) + 0.5  # crop-pixel indices -> [i, i+1) pixels
+    from distill.faces import mouth_geometry
+
+    gap_src = mouth_geometry(pair.identity, pair.motion, pair.params_src, SIZE).gap_px
     meta = {
         "video": "face.mp4",
         "audio": "speech.wav",
         "fps": FPS,
-        "num_frames": NUM_FRAMES,
+        "num_frames": n,
         "width": SIZE,
         "height": SIZE,
         "sample_rate": SAMPLE_RATE,
         "text": TEXT,
         "voice": VOICE,
-        "coordinates": "frame pixels, pixel i covers [i, i+1); face_box is x0, y0, x1, y1",
-        "frames": boxes,
+        "rate_wpm": RATE,
+        "source_text": SOURCE_TEXT,
+        "source_voice": SOURCE_VOICE,
+        "source_rate_wpm": SOURCE_RATE,
+        "generator": f"distill.faces.make_pair(Identity.random({SEED}), Motion.random({SEED}), size={SIZE})",
+        "coordinates": "frame pixels, pixel i covers [i, i+1); boxes are x0, y0, x1, y1",
+        "crop_box": [0.0, 0.0, float(SIZE), float(SIZE)],
+        "frames": [
+            {
+                "face_box": [round(float(v), 2) for v in boxes[i]],
+                "mouth": [round(float(v), 2) for v in mouths[i]],
+                "lip_gap_px": round(float(pair.geometry.gap_px[i]), 3),
+                "source_lip_gap_px": round(float(gap_src[i]), 3),
+            }
+            for i in range(n)
+        ],
     }
     with open(os.path.join(args.out, "face_boxes.json"), "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
+    print(f"{n} frames ({n / FPS:.2f} s), {SIZE}x{SIZE}")
     for name in ("face.mp4", "speech.wav", "face_boxes.json"):
         p = os.path.join(args.out, name)
         print(f"{p}: {os.path.getsize(p) / 1024:.0f} KiB")

@@ -13,7 +13,7 @@ import pytest
 from lipforce_sdk import face
 from lipforce_sdk.face import FaceBox, FaceNotFoundError, FaceTracker, HaarFaceDetector
 
-SAMPLE_DIR = os.path.join(os.path.dirname(face.__file__), "assets", "sample")
+PHOTO_DIR = os.path.join(os.path.dirname(face.__file__), "assets", "photo")  # a real face under motion
 
 
 def smooth_frame(h: int = 240, w: int = 320) -> np.ndarray:
@@ -46,8 +46,8 @@ def inside(box: FaceBox, h: int, w: int, border: float = 0.0) -> np.ndarray:
 def sample():
     from lipforce_sdk.media import read_video
 
-    frames, fps = read_video(os.path.join(SAMPLE_DIR, "face.mp4"))
-    with open(os.path.join(SAMPLE_DIR, "face_boxes.json")) as f:
+    frames, fps = read_video(os.path.join(PHOTO_DIR, "face.mp4"))
+    with open(os.path.join(PHOTO_DIR, "face_boxes.json")) as f:
         meta = json.load(f)
     return frames, fps, meta
 

@@ -101,13 +101,13 @@ def test_stats_are_filled(tiny_engine):
     assert st.time_to_first_frame_ms > 0 and st.p50_ms > 0 and st.p99_ms >= st.p50_ms and st.fps > 0
 
 
-def test_sample_clip_with_face_detection(tiny_engine):
-    from lipforce_sdk.cli import SAMPLE_DIR
+def test_photo_clip_with_face_detection(tiny_engine):
+    from lipforce_sdk.cli import PHOTO_DIR
     from lipforce_sdk.media import read_audio, read_video
 
-    frames, _ = read_video(SAMPLE_DIR / "face.mp4")
+    frames, _ = read_video(PHOTO_DIR / "face.mp4")
     frames = frames[:12]
-    audio = read_audio(SAMPLE_DIR / "speech.wav")[: 12 * 640]
+    audio = read_audio(PHOTO_DIR / "speech.wav")[: 12 * 640]
     ref = render_offline(tiny_engine, audio, frames)
     outs = push_randomly(tiny_engine.session(), audio, frames, np.random.default_rng(1))
     assert len(outs) == 12 and all(np.array_equal(o.image, ref[o.index]) for o in outs)
