@@ -119,7 +119,8 @@ def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETra
         if step % 100 == 0 or step == cfg.steps - 1:
             log(f"  ae step {step:5d}  L1(weighted) {np.mean(hist[-100:]):.4f}  {time.perf_counter() - t0:6.0f} s")
     vae.eval()
-    return {"steps": cfg.steps, "final_l1": float(np.mean(hist[-100:])), "seconds": time.perf_counter() - t0}
+    final = float(np.mean(hist[-100:])) if hist else float("nan")  # no steps: nothing measured
+    return {"steps": cfg.steps, "final_l1": final, "seconds": time.perf_counter() - t0}
 
 
 @torch.no_grad()

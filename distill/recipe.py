@@ -221,7 +221,11 @@ ROW_KEYS = ("sync_c", "sync_d", "offset", "gap_mae_px", "gap_corr", "psnr_out", 
 def _mean(scores: list[dict]) -> dict:
     import numpy as np
 
-    out = {k: float(np.nanmean([s[k] for s in scores])) for k in ROW_KEYS}
+    def nanmean(v):  # nan when no clip gives a value (e.g. a gap correlation of a still mouth)
+        v = np.asarray(v, np.float64)
+        return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+
+    out = {k: nanmean([s[k] for s in scores]) for k in ROW_KEYS}
     out["offset_exact"] = float(np.mean([s["offset"] == 0 for s in scores]))
     return out
 
