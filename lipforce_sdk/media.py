@@ -30,6 +30,7 @@ __all__ = [
     "iter_video_frames",
     "read_audio",
     "write_video",
+    "write_wav",
     "VideoWriter",
     "default_video_codec",
 ]
@@ -444,6 +445,26 @@ class VideoWriter:
                 self.close()
             except Exception:
                 pass
+
+
+def write_wav(path: str | os.PathLike, samples, sample_rate: int = 16000) -> None:
+    """Write mono ``samples`` (float32 in ``[-1, 1]`` or int16, ``[N]``) as a 16-bit PCM WAV file.
+
+    Floats are rounded to the nearest of ``x * 32767`` (clipped to ``[-1, 1]`` first); int16 is
+    written as it is. ``read_audio`` reads it back.
+    """
+    import wave
+
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise ValueError(f"sample_rate must be an int > 0, got {sample_rate!r}")
+    raw = np.asarray(samples)
+    pcm = raw if raw.dtype == np.int16 and raw.ndim == 1 else \
+        np.rint(_as_audio(raw, "write_wav") * np.float32(32767.0)).astype(np.int16)  # float32 math
+    with wave.open(os.fspath(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.astype("<i2").tobytes())
 
 
 def write_video(

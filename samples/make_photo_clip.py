@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import wave
 
 import cv2
 import numpy as np
@@ -154,15 +153,6 @@ def synth_speech(tmp: str) -> np.ndarray:
     return out
 
 
-def write_wav(path: str, audio: np.ndarray) -> None:
-    pcm = np.clip(np.rint(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(path, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
 def check_detection(frames: np.ndarray, boxes: list[dict]) -> None:
     from lipforce_sdk.face import FaceBox, HaarFaceDetector
 
@@ -189,7 +179,7 @@ def main() -> None:
     media.write_video(video_path, frames, FPS, crf=18)
     with tempfile.TemporaryDirectory() as tmp:
         speech = synth_speech(tmp)
-    write_wav(os.path.join(args.out, "speech.wav"), speech)
+    media.write_wav(os.path.join(args.out, "speech.wav"), speech, SAMPLE_RATE)
     meta = {
         "video": "face.mp4",
         "audio": "speech.wav",

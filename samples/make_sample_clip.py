@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import wave
 
 import numpy as np
 
@@ -75,15 +74,6 @@ def face_boxes(pose: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_wav(path: str, audio: np.ndarray) -> None:
-    pcm = np.clip(np.rint(audio * 32767.0), -32768, 32767).astype("<i2")
-    with wave.open(path, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=OUT_DIR, help="output folder (default: %(default)s)")
@@ -99,7 +89,7 @@ def main() -> None:
     audio = pair.audio  # as synthesized: the level the model was trained on
 
     media.write_video(os.path.join(args.out, "face.mp4"), pair.source, FPS, crf=18)
-    write_wav(os.path.join(args.out, "speech.wav"), audio)
+    media.write_wav(os.path.join(args.out, "speech.wav"), audio, SAMPLE_RATE)
     boxes = face_boxes(pair.motion.pose(n))
     mouths = pair.geometry.centre.astype(np.float64) + 0.5  # crop-pixel indices -> [i, i+1) pixels
     from distill.faces import mouth_geometry

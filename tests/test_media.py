@@ -219,3 +219,21 @@ def test_bundled_clips(name, shape):
     assert fps == 25.0 and frames.shape == shape
     assert len(speech) == len(frames) * SR // 25, "speech and video should be equally long"
     assert np.abs(speech).max() > 0.3 and np.abs(speech[: SR // 10]).max() < 0.01
+
+
+def test_write_wav_round_trips_through_read_audio(tmp_path):
+    t = np.arange(SR) / SR
+    x = (0.8 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    media.write_wav(tmp_path / "a.wav", x, SR)
+    back = read_audio(tmp_path / "a.wav", sample_rate=SR)
+    assert back.shape == x.shape
+    # half a step of rounding, plus up to one step from writing x * 32767 and reading / 32768
+    np.testing.assert_allclose(back, x, atol=1.5 / 32767)
+    pcm = (x * 32767).astype(np.int16)
+    media.write_wav(tmp_path / "b.wav", pcm, SR)
+    np.testing.assert_array_equal(np.rint(read_audio(tmp_path / "b.wav", sample_rate=SR) * 32768), pcm)
+    with pytest.raises(ValueError, match="mono"):
+        media.write_wav(tmp_path / "c.wav", np.zeros((100, 2), np.float32), SR)
+    with pytest.raises(ValueError, match="NaN"):
+        media.write_wav(tmp_path / "d.wav", np.full(10, np.nan, np.float32), SR)
+    assert not (tmp_path / "c.wav").exists() and not (tmp_path / "d.wav").exists()
