@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "run_clip", "sample_box", "sample_sync_report", "SAMPLE_DIR", "PHOTO_DIR"]
+__all__ = ["main", "run_clip", "resolve_box", "sample_box", "sample_sync_report", "SAMPLE_DIR", "PHOTO_DIR"]
 
 SAMPLE_DIR = Path(__file__).parent / "assets" / "sample"  # procedural talking face: the default model's domain
 PHOTO_DIR = Path(__file__).parent / "assets" / "photo"  # a real face photo under motion (face tracking)
@@ -32,6 +32,14 @@ def _is_sample(path: str | Path, name: str) -> bool:
         return Path(path).resolve() == (SAMPLE_DIR / name).resolve()
     except OSError:
         return False
+
+
+def resolve_box(video: str | Path, box=None) -> tuple[float, float, float, float] | None:
+    """The face box a run of ``video`` uses: ``box`` when given, the bundled sample's own box
+    when ``video`` is the bundled sample, else ``None`` (face detection)."""
+    if box is not None:
+        return tuple(float(v) for v in box)
+    return sample_box() if _is_sample(video, "face.mp4") else None
 
 
 def sample_sync_report(out: str | Path) -> str:
@@ -108,14 +116,11 @@ def _cmd_run(a) -> int:
     from .session import Engine
 
     engine = Engine.load(a.model, backend=a.backend)
-    box = tuple(a.box) if a.box else None
-    on_sample = _is_sample(a.video, "face.mp4")
-    if box is None and on_sample:
-        box = sample_box()
+    box = resolve_box(a.video, a.box)
     stats = run_clip(engine, a.video, a.audio, a.out, box=box, progress=not a.no_progress)
     print(f"wrote {a.out}  ({engine!r})")
     print(format_stats(stats, engine.config))
-    if on_sample and _is_sample(a.audio, "speech.wav") and box == sample_box():
+    if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav") and box == sample_box():
         print(sample_sync_report(a.out))
     return 0
 

@@ -154,20 +154,22 @@ def speech_envelope(
     edges = np.rint(np.arange(num_frames + 1) * (sample_rate / fps)).astype(np.int64)
     padded = np.zeros(max(int(edges[-1]), a.size))
     padded[: a.size] = a
-    ms = np.zeros(num_frames)
-    for i in range(num_frames):
-        x = padded[edges[i]: edges[i + 1]]
-        m = x.size
-        if m == 0:
-            continue
-        if band is None:
-            ms[i] = float(np.dot(x, x)) / m
-            continue
-        spec = np.abs(np.fft.rfft(x)) ** 2
-        freq = np.fft.rfftfreq(m, 1.0 / sample_rate)
-        twice = (freq > 0) & (2 * np.arange(freq.size) != m)  # bins that stand for +f and -f
-        sel = (freq >= band[0]) & (freq < band[1])
-        ms[i] = float((spec[sel] * np.where(twice[sel], 2.0, 1.0)).sum()) / (m * m)
+    if band is None:
+        csum = np.concatenate([[0.0], np.cumsum(padded * padded)])
+        ms = np.maximum(csum[edges[1:]] - csum[edges[:-1]], 0.0) / np.maximum(edges[1:] - edges[:-1], 1)
+    else:
+        ms = np.zeros(num_frames)
+        weights: dict[int, np.ndarray] = {}  # frame length -> per-bin weight (frames are 1-2 lengths)
+        for i in range(num_frames):
+            x = padded[edges[i]: edges[i + 1]]
+            m = x.size
+            if m == 0:
+                continue
+            if m not in weights:
+                freq = np.fft.rfftfreq(m, 1.0 / sample_rate)
+                twice = (freq > 0) & (2 * np.arange(freq.size) != m)  # bins that stand for +f and -f
+                weights[m] = ((freq >= band[0]) & (freq < band[1])) * np.where(twice, 2.0, 1.0) / (m * m)
+            ms[i] = float(np.abs(np.fft.rfft(x)) ** 2 @ weights[m])
     db = 10.0 * np.log10(np.maximum(ms, 10.0 ** (-floor_db / 10.0) * 1e-3))
     env = np.maximum(db + floor_db, 0.0)
     return _smooth(env) if smooth else env

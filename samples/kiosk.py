@@ -22,7 +22,7 @@ import numpy as np
 
 def main(argv=None) -> int:
     from lipforce_sdk import Engine
-    from lipforce_sdk.cli import SAMPLE_DIR, _is_sample, _video_schedule, sample_box
+    from lipforce_sdk.cli import SAMPLE_DIR, _video_schedule, resolve_box
     from lipforce_sdk.media import VideoWriter, read_audio, read_video
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     n = int(round((a.seconds or audio.size / sr) * fps))
     audio = np.resize(audio, n * spf).astype(np.float32)
     order = _video_schedule(len(frames), src_fps, fps, n)
-    box = tuple(a.box) if a.box else (sample_box() if _is_sample(a.video, "face.mp4") else None)
+    box = resolve_box(a.video, a.box)
     session = engine.session(box=box)
     # warm up (first-call allocations, kernel selection) on a throw-away session
     warm = engine.session(box=box)

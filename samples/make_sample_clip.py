@@ -32,7 +32,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from distill.faces import Identity, Motion, make_pair  # noqa: E402
+from distill.faces import Identity, Motion, _to_crop, make_pair, mouth_geometry  # noqa: E402
 from distill.sentences import HELD_OUT, SENTENCES, TRAIN  # noqa: E402
 from distill.speech import RATES, VOICES, synthesize  # noqa: E402
 from lipforce_sdk import media  # noqa: E402
@@ -64,8 +64,6 @@ FACE_CENTRE = (0.5, 0.5 - _TRACKER.chin_shift * FACE_SIZE)
 
 def face_boxes(pose: np.ndarray) -> np.ndarray:
     """``[F, 4]`` face boxes (frame pixels) of the rest box carried through each frame's head pose."""
-    from distill.faces import _to_crop
-
     out = np.zeros((len(pose), 4))
     for i, p in enumerate(pose):
         cx, cy = _to_crop(p, *FACE_CENTRE)
@@ -92,8 +90,6 @@ def main() -> None:
     media.write_wav(os.path.join(args.out, "speech.wav"), audio, SAMPLE_RATE)
     boxes = face_boxes(pair.motion.pose(n))
     mouths = pair.geometry.centre.astype(np.float64) + 0.5  # crop-pixel indices -> [i, i+1) pixels
-    from distill.faces import mouth_geometry
-
     gap_src = mouth_geometry(pair.identity, pair.motion, pair.params_src, SIZE).gap_px
     meta = {
         "video": "face.mp4",
