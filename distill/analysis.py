@@ -23,67 +23,70 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lipforce_sdk.face import FaceBox, mouth_mask, paste
-
 from .autoencoder import decode_latents
-from .dataset import from_unit
-from .teacher import Teacher, sample, time_grid
+from .crops import from_unit
+from .teacher import Ref, Teacher, sample, time_grid
 
-__all__ = ["latents_to_frames", "trajectory_curves", "choose_window", "write_report", "svg_plot"]
+__all__ = ["latents_to_frames", "teacher_latents", "trajectory_curves", "choose_window", "write_report", "svg_plot"]
 
 
 @torch.no_grad()
-def latents_to_frames(vae, z: torch.Tensor, source: np.ndarray) -> np.ndarray:
-    """latents ``[z, C, h, w]`` -> the source clip ``[C*Tc, S, S, 3]`` uint8 with the decoded mouth
-    pasted as the runtime does (``paste`` under ``mouth_mask``, whole-frame box)."""
+def latents_to_frames(vae, z: torch.Tensor, clip) -> np.ndarray:
+    """latents ``[z, C, h, w]`` of an evaluation ``CropClip`` (``keep_frames=True``) -> its source
+    frames ``[C*Tc, H, W, 3]`` uint8 with the decoded crops pasted as the runtime pastes them
+    (each frame's aligned crop, under its soft mask)."""
     gen = from_unit(decode_latents(vae, z[None])[0])
-    s = source.shape[1]
-    box, blend = FaceBox(0.0, 0.0, float(s), float(s)), mouth_mask(s)
-    return np.stack([paste(source[i], box, gen[i], mask=blend) for i in range(gen.shape[0])])
+    src = clip.extra["pair"].source
+    crops, masks = clip.extra["crops"], clip.extra["masks"]
+    return np.stack([crops[i].paste(src[i], gen[i], masks[i].soft) for i in range(gen.shape[0])])
 
 
 @torch.no_grad()
-def teacher_latents(teacher: Teacher, cond, mel, mask, noise, steps, guidance, frames: int, record=None):
+def teacher_latents(teacher: Teacher, cond, mel, mask, noise, steps, guidance, frames: int, record=None,
+                    ref: Ref | None = None):
     """A whole clip's latents from independent bidirectional windows of ``frames`` latent frames
-    (the teacher's training length). ``record(t, x_t, x0, window)`` sees every state as in
-    ``sample``, with ``window = (cond, mask, tok)``, the inputs of the window it belongs to."""
+    (the teacher's training length), each after the clip's reference ``ref`` (batch 1).
+    ``record(t, x_t, x0, window)`` sees every state as in ``sample``, with ``window = (cond,
+    mask, tok)``, the inputs of the window it belongs to."""
     n = cond.shape[1]
     tc = mel.shape[0] // n
     outs = []
     for s in range(0, n, frames):
         e = min(n, s + frames)
-        win = (cond[None, :, s:e], mask[:, :, : e - s], teacher.tokens(mel[None, s * tc:e * tc]))
+        win = (cond[None, :, s:e], mask[None, :, s:e], teacher.tokens(mel[None, s * tc:e * tc]))
         rec = None if record is None else (lambda t, x, x0, win=win: record(t, x, x0, win))
-        outs.append(sample(teacher, *win, noise[None, :, s:e], steps, guidance, rec)[0])
+        outs.append(sample(teacher, *win, noise[None, :, s:e], steps, guidance, rec, ref=ref)[0])
     return torch.cat(outs, dim=1)
 
 
 @torch.no_grad()
-def trajectory_curves(teacher: Teacher, vae, ls, pairs, scorer, steps: int, scale: float, frames: int,
+def trajectory_curves(teacher: Teacher, vae, ls, clips, scorer, steps: int, scale: float, frames: int,
                       seed: int = 0, progress: bool = True) -> list[dict]:
-    """Per grid timestep, the mean scores of the conditional and the CFG x0 predictions."""
+    """Per grid timestep, the mean scores of the conditional and the CFG x0 predictions on the
+    evaluation clips ``clips`` (``CropClip`` with ``keep_frames``; ``ls`` their latents)."""
     from tqdm import tqdm
 
     from .evaluate import score_clip
 
     g = torch.Generator().manual_seed(seed)
     acc: dict[float, dict[str, list]] = {}
-    for ci in tqdm(range(len(pairs)), desc="trajectories", unit="clip", disable=not progress):
+    for ci in tqdm(range(len(clips)), desc="trajectories", unit="clip", disable=not progress):
         cond = ls.cond[ci]
         noise = torch.randn(cond.shape, generator=g)
+        ref = ls.ref([ci])
         preds: dict[float, dict[str, list]] = {}
 
         def rec(t, x, x0c, win):
             d = preds.setdefault(round(t, 6), {"cond": [], "cfg": []})
             d["cond"].append(x0c[0])
-            d["cfg"].append(teacher.x0(x, t, *win, scale)[0])
+            d["cfg"].append(teacher.x0(x, t, *win, scale, ref=ref)[0])
 
-        teacher_latents(teacher, cond, ls.mel[ci], ls.mask_for(1, frames), noise, steps, lambda t: 1.0, frames,
-                        rec)
+        teacher_latents(teacher, cond, ls.mel[ci], ls.mask[ci], noise, steps, lambda t: 1.0, frames, rec, ref=ref)
+        pair = clips[ci].extra["pair"]
         for t, d in preds.items():
             for kind in ("cond", "cfg"):
-                frames_u8 = latents_to_frames(vae, torch.cat(d[kind], dim=1), pairs[ci].source)
-                sc = score_clip(frames_u8, pairs[ci], scorer)
+                frames_u8 = latents_to_frames(vae, torch.cat(d[kind], dim=1), clips[ci])
+                sc = score_clip(frames_u8, pair, scorer)
                 a = acc.setdefault(t, {}).setdefault(kind, [])
                 a.append(sc)
     rows = []

@@ -1,13 +1,13 @@
-"""Stage 1: train the SDK's streaming VAE as an autoencoder of talking-face crops.
+"""Stage 1: train the SDK's VAE as an autoencoder of mouth crops.
 
-The DiT works in this VAE's latent space: it reads the latents of the masked source and writes
-the latents of the re-rendered crop, whose mouth region is pasted back. So the VAE must encode
-both kinds of frames and decode the mouth sharply: the loss is L1 over the crop plus a heavier
-L1 inside the re-rendered region (``mouth_mask``) and heavier still on the lips (the thin
-dark gap is what a light autoencoder loses first), with Gaussian noise on the latents while
-training so that the decoder tolerates the DiT's small errors. Clips are cut into segments of
-whole chunks encoded from zero caches (the VAE is causal: what a segment's first chunk sees of
-the past is what a stream's first chunk sees).
+The DiT works in this VAE's latent space: it reads the latents of the masked source and of the
+reference frames and writes the latents of the re-rendered crop, whose masked region is pasted
+back. So the VAE must encode both kinds of crops and decode the mouth sharply, on real faces as
+well as procedural ones: the loss is L1 over the crop plus L1 on image gradients (edges: what a
+light autoencoder blurs first), both weighted up inside the re-rendered region, with Gaussian
+noise on the latents while training so that the decoder tolerates the DiT's small errors.
+Segments of ``segment`` consecutive frames train the decoder's causal temporal conv. Colour,
+brightness and mirror augmentation widen the faces it has seen.
 
 After training the latents are rescaled to unit standard deviation (the diffusion schedule
 assumes it) by folding the scale into ``enc_out`` and ``dec_in``: an exact reparametrisation.
@@ -20,100 +20,90 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from lipforce_sdk.face import mouth_mask
-from lipforce_sdk.model.vae import StreamingVAE
-
-from .dataset import PairSet, from_unit, to_unit
+from .crops import CropSet, from_unit, to_unit
 from .optim import adamw_cosine, optimizer_step
 
-__all__ = ["AETrainConfig", "train_autoencoder", "normalize_latents", "encode_clip"]
+__all__ = ["AETrainConfig", "train_autoencoder", "normalize_latents", "encode_clip", "decode_latents",
+           "reconstruction_scores"]
 
 
 @dataclass
 class AETrainConfig:
-    steps: int = 2500
-    batch: int = 6
-    segment_chunks: int = 2  # latent frames per training segment
+    steps: int = 3000
+    batch: int = 8
+    segment: int = 2  # consecutive frames per sample (the decoder's temporal conv)
     lr: float = 1e-3
-    mouth_weight: float = 4.0  # extra weight over the re-rendered region (mouth_mask)
-    lips_weight: float = 12.0  # and over the lips themselves (the scorer's MOUTH_BOX)
+    mouth_weight: float = 3.0  # extra weight inside the re-rendered region (the source's hard mask)
+    grad_weight: float = 1.0  # L1 on horizontal/vertical differences (edges)
     latent_noise: float = 0.02  # x the latents' running std
-    masked_sources: bool = True  # half the segments are masked sources (the DiT's condition input)
-    region_crops: float = 0.75  # share of crops that cover the re-rendered region
-    region_rows: tuple[int, int] = (6, 9)  # their top row / left column, in 8-pixel steps [lo, hi)
-    region_cols: tuple[int, int] = (1, 4)
+    masked_sources: float = 0.3  # share of segments that are masked sources (the DiT's condition input)
+    real_share: float = 0.5  # share of segments drawn from non-procedural clips (when there are any)
+    window: int | None = 64  # train on windows of this side (the VAE is convolutional); None: whole crops
+    mouth_windows: float = 0.75  # share of windows centred on the re-rendered region
+    augment: bool = True
     latent_l2: float = 1e-4
     seed: int = 0
 
 
-CROP_HW = (64, 96)  # training crops: the convolutional VAE trains on windows of the frame
+def _sample(cs: CropSet, rng: np.random.Generator, cfg: AETrainConfig, groups: list[list[int]]):
+    """``cfg.batch`` segments ``[B, 3, T, S, S]`` in [-1, 1] and their weights ``[B, 1, T, S, S]``."""
+    xs, ws = [], []
+    for _ in range(cfg.batch):
+        g = groups[1] if groups[1] and rng.random() < cfg.real_share else groups[0] or groups[1]
+        c = cs.clips[g[int(rng.integers(len(g)))]]
+        s = int(rng.integers(0, c.num_frames - cfg.segment + 1))
+        sl = slice(s, s + cfg.segment)
+        hard = c.hard[sl].astype(np.float32)
+        x = to_unit(c.target[sl])
+        if rng.random() < cfg.masked_sources:
+            x = (to_unit(c.source[sl]) * (1.0 - hard[None])).astype(np.float32)
+        if cfg.window:
+            side, win = hard.shape[-1], cfg.window
+            if rng.random() < cfg.mouth_windows and hard[0].any():
+                my, mx = np.nonzero(hard[0])
+                k = int(rng.integers(len(my)))
+                y0, x0 = my[k] - win // 2, mx[k] - win // 2
+            else:
+                y0, x0 = rng.integers(0, side - win + 1, 2)
+            y0, x0 = (int(np.clip(v, 0, side - win)) // 8 * 8 for v in (y0, x0))  # on the latent grid
+            x, hard = x[..., y0:y0 + win, x0:x0 + win], hard[..., y0:y0 + win, x0:x0 + win]
+        if cfg.augment:
+            if rng.random() < 0.5:
+                x, hard = x[..., ::-1], hard[..., ::-1]
+            gain = rng.uniform(0.8, 1.2, (3, 1, 1, 1)).astype(np.float32) * rng.uniform(0.85, 1.15)
+            x = np.clip((x + 1.0) * gain - 1.0 + rng.uniform(-0.08, 0.08), -1.0, 1.0)
+        xs.append(np.ascontiguousarray(x))
+        ws.append(1.0 + cfg.mouth_weight * np.ascontiguousarray(hard)[None])
+    return torch.from_numpy(np.stack(xs)).float(), torch.from_numpy(np.stack(ws)).float()
 
 
-def _segments(ps: PairSet, rng: np.random.Generator, cfg: AETrainConfig, fv: int, tc: int) -> tuple[np.ndarray, list]:
-    """``cfg.batch`` random segments of ``fv`` frames (chunk aligned), half targets, half masked
-    sources (only targets without ``cfg.masked_sources``), cut to ``CROP_HW`` windows on the
-    8-pixel latent grid: a share ``cfg.region_crops`` of them cover the re-rendered region (whose
-    decoded pixels are pasted back), the rest lie anywhere. Returns the crops and their (row,
-    col) offsets."""
-    n = cfg.batch
-    s_full = ps.target[0].shape[1]
-    ch, cw = CROP_HW
-    out = np.empty((n, 3, fv, ch, cw), np.float32)
-    offs = []
-    for b in range(n):
-        i = int(rng.integers(len(ps)))
-        f = ps.target[i].shape[0]
-        s = int(rng.integers(0, (f - fv) // tc + 1)) * tc
-        if rng.random() < cfg.region_crops:
-            y0, x0 = 8 * int(rng.integers(*cfg.region_rows)), 8 * int(rng.integers(*cfg.region_cols))
-        else:
-            y0, x0 = 8 * int(rng.integers(0, (s_full - ch) // 8 + 1)), 8 * int(rng.integers(0, (s_full - cw) // 8 + 1))
-        y0, x0 = min(y0, s_full - ch), min(x0, s_full - cw)
-        seg = ps.masked[i][:, s:s + fv] if (cfg.masked_sources and b % 2) else to_unit(ps.target[i][s:s + fv])
-        out[b] = seg[:, :, y0:y0 + ch, x0:x0 + cw]
-        offs.append((y0, x0))
-    return out, offs
+def _grad_l1(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    dy = (y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
+    dx = (y[..., :, 1:] - y[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
+    return ((dy.abs() * w[..., 1:, :]).mean() + (dx.abs() * w[..., :, 1:]).mean()) / w.mean()
 
 
-def lips_weight(size: int) -> np.ndarray:
-    """A soft box over ``faces.MOUTH_BOX`` (where the lips move), ``[S, S]`` in [0, 1]."""
-    import cv2
-
-    from .faces import MOUTH_BOX
-
-    y0, y1, x0, x1 = MOUTH_BOX
-    m = np.zeros((size, size), np.float32)
-    m[int(y0 * size):int(y1 * size), int(x0 * size):int(x1 * size)] = 1.0
-    return cv2.GaussianBlur(m, (0, 0), size / 64)
-
-
-def _crop_cache(shape: tuple[int, ...], h: int, w: int) -> tuple[int, ...]:
-    return (*shape[:-2], h, w)
-
-
-def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETrainConfig(), log=print) -> dict:
+def train_autoencoder(vae, cs: CropSet, cfg: AETrainConfig = AETrainConfig(), log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    tc = vae.tc
-    fv = cfg.segment_chunks * tc
-    res = ps.target[0].shape[1]
-    w_full = 1.0 + cfg.mouth_weight * mouth_mask(res) + cfg.lips_weight * lips_weight(res)
-    ch, cw = CROP_HW
+    groups = [[i for i, c in enumerate(cs.clips) if c.kind == "procedural" and c.num_frames >= cfg.segment],
+              [i for i, c in enumerate(cs.clips) if c.kind != "procedural" and c.num_frames >= cfg.segment]]
+    if not groups[0] and not groups[1]:
+        raise ValueError(f"no clip has {cfg.segment} frames to train the autoencoder on")
     opt, sched = adamw_cosine(vae.parameters(), cfg.lr, cfg.steps)
-    sc = res // vae.latent_hw[0]
     vae.train()
     t0 = time.perf_counter()
     hist = []
     for step in range(cfg.steps):
-        xs, offs = _segments(ps, rng, cfg, fv, tc)
-        x = torch.from_numpy(xs)
-        w = torch.from_numpy(np.stack([w_full[y0:y0 + ch, x0:x0 + cw] for y0, x0 in offs]))[:, None, None]
-        z, _ = vae.encode(x, [torch.zeros(_crop_cache(s, ch // sc, cw // sc)) for s in vae.cache_shapes(cfg.batch)["enc"]])
+        x, w = _sample(cs, rng, cfg, groups)
+        b = x.shape[0]
+        z, _ = vae.encode(x, [torch.zeros(s) for s in vae.cache_shapes(b)["enc"]])
         zn = z + cfg.latent_noise * z.detach().std() * torch.randn_like(z)
-        y, _ = vae.decode(zn, [torch.zeros(_crop_cache(s, ch // sc, cw // sc)) for s in vae.cache_shapes(cfg.batch)["dec"]])
+        y, _ = vae.decode(zn, [torch.zeros((*s[:-2], *z.shape[-2:])) for s in vae.cache_shapes(b)["dec"]])
         rec = ((y - x).abs() * w).mean() / w.mean()
-        loss = rec + cfg.latent_l2 * z.pow(2).mean()
+        loss = rec + cfg.grad_weight * _grad_l1(y, x, w) + cfg.latent_l2 * z.pow(2).mean()
         optimizer_step(loss, opt, sched, vae.parameters())
         hist.append(float(rec.detach()))
         if step % 100 == 0 or step == cfg.steps - 1:
@@ -124,25 +114,25 @@ def train_autoencoder(vae: StreamingVAE, ps: PairSet, cfg: AETrainConfig = AETra
 
 
 @torch.no_grad()
-def encode_clip(vae: StreamingVAE, frames: np.ndarray) -> torch.Tensor:
+def encode_clip(vae, frames: np.ndarray) -> torch.Tensor:
     """float32 ``[3, F, S, S]`` in [-1, 1] -> latents ``[z, F/Tc, h, w]`` (one pass from zero caches,
     equal to encoding the clip chunk by chunk)."""
     caches = [torch.zeros(s) for s in vae.cache_shapes(1)["enc"]]
-    z, _ = vae.encode(torch.from_numpy(frames)[None], caches)
+    z, _ = vae.encode(torch.from_numpy(np.ascontiguousarray(frames))[None], caches)
     return z[0]
 
 
 @torch.no_grad()
-def decode_latents(vae: StreamingVAE, z: torch.Tensor) -> torch.Tensor:
+def decode_latents(vae, z: torch.Tensor) -> torch.Tensor:
     """latents ``[B, z, C, h, w]`` -> frames ``[B, 3, C*Tc, S, S]`` in [-1, 1], from zero caches."""
     caches = [torch.zeros(s) for s in vae.cache_shapes(z.shape[0])["dec"]]
     return vae.decode(z, caches)[0]
 
 
 @torch.no_grad()
-def normalize_latents(vae: StreamingVAE, ps: PairSet, clips: int = 32) -> float:
+def normalize_latents(vae, cs: CropSet, clips: int = 32) -> float:
     """Rescale the latent space to unit std (over target clips); returns the scale divided out."""
-    zs = [encode_clip(vae, to_unit(ps.target[i])) for i in range(min(clips, len(ps)))]
+    zs = [encode_clip(vae, to_unit(cs.clips[i].target)) for i in range(min(clips, len(cs)))]
     s = float(torch.cat([z.flatten() for z in zs]).std())
     vae.enc_out.weight.div_(s)
     vae.enc_out.bias.div_(s)
@@ -150,13 +140,23 @@ def normalize_latents(vae: StreamingVAE, ps: PairSet, clips: int = 32) -> float:
     return s
 
 
-def reconstruction_psnr(vae: StreamingVAE, ps: PairSet, clips: int = 8) -> dict:
-    """PSNR of decode(encode(target)) inside and outside the re-rendered region (uint8 scale)."""
-    from .metrics import fidelity
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
-    vals = []
-    for i in range(min(clips, len(ps))):
-        z = encode_clip(vae, to_unit(ps.target[i]))
-        vals.append(fidelity(from_unit(decode_latents(vae, z[None])[0]), ps.target[i]))
-    return {k: float(np.mean([v[k] for v in vals])) for k in vals[0]}
 
+@torch.no_grad()
+def reconstruction_scores(vae, cs: CropSet, clips: int | None = None, max_frames: int = 48) -> list[dict]:
+    """Per clip: PSNR of decode(encode(target)) over the whole crop, its lower half, inside the
+    mask; and a ghosting measure: PSNR against the frame itself minus PSNR against its
+    neighbours' mean (large = nothing of the neighbours leaks in)."""
+    out = []
+    for c in cs.clips[: clips or len(cs)]:
+        t = c.target[:max_frames]
+        rec = from_unit(decode_latents(vae, encode_clip(vae, to_unit(t))[None])[0])
+        s = t.shape[1]
+        hard = c.hard[:max_frames] > 0
+        inside = float(np.mean([_psnr(r[m], x[m]) for r, x, m in zip(rec, t, hard) if m.any()])) if hard.any() else float("nan")
+        out.append({"name": c.name, "kind": c.kind, "psnr": _psnr(rec, t), "psnr_lower": _psnr(rec[:, s // 2:], t[:, s // 2:]),
+                    "psnr_mask": inside})
+    return out

@@ -4,8 +4,10 @@
   model, a backend, the ground truth itself): Sync-C / Sync-D / offset of ``pred`` with the
   pair's audio, the lip gap against the renderer's exact geometry, PSNR / SSIM outside and
   inside the mouth against ``pair.target``.
-- ``held_out_pairs``, ``render_engine``, ``evaluate`` / ``summarize``: held-out pairs through an
-  ``Engine`` (``render_offline`` with the whole frame as the face box), per-clip scores and means.
+- ``held_out_pairs``, ``render_engine``, ``evaluate`` / ``summarize``: held-out pairs (256 x 256
+  frames) through an ``Engine`` (``render_offline`` with the source's exact keypoints), per-clip
+  scores and means. Sync is scored on the eye-aligned mouth crops the runtime cuts; the lip gap
+  and PSNR / SSIM on the frames scaled to 128 x 128 (the procedural framing).
 - ``compare_backends``: the same pairs through torch, ONNX Runtime and (where there is one)
   TensorRT; the metrics of each backend against torch's, checked against ``TOLERANCES``.
 
@@ -37,7 +39,8 @@ __all__ = [
     "score_clip",
     "held_out_pairs",
     "cut_pair",
-    "whole_frame_box",
+    "pair_keypoints",
+    "aligned_crops",
     "render_engine",
     "Summary",
     "summarize",
@@ -90,6 +93,9 @@ PIXEL_TOLERANCE = 2
 _BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
+SCORE_SIZE = 128  # frames are scored as 128 x 128 face crops (the procedural framing: lips near 0.67)
+
+
 def _check_pred(pred, pair: Pair) -> np.ndarray:
     p = np.asarray(pred)
     want = pair.target.shape
@@ -100,11 +106,36 @@ def _check_pred(pred, pair: Pair) -> np.ndarray:
     return p
 
 
+def pair_keypoints(pair: Pair) -> list:
+    """Exact keypoints of the pair's source frames (what the runtime's face source gives)."""
+    from .faces import clip_keypoints
+
+    return clip_keypoints(pair.identity, pair.motion, pair.params_src, int(pair.source.shape[1]))
+
+
+def aligned_crops(frames: np.ndarray, pair: Pair, size: int = SCORE_SIZE) -> np.ndarray:
+    """The eye-aligned mouth crops of ``frames`` cut as the runtime cuts the pair's source (the
+    scorer's view)."""
+    from lipforce_sdk.geometry import CropAligner
+
+    al = CropAligner(size)
+    return np.stack([al(kp).crop(f) for kp, f in zip(pair_keypoints(pair), frames)])
+
+
+def _at(frames: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    if frames.shape[1] == size:
+        return frames
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+
+
 def _score(pred, pair: Pair, scorer):
     p = _check_pred(pred, pair)
-    sync = scorer.score(p, pair.audio)
-    me = mouth_error(p, pair.geometry.values)
-    fid = fidelity(p, pair.target)
+    sync = scorer.score(aligned_crops(p, pair), pair.audio)
+    k = SCORE_SIZE / p.shape[1]
+    me = mouth_error(_at(p, SCORE_SIZE), pair.geometry.values * np.array([k, k, k * k, k * k], np.float32))
+    fid = fidelity(_at(p, SCORE_SIZE), _at(pair.target, SCORE_SIZE))
     row = {
         "sync_c": float(sync.sync_c),
         "sync_d": float(sync.sync_d),
@@ -159,40 +190,23 @@ def cut_pair(pair: Pair, num_frames: int) -> Pair:
     )
 
 
-def held_out_pairs(n: int, max_frames: int | None = None, size: int = 128) -> list[Pair]:
-    """Held-out pairs ``0 .. n-1`` (``make_sample_pair(i, "held_out", size)``), each cut to at
-    most ``max_frames`` frames when given."""
+def held_out_pairs(n: int, max_frames: int | None = None, size: int = 256) -> list[Pair]:
+    """Held-out pairs ``0 .. n-1`` (``make_sample_pair(i, "held_out", size)``: frames of ``size``
+    pixels), each cut to at most ``max_frames`` frames when given."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     pairs = [make_sample_pair(i, "held_out", size) for i in range(int(n))]
     return pairs if max_frames is None else [cut_pair(p, max_frames) for p in pairs]
 
 
-def whole_frame_box(size: int) -> tuple[float, float, float, float]:
-    """The face box covering a whole ``size x size`` frame.
-
-    A pair's frames are already face crops framed as ``FaceTracker`` cuts them, so they go to
-    the engine with this box. With ``crop_size == size`` it is an identity: in
-    ``lipforce_sdk.face.crop`` the scale is 1 (no anti-alias blur, which starts above 1.25) and
-    the affine warp is an integer translation into the replicated-border ROI, so bilinear
-    sampling returns the pixels unchanged; ``paste`` likewise maps crop pixel ``j`` to frame
-    pixel ``j``, so the composite is ``frame + (gen - frame) * feather_mask * mouth_mask``.
-    """
-    return (0.0, 0.0, float(size), float(size))
-
-
 def render_engine(engine, pair: Pair) -> tuple[np.ndarray, float]:
-    """``pair.source`` lip-synced to ``pair.audio`` by ``engine`` (``render_offline`` over the
-    whole frame): ``(frames uint8 [F, S, S, 3], wall seconds per frame)``."""
+    """``pair.source`` lip-synced to ``pair.audio`` by ``engine`` (``render_offline`` with the
+    source's exact keypoints): ``(frames uint8 [F, S, S, 3], wall seconds per frame)``."""
     from lipforce_sdk.offline import render_offline
 
-    s = int(pair.source.shape[1])
-    res = int(engine.config.stream.resolution)
-    if res != s:
-        raise ValueError(f"the engine's face crop is {res} px but the pair's frames are {s} px; make the pairs "
-                         f"at the model's resolution (held_out_pairs(..., size={res}))")
+    kps = pair_keypoints(pair)
     t0 = time.perf_counter()
-    out = render_offline(engine, pair.audio, pair.source, box=whole_frame_box(s))
+    out = render_offline(engine, pair.audio, pair.source, keypoints=kps)
     dt = time.perf_counter() - t0
     return out, dt / max(1, out.shape[0])
 

@@ -41,6 +41,8 @@ __all__ = [
     "make_pair",
     "MOUTH_BOX",
     "GEOMETRY",
+    "keypoints",
+    "clip_keypoints",
 ]
 
 # Region of the crop that holds the mouth in every pose the renderer makes (y0, y1, x0, x1),
@@ -747,6 +749,58 @@ def mouth_geometry(identity: Identity, motion: Motion, mouth_params: np.ndarray,
         cx, cy = _to_crop(pose[i], m.cx, m.cy)
         centre[i] = (cx * size - 0.5, cy * size - 0.5)
     return MouthGeometry(vals.astype(np.float32), centre.astype(np.float32))
+
+
+def keypoints(identity: Identity, pose: np.ndarray, mouth: np.ndarray, size: int = 128):
+    """Exact ``lipforce_sdk.geometry.FaceKeypoints`` of one rendered frame (frame pixels of a
+    ``size`` render): eye centres, nose tip, mouth corners, outer/inner lip contours and the jaw
+    line, as ``render_frame`` draws them under ``pose`` with mouth parameters ``mouth`` ``[P]``."""
+    from lipforce_sdk.geometry import FaceKeypoints
+
+    idt = identity
+    pose = np.asarray(pose, np.float64)
+    ppu = float(pose[3]) * size
+    m = _mouth_shape(idt, np.asarray(mouth, np.float32), ppu)
+
+    def px(lx, ly):
+        pts = [_to_crop(pose, float(a), float(b)) for a, b in zip(np.atleast_1d(lx), np.atleast_1d(ly))]
+        return np.asarray(pts) * size
+
+    xo = np.linspace(-1.0, 1.0, 11)
+    so = np.sqrt(np.clip(1.0 - xo * xo, 0.0, 1.0))
+    bow = 1.0 - 0.35 * np.exp(-((xo / 0.12) ** 2)) + 0.12 * np.exp(-(((np.abs(xo) - 0.25) / 0.15) ** 2))
+    top = m.cy - m.hi * so - m.tu * so**0.6 * bow
+    bot = m.cy + m.hi * so + m.tl * so**0.5
+    outer_x = np.concatenate([m.cx + xo * m.w, (m.cx + xo * m.w)[::-1][1:-1]])
+    outer_y = np.concatenate([bot, top[::-1][1:-1]])
+    si = so  # the gap spans the inner width with the same profile
+    inner_x = np.concatenate([m.cx + xo * m.wi, (m.cx + xo * m.wi)[::-1][1:-1]])
+    inner_y = np.concatenate([m.cy + m.hi * si, (m.cy - m.hi * si)[::-1][1:-1]])
+    cx, cy = idt.face_center
+    ax, ay = idt.face_axes
+    ys = np.linspace(idt.mouth_y - 0.02, cy + ay * 0.999, 9)
+    below = np.clip((ys - (cy - 0.05)) / (ay + 0.05), 0.0, 1.0)
+    below = below * below * (3.0 - 2.0 * below)
+    half = ax * (1.0 - idt.jaw_taper * below**1.3) * np.sqrt(np.clip(1.0 - ((ys - cy) / ay) ** 2, 0.0, 1.0))
+    jaw_x = np.concatenate([cx - half, (cx + half)[::-1][1:]])
+    jaw_y = np.concatenate([ys, ys[::-1][1:]])
+    return FaceKeypoints(
+        eyes=px([cx - idt.eye_dx, cx + idt.eye_dx], [idt.eye_y, idt.eye_y]),
+        nose_tip=px(cx, idt.eye_y + 0.01 + idt.nose_len)[0],
+        mouth_corners=px([m.cx - m.w, m.cx + m.w], [m.cy, m.cy]),
+        lips_outer=px(outer_x, outer_y),
+        lips_inner=px(inner_x, inner_y),
+        jaw=px(jaw_x, jaw_y),
+        source="exact",
+    )
+
+
+def clip_keypoints(identity: Identity, motion: Motion, mouth_params: np.ndarray, size: int = 128,
+                   start_frame: int = 0) -> list:
+    """``keypoints`` of every frame of ``render_clip(identity, motion, mouth_params, size)``."""
+    p = _check_params(mouth_params)
+    pose = motion.pose(p.shape[0], start_frame)
+    return [keypoints(identity, pose[i], p[i], size) for i in range(p.shape[0])]
 
 
 # --------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Train the sync scorer on procedural talking faces, evaluate it on held-out clips, save it.
+"""Train the sync scorer on talking faces, evaluate it on held-out clips, save it.
 
     python -m distill.make_scorer                  # data + training + evaluation, writes the weights
     python -m distill.make_scorer --eval-only      # evaluate distill/weights/syncnet.safetensors
 
 Run from the repository root. Needs espeak-ng (``apt-get install espeak-ng``). Training
-clips are ``make_clip(i, "train")`` for ``i < --train-clips``; evaluation clips are
+clips are ``make_clip(i, "train")`` for ``i < --train-clips`` (rendered at 256 and cut into
+eye-aligned mouth crops from their exact keypoints, as the runtime cuts them) and, with
+``--real DIR``, real talking-head clips (``distill.realdata``); evaluation clips are
 ``make_clip(i, "held_out")`` (held-out sentences, voices drawn afresh, unseen identities and
 motions). The evaluation prints, per condition, how often the scorer finds the true offset:
 
@@ -30,17 +32,39 @@ from .data import make_clip
 from .syncnet import DEFAULT_WEIGHTS, MAX_OFFSET, SyncScorer, TrainConfig, audio_features, mouth_crops, train
 
 SHIFTS = (0, 1, 2, 5, -5, 10)
+RENDER = 256  # procedural frames are rendered at this size, then cut into aligned crops
 
 
 def _features(job: tuple[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(crops float16, mels float16, audio float32) of one clip."""
     import cv2
 
+    from lipforce_sdk.config import from_name
+
+    from .crops import prepare
+    from .faces import clip_keypoints
+
     cv2.setNumThreads(1)
     index, split = job
-    c = make_clip(index, split)
-    return (mouth_crops(c.frames).astype(np.float16), audio_features(c.audio, c.frames.shape[0]).astype(np.float16),
+    c = make_clip(index, split, size=RENDER)
+    _, crops, _ = prepare(from_name("tiny"), c.frames, clip_keypoints(c.identity, c.motion, c.params, RENDER))
+    return (mouth_crops(crops).astype(np.float16), audio_features(c.audio, c.frames.shape[0]).astype(np.float16),
             c.audio)
+
+
+def build_real(folder: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(crops, mels, audio) of the real clips in ``folder``, cut where the face is lost."""
+    from lipforce_sdk.config import from_name
+
+    from .crops import real_clips
+    from .realdata import find_clips, load_clip
+
+    out = []
+    for v, a in find_clips(folder):
+        for c in real_clips(from_name("tiny"), load_clip(v, a)):
+            out.append((mouth_crops(c.target).astype(np.float16),
+                        audio_features(c.audio, c.num_frames).astype(np.float16), c.audio))
+    return out
 
 
 def build(n: int, split: str, workers: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -126,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="weights file to write (default: %(default)s)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate --out instead of training")
+    ap.add_argument("--real", default=None, help="a folder of real talking-head clips to train on as well")
     args = ap.parse_args(argv)
     import torch
 
@@ -138,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"training clips: {args.train_clips} ...", flush=True)
         tr = build(args.train_clips, "train", args.workers)
+        if args.real:
+            real = build_real(args.real)
+            print(f"real clips: {len(real)} from {args.real}", flush=True)
+            tr += real
         frames = sum(c.shape[0] for c, _, _ in tr)
         print(f"data: {frames} training frames in {time.time() - t0:.0f} s", flush=True)
         t1 = time.time()

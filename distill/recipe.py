@@ -39,14 +39,17 @@ class RecipeConfig:
     preset: str = "tiny"
     train_clips: int = 200
     held_out_clips: int = 24
-    ae_steps: int = 2500
-    ae_lips_steps: int = 2000
-    teacher_steps: int = 3000
-    teacher_lips_steps: int = 4000
+    max_frames: int = 100  # training clips are cut to this many frames
+    real_data: str | None = None  # folder of real talking-head clips (HDTF-style) trained on as well
+    real_window: int = 50  # real clips are cut into pieces of this many frames
+    photo_data: str | None = None  # folder of real face photos made to speak (distill.photoreal)
+    photo_clips: int = 0  # speaking clips made from those photos
+    ae_steps: int = 3000
+    teacher_steps: int = 5000
     init_steps: int = 200
     dmd_steps: int = 150  # every student variant trains the same number of steps
     ode_pairs: int = 256
-    window_frames: int = 8  # latent frames per teacher window (its training length)
+    window_frames: int = 12  # latent frames per teacher window (its training length)
     teacher_eval_steps: int = 16  # Euler steps of the teacher (sampling, analysis, ODE pairs)
     guidance: float = 3.0
     analysis_clips: int = 8
@@ -55,59 +58,75 @@ class RecipeConfig:
 
     @classmethod
     def smoke(cls) -> "RecipeConfig":
-        return cls(train_clips=3, held_out_clips=2, ae_steps=2, ae_lips_steps=1, teacher_steps=2,
-                   teacher_lips_steps=1, init_steps=2, dmd_steps=1, ode_pairs=4, teacher_eval_steps=4,
-                   analysis_clips=1)
-
-    @property
-    def vae_phase_steps(self) -> tuple[int, int, int]:
-        """Steps of the three VAE phases: the whole crop, then the lips twice (the last shorter)."""
-        return self.ae_steps, self.ae_lips_steps, self.ae_lips_steps * 3 // 4
+        return cls(train_clips=3, held_out_clips=2, max_frames=40, ae_steps=2, teacher_steps=2, init_steps=2,
+                   dmd_steps=1, ode_pairs=4, window_frames=4, teacher_eval_steps=4, analysis_clips=1)
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def train_clips(rc: RecipeConfig, cfg) -> list:
+    """The training clips: procedural pairs, and real clips / speaking photos where given."""
+    from tqdm import tqdm
+
+    from .crops import procedural_clip, real_clips
+
+    clips = [procedural_clip(cfg, i, "train", max_frames=rc.max_frames)
+             for i in tqdm(range(rc.train_clips), desc="procedural clips", unit="clip")]
+    if rc.real_data:
+        from .realdata import find_clips, load_clip
+
+        for v, a in tqdm(find_clips(rc.real_data), desc="real clips", unit="clip"):
+            clips += real_clips(cfg, load_clip(v, a), window=rc.real_window, stride=rc.real_window)
+    if rc.photo_data and rc.photo_clips:
+        from .crops import photo_clips
+
+        clips += photo_clips(cfg, rc.photo_data, rc.photo_clips, max_frames=rc.max_frames, seed=rc.seed)
+    return clips
+
+
 def stage_data(work: Path, rc: RecipeConfig):
-    """The training set (cached in the work directory) and the held-out set with its pairs (the
-    evaluation needs their ground truth; rendering 24 clips takes seconds)."""
-    from .dataset import build_pairset, load_or_build
+    """The training set (cached in the work directory) and the held-out clips with their frames
+    and pairs (the evaluation needs their ground truth; rendering them takes about a minute)."""
+    from .crops import CropSet, procedural_clip
 
     cfg = from_name(rc.preset)
-    tr = load_or_build(work / "data_train.npz", cfg, "train", rc.train_clips)
-    ho = build_pairset(cfg, "held_out", rc.held_out_clips, max_frames=100, keep_pairs=True, progress=False)
-    _log(f"data: {len(tr)} train clips ({tr.num_frames} frames), {len(ho)} held-out clips ({ho.num_frames} frames)")
+    path = work / "data_train.npz"
+    if path.is_file():
+        tr = CropSet.load(path)
+    else:
+        tr = CropSet.build(cfg, train_clips(rc, cfg))
+        tr.save(path)
+    ho_clips = [procedural_clip(cfg, i, "held_out", max_frames=100, keep_frames=True) for i in range(rc.held_out_clips)]
+    ho = CropSet.build(cfg, ho_clips)
+    kinds = {k: sum(c.kind == k for c in tr.clips) for k in ("procedural", "real", "photo")}
+    _log(f"data: {len(tr)} train clips {kinds} ({tr.num_frames} frames), {len(ho)} held-out clips ({ho.num_frames} frames)")
     return tr, ho
 
 
 def stage_vae(work: Path, rc: RecipeConfig, tr):
-    """Three phases: the whole crop (targets and masked sources), then twice the lips (targets
-    only, crops over the re-rendered region, heavier lip weight, lower learning rates); the
-    latents are unit-scaled after each phase."""
-    from lipforce_sdk.model.vae import StreamingVAE
+    """The VAE as an autoencoder of the training crops (targets and masked sources); latents
+    unit-scaled."""
+    from lipforce_sdk.model.vae import make_vae
 
-    from .autoencoder import AETrainConfig, normalize_latents, reconstruction_psnr, train_autoencoder
+    from .autoencoder import AETrainConfig, normalize_latents, reconstruction_scores, train_autoencoder
 
     cfg = from_name(rc.preset)
     torch.manual_seed(rc.seed)
-    vae = StreamingVAE(cfg)
-    lips = dict(lips_weight=30.0, masked_sources=False, region_crops=1.0, region_rows=(7, 9), region_cols=(2, 4))
-    s1, s2, s3 = rc.vae_phase_steps
-    phases = [("vae_phase1", AETrainConfig(steps=s1, seed=rc.seed)),
-              ("vae_phase2", AETrainConfig(steps=s2, seed=rc.seed + 1, lr=5e-4, **lips)),
-              ("vae", AETrainConfig(steps=s3, seed=rc.seed + 2, lr=3e-4, **lips))]
+    vae = make_vae(cfg)
 
-    def train(name: str, ac: AETrainConfig) -> dict:
-        _log(f"{name}: training {ac.steps} steps")
+    def train() -> dict:
+        ac = AETrainConfig(steps=rc.ae_steps, seed=rc.seed)
+        _log(f"vae: training {ac.steps} steps")
         info = train_autoencoder(vae, tr, ac, log=_log)
         info["latent_scale"] = normalize_latents(vae, tr)
-        info["reconstruction"] = reconstruction_psnr(vae, tr)
-        _log(f"{name}: {json.dumps(info)}")
+        sc = reconstruction_scores(vae, tr, clips=16)
+        info["reconstruction_psnr_train"] = {k: float(sum(r[k] for r in sc) / len(sc)) for k in ("psnr", "psnr_lower")}
+        _log(f"vae: {json.dumps(info)}")
         return info
 
-    for name, ac in phases:
-        _load_or_train(work / f"{name}.safetensors", vae, lambda name=name, ac=ac: train(name, ac))
+    _load_or_train(work / "vae.safetensors", vae, train)
     return vae.eval()
 
 
@@ -126,32 +145,29 @@ def _load_or_train(path: Path, module: torch.nn.Module, train) -> dict:
 
 
 def stage_teacher(work: Path, rc: RecipeConfig, ls_train):
-    """Two phases: the whole re-rendered region, then a warm restart with the lips weighted up."""
+    """The bidirectional teacher (after the clip's reference frames), flow matching."""
     from .teacher import Teacher, TeacherTrainConfig, train_teacher
 
     cfg = from_name(rc.preset)
     torch.manual_seed(rc.seed + 1)
     teacher = Teacher(cfg)
-    phases = [("teacher_phase1", TeacherTrainConfig(steps=rc.teacher_steps, seed=rc.seed)),
-              ("teacher", TeacherTrainConfig(steps=rc.teacher_lips_steps, seed=rc.seed + 1, lips_weight=16.0))]
-    for name, tc in phases:
-        info = _load_or_train(work / f"{name}.safetensors", teacher,
-                              lambda tc=tc, name=name: (_log(f"{name}: training {tc.steps} steps"),
-                                                        train_teacher(teacher, ls_train, tc, log=_log))[1])
-        _log(f"{name}: {json.dumps(info)}")
+    tc = TeacherTrainConfig(steps=rc.teacher_steps, frames=rc.window_frames, seed=rc.seed)
+    info = _load_or_train(work / "teacher.safetensors", teacher,
+                          lambda: (_log(f"teacher: training {tc.steps} steps"), train_teacher(teacher, ls_train, tc, log=_log))[1])
+    _log(f"teacher: {json.dumps(info)}")
     return teacher.eval()
 
 
-def stage_analysis(work: Path, rc: RecipeConfig, teacher, vae, ls_ho, pairs_ho, scorer):
+def stage_analysis(work: Path, rc: RecipeConfig, teacher, vae, ls_ho, ho, scorer):
     from .analysis import choose_window, trajectory_curves, write_report
 
     path = work / "analysis.json"
     if path.is_file():
         a = json.loads(path.read_text())
         return (tuple(a["window"]) if a["window"] else None), a["t_land"]
-    n = min(rc.analysis_clips, len(pairs_ho))
+    n = min(rc.analysis_clips, len(ho))
     t0 = time.perf_counter()
-    rows = trajectory_curves(teacher, vae, ls_ho, pairs_ho[:n], scorer, rc.teacher_eval_steps, rc.guidance,
+    rows = trajectory_curves(teacher, vae, ls_ho, ho.clips[:n], scorer, rc.teacher_eval_steps, rc.guidance,
                              rc.window_frames, seed=rc.seed)
     window, t_land = choose_window(rows, rc.teacher_eval_steps)
     write_report(rows, window, t_land, {"clips": n, "steps": rc.teacher_eval_steps, "guidance": rc.guidance,
@@ -169,7 +185,7 @@ STUDENT_VARIANTS = {
 }
 
 
-def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, ls_train, sources, scorer, window, t_land):
+def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, ls_train, crops, scorer, window, t_land):
     import copy
 
     from .student import DMDConfig, SyncReward, ode_pairs, train_dmd, train_ode_init
@@ -182,22 +198,21 @@ def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, ls_trai
     init_path = work / f"init_t{tl:.4f}.safetensors"
     student = copy.deepcopy(teacher)
     guide = window_guidance(rc.guidance, window)
-    dc = DMDConfig(steps=rc.dmd_steps, guidance=rc.guidance, window=win, seed=rc.seed,
+    dc = DMDConfig(steps=rc.dmd_steps, frames=rc.window_frames, guidance=rc.guidance, window=win, seed=rc.seed,
                    reward_weight=rc.reward_weight if v["reward"] else 0.0)
 
     def init():
         _log(f"{name}: ODE pairs ({rc.ode_pairs}) from the teacher, {rc.teacher_eval_steps} steps, t_land {tl}")
         pairs = ode_pairs(teacher, ls_train, rc.ode_pairs, rc.window_frames, rc.teacher_eval_steps, guide, tl,
                           seed=rc.seed)
-        return train_ode_init(student, cfg, pairs, rc.init_steps, tl,
-                              ls_train.loss_weight(dc.mouth_weight, dc.lips_weight), seed=rc.seed, log=_log)
+        return train_ode_init(student, cfg, pairs, rc.init_steps, tl, dc.mouth_weight, seed=rc.seed, log=_log)
 
     _load_or_train(init_path, student, init)
     reward = SyncReward(copy.deepcopy(vae), copy.deepcopy(scorer.net), cfg) if v["reward"] else None
 
     def dmd():
         _log(f"{name}: Self-Forcing DMD {dc.steps} steps (CFG window {win}, reward {v['reward']}, t_land {tl})")
-        return train_dmd(student, teacher, cfg, ls_train, tl, dc, reward=reward, sources=sources, log=_log)
+        return train_dmd(student, teacher, cfg, ls_train, tl, dc, reward=reward, crops=crops, log=_log)
 
     info = _load_or_train(work / f"{name}.safetensors", student, dmd)
     return student.eval(), tl, info
@@ -230,16 +245,24 @@ def _mean(scores: list[dict]) -> dict:
     return out
 
 
+def data_description(rc: RecipeConfig) -> str:
+    parts = [f"{rc.train_clips} procedural talking-face pairs (distill.data, split 'train')"]
+    if rc.real_data:
+        parts.append(f"the real talking-head clips of {rc.real_data} (self-supervised)")
+    if rc.photo_data and rc.photo_clips:
+        parts.append(f"{rc.photo_clips} speaking clips made from the real photos of {rc.photo_data} (distill.photoreal)")
+    return "; ".join(parts)
+
+
 def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, window, students: dict) -> list[dict]:
     """Held-out rows, same pairs and scorer for all: references, teacher, student and ablations."""
     from lipforce_sdk.session import Engine
 
     from .analysis import latents_to_frames, teacher_latents
-    from .autoencoder import encode_clip
     from .evaluate import render_engine, score_clip
     from .teacher import window_guidance
 
-    pairs_ho = ho.pairs
+    pairs_ho = [c.extra["pair"] for c in ho.clips]
     rows = [
         {"name": "ground truth (target clip)", **_mean([score_clip(p.target, p, scorer) for p in pairs_ho])},
         {"name": "input video (mouth of other speech)", **_mean([score_clip(p.source, p, scorer) for p in pairs_ho])},
@@ -251,13 +274,12 @@ def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, wi
     for label, guide in teachers:
         g = torch.Generator().manual_seed(rc.seed + 7)
         scores, secs, frames = [], 0.0, 0
-        for i, p in enumerate(pairs_ho):
+        for i, (c, p) in enumerate(zip(ho.clips, pairs_ho)):
             noise = torch.randn(ls_ho.cond[i].shape, generator=g)
             t0 = time.perf_counter()
-            cond = encode_clip(vae, ho.masked[i])  # = ls_ho.cond[i], encoded again inside the timing
-            z = teacher_latents(teacher, cond, ls_ho.mel[i], ls_ho.mask_for(1, rc.window_frames), noise, n_steps,
-                                guide, rc.window_frames)
-            out = latents_to_frames(vae, z, p.source)
+            z = teacher_latents(teacher, ls_ho.cond[i], ls_ho.mel[i], ls_ho.mask[i], noise, n_steps, guide,
+                                rc.window_frames, ref=ls_ho.ref([i]))
+            out = latents_to_frames(vae, z, c)
             secs += time.perf_counter() - t0
             frames += out.shape[0]
             scores.append(score_clip(out, p, scorer))
@@ -266,9 +288,9 @@ def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, wi
     for name, (student, t_land) in students.items():
         card = {"recipe": "python -m distill.recipe", "variant": name, "t_land": round(float(t_land), 6),
                 "sync_window": window if name != "cfg_everywhere" else None, "guidance": rc.guidance,
-                "data": f"{rc.train_clips} procedural talking-face pairs (distill.data, split 'train')",
-                "steps": {"vae": sum(rc.vae_phase_steps), "teacher": rc.teacher_steps + rc.teacher_lips_steps,
-                          "ode_init": rc.init_steps, "dmd": rc.dmd_steps}}
+                "data": data_description(rc),
+                "steps": {"vae": rc.ae_steps, "teacher": rc.teacher_steps, "ode_init": rc.init_steps,
+                          "dmd": rc.dmd_steps}}
         d = write_model_dir(work / "models" / name, rc, student, vae, t_land, card)
         engine = Engine.load(d, backend="torch")
         scores, secs, frames = [], 0.0, 0
@@ -354,7 +376,7 @@ STAGES = ("data", "vae", "teacher", "analysis", "student", "eval")
 
 def _stage_outputs(work: Path, stage: str) -> list[Path]:
     """The files whose presence makes ``stage`` skip (``--redo`` removes them)."""
-    pats = {"data": ["data_train.npz"], "vae": ["vae_phase*.*", "vae.*"], "teacher": ["teacher_phase1.*", "teacher.*"],
+    pats = {"data": ["data_train.npz"], "vae": ["vae.*"], "teacher": ["teacher.*"],
             "analysis": ["analysis.*"], "student": ["init_t*.*"] + [f"{v}.*" for v in STUDENT_VARIANTS],
             "eval": ["results.*"]}[stage]
     return sorted({p for pat in pats for p in work.glob(pat) if p.is_file()})
@@ -401,12 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ls_ho = LatentSet.encode(vae, ho, cfg)
     scorer = SyncScorer.load()
-    window, t_land = stage_analysis(work, rc, teacher, vae, ls_ho, ho.pairs, scorer)
+    window, t_land = stage_analysis(work, rc, teacher, vae, ls_ho, ho, scorer)
     if a.until == "analysis":
         return 0
     students = {}
     for name in a.variants:
-        st, tl, _ = stage_student(work, rc, name, teacher, vae, ls_tr, tr.masked, scorer, window, t_land)
+        st, tl, _ = stage_student(work, rc, name, teacher, vae, ls_tr, tr, scorer, window, t_land)
         students[name] = (st, tl)
     if a.until == "student" or set(a.variants) != set(STUDENT_VARIANTS):
         return 0

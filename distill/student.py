@@ -30,15 +30,15 @@ import torch.nn.functional as F
 
 from lipforce_sdk.cache_plan import RingCachePlanner
 from lipforce_sdk.config import ModelConfig
-from lipforce_sdk.face import feather_mask, mouth_mask
+from lipforce_sdk.geometry import CropSpec, soft_mask
 from lipforce_sdk.model.dit import WanDiT
 
-from .faces import MOUTH_BOX
 from .optim import adamw_cosine, optimizer_step
 from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
-from .teacher import LatentSet, Teacher, flow_matching_loss, sample, sample_t, time_grid, window_guidance
+from .teacher import (LatentSet, Ref, Teacher, flow_matching_loss, loss_weight, sample, sample_t, time_grid,
+                      window_guidance)
 
-__all__ = ["rollout", "ode_pairs", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward"]
+__all__ = ["rollout", "ode_pairs", "pairs_ref", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward", "reward_inputs"]
 
 
 def _plan_tensors(planner: RingCachePlanner):
@@ -47,10 +47,12 @@ def _plan_tensors(planner: RingCachePlanner):
 
 
 def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Callable, t_land: float,
-            grad_step: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+            grad_step: int | None = None, context: torch.Tensor | None = None, ref: Ref | None = None) -> torch.Tensor:
     """Autoregressive two-step generation of ``L`` latent frames, one chunk at a time.
 
     cond/noise ``[B, z, L, h, w]``, mask ``[B, Tc, L, h, w]``, tok ``[B, L*Tc, A, Da]``.
+    ``ref``: the reference frames, written first into the cache's sink by ``t = 0`` passes with no
+    audio, as ``ChunkRenderer.write_reference`` does (models with ``stream.sink == "reference"``).
     ``second(k, x0_step1) -> x_{t_land}`` gives step 2's input for chunk ``k`` (re-noising, or the
     teacher's trajectory state in the ODE init). ``grad_step`` (0 or 1) is the step that carries
     the gradient and whose x0 is the chunk's output; ``None``: no gradient, step 2's output.
@@ -62,6 +64,17 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     planner = RingCachePlanner.for_stream(cfg.stream)
     shape = dit.cache_shape(b)
     caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in dit.blocks]
+    if cfg.stream.sink == "reference":
+        if ref is None:
+            raise ValueError("this model's sink holds reference frames (stream.sink='reference'): pass ref=")
+        tok0 = tok.new_zeros((b, c * tc, *tok.shape[2:]))
+        with torch.no_grad():
+            for k in range(0, ref.x0.shape[2], c):
+                sl = slice(k, k + c)
+                _, caches = dit.step(ref.x0[:, :, sl], torch.zeros(b), ref.cond[:, :, sl], ref.mask[:, :, sl], tok0,
+                                     *_plan_tensors(planner), caches, inplace=False)
+                planner.commit()
+        caches = [(kc.detach(), vc.detach()) for kc, vc in caches]
     last = 1 if grad_step is None else grad_step
     outs = []
     for k in range(0, n, c):
@@ -99,31 +112,38 @@ def renoiser(eps2: torch.Tensor, t_land: float, chunk: int) -> Callable:
 def ode_pairs(teacher: Teacher, ls: LatentSet, n: int, frames: int, steps: int, guidance, t_land: float,
               seed: int = 0, batch: int = 8) -> dict[str, torch.Tensor]:
     """``n`` teacher trajectories: noise, the state at ``t_land`` (a grid point), the final x0,
-    and the windows' conditions."""
+    and the windows' conditions and references."""
     grid = time_grid(steps)
     if not any(abs(t - t_land) < 1e-6 for t in grid):
         raise ValueError(f"t_land={t_land} is not on the {steps}-step grid {grid}")
     rng = np.random.default_rng(seed)
     g = torch.Generator().manual_seed(seed)
-    out = {k: [] for k in ("noise", "x_land", "x0", "cond", "mel", "mask")}
+    keys = ("noise", "x_land", "x0", "cond", "mel", "mask", "ref_x0", "ref_cond", "ref_mask")
+    out = {k: [] for k in keys}
     for s in range(0, n, batch):
         bsz = min(batch, n - s)
-        _, cond, mel, mask = ls.windows(rng, bsz, frames)
+        _, cond, mel, mask, ref = ls.windows(rng, bsz, frames)
         tok = teacher.tokens(mel)
         noise = torch.randn((bsz, ls.z[0].shape[0], frames, *ls.z[0].shape[2:]), generator=g)
         seen = {}
         x0 = sample(teacher, cond, mask, tok, noise, steps, guidance,
-                    record=lambda t, x, _x0: seen.__setitem__(round(t, 6), x))
-        for k, v in (("noise", noise), ("x_land", seen[round(t_land, 6)]), ("x0", x0), ("cond", cond),
-                     ("mel", mel), ("mask", mask)):
+                    record=lambda t, x, _x0: seen.__setitem__(round(t, 6), x), ref=ref)
+        vals = {"noise": noise, "x_land": seen[round(t_land, 6)], "x0": x0, "cond": cond, "mel": mel, "mask": mask}
+        if ref is not None:
+            vals.update(ref_x0=ref.x0, ref_cond=ref.cond, ref_mask=ref.mask)
+        for k, v in vals.items():
             out[k].append(v)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def pairs_ref(p: dict) -> Ref | None:
+    return Ref(p["ref_x0"], p["ref_cond"], p["ref_mask"]) if "ref_x0" in p else None
 
 
 def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, t_land: float,
-                   weight: torch.Tensor, batch: int = 8, lr: float = 2e-4, seed: int = 0, log=print) -> dict:
-    """Regress the causal two-step student onto the teacher's ODE pairs (teacher forcing);
-    ``weight`` is the per-latent-pixel loss weight (``LatentSet.loss_weight``)."""
+                   mouth_weight: float = 4.0, batch: int = 8, lr: float = 2e-4, seed: int = 0, log=print) -> dict:
+    """Regress the causal two-step student onto the teacher's ODE pairs (teacher forcing), the
+    loss weighted up by ``mouth_weight`` where the mouth is re-rendered."""
     g = torch.Generator().manual_seed(seed)
     student.requires_grad_(True)
     opt, sched = adamw_cosine(student.parameters(), lr, steps)
@@ -138,8 +158,9 @@ def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, 
         for gs in (0, 1):
             out = rollout(student.dit, cfg, p["cond"], p["mask"], tok, p["noise"],
                           lambda k, _x, xl=p["x_land"]: xl[:, :, k:k + cfg.stream.chunk_frames], t_land,
-                          grad_step=gs, context=p["x0"])
-            loss = loss + ((out - p["x0"]).pow(2) * weight).mean() / weight.mean()
+                          grad_step=gs, context=p["x0"], ref=pairs_ref(p))
+            w = loss_weight(p["mask"], mouth_weight)
+            loss = loss + ((out - p["x0"]).pow(2) * w).mean() / w.mean()
         optimizer_step(loss, opt, sched, student.parameters())
         hist.append(float(loss.detach()))
         if it % 100 == 0 or it == steps - 1:
@@ -156,8 +177,8 @@ def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, 
 class SyncReward:
     """Differentiable sync loss of generated mouth latents (frozen VAE decoder and SyncNet).
 
-    Decodes only the latents around ``MOUTH_BOX`` (the decoder is convolutional), composites
-    them over the masked source as the runtime pastes them (``mouth_mask`` x the crop feather),
+    Decodes only the latents around the scorer's mouth box (the decoder is convolutional),
+    composites them over the source crop under the soft paste mask as the runtime pastes them,
     and takes the SyncNet's grey mouth crop of that."""
 
     def __init__(self, vae, scorer_net, cfg: ModelConfig, margin: int = 1):
@@ -166,18 +187,17 @@ class SyncReward:
             p.requires_grad_(False)
         s = cfg.stream.resolution
         sc = cfg.vae.spatial_compression
-        y0, y1, x0, x1 = MOUTH_BOX
+        y0, y1, x0, x1 = CropSpec().mouth_box()
         self.box = (int(round(y0 * s)), int(round(y1 * s)), int(round(x0 * s)), int(round(x1 * s)))
         r0, r1, c0, c1 = self.box
         self.lat = (max(0, r0 // sc - margin), min(s // sc, -(-r1 // sc) + margin),
                     max(0, c0 // sc - margin), min(s // sc, -(-c1 // sc) + margin))
         self.sc = sc
-        w = feather_mask(s, 0.1) * mouth_mask(s)
-        self.blend = torch.from_numpy(w[r0:r1, c0:c1].astype(np.float32))
         self.grey = torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1, 1)
 
-    def mouth_grey(self, z: torch.Tensor, source_unit: torch.Tensor) -> torch.Tensor:
-        """z ``[B, z, L, h, w]``, source frames ``[B, 3, L*Tc, S, S]`` in [-1, 1] -> ``[B, F, 32, 48]``."""
+    def mouth_grey(self, z: torch.Tensor, source_unit: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """z ``[B, z, L, h, w]``, source crops ``[B, 3, L*Tc, S, S]`` in [-1, 1], paste weights
+        ``[B, L*Tc, S, S]`` -> ``[B, F, 32, 48]``."""
         a0, a1, b0, b1 = self.lat
         zc = z[:, :, :, a0:a1, b0:b1]
         caches = [torch.zeros(*s[:-2], a1 - a0, b1 - b0) for s in self.vae.cache_shapes(z.shape[0])["dec"]]
@@ -185,14 +205,15 @@ class SyncReward:
         r0, r1, c0, c1 = self.box
         gen = y[..., r0 - a0 * self.sc:r1 - a0 * self.sc, c0 - b0 * self.sc:c1 - b0 * self.sc]
         src = source_unit[..., r0:r1, c0:c1]
-        comp = src + (gen - src) * self.blend
+        comp = src + (gen - src) * soft[:, None, :, r0:r1, c0:c1]
         grey = ((comp + 1.0) * 0.5 * self.grey).sum(1)  # [B, F, H, W] in [0, 1]
         b, f, h, w = grey.shape
         return F.interpolate(grey.reshape(b * f, 1, h, w), size=VIDEO_HW, mode="area").reshape(b, f, *VIDEO_HW)
 
-    def loss(self, z: torch.Tensor, source_unit: torch.Tensor, mel: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
+    def loss(self, z: torch.Tensor, source_unit: torch.Tensor, soft: torch.Tensor, mel: torch.Tensor,
+             tau: float = 0.07) -> torch.Tensor:
         """InfoNCE over audio offsets ``-15..15`` (each frame's own audio is the positive)."""
-        crops = self.mouth_grey(z, source_unit)
+        crops = self.mouth_grey(z, source_unit, soft)
         b, f = crops.shape[:2]
         idx = torch.clamp(torch.arange(f)[:, None] + torch.arange(WINDOW)[None] - WINDOW // 2, 0, f - 1)
         v = self.net.embed_video(crops[:, idx].reshape(b * f, WINDOW, *VIDEO_HW)).reshape(b, f, -1)
@@ -201,6 +222,20 @@ class SyncReward:
         off = torch.arange(f)[None] - torch.arange(f)[:, None]
         sims = sims.masked_fill(off.abs()[None] > MAX_OFFSET, float("-inf"))
         return F.cross_entropy(sims.reshape(b * f, f), torch.arange(f).repeat(b))
+
+
+def reward_inputs(cs, picks: list[tuple[int, int]], frames: int, tc: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source crops ``[B, 3, F, S, S]`` in [-1, 1] and soft paste masks ``[B, F, S, S]`` of the
+    windows ``picks`` (clip, start latent frame) of the crop set ``cs``."""
+    from .crops import to_unit
+
+    src, soft = [], []
+    for i, s in picks:
+        c = cs.clips[i]
+        sl = slice(s * tc, (s + frames) * tc)
+        src.append(torch.from_numpy(to_unit(c.source[sl])))
+        soft.append(torch.from_numpy(np.stack([soft_mask(h) for h in c.hard[sl]])))
+    return torch.stack(src), torch.stack(soft)
 
 
 # ------------------------------------------------------------------------------------------
@@ -222,15 +257,14 @@ class DMDConfig:
     t_min: float = 0.02
     t_max: float = 0.98
     mouth_weight: float = 4.0
-    lips_weight: float = 16.0
     seed: int = 0
 
 
 def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSet, t_land: float, dc: DMDConfig,
-              reward: SyncReward | None = None, sources: list | None = None, log=print) -> dict:
+              reward: SyncReward | None = None, crops=None, log=print) -> dict:
     """Self-Forcing rollout + Sync-Window DMD (+ sync reward when ``reward`` is given).
 
-    ``sources`` (with ``reward``): per clip of ``ls``, the masked source frames ``[3, F, S, S]``."""
+    ``crops`` (with ``reward``): the ``CropSet`` that ``ls`` encodes (source crops and masks)."""
     rng = np.random.default_rng(dc.seed)
     g = torch.Generator().manual_seed(dc.seed)
     fake = copy.deepcopy(teacher).train().requires_grad_(True)
@@ -238,25 +272,21 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
     student.requires_grad_(True)
     opt, sched = adamw_cosine(student.parameters(), dc.lr, dc.steps, warmup=20)
     fopt, fsched = adamw_cosine(fake.parameters(), dc.fake_lr, dc.steps * dc.fake_updates, warmup=20)
-    weight = ls.loss_weight(dc.mouth_weight, dc.lips_weight)
     guide = window_guidance(dc.guidance, dc.window)
     c = cfg.stream.chunk_frames
     zdim = ls.z[0].shape[0]
-    ok = [i for i, z in enumerate(ls.z) if z.shape[1] >= dc.frames]
     t0, hist = time.perf_counter(), {"dmd": [], "reward": [], "fake": []}
     student.train()
     for it in range(dc.steps):
-        # pick windows, remembering where they come from (the reward needs the source frames)
-        clips = [ok[int(rng.integers(len(ok)))] for _ in range(dc.batch)]
-        picks = [(i, int(rng.integers(0, ls.z[i].shape[1] - dc.frames + 1))) for i in clips]
-        cond = torch.stack([ls.cond[i][:, s:s + dc.frames] for i, s in picks])
-        mel = torch.stack([ls.mel[i][s * ls.tc:(s + dc.frames) * ls.tc] for i, s in picks])
-        mask = ls.mask_for(dc.batch, dc.frames)
+        picks = ls.pick(rng, dc.batch, dc.frames)  # the reward needs to know where windows come from
+        _, cond, mel, mask, ref = ls.gather(picks, dc.frames)
+        weight = loss_weight(mask, dc.mouth_weight)
         shape = (dc.batch, zdim, dc.frames, *ls.z[0].shape[2:])
         noise, eps2 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
         tok = student.tokens(mel)
         grad_step = int(torch.randint(0, 2, (1,), generator=g))
-        x = rollout(student.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land, grad_step=grad_step)
+        x = rollout(student.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land, grad_step=grad_step,
+                    ref=ref)
 
         # distribution matching: x0_fake - x0_real at a random noise level
         t = float(torch.empty(1).uniform_(dc.t_min, dc.t_max, generator=g))
@@ -264,16 +294,16 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
         with torch.no_grad():
             x_t = (1.0 - t) * x.detach() + t * eps
             ttok = teacher.tokens(mel)
-            real = teacher.x0(x_t, t, cond, mask, ttok, guide(t))
-            fk = fake.x0(x_t, t, cond, mask, fake.tokens(mel))
+            real = teacher.x0(x_t, t, cond, mask, ttok, guide(t), ref=ref)
+            fk = fake.x0(x_t, t, cond, mask, fake.tokens(mel), ref=ref)
             grad = fk - real
             norm = (x.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-4)
             target = x.detach() - grad / norm
         loss_dmd = 0.5 * ((x - target).pow(2) * weight).mean() / weight.mean()
         loss = loss_dmd
         if reward is not None and dc.reward_weight > 0:
-            src = torch.stack([torch.from_numpy(sources[i][:, s * ls.tc:(s + dc.frames) * ls.tc]) for i, s in picks])
-            loss_r = reward.loss(x, src, mel)
+            src, soft = reward_inputs(crops, picks, dc.frames, ls.tc)
+            loss_r = reward.loss(x, src, soft, mel)
             loss = loss + dc.reward_weight * loss_r
             hist["reward"].append(float(loss_r.detach()))
         optimizer_step(loss, opt, sched, student.parameters())
@@ -285,7 +315,7 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
             tf = sample_t(g, dc.batch, dc.t_min)
             e = torch.randn(shape, generator=g)
             ftok = fake.tokens(mel)
-            lf = flow_matching_loss(lambda xx, tt: fake.dit.forward_full(xx, tt, cond, mask, ftok), xs, tf, e, weight)
+            lf = flow_matching_loss(lambda xx, tt: fake.forward_x0(xx, tt, cond, mask, ftok, ref), xs, tf, e, weight)
             optimizer_step(lf, fopt, fsched, fake.parameters())
             hist["fake"].append(float(lf.detach()))
         if it % 25 == 0 or it == dc.steps - 1:

@@ -2,8 +2,9 @@
 
 Inputs, on the SDK's clock (25 fps, 640 samples = 4 mel frames per video frame):
 
-- video: for frame ``i``, the grey mouth crops of frames ``i-2 .. i+2`` (``mouth_crops``:
-  ``distill.faces.MOUTH_BOX`` of the face crop, resized to 32 x 48), normalised per window;
+- video: for frame ``i``, the grey mouth crops of frames ``i-2 .. i+2`` (``mouth_crops``: the
+  ``MOUTH_BOX`` of the eye-aligned mouth crop (``lipforce_sdk.geometry``), resized to 32 x 48),
+  normalised per window;
 - audio: for frame ``i``, the SDK's log-mel window of frames ``i-2 .. i+2``
   (``lipforce_sdk.audio.log_mel_clip`` with the default ``AudioConfig``: 20 mel frames x 80).
 
@@ -36,11 +37,11 @@ import torch.nn.functional as F
 
 from lipforce_sdk.audio import log_mel_clip
 from lipforce_sdk.config import AudioConfig
-
-from .faces import MOUTH_BOX
+from lipforce_sdk.geometry import CropSpec
 
 __all__ = [
     "VIDEO_HW",
+    "MOUTH_BOX",
     "WINDOW",
     "MAX_OFFSET",
     "DEFAULT_WEIGHTS",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 VIDEO_HW = (32, 48)  # mouth crop (height, width) the scorer sees
+MOUTH_BOX = CropSpec().mouth_box()  # (y0, y1, x0, x1) of an aligned crop: where the lips move
 WINDOW = 5  # video frames per window, centred on the frame
 MAX_OFFSET = 15
 FPS = 25.0
@@ -62,10 +64,10 @@ _AUDIO_CFG = AudioConfig()  # context 2 + lookahead 2 = the same 5 frames as the
 
 
 def mouth_crops(frames: np.ndarray) -> np.ndarray:
-    """``[F, S, S, 3]`` uint8 face crops -> ``[F, 32, 48]`` float32 grey mouth crops in [0, 1]."""
+    """``[F, S, S, 3]`` uint8 aligned mouth crops -> ``[F, 32, 48]`` float32 grey crops in [0, 1]."""
     f = np.asarray(frames)
     if f.ndim != 4 or f.shape[-1] != 3 or f.shape[1] != f.shape[2] or f.dtype != np.uint8:
-        raise ValueError(f"frames must be [F, S, S, 3] uint8 face crops, got {f.shape} {f.dtype}")
+        raise ValueError(f"frames must be [F, S, S, 3] uint8 aligned mouth crops, got {f.shape} {f.dtype}")
     s = f.shape[1]
     y0, y1, x0, x1 = MOUTH_BOX
     r0, r1, c0, c1 = int(round(y0 * s)), int(round(y1 * s)), int(round(x0 * s)), int(round(x1 * s))

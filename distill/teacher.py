@@ -25,11 +25,10 @@ from lipforce_sdk.config import ModelConfig
 from lipforce_sdk.model.audio_encoder import AudioEncoder
 from lipforce_sdk.model.dit import WanDiT
 
-from .dataset import PairSet, latent_mask
 from .optim import adamw_cosine, optimizer_step
 
-__all__ = ["Teacher", "LatentSet", "TeacherTrainConfig", "train_teacher", "sample", "window_guidance",
-           "flow_matching_loss"]
+__all__ = ["Teacher", "Ref", "LatentSet", "TeacherTrainConfig", "train_teacher", "sample", "window_guidance",
+           "flow_matching_loss", "loss_weight", "video_mask_to_latent"]
 
 
 class Teacher(nn.Module):
@@ -46,63 +45,116 @@ class Teacher(nn.Module):
             tok = tok * keep.to(tok.dtype)[:, None, None, None]
         return tok
 
-    def x0(self, x_t, t, cond, mask, tok, guidance: float = 1.0):
-        """x0 prediction; ``guidance != 1`` adds CFG against the null audio condition."""
+    def forward_x0(self, x_t, t, cond, mask, tok, ref=None):
+        """The bidirectional x0 prediction, after the reference frames ``ref`` (a ``Ref``) when given."""
         tt = t if torch.is_tensor(t) else torch.full((x_t.shape[0],), float(t))
-        xc = self.dit.forward_full(x_t, tt, cond, mask, tok)
+        if ref is None:
+            return self.dit.forward_full(x_t, tt, cond, mask, tok)
+        return self.dit.forward_ref(x_t, tt, cond, mask, tok, ref.x0, ref.cond, ref.mask)
+
+    def x0(self, x_t, t, cond, mask, tok, guidance: float = 1.0, ref=None):
+        """x0 prediction; ``guidance != 1`` adds CFG against the null audio condition."""
+        xc = self.forward_x0(x_t, t, cond, mask, tok, ref)
         if guidance == 1.0:
             return xc
-        xu = self.dit.forward_full(x_t, tt, cond, mask, torch.zeros_like(tok))
+        xu = self.forward_x0(x_t, t, cond, mask, torch.zeros_like(tok), ref)
         return xu + guidance * (xc - xu)
 
 
 @dataclass
+class Ref:
+    """Reference frames in latent space, batched: clean latents ``x0``, masked-view latents
+    ``cond`` ``[B, z, R, h, w]``, their mask ``[B, Tc, R, h, w]``."""
+
+    x0: torch.Tensor
+    cond: torch.Tensor
+    mask: torch.Tensor
+
+    def __getitem__(self, sel) -> "Ref":
+        return Ref(self.x0[sel], self.cond[sel], self.mask[sel])
+
+
+def video_mask_to_latent(hard: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Per-frame hard masks ``[Fv, S, S]`` -> the DiT's mask input ``[Tc, Fv/Tc, h, w]`` (as
+    ``ChunkRenderer`` builds it: a latent pixel is masked if any of its pixels is)."""
+    sc, tc = cfg.vae.spatial_compression, cfg.vae.temporal_compression
+    f, s, _ = hard.shape
+    lat = (hard > 0).reshape(f, s // sc, sc, s // sc, sc).max(axis=(2, 4)).astype(np.float32)
+    return np.ascontiguousarray(lat.reshape(f // tc, tc, s // sc, s // sc).transpose(1, 0, 2, 3))
+
+
+@dataclass
 class LatentSet:
-    """A ``PairSet`` in latent space: per clip ``z`` (target latents) and ``cond`` (masked-source
-    latents) ``[z, C, h, w]``, ``mel`` ``[C*Tc, Wm, n_mels]``."""
+    """A ``CropSet`` in latent space: per clip ``z`` (target latents) and ``cond`` (masked-source
+    latents) ``[z, C, h, w]``, ``mask`` ``[Tc, C, h, w]``, ``mel`` ``[C*Tc, Wm, n_mels]``, and the
+    clip's reference ``ref_z``/``ref_cond`` ``[z, R, h, w]``, ``ref_mask`` ``[Tc, R, h, w]``."""
 
     z: list[torch.Tensor]
     cond: list[torch.Tensor]
+    mask: list[torch.Tensor]
     mel: list[torch.Tensor]
-    mask: torch.Tensor  # [Tc, h, w]
+    ref_z: list[torch.Tensor]
+    ref_cond: list[torch.Tensor]
+    ref_mask: list[torch.Tensor]
     tc: int
     res: int  # crop size in pixels
 
     @classmethod
     @torch.no_grad()
-    def encode(cls, vae, ps: PairSet, cfg: ModelConfig) -> "LatentSet":
+    def encode(cls, vae, cs, cfg: ModelConfig) -> "LatentSet":
         from .autoencoder import encode_clip
-        from .dataset import to_unit
+        from .crops import to_unit
 
-        z = [encode_clip(vae, to_unit(t)) for t in ps.target]
-        c = [encode_clip(vae, m) for m in ps.masked]
-        return cls(z, c, [torch.from_numpy(m) for m in ps.mel], torch.from_numpy(latent_mask(cfg)),
-                   cfg.vae.temporal_compression, cfg.stream.resolution)
+        tc = cfg.vae.temporal_compression
+        out = cls([], [], [], [], [], [], [], tc, cfg.stream.resolution)
+        for c, mel in zip(cs.clips, cs.mel):
+            out.z.append(encode_clip(vae, to_unit(c.target)))
+            out.cond.append(encode_clip(vae, c.masked()))
+            out.mask.append(torch.from_numpy(video_mask_to_latent(c.hard, cfg)))
+            out.mel.append(torch.from_numpy(mel))
+            if len(c.ref):
+                out.ref_z.append(encode_clip(vae, to_unit(c.ref)))
+                out.ref_cond.append(encode_clip(vae, c.ref_masked()))
+                out.ref_mask.append(torch.from_numpy(video_mask_to_latent(c.ref_hard, cfg)))
+        return out
+
+    @property
+    def has_ref(self) -> bool:
+        return len(self.ref_z) == len(self.z) and len(self.z) > 0
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def ref(self, clips) -> Ref | None:
+        if not self.has_ref:
+            return None
+        return Ref(torch.stack([self.ref_z[i] for i in clips]), torch.stack([self.ref_cond[i] for i in clips]),
+                   torch.stack([self.ref_mask[i] for i in clips]))
+
+    def pick(self, rng: np.random.Generator, batch: int, frames: int) -> list[tuple[int, int]]:
+        """``batch`` random (clip, start) windows of ``frames`` latent frames."""
+        ok = [i for i, z in enumerate(self.z) if z.shape[1] >= frames]
+        if not ok:
+            raise ValueError(f"no clip has {frames} latent frames; use shorter windows")
+        clips = [ok[int(rng.integers(len(ok)))] for _ in range(batch)]
+        return [(i, int(rng.integers(0, self.z[i].shape[1] - frames + 1))) for i in clips]
+
+    def gather(self, picks: list[tuple[int, int]], frames: int):
+        """``(z, cond, mel, mask, ref)`` of the windows ``picks``."""
+        z = torch.stack([self.z[i][:, s:s + frames] for i, s in picks])
+        cond = torch.stack([self.cond[i][:, s:s + frames] for i, s in picks])
+        mel = torch.stack([self.mel[i][s * self.tc:(s + frames) * self.tc] for i, s in picks])
+        mask = torch.stack([self.mask[i][:, s:s + frames] for i, s in picks])
+        return z, cond, mel, mask, self.ref([i for i, _ in picks])
 
     def windows(self, rng: np.random.Generator, batch: int, frames: int):
-        """A batch of random windows of ``frames`` latent frames (clips at least that long)."""
-        ok = [i for i, z in enumerate(self.z) if z.shape[1] >= frames]
-        zs, cs, ms = [], [], []
-        for _ in range(batch):
-            i = ok[int(rng.integers(len(ok)))]
-            s = int(rng.integers(0, self.z[i].shape[1] - frames + 1))
-            zs.append(self.z[i][:, s:s + frames])
-            cs.append(self.cond[i][:, s:s + frames])
-            ms.append(self.mel[i][s * self.tc:(s + frames) * self.tc])
-        return torch.stack(zs), torch.stack(cs), torch.stack(ms), self.mask_for(batch, frames)
+        """A batch of random windows: ``(z, cond, mel, mask, ref)``."""
+        return self.gather(self.pick(rng, batch, frames), frames)
 
-    def mask_for(self, batch: int, frames: int) -> torch.Tensor:
-        return self.mask[None, :, None].expand(batch, -1, frames, -1, -1).contiguous()
 
-    def loss_weight(self, mouth_weight: float, lips_weight: float = 0.0) -> torch.Tensor:
-        """Per latent pixel ``[1, 1, 1, h, w]``: heavier where the mouth is re-rendered, and
-        heavier still over the lips (``autoencoder.lips_weight`` averaged per latent pixel)."""
-        from .autoencoder import lips_weight as lips_px
-
-        h, w = self.mask.shape[-2:]
-        s = self.res // h
-        lips = torch.from_numpy(lips_px(self.res).reshape(h, s, w, s).mean(axis=(1, 3)))
-        return (1.0 + mouth_weight * self.mask.amax(0) + lips_weight * lips)[None, None, None]
+def loss_weight(mask: torch.Tensor, mouth_weight: float) -> torch.Tensor:
+    """Per latent pixel ``[B, 1, L, h, w]``: 1, plus ``mouth_weight`` where the mouth is re-rendered."""
+    return 1.0 + mouth_weight * mask.amax(1, keepdim=True)
 
 
 @dataclass
@@ -113,7 +165,6 @@ class TeacherTrainConfig:
     lr: float = 4e-4
     audio_dropout: float = 0.15
     mouth_weight: float = 4.0
-    lips_weight: float = 0.0
     t_min: float = 0.02
     seed: int = 0
 
@@ -138,16 +189,16 @@ def train_teacher(model: Teacher, ls: LatentSet, cfg: TeacherTrainConfig = Teach
     rng = np.random.default_rng(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     opt, sched = adamw_cosine(model.parameters(), cfg.lr, cfg.steps)
-    weight = ls.loss_weight(cfg.mouth_weight, cfg.lips_weight)
     model.train()
     t0, hist = time.perf_counter(), []
     for step in range(cfg.steps):
-        z, cond, mel, mask = ls.windows(rng, cfg.batch, cfg.frames)
+        z, cond, mel, mask, ref = ls.windows(rng, cfg.batch, cfg.frames)
+        weight = loss_weight(mask, cfg.mouth_weight)
         keep = torch.rand(cfg.batch, generator=g) >= cfg.audio_dropout
         tok = model.tokens(mel, keep)
         t = sample_t(g, cfg.batch, cfg.t_min)
         eps = torch.randn(z.shape, generator=g)
-        loss = flow_matching_loss(lambda x, tt: model.dit.forward_full(x, tt, cond, mask, tok), z, t, eps, weight)
+        loss = flow_matching_loss(lambda x, tt: model.forward_x0(x, tt, cond, mask, tok, ref), z, t, eps, weight)
         optimizer_step(loss, opt, sched, model.parameters())
         hist.append(float(loss.detach()))
         if step % 200 == 0 or step == cfg.steps - 1:
@@ -171,14 +222,14 @@ def time_grid(steps: int) -> list[float]:
 
 @torch.no_grad()
 def sample(model: Teacher, cond, mask, tok, noise, steps: int, guidance: Callable[[float], float],
-           record: Callable | None = None) -> torch.Tensor:
+           record: Callable | None = None, ref: Ref | None = None) -> torch.Tensor:
     """Euler integration from ``t = 1`` (``noise``) to 0 on an even grid of ``steps`` steps.
 
     ``record(t, x_t, x0_pred)`` (optional) sees every visited state and its x0 prediction."""
     grid = time_grid(steps)
     x = noise
     for t, t_next in zip(grid[:-1], grid[1:]):
-        x0 = model.x0(x, t, cond, mask, tok, guidance(t))
+        x0 = model.x0(x, t, cond, mask, tok, guidance(t), ref=ref)
         if record is not None:
             record(t, x, x0)
         eps = (x - (1.0 - t) * x0) / t

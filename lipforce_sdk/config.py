@@ -67,20 +67,37 @@ class DiTConfig:
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """Streaming VAE: 8x spatial and ``temporal_compression``x temporal compression, causal in time."""
+    """The video autoencoder behind the DiT.
+
+    ``kind="streaming"``: Wan's layout, 8x spatial and ``temporal_compression``x temporal
+    compression (4 video frames per latent frame), causal in time (the 1.3b/14b presets).
+    ``kind="frame"``: one latent frame per video frame (``temporal_compression=1``) and 4x
+    spatial compression, with a causal temporal conv in the decoder: for small face crops, where
+    8x loses the lips and packing 4 frames into one latent ghosts them (the tiny preset).
+    """
 
     z_dim: int = 16
     base_channels: int = 32
     spatial_compression: int = 8
     temporal_compression: int = 4
+    kind: str = "streaming"
 
     def validate(self) -> "VAEConfig":
         w = "vae"
+        _check(self.kind in ("streaming", "frame"), w, "kind", self.kind,
+               "must be 'streaming' (Wan layout, 8x spatial) or 'frame' (per-frame, 4x spatial)")
         _check(self.z_dim > 0, w, "z_dim", self.z_dim, "must be > 0")
         _check(self.base_channels > 0, w, "base_channels", self.base_channels, "must be > 0")
-        _check(self.spatial_compression == 8, w, "spatial_compression", self.spatial_compression,
-               "must be 8 (three stride-2 stages, as in Wan's VAE)")
-        _check(self.temporal_compression >= 1, w, "temporal_compression", self.temporal_compression, "must be >= 1")
+        if self.kind == "streaming":
+            _check(self.spatial_compression == 8, w, "spatial_compression", self.spatial_compression,
+                   "must be 8 for kind='streaming' (three stride-2 stages, as in Wan's VAE)")
+            _check(self.temporal_compression >= 1, w, "temporal_compression", self.temporal_compression,
+                   "must be >= 1")
+        else:
+            _check(self.spatial_compression in (4, 8), w, "spatial_compression", self.spatial_compression,
+                   "must be 4 or 8 for kind='frame'")
+            _check(self.temporal_compression == 1, w, "temporal_compression", self.temporal_compression,
+                   "must be 1 for kind='frame' (one latent frame per video frame)")
         return self
 
 
@@ -133,6 +150,10 @@ class StreamConfig:
     chunk_frames: int = 1
     window_frames: int = 6
     sink_frames: int = 1
+    # what the sink slots hold: "reference" = clean frames of the person, written by a t=0 pass
+    # before the first chunk (the identity anchor the model copies lips, teeth and skin from);
+    # "first_chunk" = the stream's first generated chunk (models written before references)
+    sink: str = "first_chunk"
 
     def validate(self, vae: VAEConfig | None = None, dit: DiTConfig | None = None) -> "StreamConfig":
         w = "stream"
@@ -140,11 +161,16 @@ class StreamConfig:
         _check(self.chunk_frames >= 1, w, "chunk_frames", self.chunk_frames, "must be >= 1 latent frame")
         _check(self.window_frames >= 0, w, "window_frames", self.window_frames, "must be >= 0")
         _check(self.sink_frames >= 0, w, "sink_frames", self.sink_frames, "must be >= 0")
+        _check(self.sink in ("reference", "first_chunk"), w, "sink", self.sink, "must be 'reference' or 'first_chunk'")
+        if self.sink == "reference":
+            _check(self.sink_frames >= 1 and self.sink_frames % self.chunk_frames == 0, w, "sink_frames",
+                   self.sink_frames, f"must be a positive multiple of chunk_frames={self.chunk_frames} with "
+                   "sink='reference' (the reference is written in whole chunks)")
         mult = 16
         if vae is not None and dit is not None:
             mult = vae.spatial_compression * dit.patch_size[1]
         _check(self.resolution > 0 and self.resolution % mult == 0, w, "resolution", self.resolution,
-               f"must be a positive multiple of {mult} (VAE 8x times the DiT patch)")
+               f"must be a positive multiple of {mult} (the VAE's spatial compression times the DiT patch)")
         return self
 
 
@@ -270,13 +296,15 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # CI / CPU / the bundled default: 128x128 face crop -> 16x16 latents -> 64 tokens per latent frame.
+    # CI / CPU / the bundled default: a 128x128 eye-aligned mouth crop -> per-frame 32x32 latents (4x VAE, one
+    # latent frame per video frame) -> 64 tokens per frame (patch 4); 2-frame chunks (80 ms + 80 ms look-ahead);
+    # the sink holds 2 clean reference frames of the person.
     "tiny": ModelConfig(
         name="tiny",
-        dit=DiTConfig(dim=128, ffn_dim=256, num_heads=2, num_layers=2, freq_dim=64),
-        vae=VAEConfig(z_dim=16, base_channels=16),
+        dit=DiTConfig(dim=128, ffn_dim=384, num_heads=2, num_layers=3, freq_dim=64, patch_size=(1, 4, 4)),
+        vae=VAEConfig(z_dim=16, base_channels=32, spatial_compression=4, temporal_compression=1, kind="frame"),
         audio=AudioConfig(tokens_per_frame=2, token_dim=64, hidden_dim=128),
-        stream=StreamConfig(resolution=128, chunk_frames=1, window_frames=6, sink_frames=1),
+        stream=StreamConfig(resolution=128, chunk_frames=2, window_frames=8, sink_frames=2, sink="reference"),
     ),
     # Wan2.1-1.3B sizes; 512x512 crop -> 64x64 latents -> 1024 tokens per latent frame.
     "1.3b": ModelConfig(
@@ -284,7 +312,7 @@ PRESETS: dict[str, ModelConfig] = {
         dit=DiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, freq_dim=256),
         vae=VAEConfig(z_dim=16, base_channels=64),
         audio=AudioConfig(tokens_per_frame=4, token_dim=512, hidden_dim=1024),
-        stream=StreamConfig(resolution=512, chunk_frames=1, window_frames=8, sink_frames=1),
+        stream=StreamConfig(resolution=512, chunk_frames=1, window_frames=8, sink_frames=1, sink="reference"),
     ),
     # Wan2.1-14B sizes.
     "14b": ModelConfig(
@@ -292,7 +320,7 @@ PRESETS: dict[str, ModelConfig] = {
         dit=DiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, freq_dim=256),
         vae=VAEConfig(z_dim=16, base_channels=96),
         audio=AudioConfig(tokens_per_frame=4, token_dim=1024, hidden_dim=2048),
-        stream=StreamConfig(resolution=512, chunk_frames=1, window_frames=8, sink_frames=1),
+        stream=StreamConfig(resolution=512, chunk_frames=1, window_frames=8, sink_frames=1, sink="reference"),
     ),
 }
 

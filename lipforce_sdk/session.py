@@ -13,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,10 +21,13 @@ from .audio import LogMelStream
 from .backends.base import Backend, BackendError
 from .cache_plan import RingCachePlanner
 from .config import ModelConfig
-from .face import FaceBox, FaceTracker, mouth_mask, mouth_mask_hard, paste
+from .face import FaceBox, FaceNotFoundError, FaceTracker
+from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, mouth_mask_for
 from .sampler import two_step_sample
+from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
 
-__all__ = ["Engine", "Session", "ChunkRenderer", "OutputFrame", "SessionStats", "InputError", "BACKENDS", "default_model_dir"]
+__all__ = ["Engine", "Session", "ChunkRenderer", "FramePreparer", "FrameView", "OutputFrame", "SessionStats", "InputError",
+           "BACKENDS", "default_model_dir", "reference_frames_needed"]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -43,7 +46,8 @@ class OutputFrame:
     index: int  # video frame index on the session clock
     timestamp: float  # seconds, = index / fps
     image: np.ndarray  # [H, W, 3] uint8 RGB, the full frame with the re-rendered mouth
-    box: FaceBox  # the face crop box used for this frame
+    box: FaceBox  # the axis-aligned frame box around the mouth crop
+    crop: AlignedCrop | None = None  # the eye-aligned mouth crop used for this frame
 
 
 @dataclass
@@ -123,13 +127,57 @@ class Engine:
         return cls(TensorRTBackend.load(model_dir, **backend_options), model_dir)
 
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
-                tracker: FaceTracker | None = None) -> "Session":
-        """A new stream. ``box`` fixes the face crop (x0, y0, x1, y1) in frame pixels; by default the
-        face is detected (OpenCV Haar cascade) and the crop smoothed over time."""
-        return Session(self, box=box, seed=seed, tracker=tracker)
+                tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
+                keypoints: Sequence[FaceKeypoints] | None = None, reference: Sequence[np.ndarray] | None = None
+                ) -> "Session":
+        """A new stream.
+
+        Where the face comes from, first match wins: ``face_source`` (any ``FaceSource``),
+        ``keypoints`` (per frame), ``tracker`` (a ``FaceTracker``: Haar detection or its fixed
+        box), ``box`` (a fixed face-crop box (x0, y0, x1, y1) in frame pixels, with a mean-face
+        template), else the face mesh (falling back to Haar detection).
+
+        ``reference``: full frames of the person whose clean mouth crops fill the cache's sink
+        (models with ``stream.sink == "reference"``); default: the stream's first frames.
+        """
+        if face_source is None:
+            if keypoints is not None:
+                face_source = KeypointsFaceSource(keypoints)
+            elif tracker is not None:
+                face_source = HaarFaceSource(tracker)
+            else:
+                face_source = default_face_source(box=box)
+        return Session(self, face_source=face_source, seed=seed, reference=reference)
 
     def __repr__(self) -> str:
         return f"Engine({self.config.name!r}, backend={self.backend.name!r}, dir={str(self.model_dir)!r})"
+
+
+@dataclass(frozen=True)
+class FrameView:
+    """What the model sees of one frame: the aligned mouth crop, its mask, where it came from."""
+
+    crop: AlignedCrop
+    image: np.ndarray  # [S, S, 3] uint8
+    mask: MouthMask
+    keypoints: FaceKeypoints  # frame pixels
+
+
+class FramePreparer:
+    """Frame + keypoints -> ``FrameView``: the steady eye-aligned crop (``CropAligner``) and the
+    mouth mask from the keypoints mapped into the crop. One per stream (the aligner smooths)."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.size = cfg.stream.resolution
+        self.aligner = CropAligner(self.size, fps=cfg.stream.fps)
+
+    def reset(self) -> None:
+        self.aligner.reset()
+
+    def __call__(self, frame: np.ndarray, kp: FaceKeypoints) -> FrameView:
+        ac = self.aligner(kp)
+        kc = kp.map(ac.to_crop_affine())
+        return FrameView(crop=ac, image=ac.crop(frame), mask=mouth_mask_for(kc, self.size), keypoints=kp)
 
 
 class ChunkRenderer:
@@ -138,14 +186,8 @@ class ChunkRenderer:
 
     def __init__(self, backend: Backend, cfg: ModelConfig, seed: int):
         self.backend, self.cfg, self.seed = backend, cfg, seed
-        res = cfg.stream.resolution
-        hard = mouth_mask_hard(res)
-        self.src_keep = (1.0 - hard)[..., None]  # [S, S, 1]: the source mouth is hidden from the model
-        self.blend = mouth_mask(res)  # [S, S]: the result is pasted back under this soft mask
-        h, w = cfg.latent_hw
-        sc = cfg.vae.spatial_compression
-        m = hard.reshape(h, sc, w, sc).max(axis=(1, 3)).astype(np.float32)  # any masked pixel -> masked latent
-        self.mask = backend.asarray(np.broadcast_to(m, (1, cfg.mask_channels, cfg.stream.chunk_frames, h, w)).copy())
+        a = cfg.audio
+        self._null_tokens = np.zeros((1, cfg.video_frames_per_chunk, a.tokens_per_frame, a.token_dim), np.float32)
 
     def noise(self, chunk_index: int):
         cfg = self.cfg
@@ -155,44 +197,76 @@ class ChunkRenderer:
         return (self.backend.asarray(rng.standard_normal(shape, dtype=np.float32)),
                 self.backend.asarray(rng.standard_normal(shape, dtype=np.float32)))
 
-    def render(self, crops: list[np.ndarray], mel: np.ndarray, chunk_index: int, planner: RingCachePlanner,
+    def _inputs(self, views: Sequence[FrameView]) -> tuple[np.ndarray, np.ndarray, Any]:
+        """(unmasked frames, masked frames) ``[1, 3, Fv, S, S]`` in [-1, 1] and the DiT's mask
+        ``[1, Tc, C, h, w]`` (video frame ``c * Tc + j`` -> channel ``j`` of latent frame ``c``)."""
+        cfg = self.cfg
+        x = np.stack([v.image for v in views]).astype(np.float32) / 127.5 - 1.0  # [Fv, S, S, 3]
+        keep = 1.0 - np.stack([v.mask.hard for v in views])[..., None]
+        full = np.ascontiguousarray(x.transpose(3, 0, 1, 2)[None])
+        src = np.ascontiguousarray((x * keep).transpose(3, 0, 1, 2)[None])
+        tc, c = cfg.vae.temporal_compression, cfg.stream.chunk_frames
+        lat = np.stack([v.mask.latent(cfg.vae.spatial_compression) for v in views])  # [Fv, h, w]
+        mask = lat.reshape(c, tc, *lat.shape[1:]).transpose(1, 0, 2, 3)[None]
+        return full, src, self.backend.asarray(np.ascontiguousarray(mask))
+
+    def write_reference(self, views: Sequence[FrameView], planner: RingCachePlanner, state: Any) -> None:
+        """The sink: clean reference crops written by a ``t = 0`` pass per chunk of frames (latents
+        of the unmasked crop as the clean chunk, the masked crop as the condition, no audio)."""
+        be, fv = self.backend, self.cfg.video_frames_per_chunk
+        for k in range(0, len(views), fv):
+            full, src, mask = self._inputs(views[k:k + fv])
+            x0 = be.encode_video(full, state)
+            cond = be.encode_video(src, state)  # last, so a temporal encoder cache holds the masked view
+            be.dit_step(x0, 0.0, cond, mask, be.asarray(self._null_tokens), planner.plan(), state)
+            planner.commit()
+
+    def render(self, views: Sequence[FrameView], mel: np.ndarray, chunk_index: int, planner: RingCachePlanner,
                state: Any) -> np.ndarray:
-        """crops: Fv x [S, S, 3] uint8; mel [Fv, Wm, n_mels] -> generated crops [Fv, S, S, 3] uint8."""
+        """views: Fv frames; mel [Fv, Wm, n_mels] -> generated crops [Fv, S, S, 3] uint8."""
         be = self.backend
-        x = np.stack(crops).astype(np.float32) / 127.5 - 1.0  # [Fv, S, S, 3]
-        src = np.ascontiguousarray((x * self.src_keep).transpose(3, 0, 1, 2)[None])  # [1, 3, Fv, S, S]
+        _, src, mask = self._inputs(views)
         audio_tokens = be.encode_audio(np.ascontiguousarray(mel[None]))
         cond = be.encode_video(src, state)
         noise, eps2 = self.noise(chunk_index)
         plan = planner.plan()
 
         def step(x_t, t):
-            return be.dit_step(x_t, t, cond, self.mask, audio_tokens, plan, state)
+            return be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
 
         x0 = two_step_sample(step, noise, eps2, self.cfg.schedule)
         planner.commit()
         gen = be.decode(x0, state)[0].transpose(1, 2, 3, 0)  # [Fv, S, S, 3] in [-1, 1]
         return np.clip((gen + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
-    def composite(self, frame: np.ndarray, box: FaceBox, gen: np.ndarray) -> np.ndarray:
-        return paste(frame, box, gen, mask=self.blend)
+    def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
+        return view.crop.paste(frame, gen, view.mask.soft)
+
+
+def reference_frames_needed(cfg: ModelConfig) -> int:
+    """Video frames the sink's reference takes (0 where the sink holds the first chunk)."""
+    return cfg.stream.sink_frames * cfg.vae.temporal_compression if cfg.stream.sink == "reference" else 0
 
 
 class Session:
     """One stream: ``push(audio, frame)`` in, lip-synced ``OutputFrame``s out."""
 
-    def __init__(self, engine: Engine, box=None, seed: int | None = None, tracker: FaceTracker | None = None):
+    def __init__(self, engine: Engine, face_source: FaceSource | None = None, seed: int | None = None,
+                 reference: Sequence[np.ndarray] | None = None):
         cfg = engine.config
         self.engine, self.cfg, self.backend = engine, cfg, engine.backend
         self.sample_rate = cfg.audio.sample_rate
         self.fps = cfg.stream.fps
         self.seed = cfg.schedule.seed if seed is None else int(seed)
         self._fv = cfg.video_frames_per_chunk
-        self.tracker = tracker or FaceTracker(cfg.stream.resolution, box=box)
+        self._n_ref = reference_frames_needed(cfg)
+        self.face_source = face_source if face_source is not None else default_face_source()
+        self.preparer = FramePreparer(cfg)
         self.state = self.backend.new_state()
         self.planner = RingCachePlanner.for_stream(cfg.stream)
         self.mel = LogMelStream(cfg.audio, self.fps)
         self.renderer = ChunkRenderer(self.backend, cfg, self.seed)
+        self._reference_frames = None if reference is None else self._check_reference(reference)
         self._reset_stream()
 
     # ---------------- public API ----------------
@@ -205,9 +279,9 @@ class Session:
         f = self._check_frame(frame) if frame is not None else None
         if a.size == 0 and f is None:
             raise InputError("push() got no audio samples and no frame; pass audio=<samples>, frame=<HxWx3 uint8>, or both")
-        crop = None
+        view = None
         if f is not None:
-            crop = self.tracker.crop(f)  # may raise FaceNotFoundError: nothing consumed yet
+            view = self._view(f)  # may raise FaceNotFoundError: nothing consumed yet
         if self._t_first_push is None:
             self._t_first_push = time.perf_counter()
         if a.size:
@@ -216,7 +290,7 @@ class Session:
         if f is not None:
             if self._frame_hw is None:
                 self._frame_hw = f.shape[:2]
-            self._pending.append((f, crop))
+            self._pending.append((f, view))
             self.stats.frames_in += 1
         return self._drain()
 
@@ -228,7 +302,7 @@ class Session:
         out: list[OutputFrame] = []
         if self._pending:
             self._stream_end = self._next_frame + len(self._pending)  # padding frames are not returned
-            while len(self._pending) % self._fv:
+            while len(self._pending) % self._fv or len(self._pending) < self._first_need():
                 self._pending.append(self._pending[-1])
             need = self.mel.fe.samples_needed(self._next_frame + len(self._pending) - 1 + self.cfg.audio.lookahead_frames)
             missing = need - self.mel.samples_in
@@ -241,24 +315,52 @@ class Session:
     def reset(self) -> None:
         """Forget the stream (caches, buffers, face track, stats); keep the engine."""
         self.backend.reset_state(self.state)
-        self.tracker.reset()
+        self.face_source.reset()
+        self.preparer.reset()
         self._reset_stream()
 
     # ---------------- internals ----------------
     def _reset_stream(self) -> None:
         self.planner.reset()
         self.mel.reset()
-        self._pending: list[tuple[np.ndarray, Any]] = []
+        self._pending: list[tuple[np.ndarray, FrameView]] = []
         self._next_frame = 0  # index of the first pending frame
         self._chunk_index = 0
         self._frame_hw: tuple[int, int] | None = None
         self._ended = False
         self._stream_end: int | None = None
         self._t_first_push: float | None = None
+        self._last_kp: FaceKeypoints | None = None
+        self._reference_written = False
         self.stats = SessionStats()
 
+    def _view(self, frame: np.ndarray) -> FrameView:
+        kp = self.face_source.update(frame)
+        if kp is None:
+            kp = self._last_kp
+        if kp is None:
+            h, w = frame.shape[:2]
+            raise FaceNotFoundError(
+                f"no face found in frame {self.stats.frames_in} ({w}x{h}) nor in any earlier frame; pass "
+                "box=(x0, y0, x1, y1) (the face-crop region in pixels) to engine.session(), or give frames with "
+                "a visible face")
+        self._last_kp = kp
+        return self.preparer(frame, kp)
+
+    def _check_reference(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if self._n_ref == 0:
+            raise InputError(f"reference= was given but this model's sink holds its first chunk "
+                             f"(stream.sink={self.cfg.stream.sink!r}); drop reference=")
+        frames = [self._check_frame(np.asarray(f)) for f in frames]
+        if not frames:
+            raise InputError(f"reference= is empty; pass {self._n_ref} frame(s) of the person, or None")
+        return [frames[i % len(frames)] for i in range(self._n_ref)]
+
+    def _first_need(self) -> int:
+        return max(self._fv, self._n_ref) if self._chunk_index == 0 and not self._reference_written else self._fv
+
     def _ready(self) -> bool:
-        return (len(self._pending) >= self._fv
+        return (len(self._pending) >= self._first_need()
                 and self.mel.frames_ready() >= self._next_frame + self._fv + self.cfg.audio.lookahead_frames)
 
     def _drain(self) -> list[OutputFrame]:
@@ -267,19 +369,42 @@ class Session:
             out += self._run_chunk()
         return out
 
+    def _write_reference(self) -> None:
+        if self._reference_frames is not None:
+            views = self._reference_views()
+        else:
+            views = [v for _, v in self._pending[:self._n_ref]]
+        self.renderer.write_reference(views, self.planner, self.state)
+        self._reference_written = True
+
+    def _reference_views(self) -> list[FrameView]:
+        """Views of the given reference frames, with a preparer (and, where the source tracks, a
+        face source) of their own, so the stream's tracking and smoothing are untouched."""
+        src = self.face_source
+        if isinstance(src, KeypointsFaceSource):
+            kps = [src.keypoints[0]] * len(self._reference_frames)
+        else:
+            one = src if isinstance(src, BoxFaceSource) else default_face_source()
+            kps = [one.update(f) for f in self._reference_frames]
+        if any(k is None for k in kps):
+            raise FaceNotFoundError("no face found in a reference frame; pass reference frames with a visible face")
+        return [FramePreparer(self.cfg)(f, k) for f, k in zip(self._reference_frames, kps)]
+
     def _run_chunk(self) -> list[OutputFrame]:
         t0 = time.perf_counter()
+        if self._n_ref and not self._reference_written:
+            self._write_reference()
         fv, first = self._fv, self._next_frame
         items = self._pending[:fv]
-        gen = self.renderer.render([c.image for _, c in items], self.mel.window(first, fv), self._chunk_index,
+        gen = self.renderer.render([v for _, v in items], self.mel.window(first, fv), self._chunk_index,
                                    self.planner, self.state)
         out = []
-        for j, ((frame, crop), g) in enumerate(zip(items, gen)):
+        for j, ((frame, view), g) in enumerate(zip(items, gen)):
             idx = first + j
             if self._stream_end is not None and idx >= self._stream_end:
                 break
-            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=self.renderer.composite(frame, crop.box, g),
-                                   box=crop.box))
+            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=self.renderer.composite(frame, view, g),
+                                   box=view.crop.bbox(), crop=view.crop))
         del self._pending[:fv]
         self._next_frame += fv
         self._chunk_index += 1

@@ -13,7 +13,8 @@ Three pieces, usable on any clip (e.g. the output of ``lipforce run``):
   their slow trends (a 1 s moving average), maximised over a small lag (default +-2 frames,
   80 ms at 25 fps), with the lag. ``null_correlations`` gives the same statistic against the
   clip's own envelope shifted in time by 1 s or more: what a mouth that does not follow this
-  speech scores.
+  speech scores. ``score_series`` gives the same statistic for an opening measured another
+  way (e.g. from face landmarks, ``lipforce_sdk.face_quality``).
 
 Mouth positions come from the caller (``mouth_centres`` / ``face_sizes``), from a
 ``face_boxes.json`` annotation file (``read_face_boxes``; the bundled clips have one) or from
@@ -51,6 +52,7 @@ __all__ = [
     "speech_envelope",
     "mouth_opening",
     "lip_sync_correlation",
+    "score_series",
     "null_correlations",
     "pearson",
     "read_face_boxes",
@@ -388,22 +390,53 @@ def lip_sync_correlation(
         frames = video
     fps = float(fps or 25.0)
     samples = read_audio(audio, sample_rate=sample_rate) if isinstance(audio, (str, os.PathLike)) else audio
-    if not detrend_s >= 0:
-        raise ValueError(f"detrend_s must be >= 0 seconds, got {detrend_s}")
-    if not (isinstance(max_lag, (int, np.integer)) and max_lag >= 0):
-        raise ValueError(f"max_lag must be an int >= 0, got {max_lag!r}")
+    _check_lag_settings(len(frames), max_lag, detrend_s)
     n = len(frames)
-    if n - 2 * max_lag < 3:
-        raise ValueError(f"{n} frames are too few for max_lag={max_lag} (need > 2 * max_lag + 2)")
     if mouth_centres is None or face_sizes is None:
         if mouth_centres is not None or face_sizes is not None:
             raise ValueError("give both mouth_centres and face_sizes, or neither")
         mouth_centres, face_sizes = track_mouth(frames)
     opening = mouth_opening(frames, mouth_centres, face_sizes)
     envelope = speech_envelope(samples, sample_rate, fps, n, band=band)
-    by_lag = _by_lag(*_detrended(opening, envelope, fps, detrend_s), max_lag)
+    return score_series(opening, envelope, fps=fps, max_lag=max_lag, detrend_s=detrend_s)
+
+
+def _check_lag_settings(n: int, max_lag, detrend_s) -> None:
+    if not detrend_s >= 0:
+        raise ValueError(f"detrend_s must be >= 0 seconds, got {detrend_s}")
+    if not (isinstance(max_lag, (int, np.integer)) and max_lag >= 0):
+        raise ValueError(f"max_lag must be an int >= 0, got {max_lag!r}")
+    if n - 2 * max_lag < 3:
+        raise ValueError(f"{n} frames are too few for max_lag={max_lag} (need > 2 * max_lag + 2)")
+
+
+def score_series(
+    opening,
+    envelope,
+    *,
+    fps: float = 25.0,
+    max_lag: int = 2,
+    detrend_s: float = DETREND_S,
+) -> SyncScore:
+    """``lip_sync_correlation``'s statistic for a mouth-opening series measured elsewhere.
+
+    ``opening`` and ``envelope`` are ``[F]`` per-frame series (e.g. a lip opening from face
+    landmarks and ``speech_envelope``); the trend removal, the lag search and the result are
+    those of ``lip_sync_correlation``, so ``null_correlations`` applies to it as well.
+    """
+    op = np.asarray(opening, np.float64)
+    ev = np.asarray(envelope, np.float64)
+    if op.ndim != 1 or op.shape != ev.shape:
+        raise ValueError(f"opening and envelope must be [F] series of the same length, got {op.shape} and {ev.shape}")
+    if not (np.all(np.isfinite(op)) and np.all(np.isfinite(ev))):
+        raise ValueError("opening and envelope must be finite (fill frames without a measurement first)")
+    fps = float(fps)
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    _check_lag_settings(op.size, max_lag, detrend_s)
+    by_lag = _by_lag(*_detrended(op, ev, fps, detrend_s), max_lag)
     best = max(by_lag, key=lambda k: (by_lag[k], -abs(k)))
-    return SyncScore(by_lag[best], best, by_lag, opening, envelope, fps, max_lag, detrend_s)
+    return SyncScore(by_lag[best], best, by_lag, op, ev, fps, max_lag, detrend_s)
 
 
 def _detrended(opening: np.ndarray, envelope: np.ndarray, fps: float, detrend_s: float):

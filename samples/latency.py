@@ -66,35 +66,50 @@ def make_engine(args, backend: str, chunk_frames: int, workdir: Path):
     return Engine.load(workdir / f"trt_c{chunk_frames}", backend="tensorrt")
 
 
-def stream_once(engine, frames, audio):
+def make_clip(speech, seconds: float, resolution: int, sample_rate: int = 16000, fps: float = 25.0):
+    """The timed clip: ``speech`` (float32 mono) repeated to ``seconds``, random frames at the crop size."""
+    n_frames = int(round(seconds * fps))
+    audio = np.resize(speech, int(seconds * sample_rate)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (n_frames, resolution, resolution, 3), dtype=np.uint8)
+    return frames, audio
+
+
+def stream_once(engine, frames, audio, keep=None):
+    """One stream of the whole clip (pushed at once); ``keep``, a list, collects the output images."""
     res = engine.config.stream.resolution
     s = engine.session(box=(0, 0, res, res))
     spf = engine.config.samples_per_video_frame
-    n = 0
+    outs = []
     t0 = time.perf_counter()
     for i, f in enumerate(frames):
-        n += len(s.push(audio[i * spf:(i + 1) * spf], f))
+        outs += s.push(audio[i * spf:(i + 1) * spf], f)
     rest = audio[len(frames) * spf:]
     if rest.size:
-        n += len(s.push(rest))
-    n += len(s.flush())
+        outs += s.push(rest)
+    outs += s.flush()
     wall = time.perf_counter() - t0
-    assert n == len(frames), (n, len(frames))
+    assert len(outs) == len(frames), (len(outs), len(frames))
+    if keep is not None:
+        keep.extend(o.image for o in outs)
     return s.stats, wall
 
 
-def bidirectional_baseline(args, frames, audio):
+def bidirectional_baseline(args, frames, audio, backend=None):
     """The same-scale bidirectional model over the whole clip: encode all frames, ``steps`` Euler
-    steps of full-sequence attention with CFG (audio dropped for the unconditional pass), decode."""
+    steps of full-sequence attention with CFG (audio dropped for the unconditional pass), decode.
+    ``backend``: a TorchBackend to reuse (default: a fresh seeded model of ``args.preset``)."""
     import torch
 
     from lipforce_sdk.audio import log_mel_clip
     from lipforce_sdk.backends.torch_backend import TorchBackend
     from lipforce_sdk.model import LipSyncModel
 
-    model = LipSyncModel.from_preset(args.preset, seed=0, stream={"resolution": args.resolution})
-    be = TorchBackend(model, device=args.device, precision=args.precision)
-    cfg, m, dev, dt = model.cfg, be.model, be.device, be.dtype
+    be = backend
+    if be is None:
+        model = LipSyncModel.from_preset(args.preset, seed=0, stream={"resolution": args.resolution})
+        be = TorchBackend(model, device=args.device, precision=args.precision)
+    cfg, m, dev, dt = be.config, be.model, be.device, be.dtype
     tc = cfg.vae.temporal_compression
     n = len(frames) - len(frames) % tc
     x = torch.from_numpy(frames[:n].astype(np.float32) / 127.5 - 1).permute(3, 0, 1, 2)[None].to(dev, dt)
@@ -153,10 +168,8 @@ def main(argv=None) -> int:
     dev = torch.device(args.device)
     sr, fps = 16000, 25.0
     speech = read_audio(SAMPLE_DIR / "speech.wav", sample_rate=sr)
-    n_frames = int(round(args.seconds * fps))
-    audio = np.resize(speech, int(args.seconds * sr)).astype(np.float32)
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (n_frames, args.resolution, args.resolution, 3), dtype=np.uint8)
+    frames, audio = make_clip(speech, args.seconds, args.resolution, sr, fps)
+    n_frames = len(frames)
 
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# lipforce latency: preset={args.preset} resolution={args.resolution} backend={args.backend} "

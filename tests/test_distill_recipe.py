@@ -24,8 +24,19 @@ def cfg():
     return from_name("tiny")
 
 
+def _ref(cfg, b, g):
+    """A random reference of ``sink_frames`` latent frames (what the runtime's sink holds)."""
+    from distill.teacher import Ref
+
+    h, w = cfg.latent_hw
+    r = cfg.stream.sink_frames
+    return Ref(torch.randn(b, cfg.latent_channels, r, h, w, generator=g), torch.randn(b, cfg.latent_channels, r, h, w, generator=g),
+               (torch.rand(b, cfg.mask_channels, r, h, w, generator=g) > 0.5).float())
+
+
 def test_rollout_equals_the_runtime_two_step_schedule(cfg):
-    """The student's training rollout is the runtime's computation: same cache plan, same passes."""
+    """The student's training rollout is the runtime's computation: the reference written into the
+    sink, then the same cache plan and the same passes per chunk."""
     from distill.student import renoiser, rollout
     from lipforce_sdk.backends.torch_backend import TorchBackend
     from lipforce_sdk.cache_plan import RingCachePlanner
@@ -33,71 +44,110 @@ def test_rollout_equals_the_runtime_two_step_schedule(cfg):
 
     m = LipSyncModel.from_preset("tiny", seed=3)
     g = torch.Generator().manual_seed(0)
-    n = cfg.num_slots + 3  # wraps the ring
+    c = cfg.stream.chunk_frames
+    n = (cfg.num_slots + 3) * c  # wraps the ring
     h, w = cfg.latent_hw
     cond = torch.randn(1, cfg.latent_channels, n, h, w, generator=g)
     mask = (torch.rand(1, cfg.mask_channels, n, h, w, generator=g) > 0.5).float()
-    tok = torch.randn(1, n * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim, generator=g)
+    tc = cfg.vae.temporal_compression
+    tok = torch.randn(1, n * tc, cfg.audio.tokens_per_frame, cfg.audio.token_dim, generator=g)
     noise, eps2 = torch.randn(2, 1, cfg.latent_channels, n, h, w, generator=g)
+    ref = _ref(cfg, 1, g)
     t_land = 0.375
     sched = cfg.replace(schedule={"t_land": t_land}).schedule
     with torch.no_grad():
-        got = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, 1), t_land)
+        got = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land, ref=ref)
 
     be = TorchBackend(m, device="cpu")
     state = be.new_state()
     planner = RingCachePlanner.for_stream(cfg.stream)
-    tc = cfg.vae.temporal_compression
-    ref = []
-    for k in range(n):
+    null = torch.zeros(1, c * tc, cfg.audio.tokens_per_frame, cfg.audio.token_dim)
+    for k in range(0, cfg.stream.sink_frames, c):  # as ChunkRenderer.write_reference
+        sl = slice(k, k + c)
+        be.dit_step(ref.x0[:, :, sl], 0.0, ref.cond[:, :, sl], ref.mask[:, :, sl], null, planner.plan(), state)
+        planner.commit()
+    want = []
+    for k in range(0, n, c):
         plan = planner.plan()
-        sl = slice(k, k + 1)
+        sl = slice(k, k + c)
 
         def step(x, t, sl=sl, k=k, plan=plan):
-            return be.dit_step(x, t, cond[:, :, sl], mask[:, :, sl], tok[:, k * tc:(k + 1) * tc], plan, state)
+            return be.dit_step(x, t, cond[:, :, sl], mask[:, :, sl], tok[:, k * tc:(k + c) * tc], plan, state)
 
-        ref.append(two_step_sample(step, noise[:, :, sl], eps2[:, :, sl], sched))
+        want.append(two_step_sample(step, noise[:, :, sl], eps2[:, :, sl], sched))
         planner.commit()
-    ref = torch.cat(ref, dim=2)
-    assert torch.allclose(got, ref, atol=1e-5, rtol=0), float((got - ref).abs().max())
+    want = torch.cat(want, dim=2)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0), float((got - want).abs().max())
+
+
+def test_teacher_reference_pass_equals_a_longer_causal_cache(cfg):
+    """``forward_ref`` (reference at t=0 without audio, then the window with full attention) is
+    independent of the batch and changes when the reference changes."""
+    m = LipSyncModel.from_preset("tiny", seed=2).eval()
+    g = torch.Generator().manual_seed(1)
+    h, w = cfg.latent_hw
+    x = torch.randn(2, cfg.latent_channels, 4, h, w, generator=g)
+    cond = torch.randn_like(x)
+    mask = torch.ones(2, cfg.mask_channels, 4, h, w)
+    tok = torch.randn(2, 4 * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim, generator=g)
+    ref = _ref(cfg, 2, g)
+    t = torch.full((2,), 0.5)
+    with torch.no_grad():
+        both = m.dit.forward_ref(x, t, cond, mask, tok, ref.x0, ref.cond, ref.mask)
+        one = m.dit.forward_ref(x[1:], t[1:], cond[1:], mask[1:], tok[1:], ref.x0[1:], ref.cond[1:], ref.mask[1:])
+        other = m.dit.forward_ref(x[1:], t[1:], cond[1:], mask[1:], tok[1:], ref.x0[:1], ref.cond[:1], ref.mask[:1])
+    assert torch.allclose(both[1:], one, atol=1e-5)
+    assert float((one - other).abs().max()) > 1e-3, "the reference does not reach the window"
 
 
 def test_rollout_gradient_reaches_only_the_exit_step(cfg):
     from distill.student import renoiser, rollout
 
     m = LipSyncModel.from_preset("tiny", seed=1)
+    g = torch.Generator().manual_seed(2)
     h, w = cfg.latent_hw
-    cond = torch.randn(2, cfg.latent_channels, 2, h, w)
-    mask = torch.zeros(2, cfg.mask_channels, 2, h, w)
-    tok = torch.randn(2, 2 * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim)
-    noise, eps2 = torch.randn(2, 2, cfg.latent_channels, 2, h, w)
+    c = cfg.stream.chunk_frames
+    n = 2 * c
+    cond = torch.randn(2, cfg.latent_channels, n, h, w)
+    mask = torch.zeros(2, cfg.mask_channels, n, h, w)
+    tok = torch.randn(2, n * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim)
+    noise, eps2 = torch.randn(2, 2, cfg.latent_channels, n, h, w)
+    ref = _ref(cfg, 2, g)
     for gs in (0, 1):
         m.zero_grad()
-        out = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, 1), 0.5, grad_step=gs)
+        out = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, c), 0.5, grad_step=gs, ref=ref)
         out.pow(2).mean().backward()
         gnorm = sum(float(p.grad.abs().sum()) for p in m.dit.parameters() if p.grad is not None)
         assert gnorm > 0
     with torch.no_grad():
-        a = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, 1), 0.5, grad_step=None)
-    b = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, 1), 0.5, grad_step=1).detach()
+        a = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, c), 0.5, grad_step=None, ref=ref)
+    b = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, c), 0.5, grad_step=1, ref=ref).detach()
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def _crop_set(cfg, frames):
+    from distill.crops import CropClip, CropSet
+
+    s = cfg.stream.resolution
+    hard = np.zeros((frames[0].shape[0], s, s), np.uint8)
+    hard[:, s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 1
+    clips = [CropClip(f"c{i}", "real", f, f, hard, f[:2], hard[:2], np.zeros(f.shape[0] * 640, np.float32))
+             for i, f in enumerate(frames)]
+    return CropSet.build(cfg, clips)
 
 
 def test_latent_normalisation_is_exact(cfg):
     """Folding the latent scale into the VAE leaves reconstructions unchanged, latents at unit std."""
     from distill.autoencoder import decode_latents, encode_clip, normalize_latents
-    from distill.dataset import PairSet
+    from distill.crops import to_unit
 
     torch.manual_seed(0)
     m = LipSyncModel(cfg)
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (8, 128, 128, 3), dtype=np.uint8) for _ in range(2)]
-    ps = PairSet("train", frames, frames, [], [], [], [])
-    from distill.dataset import to_unit
-
     x = to_unit(frames[0])
     before = decode_latents(m.vae, encode_clip(m.vae, x)[None])
-    s = normalize_latents(m.vae, ps, clips=2)
+    s = normalize_latents(m.vae, _crop_set(cfg, frames), clips=2)
     assert s > 0
     z = torch.cat([encode_clip(m.vae, to_unit(f)).flatten() for f in frames])
     assert abs(float(z.std()) - 1.0) < 1e-4
@@ -106,28 +156,31 @@ def test_latent_normalisation_is_exact(cfg):
 
 
 def test_sync_reward_crop_matches_the_scorer_crop(cfg):
-    """The reward's differentiable mouth crop (mouth latents only, torch area resize) is the
-    scorer's crop of the runtime composite (full decode, ``paste``, OpenCV area resize)."""
+    """The reward's differentiable mouth crop (mouth latents only, soft-mask composite, torch area
+    resize) is the scorer's crop of the runtime composite (full decode, paste into the frame, the
+    aligned crop cut again, OpenCV area resize)."""
     from distill.analysis import latents_to_frames
-    from distill.dataset import to_unit
-    from distill.student import SyncReward
+    from distill.crops import procedural_clip
+    from distill.evaluate import aligned_crops
+    from distill.student import SyncReward, reward_inputs
     from distill.syncnet import SyncNet, mouth_crops
-
-    from distill.data import make_sample_pair
 
     torch.manual_seed(0)
     m = LipSyncModel(cfg)
-    p = make_sample_pair(0, "held_out")
-    src = p.source[:8]
-    z = torch.randn(cfg.latent_channels, 2, *cfg.latent_hw) * 0.5
-    ref = mouth_crops(latents_to_frames(m.vae, z, src))
+    clip = procedural_clip(cfg, 0, "held_out", max_frames=8, keep_frames=True)
+    n = 8 // cfg.vae.temporal_compression
+    z = torch.randn(cfg.latent_channels, n, *cfg.latent_hw) * 0.5
+    frames = latents_to_frames(m.vae, z, clip)
+    want = mouth_crops(aligned_crops(frames, clip.extra["pair"]))
+    cs = _crop_set(cfg, [clip.source])
+    cs.clips[0].hard = clip.hard
+    src, soft = reward_inputs(cs, [(0, 0)], n, cfg.vae.temporal_compression)
     rw = SyncReward(m.vae, SyncNet(), cfg)
     with torch.no_grad():
-        got = rw.mouth_grey(z[None], torch.from_numpy(to_unit(src))[None])[0].numpy()
-    # uint8 rounding of the composite and the two area filters differ by a few levels at most;
-    # the crop of the zero-padded latent window differs from the full decode only at its edge
-    assert np.abs(got - ref).mean() < 0.01, np.abs(got - ref).mean()
-    assert np.abs(got - ref).max() < 0.1, np.abs(got - ref).max()
+        got = rw.mouth_grey(z[None], src, soft)[0].numpy()
+    # paste into the frame and cutting the crop again resamples twice; uint8 rounding and the two
+    # area filters differ by a few levels; the zero-padded latent window differs only at its edge
+    assert np.abs(got - want).mean() < 0.02, np.abs(got - want).mean()
 
 
 def test_choose_window_finds_the_band_and_lands_inside():

@@ -16,7 +16,7 @@ from ..config import ModelConfig, from_name
 from ..manifest import ManifestError, read_manifest, write_manifest
 from .audio_encoder import AudioEncoder
 from .dit import WanDiT
-from .vae import StreamingVAE
+from .vae import make_vae
 
 __all__ = ["LipSyncModel", "save_model", "load_model", "CheckpointError"]
 
@@ -32,7 +32,7 @@ class LipSyncModel(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         self.audio_encoder = AudioEncoder(cfg)
-        self.vae = StreamingVAE(cfg)
+        self.vae = make_vae(cfg)
         self.dit = WanDiT(cfg)
 
     @classmethod

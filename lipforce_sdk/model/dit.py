@@ -209,6 +209,28 @@ class WanDiT(nn.Module):
 
         return self._run(x_t, t, cond, mask, audio_tokens, attn_for_layer)
 
+    # ---- bidirectional window after a clean reference (the teacher form with references) ----
+    def forward_ref(self, x_t, t, cond, mask, audio_tokens, ref_x0, ref_cond, ref_mask):
+        """A window of ``L`` latent frames, full attention among them and to ``R`` clean reference
+        frames, which are run first at ``t = 0`` with no audio (zero tokens), as the runtime writes
+        the cache's sink. Reference positions ``0..R-1``, the window's ``R..R+L-1``.
+
+        x_t/cond ``[B, z, L, h, w]``, mask ``[B, Tc, L, h, w]``, audio_tokens ``[B, L*Tc, A, Da]``,
+        ref_x0/ref_cond ``[B, z, R, h, w]``, ref_mask ``[B, Tc, R, h, w]``."""
+        b, r, n = x_t.shape[0], ref_x0.shape[2], x_t.shape[2]
+        dev = x_t.device
+        shape = (b, (r + n) * self.cfg.tokens_per_frame, self.cfg.dit.num_heads, self.cfg.dit.head_dim)
+        caches = [(x_t.new_zeros(shape), x_t.new_zeros(shape)) for _ in self.blocks]
+        i32 = dict(dtype=torch.int32, device=dev)
+        k_pos = torch.arange(r + n, **i32)
+        tok0 = audio_tokens.new_zeros((b, r * audio_tokens.shape[1] // n, *audio_tokens.shape[2:]))
+        valid = torch.cat([torch.ones(r, **i32), torch.zeros(n, **i32)])
+        _, caches = self.step(ref_x0, torch.zeros_like(t), ref_cond, ref_mask, tok0, torch.arange(r, **i32),
+                              torch.arange(r, **i32), k_pos, valid, caches, inplace=False)
+        x0, _ = self.step(x_t, t, cond, mask, audio_tokens, torch.arange(r, r + n, **i32), torch.arange(r, r + n, **i32),
+                          k_pos, torch.ones(r + n, **i32), caches, inplace=False)
+        return x0
+
     def cache_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         c = self.cfg
         return (batch, c.num_slots * c.tokens_per_frame, c.dit.num_heads, c.dit.head_dim)

@@ -1,6 +1,8 @@
-"""A small streaming video VAE: 8x spatial, ``Tc``x temporal compression, causal in time.
+"""Streaming video VAEs behind one interface, causal in time.
 
-Behind the ``VideoVAE`` interface (``encode``/``decode`` with explicit conv caches, and
+``StreamingVAE``: 8x spatial, ``Tc``x temporal compression (Wan's layout). ``FrameVAE``: one
+latent frame per video frame, 4x (or 8x) spatial, for small face crops. ``make_vae(cfg)`` picks
+by ``cfg.vae.kind``. Behind the ``VideoVAE`` interface (``encode``/``decode`` with explicit conv caches, and
 ``cache_shapes``) so a Wan-VAE-compatible implementation can take its place. Temporal convs are
 causal: each keeps the last ``k-1`` input frames of the previous call as its cache, so encoding a
 clip chunk by chunk equals encoding it at once. The encoder returns the posterior mean (it is used
@@ -9,6 +11,7 @@ as a deterministic encoder at inference).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 
 from ..config import ModelConfig
 
-__all__ = ["VideoVAE", "StreamingVAE", "CausalTimeConv"]
+__all__ = ["VideoVAE", "StreamingVAE", "FrameVAE", "CausalTimeConv", "make_vae"]
 
 
 class VideoVAE(nn.Module, ABC):
@@ -109,3 +112,68 @@ class StreamingVAE(VideoVAE):
         x = F.silu(x)
         out = _per_frame(x, self.dec_out)
         return out.clamp(-1.0, 1.0), [c0, c1]
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class FrameVAE(VideoVAE):
+    """Per-frame autoencoder of face crops with a causal temporal conv in the decoder.
+
+    Encoder (per frame, no state): pixel-unshuffle 2x, conv, ``log2(sc) - 1`` stride-2 convs, a
+    residual block, 1x1 to the latent mean. Decoder: a causal (2, 3, 3) conv over latent frames
+    (its cache is the previous latent frame: temporal smoothness without packing frames
+    together), a residual block, ``log2(sc) - 1`` nearest-upsample convs, then a sub-pixel conv
+    (pixel shuffle 2x) to RGB. Every video frame has a latent frame of its own, so nothing of one
+    frame is decoded into another (no ghosting), and the algorithmic latency of a chunk is its
+    own frames only.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        v = cfg.vae
+        c = v.base_channels
+        self.tc, self.z = 1, v.z_dim
+        self.latent_hw = cfg.latent_hw
+        stages = int(round(math.log2(v.spatial_compression))) - 1
+        enc = [nn.PixelUnshuffle(2), nn.Conv2d(12, c, 3, padding=1), nn.SiLU()]
+        ch = c
+        for _ in range(stages):
+            enc += [nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), nn.SiLU()]
+            ch *= 2
+        self.c_lat = ch
+        self.enc = nn.Sequential(*enc, _ResBlock(ch), nn.SiLU())
+        self.enc_out = nn.Conv2d(ch, self.z, 1)
+        self.dec_in = CausalTimeConv(self.z, ch, 2)
+        dec = [_ResBlock(ch)]
+        for _ in range(stages):
+            dec += [nn.SiLU(), nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(ch, ch // 2, 3, padding=1)]
+            ch //= 2
+        dec += [nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.SiLU(), nn.Conv2d(ch, 12, 3, padding=1), nn.PixelShuffle(2)]
+        self.dec = nn.Sequential(*dec)
+
+    def cache_shapes(self, batch: int = 1) -> dict[str, list[tuple[int, ...]]]:
+        h, w = self.latent_hw
+        return {"enc": [], "dec": [(batch, self.z, 1, h, w)]}
+
+    def encode(self, frames, caches):
+        # frames [B, 3, F, H, W] -> latents [B, z, F, h, w]
+        return _per_frame(frames, lambda x: self.enc_out(self.enc(x))), []
+
+    def decode(self, latents, caches):
+        # latents [B, z, F, h, w] -> frames [B, 3, F, H, W]
+        x, c0 = self.dec_in(latents, caches[0])
+        out = _per_frame(x, self.dec)
+        return out.clamp(-1.0, 1.0), [c0]
+
+
+def make_vae(cfg: ModelConfig) -> VideoVAE:
+    """The VAE of ``cfg.vae.kind``."""
+    return FrameVAE(cfg) if cfg.vae.kind == "frame" else StreamingVAE(cfg)

@@ -1,0 +1,439 @@
+"""Face geometry: keypoints -> an eye-aligned mouth crop, a mouth mask from the lips and the jaw,
+and the paste back that leaves every pixel outside the mask exactly as it was.
+
+The model re-renders the mouth of a square crop of ``S x S`` pixels. The crop is *aligned*: its
+rotation and scale come from the two eye centres (inter-ocular distance ``d``, roll of the eye
+line) and its centre from the mouth corners, so every face, large or small, tilted or not, gives
+the model its mouth at the same place and size (about ``0.8 d / (side * d)`` of the crop width).
+It covers the lower face: from above the nose tip to below the chin (``CropSpec``).
+
+The mask (what the model re-renders, in crop pixels) is the convex hull of the outer lip contour,
+widened by a margin, and the jaw line below the mouth, moved a little inwards: the lips, the
+mouth's surroundings and the chin, which moves when the jaw opens; not the skin between the nose
+and the upper lip beyond the margin, nor anything outside the jaw. ``paste`` blends the result
+back under the soft mask only, so outside the hard mask the output frame equals the input bit for
+bit.
+
+Coordinates: frame pixels with pixel ``i`` covering ``[i, i + 1)`` (as ``lipforce_sdk.face``);
+crop pixels likewise. Frames are RGB ``uint8`` ``[H, W, 3]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from .face import FaceBox, _antialias, _as_box, _check_frame, _gather
+
+__all__ = [
+    "FaceKeypoints",
+    "CropSpec",
+    "AlignedCrop",
+    "MouthMask",
+    "CropAligner",
+    "mouth_mask_for",
+    "mouth_polygon",
+    "soft_mask",
+    "MEDIAPIPE",
+]
+
+# MediaPipe face-mesh (468-point canonical topology) indices of what this module needs.
+MEDIAPIPE = {
+    "left_eye": (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
+    "right_eye": (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466),
+    "nose_tip": 1,
+    "mouth_corners": (61, 291),
+    # outer lip contour, closed, from the image-left corner along the lower lip then back along the upper
+    "lips_outer": (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185),
+    "lips_inner": (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191),
+    # the face oval's lower part, from the image-left cheek through the chin to the right cheek
+    "jaw": (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361),
+}
+
+
+def _pts(a, n: int | None, what: str) -> np.ndarray:
+    p = np.asarray(a, np.float64)
+    if p.ndim == 1:
+        p = p[None]
+    if p.ndim != 2 or p.shape[1] != 2 or (n is not None and p.shape[0] != n) or p.shape[0] == 0:
+        raise ValueError(f"{what} must be {'[' + str(n) if n else '[N'}, 2] points, got shape {np.shape(a)}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"{what} contains NaN/Inf")
+    return p
+
+
+@dataclass(frozen=True)
+class FaceKeypoints:
+    """What face geometry needs, in frame pixels (``float64``).
+
+    Attributes:
+        eyes: ``[2, 2]`` eye centres, image-left first.
+        nose_tip: ``[2]``.
+        mouth_corners: ``[2, 2]`` image-left first.
+        lips_outer: ``[N, 2]`` outer lip contour (closed polygon).
+        lips_inner: ``[M, 2]`` inner lip contour (closed polygon).
+        jaw: ``[K, 2]`` jaw line below the mouth, one cheek through the chin to the other.
+        source: where they came from (``"mesh"``, ``"template"``, ``"exact"``).
+    """
+
+    eyes: np.ndarray
+    nose_tip: np.ndarray
+    mouth_corners: np.ndarray
+    lips_outer: np.ndarray
+    lips_inner: np.ndarray
+    jaw: np.ndarray
+    source: str = "mesh"
+
+    def __post_init__(self):
+        for name, n in (("eyes", 2), ("nose_tip", 1), ("mouth_corners", 2), ("lips_outer", None),
+                        ("lips_inner", None), ("jaw", None)):
+            p = _pts(getattr(self, name), n, name)
+            object.__setattr__(self, name, p[0] if name == "nose_tip" else p)
+        if np.hypot(*(self.eyes[1] - self.eyes[0])) < 1e-3:
+            raise ValueError(f"the two eye centres coincide ({self.eyes.tolist()}); the face cannot be aligned")
+
+    @classmethod
+    def from_mediapipe(cls, points: np.ndarray) -> "FaceKeypoints":
+        """From MediaPipe face-mesh landmarks ``[468 (or 478), 2+]`` in frame pixels."""
+        p = np.asarray(points, np.float64)
+        if p.ndim != 2 or p.shape[0] < 468 or p.shape[1] < 2:
+            raise ValueError(f"MediaPipe landmarks must be [468, 2 or 3], got shape {p.shape}")
+        p = p[:, :2]
+        m = MEDIAPIPE
+        eyes = np.stack([p[list(m["left_eye"])].mean(0), p[list(m["right_eye"])].mean(0)])
+        if eyes[0, 0] > eyes[1, 0]:  # the subject's left eye is the image-right one
+            eyes = eyes[::-1]
+        return cls(eyes=eyes, nose_tip=p[m["nose_tip"]], mouth_corners=p[list(m["mouth_corners"])],
+                   lips_outer=p[list(m["lips_outer"])], lips_inner=p[list(m["lips_inner"])],
+                   jaw=p[list(m["jaw"])], source="mesh")
+
+    @classmethod
+    def template(cls, box: FaceBox | tuple[float, float, float, float]) -> "FaceKeypoints":
+        """A mean face placed in a square face-crop box (``FaceTracker``'s framing: the face with a
+        30% margin, shifted down by 10%: eyes near 0.43 of the height, lips near 0.67, chin near
+        0.87). The fallback where no landmarks are available (a given box, a Haar detection)."""
+        b = _as_box(box)
+        u = np.array
+
+        def at(x, y):
+            return np.stack([b.x0 + np.asarray(x) * b.width, b.y0 + np.asarray(y) * b.height], -1)
+
+        a = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+        lo = at(0.5 - 0.092 * np.cos(a), 0.675 + 0.028 * np.sin(a))
+        li = at(0.5 - 0.075 * np.cos(a), 0.675 + 0.006 * np.sin(a))
+        t = np.linspace(np.pi * 0.1, np.pi * 0.9, 17)
+        jaw = at(0.5 - 0.25 * np.cos(t), 0.62 + 0.25 * np.sin(t))
+        return cls(eyes=at(u([0.382, 0.618]), u([0.43, 0.43])), nose_tip=at(0.5, 0.545),
+                   mouth_corners=at(u([0.408, 0.592]), u([0.675, 0.675])), lips_outer=lo, lips_inner=li,
+                   jaw=jaw, source="template")
+
+    @property
+    def eye_distance(self) -> float:
+        return float(np.hypot(*(self.eyes[1] - self.eyes[0])))
+
+    @property
+    def mouth_width(self) -> float:
+        return float(np.hypot(*(self.mouth_corners[1] - self.mouth_corners[0])))
+
+    def lip_opening(self) -> float:
+        """Inner-lip opening over mouth width: the largest vertical extent of the inner contour
+        across its middle third, divided by the corner-to-corner width."""
+        inner = self.lips_inner
+        u = (self.mouth_corners[1] - self.mouth_corners[0]) / max(self.mouth_width, 1e-9)
+        v = np.array([-u[1], u[0]])
+        c = self.mouth_corners.mean(0)
+        x, y = (inner - c) @ u, (inner - c) @ v
+        mid = np.abs(x) <= self.mouth_width / 6.0
+        if mid.sum() < 2:
+            return 0.0
+        return float((y[mid].max() - y[mid].min()) / max(self.mouth_width, 1e-9))
+
+    def map(self, affine: np.ndarray) -> "FaceKeypoints":
+        """Every point through a 2x3 affine map (continuous coordinates)."""
+        a = np.asarray(affine, np.float64)
+
+        def f(p):
+            return p @ a[:, :2].T + a[:, 2]
+
+        return replace(self, eyes=f(self.eyes), nose_tip=f(self.nose_tip), mouth_corners=f(self.mouth_corners),
+                       lips_outer=f(self.lips_outer), lips_inner=f(self.lips_inner), jaw=f(self.jaw))
+
+
+# --------------------------------------------------------------------------------------
+# The aligned crop
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """Framing of the mouth crop, in inter-ocular distances ``d``: a square of side ``side * d``
+    whose centre is ``down * d`` below the mouth corners' midpoint (perpendicular to the eye
+    line). With the defaults the crop spans from about 0.65 d above the mouth line (above the
+    nose tip) to 1.15 d below it (below an open jaw's chin)."""
+
+    side: float = 1.8
+    down: float = 0.25
+
+    def mouth_box(self) -> tuple[float, float, float, float]:
+        """``(y0, y1, x0, x1)`` crop fractions of a 0.4 x 0.6 box around the mouth (where the
+        lips move, with some chin): the sync scorer's view of a crop."""
+        cy = 0.5 - self.down / self.side + 0.02
+        return (cy - 0.2, cy + 0.2, 0.2, 0.8)
+
+    def validate(self) -> "CropSpec":
+        if not 0.5 <= self.side <= 6.0:
+            raise ValueError(f"CropSpec.side={self.side} must be in [0.5, 6] inter-ocular distances")
+        if not -2.0 <= self.down <= 2.0:
+            raise ValueError(f"CropSpec.down={self.down} must be in [-2, 2] inter-ocular distances")
+        return self
+
+
+@dataclass(frozen=True)
+class AlignedCrop:
+    """A square crop of ``size`` pixels: crop continuous point ``q`` <-> frame point
+    ``centre + (q / size - 0.5) * side * [u v]`` (``u`` along the eye line, ``v`` perpendicular,
+    downwards)."""
+
+    centre: tuple[float, float]
+    side: float  # in frame pixels
+    angle: float  # roll of the eye line, radians (image y down)
+    size: int
+
+    @classmethod
+    def from_keypoints(cls, kp: FaceKeypoints, size: int, spec: CropSpec = CropSpec()) -> "AlignedCrop":
+        d = kp.eye_distance
+        ev = kp.eyes[1] - kp.eyes[0]
+        ang = math.atan2(ev[1], ev[0])
+        v = np.array([-math.sin(ang), math.cos(ang)])
+        c = kp.mouth_corners.mean(0) + spec.down * d * v
+        return cls((float(c[0]), float(c[1])), float(spec.side * d), float(ang), int(size))
+
+    @property
+    def scale(self) -> float:
+        """Frame pixels per crop pixel."""
+        return self.side / self.size
+
+    def to_frame_affine(self) -> np.ndarray:
+        """2x3: crop continuous coordinates -> frame continuous coordinates."""
+        s = self.scale
+        cu, su = math.cos(self.angle), math.sin(self.angle)
+        u, v = np.array([cu, su]), np.array([-su, cu])
+        origin = np.asarray(self.centre) - 0.5 * self.side * (u + v)
+        return np.column_stack([u * s, v * s, origin])
+
+    def to_crop_affine(self) -> np.ndarray:
+        """2x3: frame continuous coordinates -> crop continuous coordinates."""
+        a = self.to_frame_affine()
+        inv = np.linalg.inv(a[:, :2])
+        return np.column_stack([inv, -inv @ a[:, 2]])
+
+    def corners(self) -> np.ndarray:
+        """``[4, 2]`` frame points of the crop's corners."""
+        a = self.to_frame_affine()
+        q = np.array([[0, 0], [self.size, 0], [self.size, self.size], [0, self.size]], np.float64)
+        return q @ a[:, :2].T + a[:, 2]
+
+    def bbox(self) -> FaceBox:
+        """The axis-aligned frame box around the crop."""
+        c = self.corners()
+        return FaceBox(float(c[:, 0].min()), float(c[:, 1].min()), float(c[:, 0].max()), float(c[:, 1].max()))
+
+    def _index_affine(self, a: np.ndarray, x0: int = 0, y0: int = 0) -> np.ndarray:
+        """A continuous-coordinate map as a pixel-index map (index = continuous - 0.5), with the
+        destination offset by ``(x0, y0)`` pixels (a region of interest)."""
+        m = a.copy()
+        m[:, 2] = a[:, 2] + a[:, :2] @ np.array([0.5, 0.5]) - 0.5 - np.array([x0, y0])
+        return m
+
+    def crop(self, frame: np.ndarray) -> np.ndarray:
+        """The crop ``[S, S, 3]`` uint8: bilinear, low-passed first when the face is larger than
+        the crop; replicated border pixels where the crop leaves the frame."""
+        f = _check_frame(frame)
+        b = self.bbox()
+        pad = 2 + int(math.ceil(1.5 * self.scale))
+        rx0, ry0 = int(math.floor(b.x0)) - pad, int(math.floor(b.y0)) - pad
+        rx1, ry1 = int(math.ceil(b.x1)) + pad, int(math.ceil(b.y1)) + pad
+        roi = _antialias(_gather(f, rx0, ry0, rx1, ry1), self.scale)
+        a = self.to_frame_affine()
+        a = np.column_stack([a[:, :2], a[:, 2] - np.array([rx0, ry0])])
+        m = self._index_affine(a)
+        return cv2.warpAffine(roi, m, (self.size, self.size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    def frame_weight(self, weight: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+        """``weight`` ``[S, S]`` mapped into a frame of ``frame_hw`` as ``paste`` maps it (bilinear,
+        0 outside the crop): ``float32 [H, W]``. ``paste`` changes no pixel where this is 0."""
+        h, w = frame_hw
+        m = self._index_affine(self.to_crop_affine())
+        return cv2.warpAffine(np.asarray(weight, np.float32), m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+    def paste(self, frame: np.ndarray, crop_img: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """``frame * (1 - w) + crop * w`` with ``w`` = ``weight`` ``[S, S]`` mapped into the frame;
+        a new frame. Where the mapped weight is 0 (everywhere outside its support) the frame's
+        pixels are returned exactly as they were."""
+        f = _check_frame(frame)
+        c = _check_frame(crop_img, "crop_img")
+        s = self.size
+        if c.shape[:2] != (s, s):
+            raise ValueError(f"crop_img must be [{s}, {s}, 3] like the crop, got shape {c.shape}")
+        w = np.asarray(weight, np.float32)
+        if w.shape != (s, s):
+            raise ValueError(f"weight must be [{s}, {s}] like the crop, got shape {w.shape}")
+        out = f.copy()
+        rows, cols = np.flatnonzero(w.any(axis=1)), np.flatnonzero(w.any(axis=0))
+        if rows.size == 0:
+            return out
+        a = self.to_frame_affine()
+        q = np.array([[cols[0] - 1, rows[0] - 1], [cols[-1] + 2, rows[0] - 1], [cols[-1] + 2, rows[-1] + 2],
+                      [cols[0] - 1, rows[-1] + 2]], np.float64)
+        p = q @ a[:, :2].T + a[:, 2]
+        h, wd = f.shape[:2]
+        rx0, ry0 = max(0, int(math.floor(p[:, 0].min()))), max(0, int(math.floor(p[:, 1].min())))
+        rx1, ry1 = min(wd, int(math.ceil(p[:, 0].max()))), min(h, int(math.ceil(p[:, 1].max())))
+        if rx1 <= rx0 or ry1 <= ry0:
+            return out
+        # frame index (X, Y) of the region -> crop index
+        inv = self.to_crop_affine()
+        m = self._index_affine(inv)
+        m[:, 2] += m[:, :2] @ np.array([rx0, ry0])
+        size = (rx1 - rx0, ry1 - ry0)
+        src = _antialias(c, 1.0 / self.scale)
+        warped = cv2.warpAffine(src, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
+        wgt = cv2.warpAffine(w, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)[..., None]
+        roi = out[ry0:ry1, rx0:rx1].astype(np.float32)
+        blended = roi + (warped - roi) * wgt  # exactly roi where wgt == 0
+        out[ry0:ry1, rx0:rx1] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# The mouth mask
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MouthMask:
+    """The re-rendered region of one crop: ``hard`` ``[S, S]`` 0/1 (hidden from the model),
+    ``soft`` ``[S, S]`` in [0, 1] (paste weights, 0 wherever ``hard`` is 0), ``polygon`` in crop
+    pixels."""
+
+    hard: np.ndarray
+    soft: np.ndarray
+    polygon: np.ndarray
+
+    def latent(self, factor: int) -> np.ndarray:
+        """The model's mask input: a latent pixel is masked if any of its pixels is."""
+        s = self.hard.shape[0]
+        return self.hard.reshape(s // factor, factor, s // factor, factor).max(axis=(1, 3)).astype(np.float32)
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    return cv2.convexHull(points.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+
+
+def mouth_polygon(kp_crop: FaceKeypoints, lip_margin: float = 0.1, side_margin: float = 0.15,
+                  min_half_width: float = 0.55, jaw_offset: float = 0.1) -> np.ndarray:
+    """The mask polygon (crop pixels) from keypoints already in crop coordinates.
+
+    The convex hull of: the outer lips pushed out from their centre by ``lip_margin`` (up/down)
+    and ``side_margin`` (sideways) inter-ocular distances ``d``; two points on the mouth line at
+    least ``min_half_width * d`` either side of the mouth centre (a rounded mouth in the source
+    must leave room for a spread one); and the jaw-line points below the mouth within that width
+    (plus 0.2 d), pushed ``jaw_offset * d`` away from the mouth (room for the chin to drop when
+    the jaw opens). Margins scale with ``d``, not with the mouth, so the mask's size does not
+    follow what the source mouth is saying."""
+    d = kp_crop.eye_distance
+    lo = kp_crop.lips_outer
+    c = lo.mean(0)
+    dv = lo - c
+    n = dv / np.maximum(np.linalg.norm(dv, axis=1, keepdims=True), 1e-9)
+    grown = lo + n * d * np.array([side_margin, lip_margin])
+    u = kp_crop.mouth_corners[1] - kp_crop.mouth_corners[0]
+    u = u / max(float(np.linalg.norm(u)), 1e-9)
+    half = max(0.5 * kp_crop.mouth_width + side_margin * d, min_half_width * d)
+    mc = kp_crop.mouth_corners.mean(0)
+    sides = np.stack([mc - half * u, mc + half * u])
+    jaw = kp_crop.jaw
+    along = (jaw - mc) @ u
+    down = (jaw - mc) @ np.array([-u[1], u[0]])
+    near = jaw[(np.abs(along) <= half + 0.2 * d) & (down > 0)]
+    pts = [grown, sides]
+    if len(near):
+        dj = near - c
+        pts.append(near + dj / np.maximum(np.linalg.norm(dj, axis=1, keepdims=True), 1e-9) * jaw_offset * d)
+    return _hull(np.concatenate(pts))
+
+
+def mouth_mask_for(kp_crop: FaceKeypoints, size: int, feather: float = 0.05) -> MouthMask:
+    """Rasterise ``mouth_polygon`` into a ``MouthMask`` of ``size`` pixels; the soft mask ramps
+    from 0 at the polygon's edge to 1 over ``feather * size`` pixels inside it (smoothstep)."""
+    poly = mouth_polygon(kp_crop)
+    hard = np.zeros((size, size), np.uint8)
+    # pixel centres inside the polygon (continuous coords: pixel j's centre at j + 0.5)
+    cv2.fillPoly(hard, [np.round((poly - 0.5) * 16).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=4)
+    return MouthMask(hard=hard.astype(np.float32), soft=soft_mask(hard, feather), polygon=poly)
+
+
+def soft_mask(hard: np.ndarray, feather: float = 0.05) -> np.ndarray:
+    """Paste weights inside a hard mask ``[S, S]`` (0/1): a smoothstep from 0 at its edge to 1
+    ``feather * S`` pixels inside (distance transform); 0 wherever ``hard`` is 0."""
+    h = (np.asarray(hard) > 0).astype(np.uint8)
+    dist = cv2.distanceTransform(h, cv2.DIST_L2, 5)  # pixels to the nearest unmasked pixel
+    t = np.clip((dist - 0.5) / max(feather * h.shape[0], 1.0), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32) * h
+
+
+# --------------------------------------------------------------------------------------
+# Steady crops over time
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CropAligner:
+    """Per frame: keypoints -> ``AlignedCrop``, smoothed with a One Euro filter
+    (``lipforce_sdk.facemesh.OneEuroFilter``) over (centre, log side, angle), speed measured in
+    crop sides per second, so that jitter of a few landmarks does not shake the crop and a moving
+    head is followed without lag; a jump of more than ``snap`` sides (a cut) resets it."""
+
+    size: int
+    spec: CropSpec = field(default_factory=CropSpec)
+    fps: float = 25.0
+    min_cutoff: float = 1.0
+    beta: float = 6.0
+    snap: float = 0.5
+
+    def __post_init__(self):
+        from .facemesh.filters import OneEuroFilter
+
+        self.spec = self.spec.validate()
+        self._f = OneEuroFilter(self.min_cutoff, self.beta, 1.0)
+        self.reset()
+
+    def reset(self) -> None:
+        self._f.reset()
+        self._last: AlignedCrop | None = None
+        self._n = 0
+
+    def __call__(self, kp: FaceKeypoints) -> AlignedCrop:
+        raw = AlignedCrop.from_keypoints(kp, self.size, self.spec)
+        if self._last is not None and np.hypot(*(np.subtract(raw.centre, self._last.centre))) > self.snap * self._last.side:
+            self.reset()
+        ang = raw.angle
+        if self._last is not None:  # unwrap the angle next to the last one
+            ang = self._last.angle + (ang - self._last.angle + np.pi) % (2 * np.pi) - np.pi
+        if self._last is None:
+            self._ref = raw.side  # the unit of every component: pixels of the first crop side
+        r = self._ref
+        # (x, y, r log side, r angle): speeds in crop sides per second whatever the face size
+        x = self._f(np.array([raw.centre[0], raw.centre[1], r * math.log(raw.side), r * ang]), self._n / self.fps,
+                    scale=r)
+        self._n += 1
+        out = AlignedCrop((float(x[0]), float(x[1])), float(math.exp(x[2] / r)), float(x[3] / r), self.size)
+        self._last = out
+        return out

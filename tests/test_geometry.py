@@ -1,0 +1,147 @@
+"""Face geometry on a real face (the bundled photo clip): the eye-aligned mouth crop, the mouth
+mask from the lips and the jaw, and a paste that leaves every pixel outside the mask as it was."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from lipforce_sdk.cli import PHOTO_DIR
+from lipforce_sdk.geometry import (AlignedCrop, CropAligner, CropSpec, FaceKeypoints, mouth_mask_for, soft_mask)
+from lipforce_sdk.media import read_video
+
+S = 128
+
+
+@pytest.fixture(scope="module")
+def photo():
+    from lipforce_sdk.facemesh import LandmarkTracker
+
+    frames, _ = read_video(PHOTO_DIR / "face.mp4")
+    frame = frames[0]
+    lm = LandmarkTracker(smoothing=False).update(frame)
+    assert lm is not None, "the face mesh finds no face in the bundled photo clip"
+    return frame, FaceKeypoints.from_mediapipe(lm.points)
+
+
+def _psnr(a, b):
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return 10 * np.log10(255**2 / mse) if mse else np.inf
+
+
+def test_keypoints_from_mesh_are_ordered_and_plausible(photo):
+    _, kp = photo
+    (lx, ly), (rx, ry) = kp.eyes
+    assert lx < rx, f"eyes not image-left first: {kp.eyes.tolist()}"
+    eye_y = 0.5 * (ly + ry)
+    assert eye_y < kp.nose_tip[1] < kp.mouth_corners[:, 1].mean() < kp.jaw[:, 1].max(), "eyes, nose, mouth, chin out of order"
+    assert 0.6 < kp.mouth_width / kp.eye_distance < 1.2, f"mouth width {kp.mouth_width:.1f} vs eye distance {kp.eye_distance:.1f}"
+
+
+def test_crop_puts_the_mouth_at_the_same_place_whatever_the_pose(photo):
+    """Rotate and shrink the frame: the aligned crop is the same picture (up to resampling)."""
+    frame, kp = photo
+    ref = AlignedCrop.from_keypoints(kp, S).crop(frame)
+    h, w = frame.shape[:2]
+    for angle, scale in ((12.0, 1.0), (-8.0, 0.6), (0.0, 1.7)):
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+        big = (max(h, w) * 2, max(h, w) * 2)
+        m[:, 2] += np.array(big) / 2 - np.array([w / 2, h / 2])
+        moved = cv2.warpAffine(frame, m, big, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # continuous coordinates: pixel centres at +0.5, so shift, map, shift back
+        aff = m.copy()
+        aff[:, 2] += aff[:, :2] @ np.array([0.5, 0.5]) - 0.5
+        got = AlignedCrop.from_keypoints(kp.map(aff), S).crop(moved)
+        p = _psnr(got, ref)
+        assert p > 27.0, f"angle={angle} scale={scale}: aligned crop PSNR {p:.1f} dB against the upright crop"
+
+
+def test_mask_covers_the_lips_and_the_chin_and_spares_the_nose(photo):
+    frame, kp = photo
+    ac = AlignedCrop.from_keypoints(kp, S)
+    kc = kp.map(ac.to_crop_affine())
+    mm = mouth_mask_for(kc, S)
+    lips = np.zeros((S, S), np.uint8)
+    cv2.fillPoly(lips, [np.round(kc.lips_outer - 0.5).astype(np.int32)], 1)
+    assert (mm.hard[lips > 0] == 1).all(), "some lip pixels are not masked"
+    nx, ny = kc.nose_tip
+    assert mm.hard[: int(ny) + 1].sum() == 0, "the mask reaches the nose tip"
+    chin_y = int(kc.jaw[:, 1].max()) - 2
+    assert mm.hard[min(chin_y, S - 1), int(kc.jaw[np.argmax(kc.jaw[:, 1]), 0])] == 1, "the chin is not masked"
+    # soft paste weights: inside the hard mask only, 1 well inside it
+    assert (mm.soft <= mm.hard).all() and mm.soft.max() == pytest.approx(1.0)
+    assert np.array_equal(soft_mask(mm.hard), mm.soft)
+    # margins in eye distances, not mouth widths: a rounded mouth still leaves room for a spread one
+    d = kc.eye_distance
+    row = int(round(kc.mouth_corners[:, 1].mean()))
+    cols = np.flatnonzero(mm.hard[row])
+    assert cols.max() - cols.min() >= 2 * 0.55 * d - 2, f"mask {cols.max() - cols.min()} px wide at the mouth line, eye distance {d:.1f}"
+
+
+def test_paste_changes_nothing_outside_the_mask(photo):
+    frame, kp = photo
+    ac = AlignedCrop.from_keypoints(kp, S)
+    mm = mouth_mask_for(kp.map(ac.to_crop_affine()), S)
+    rng = np.random.default_rng(0)
+    gen = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
+    out = ac.paste(frame, gen, mm.soft)
+    changed = (out != frame).any(-1)
+    footprint = ac.frame_weight(mm.hard, frame.shape[:2]) > 0
+    assert changed.any(), "nothing was pasted"
+    assert not (changed & ~footprint).any(), f"{int((changed & ~footprint).sum())} pixels changed outside the mask"
+    # and the footprint is the mouth: below the eyes, a small part of the frame
+    ys, _ = np.nonzero(footprint)
+    assert ys.min() > kp.eyes[:, 1].max() and footprint.mean() < 0.2
+
+
+def test_paste_of_the_crop_itself_is_close_to_identity(photo):
+    frame, kp = photo
+    ac = AlignedCrop.from_keypoints(kp, S)
+    mm = mouth_mask_for(kp.map(ac.to_crop_affine()), S)
+    out = ac.paste(frame, ac.crop(frame), mm.soft)
+    fp = ac.frame_weight(mm.hard, frame.shape[:2]) > 0
+    assert _psnr(out[fp], frame[fp]) > 28.0
+
+
+def test_template_keypoints_from_a_box():
+    kp = FaceKeypoints.template((10, 20, 110, 120))
+    assert kp.source == "template" and kp.eye_distance == pytest.approx(23.6, abs=0.1)
+    ac = AlignedCrop.from_keypoints(kp, S)
+    assert ac.angle == 0.0 and ac.side == pytest.approx(CropSpec().side * kp.eye_distance)
+
+
+def test_aligner_smooths_jitter_and_follows_motion(photo):
+    _, kp = photo
+    rng = np.random.default_rng(1)
+    al = CropAligner(S)
+    raw, smooth = [], []
+    for i in range(50):  # still head, landmark noise of 1.5% of the eye distance
+        j = kp.map(np.array([[1, 0, rng.normal(0, 0.015 * kp.eye_distance)], [0, 1, rng.normal(0, 0.015 * kp.eye_distance)]]))
+        raw.append(AlignedCrop.from_keypoints(j, S).centre)
+        smooth.append(al(j).centre)
+    assert np.std(np.diff(np.array(smooth)[10:], axis=0)) < 0.5 * np.std(np.diff(np.array(raw)[10:], axis=0))
+    al.reset()
+    v = 0.04 * kp.eye_distance  # px per frame: a head moving at one eye distance per second
+    lag = []
+    for i in range(40):
+        k = kp.map(np.array([[1, 0, v * i], [0, 1, 0]]))
+        lag.append((AlignedCrop.from_keypoints(k, S).centre[0] - al(k).centre[0]) / v)
+    assert max(lag[20:]) < 1.0, f"the crop trails a moving head by {max(lag[20:]):.2f} frames"
+    # a cut (the face jumps) snaps instead of sliding
+    far = kp.map(np.array([[1, 0, 5 * kp.eye_distance], [0, 1, 0]]))
+    assert al(far).centre == pytest.approx(AlignedCrop.from_keypoints(far, S).centre)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(eyes=np.zeros((3, 2))), r"eyes must be \[2, 2\]"),
+    (dict(eyes=np.array([[1.0, 1.0], [1.0, 1.0]])), r"eye centres coincide"),
+    (dict(jaw=np.array([[np.nan, 1.0]])), r"jaw contains NaN"),
+])
+def test_bad_keypoints_are_rejected(bad, match):
+    kw = dict(eyes=np.array([[0.0, 0.0], [10.0, 0.0]]), nose_tip=np.array([5.0, 5.0]),
+              mouth_corners=np.array([[2.0, 10.0], [8.0, 10.0]]), lips_outer=np.ones((4, 2)),
+              lips_inner=np.ones((4, 2)), jaw=np.ones((4, 2)))
+    kw.update(bad)
+    with pytest.raises(ValueError, match=match):
+        FaceKeypoints(**kw)
