@@ -35,10 +35,10 @@ from lipforce_sdk.model.dit import WanDiT
 
 from .optim import adamw_cosine, optimizer_step
 from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
-from .teacher import (LatentSet, Ref, Teacher, flow_matching_loss, loss_weight, sample, sample_t, time_grid,
-                      window_guidance)
+from .teacher import (LatentSet, Ref, Teacher, flow_matching_loss, lips_map, loss_weight, sample, sample_t,
+                      time_grid, window_guidance)
 
-__all__ = ["rollout", "ode_pairs", "pairs_ref", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward", "reward_inputs"]
+__all__ = ["rollout", "ode_pairs", "data_pairs", "pairs_ref", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward", "reward_inputs"]
 
 
 def _plan_tensors(planner: RingCachePlanner):
@@ -136,18 +136,41 @@ def ode_pairs(teacher: Teacher, ls: LatentSet, n: int, frames: int, steps: int, 
     return {k: torch.cat(v) for k, v in out.items() if v}
 
 
+@torch.no_grad()
+def data_pairs(ls: LatentSet, n: int, frames: int, t_land: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``n`` windows of the data itself as pairs for ``train_ode_init``: noise, the target re-noised
+    to ``t_land`` with fresh noise (what step 2 sees at run time), and the real latents as x0.
+
+    Self-supervised, the way lip-sync models are trained: the mouth hidden in ``cond``, the clip's
+    own speech as the condition, its frames as the target. A teacher that has not learnt to follow
+    the audio (flow matching weights the low-noise end, where the audio is not needed) passes that
+    on through its ODE pairs; the data does not."""
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    z, cond, mel, mask, ref = ls.windows(rng, n, frames)
+    noise, eps2 = torch.randn(z.shape, generator=g), torch.randn(z.shape, generator=g)
+    out = {"noise": noise, "x_land": (1.0 - t_land) * z + t_land * eps2, "x0": z, "cond": cond, "mel": mel,
+           "mask": mask}
+    if ref is not None:
+        out.update(ref_x0=ref.x0, ref_cond=ref.cond, ref_mask=ref.mask)
+    return out
+
+
 def pairs_ref(p: dict) -> Ref | None:
     return Ref(p["ref_x0"], p["ref_cond"], p["ref_mask"]) if "ref_x0" in p else None
 
 
 def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, t_land: float,
-                   mouth_weight: float = 4.0, batch: int = 8, lr: float = 2e-4, seed: int = 0, log=print) -> dict:
+                   mouth_weight: float = 4.0, lips_weight: float = 16.0, batch: int = 8, lr: float = 2e-4, seed: int = 0,
+                   log=print) -> dict:
     """Regress the causal two-step student onto the teacher's ODE pairs (teacher forcing), the
-    loss weighted up by ``mouth_weight`` where the mouth is re-rendered."""
+    loss weighted up by ``mouth_weight`` where the mouth is re-rendered and ``lips_weight`` over
+    the lips."""
     g = torch.Generator().manual_seed(seed)
     student.requires_grad_(True)
     opt, sched = adamw_cosine(student.parameters(), lr, steps)
     n = pairs["noise"].shape[0]
+    lips = lips_map(cfg)
     t0, hist = time.perf_counter(), []
     student.train()
     for it in range(steps):
@@ -159,7 +182,7 @@ def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, 
             out = rollout(student.dit, cfg, p["cond"], p["mask"], tok, p["noise"],
                           lambda k, _x, xl=p["x_land"]: xl[:, :, k:k + cfg.stream.chunk_frames], t_land,
                           grad_step=gs, context=p["x0"], ref=pairs_ref(p))
-            w = loss_weight(p["mask"], mouth_weight)
+            w = loss_weight(p["mask"], mouth_weight, lips, lips_weight)
             loss = loss + ((out - p["x0"]).pow(2) * w).mean() / w.mean()
         optimizer_step(loss, opt, sched, student.parameters())
         hist.append(float(loss.detach()))
@@ -254,9 +277,11 @@ class DMDConfig:
     guidance: float = 3.0
     window: tuple[float, float] | None = (0.0, 1.0)  # CFG band of the real score; None = everywhere
     reward_weight: float = 0.05
+    data_weight: float = 0.0  # a regression of the rollout onto the real window (its own speech), weighted as the init
     t_min: float = 0.02
     t_max: float = 0.98
     mouth_weight: float = 4.0
+    lips_weight: float = 16.0
     seed: int = 0
 
 
@@ -273,14 +298,15 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
     opt, sched = adamw_cosine(student.parameters(), dc.lr, dc.steps, warmup=20)
     fopt, fsched = adamw_cosine(fake.parameters(), dc.fake_lr, dc.steps * dc.fake_updates, warmup=20)
     guide = window_guidance(dc.guidance, dc.window)
+    lips = lips_map(cfg)
     c = cfg.stream.chunk_frames
     zdim = ls.z[0].shape[0]
-    t0, hist = time.perf_counter(), {"dmd": [], "reward": [], "fake": []}
+    t0, hist = time.perf_counter(), {"dmd": [], "data": [], "reward": [], "fake": []}
     student.train()
     for it in range(dc.steps):
         picks = ls.pick(rng, dc.batch, dc.frames)  # the reward needs to know where windows come from
-        _, cond, mel, mask, ref = ls.gather(picks, dc.frames)
-        weight = loss_weight(mask, dc.mouth_weight)
+        z, cond, mel, mask, ref = ls.gather(picks, dc.frames)
+        weight = loss_weight(mask, dc.mouth_weight, lips, dc.lips_weight)
         shape = (dc.batch, zdim, dc.frames, *ls.z[0].shape[2:])
         noise, eps2 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
         tok = student.tokens(mel)
@@ -301,6 +327,10 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
             target = x.detach() - grad / norm
         loss_dmd = 0.5 * ((x - target).pow(2) * weight).mean() / weight.mean()
         loss = loss_dmd
+        if dc.data_weight > 0:
+            loss_d = ((x - z).pow(2) * weight).mean() / weight.mean()
+            loss = loss + dc.data_weight * loss_d
+            hist["data"].append(float(loss_d.detach()))
         if reward is not None and dc.reward_weight > 0:
             src, soft = reward_inputs(crops, picks, dc.frames, ls.tc)
             loss_r = reward.loss(x, src, soft, mel)
@@ -320,6 +350,7 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
             hist["fake"].append(float(lf.detach()))
         if it % 25 == 0 or it == dc.steps - 1:
             r = f"  reward {np.mean(hist['reward'][-25:]):.3f}" if hist["reward"] else ""
+            r += f"  data {np.mean(hist['data'][-25:]):.4f}" if hist["data"] else ""
             log(f"  dmd step {it:4d}  dmd {np.mean(hist['dmd'][-25:]):.4f}  fake {np.mean(hist['fake'][-25:]):.4f}"
                 f"{r}  {time.perf_counter() - t0:6.0f} s")
     student.eval()

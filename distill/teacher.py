@@ -28,7 +28,7 @@ from lipforce_sdk.model.dit import WanDiT
 from .optim import adamw_cosine, optimizer_step
 
 __all__ = ["Teacher", "Ref", "LatentSet", "TeacherTrainConfig", "train_teacher", "sample", "window_guidance",
-           "flow_matching_loss", "loss_weight", "video_mask_to_latent"]
+           "flow_matching_loss", "loss_weight", "lips_map", "video_mask_to_latent"]
 
 
 class Teacher(nn.Module):
@@ -152,9 +152,33 @@ class LatentSet:
         return self.gather(self.pick(rng, batch, frames), frames)
 
 
-def loss_weight(mask: torch.Tensor, mouth_weight: float) -> torch.Tensor:
-    """Per latent pixel ``[B, 1, L, h, w]``: 1, plus ``mouth_weight`` where the mouth is re-rendered."""
-    return 1.0 + mouth_weight * mask.amax(1, keepdim=True)
+def lips_map(cfg: ModelConfig) -> torch.Tensor:
+    """Per latent pixel ``[h, w]`` in [0, 1]: where the lips and the gap between them are in an
+    eye-aligned crop (a soft box around the mouth's place, ``CropSpec``: the crop is aligned so
+    that every mouth sits there), averaged over each latent pixel."""
+    import cv2
+
+    from lipforce_sdk.geometry import CropSpec
+
+    s = cfg.stream.resolution
+    spec = CropSpec()
+    cy = 0.5 - spec.down / spec.side  # the mouth corners' line
+    m = np.zeros((s, s), np.float32)
+    m[int((cy - 0.07) * s):int((cy + 0.11) * s), int(0.27 * s):int(0.73 * s)] = 1.0
+    m = cv2.GaussianBlur(m, (0, 0), s / 64)
+    h, w = cfg.latent_hw
+    return torch.from_numpy(m.reshape(h, s // h, w, s // w).mean(axis=(1, 3)))
+
+
+def loss_weight(mask: torch.Tensor, mouth_weight: float, lips: torch.Tensor | None = None,
+                lips_weight: float = 0.0) -> torch.Tensor:
+    """Per latent pixel ``[B, 1, L, h, w]``: 1, plus ``mouth_weight`` where the mouth is
+    re-rendered, plus ``lips_weight`` over the lips (``lips_map``): the thin lip gap is a small
+    part of the re-rendered region, and what a light model learns last."""
+    w = 1.0 + mouth_weight * mask.amax(1, keepdim=True)
+    if lips is not None and lips_weight:
+        w = w + lips_weight * lips[None, None, None] * mask.amax(1, keepdim=True)
+    return w
 
 
 @dataclass
@@ -165,6 +189,7 @@ class TeacherTrainConfig:
     lr: float = 4e-4
     audio_dropout: float = 0.15
     mouth_weight: float = 4.0
+    lips_weight: float = 0.0
     t_min: float = 0.02
     seed: int = 0
 
@@ -190,10 +215,11 @@ def train_teacher(model: Teacher, ls: LatentSet, cfg: TeacherTrainConfig = Teach
     g = torch.Generator().manual_seed(cfg.seed)
     opt, sched = adamw_cosine(model.parameters(), cfg.lr, cfg.steps)
     model.train()
+    lips = lips_map(model.cfg)
     t0, hist = time.perf_counter(), []
     for step in range(cfg.steps):
         z, cond, mel, mask, ref = ls.windows(rng, cfg.batch, cfg.frames)
-        weight = loss_weight(mask, cfg.mouth_weight)
+        weight = loss_weight(mask, cfg.mouth_weight, lips, cfg.lips_weight)
         keep = torch.rand(cfg.batch, generator=g) >= cfg.audio_dropout
         tok = model.tokens(mel, keep)
         t = sample_t(g, cfg.batch, cfg.t_min)

@@ -1,4 +1,4 @@
-"""``lipforce`` command line: run, export, build, doctor."""
+"""``lipforce`` command line: run, enroll, export, build, doctor."""
 
 from __future__ import annotations
 
@@ -9,22 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main", "run_clip", "resolve_box", "sample_box", "sample_sync_report", "SAMPLE_DIR", "PHOTO_DIR"]
+__all__ = ["main", "run_clip", "run_avatar", "sample_sync_report", "SAMPLE_DIR", "PHOTO_DIR"]
 
 SAMPLE_DIR = Path(__file__).parent / "assets" / "sample"  # procedural talking face: the default model's domain
 PHOTO_DIR = Path(__file__).parent / "assets" / "photo"  # a real face photo under motion (face tracking)
-
-
-def sample_box() -> tuple[float, float, float, float]:
-    """The face box of the bundled sample clip (``crop_box`` of its ``face_boxes.json``).
-
-    The sample is a procedural face framed as the face tracker crops a face; the Haar detector
-    is made for photographs and does not find it reliably, so runs on it use this box.
-    """
-    import json
-
-    with open(SAMPLE_DIR / "face_boxes.json") as f:
-        return tuple(float(v) for v in json.load(f)["crop_box"])
 
 
 def _is_sample(path: str | Path, name: str) -> bool:
@@ -32,14 +20,6 @@ def _is_sample(path: str | Path, name: str) -> bool:
         return Path(path).resolve() == (SAMPLE_DIR / name).resolve()
     except OSError:
         return False
-
-
-def resolve_box(video: str | Path, box=None) -> tuple[float, float, float, float] | None:
-    """The face box a run of ``video`` uses: ``box`` when given, the bundled sample's own box
-    when ``video`` is the bundled sample, else ``None`` (face detection)."""
-    if box is not None:
-        return tuple(float(v) for v in box)
-    return sample_box() if _is_sample(video, "face.mp4") else None
 
 
 def sample_sync_report(out: str | Path) -> str:
@@ -70,9 +50,7 @@ def _video_schedule(n_src: int, src_fps: float, fps: float, n_out: int) -> np.nd
 def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True):
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
-    from tqdm import tqdm
-
-    from .media import VideoWriter, read_audio, read_video
+    from .media import read_audio, read_video
 
     cfg = engine.config
     sr, fps = cfg.audio.sample_rate, cfg.stream.fps
@@ -82,17 +60,43 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
     order = _video_schedule(len(frames), src_fps, fps, n_out)
     spf = cfg.samples_per_video_frame
     session = engine.session(box=box)
+    pushes = ((samples[i * spf:(i + 1) * spf], frames[order[i]]) for i in range(n_out))
+    return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
+
+
+def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: str, progress: bool):
+    """Feed ``session.push(*args)`` for each of ``pushes``, then flush; write every frame out and
+    ``samples`` as the sound track to ``out`` (MP4); the session's stats."""
+    from tqdm import tqdm
+
+    from .media import VideoWriter
+
+    sr = session.cfg.audio.sample_rate
     with VideoWriter(out, fps=fps, with_audio=True, sample_rate=sr) as w, \
-            tqdm(total=n_out, unit="frame", desc="lip sync", disable=not progress) as bar:
+            tqdm(total=n_out, unit="frame", desc=desc, disable=not progress) as bar:
         w.write_audio(samples)
-        for i in range(n_out):
-            for o in session.push(samples[i * spf:(i + 1) * spf], frames[order[i]]):
+        for args in pushes:
+            for o in session.push(*args):
                 w.write(o.image)
                 bar.update(1)
         for o in session.flush():
             w.write(o.image)
             bar.update(1)
     return session.stats
+
+
+def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: bool = True):
+    """Stream a prepared avatar (``lipforce_sdk.avatar``) from ``audio`` alone as a kiosk would
+    (640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
+    from .media import read_audio
+
+    cfg = engine.config
+    spf = cfg.samples_per_video_frame
+    samples = read_audio(audio, sample_rate=cfg.audio.sample_rate)
+    session = engine.session(avatar=avatar)
+    n_out = max(1, math.ceil(samples.size / spf))
+    pushes = ((samples[i:i + spf],) for i in range(0, samples.size, spf))
+    return _write_stream(session, pushes, samples, out, cfg.stream.fps, n_out, "avatar", progress)
 
 
 def format_stats(stats, cfg) -> str:
@@ -116,12 +120,52 @@ def _cmd_run(a) -> int:
     from .session import Engine
 
     engine = Engine.load(a.model, backend=a.backend)
-    box = resolve_box(a.video, a.box)
-    stats = run_clip(engine, a.video, a.audio, a.out, box=box, progress=not a.no_progress)
+    if a.avatar is not None:
+        return _run_avatar(a, engine)
+    a.video = a.video or str(SAMPLE_DIR / "face.mp4")
+    stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress)
     print(f"wrote {a.out}  ({engine!r})")
     print(format_stats(stats, engine.config))
-    if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav") and box == sample_box():
+    if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav"):
         print(sample_sync_report(a.out))
+    return 0
+
+
+def _run_avatar(a, engine) -> int:
+    from .avatar import Avatar
+
+    where = a.avatar or a.model
+    if not where:
+        raise ValueError("--avatar without a folder streams the avatar of --model: pass --model avatars/NAME "
+                         "(a directory written by `lipforce enroll`), or --avatar DIR")
+    if a.video is not None or a.box is not None:
+        raise ValueError("--avatar streams the avatar's own loop: drop --video/--box")
+    stats = run_avatar(engine, Avatar.load(where), a.audio, a.out, progress=not a.no_progress)
+    print(f"wrote {a.out}  ({engine!r}, avatar {where})")
+    print(format_stats(stats, engine.config))
+    return 0
+
+
+def _enroll_module():
+    """``distill.enroll``: installed as ``lipforce_sdk.distill``, or ``distill`` in a checkout."""
+    try:
+        from .distill import enroll
+    except ImportError:  # pragma: no cover - a checkout without the installed sub-package
+        from distill import enroll
+    return enroll
+
+
+def _cmd_enroll(a) -> int:
+    try:
+        r = _enroll_module().run_args(a)
+    except KeyboardInterrupt:
+        return 130
+    sc = r.scores or {}
+    if sc.get("enrolled"):
+        b, e = sc["base"], sc["enrolled"]
+        print(f"  held-out mouth PSNR {b['mouth_psnr_db']:.2f} -> {e['mouth_psnr_db']:.2f} dB, SSIM "
+              f"{b['mouth_ssim']:.4f} -> {e['mouth_ssim']:.4f} (base -> enrolled; {sc['held_out_frames']} frames)")
+    print(f"  next: lipforce run --model {a.out} --avatar --audio SPEECH.wav --out out.mp4")
     return 0
 
 
@@ -190,14 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="lip-sync a video to an audio track, write an MP4 and print latency")
-    r.add_argument("--video", default=str(SAMPLE_DIR / "face.mp4"), help="source face video (default: bundled sample)")
+    r.add_argument("--video", default=None, help="source face video (default: bundled sample)")
     r.add_argument("--audio", default=str(SAMPLE_DIR / "speech.wav"), help="driving speech (default: bundled sample)")
     r.add_argument("--out", default="out.mp4", help="output MP4 (video + audio)")
     r.add_argument("--model", default=None, help="model directory (default: the bundled tiny model)")
     r.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
-    r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="fixed face box (skip detection; the bundled sample's is used for it)")
+    r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
+                   help="fixed face-crop box (skip the face mesh; a mean face is placed in it)")
+    r.add_argument("--avatar", nargs="?", const="", default=None, metavar="DIR",
+                   help="stream a prepared avatar from the audio alone (no --video): the one in --model's directory "
+                        "(written by `lipforce enroll`), or the avatar folder DIR")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=_cmd_run)
+
+    n = sub.add_parser("enroll", help="adapt a model to one avatar (a talking clip, an idle loop or a photo) and "
+                                      "prepare its loop for audio-only streaming")
+    _enroll_module().add_arguments(n)
+    n.set_defaults(fn=_cmd_enroll)
 
     e = sub.add_parser("export", help="export the four graphs to ONNX with a manifest")
     e.add_argument("--preset", default=None, help="export a preset with seeded weights (tiny, 1.3b, 14b)")

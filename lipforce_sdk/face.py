@@ -123,20 +123,21 @@ class FaceDetector(Protocol):
     def detect(self, frame: np.ndarray) -> FaceBox | None: ...
 
 
-def _check_frame(frame: np.ndarray, what: str = "frame") -> np.ndarray:
+def _check_frame(frame: np.ndarray, what: str = "frame", min_side: int = 2) -> np.ndarray:
+    """``frame`` as an RGB ``uint8`` ``[H, W, 3]`` array of at least ``min_side`` pixels a side, or
+    a ``ValueError`` saying the fix."""
     f = np.asarray(frame)
     if f.ndim != 3 or f.shape[2] != 3:
         raise ValueError(
-            f"{what} must be RGB [H, W, 3], got shape {f.shape}; convert grayscale/RGBA "
-            "to RGB first"
+            f"{what} must be RGB [H, W, 3], got shape {f.shape}; convert grayscale/RGBA to RGB "
+            "first (e.g. cv2.cvtColor(x, cv2.COLOR_GRAY2RGB))"
         )
     if f.dtype != np.uint8:
         raise ValueError(
-            f"{what} must be uint8, got {f.dtype}; convert with "
-            "np.clip(x, 0, 255).astype(np.uint8)"
+            f"{what} must be uint8, got {f.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)"
         )
-    if f.shape[0] < 2 or f.shape[1] < 2:
-        raise ValueError(f"{what} is {f.shape[1]}x{f.shape[0]}; need at least 2x2")
+    if f.shape[0] < min_side or f.shape[1] < min_side:
+        raise ValueError(f"{what} is {f.shape[1]}x{f.shape[0]} pixels; need at least {min_side}x{min_side}")
     return f
 
 

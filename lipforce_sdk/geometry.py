@@ -40,18 +40,17 @@ __all__ = [
     "MEDIAPIPE",
 ]
 
-# MediaPipe face-mesh (468-point canonical topology) indices of what this module needs.
-MEDIAPIPE = {
-    "left_eye": (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246),
-    "right_eye": (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466),
-    "nose_tip": 1,
-    "mouth_corners": (61, 291),
-    # outer lip contour, closed, from the image-left corner along the lower lip then back along the upper
-    "lips_outer": (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185),
-    "lips_inner": (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82, 81, 80, 191),
-    # the face oval's lower part, from the image-left cheek through the chin to the right cheek
-    "jaw": (132, 58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288, 361),
-}
+def _mediapipe_indices() -> dict:
+    from .facemesh import landmarks as mp
+
+    return {"left_eye": mp.RIGHT_EYE, "right_eye": mp.LEFT_EYE, "nose_tip": mp.NOSE_TIP,
+            "mouth_corners": (mp.MOUTH_RIGHT, mp.MOUTH_LEFT), "lips_outer": mp.LIPS_OUTER,
+            "lips_inner": mp.LIPS_INNER, "jaw": mp.JAW}
+
+
+# The MediaPipe face-mesh indices ``FaceKeypoints.from_mediapipe`` reads, by image side for an
+# unmirrored face ("left_eye" = the image-left eye = the subject's right).
+MEDIAPIPE = _mediapipe_indices()
 
 
 def _pts(a, n: int | None, what: str) -> np.ndarray:
@@ -101,14 +100,14 @@ class FaceKeypoints:
         p = np.asarray(points, np.float64)
         if p.ndim != 2 or p.shape[0] < 468 or p.shape[1] < 2:
             raise ValueError(f"MediaPipe landmarks must be [468, 2 or 3], got shape {p.shape}")
-        p = p[:, :2]
         m = MEDIAPIPE
+        p = p[:, :2]
         eyes = np.stack([p[list(m["left_eye"])].mean(0), p[list(m["right_eye"])].mean(0)])
-        if eyes[0, 0] > eyes[1, 0]:  # the subject's left eye is the image-right one
+        if eyes[0, 0] > eyes[1, 0]:  # image-left first (the subject's right eye, unless mirrored)
             eyes = eyes[::-1]
         return cls(eyes=eyes, nose_tip=p[m["nose_tip"]], mouth_corners=p[list(m["mouth_corners"])],
-                   lips_outer=p[list(m["lips_outer"])], lips_inner=p[list(m["lips_inner"])],
-                   jaw=p[list(m["jaw"])], source="mesh")
+                   lips_outer=p[list(m["lips_outer"])], lips_inner=p[list(m["lips_inner"])], jaw=p[list(m["jaw"])],
+                   source="mesh")
 
     @classmethod
     def template(cls, box: FaceBox | tuple[float, float, float, float]) -> "FaceKeypoints":

@@ -128,9 +128,13 @@ class Engine:
 
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
-                keypoints: Sequence[FaceKeypoints] | None = None, reference: Sequence[np.ndarray] | None = None
-                ) -> "Session":
+                keypoints: Sequence[FaceKeypoints] | None = None, reference: Sequence[np.ndarray] | None = None,
+                avatar=None) -> "Session":
         """A new stream.
+
+        ``avatar``: a prepared avatar (``lipforce_sdk.avatar.Avatar``, or its directory, or a model
+        directory holding one): the session streams its idle loop and ``push`` takes audio only
+        (``AvatarSession``); no face tracking, no encoding of the frames.
 
         Where the face comes from, first match wins: ``face_source`` (any ``FaceSource``),
         ``keypoints`` (per frame), ``tracker`` (a ``FaceTracker``: Haar detection or its fixed
@@ -140,6 +144,14 @@ class Engine:
         ``reference``: full frames of the person whose clean mouth crops fill the cache's sink
         (models with ``stream.sink == "reference"``); default: the stream's first frames.
         """
+        if avatar is not None:
+            from .avatar import AvatarSession
+
+            given = [n for n, v in (("box", box), ("tracker", tracker), ("face_source", face_source),
+                                    ("keypoints", keypoints), ("reference", reference)) if v is not None]
+            if given:
+                raise InputError(f"avatar= streams the avatar's own frames; drop {', '.join(given)}=")
+            return AvatarSession(self, avatar, seed=seed)
         if face_source is None:
             if keypoints is not None:
                 face_source = KeypointsFaceSource(keypoints)
@@ -197,37 +209,61 @@ class ChunkRenderer:
         return (self.backend.asarray(rng.standard_normal(shape, dtype=np.float32)),
                 self.backend.asarray(rng.standard_normal(shape, dtype=np.float32)))
 
-    def _inputs(self, views: Sequence[FrameView]) -> tuple[np.ndarray, np.ndarray, Any]:
-        """(unmasked frames, masked frames) ``[1, 3, Fv, S, S]`` in [-1, 1] and the DiT's mask
-        ``[1, Tc, C, h, w]`` (video frame ``c * Tc + j`` -> channel ``j`` of latent frame ``c``)."""
-        cfg = self.cfg
+    def _pixels(self, views: Sequence[FrameView]) -> tuple[np.ndarray, np.ndarray]:
+        """(unmasked frames, masked frames) ``[1, 3, Fv, S, S]`` in [-1, 1]."""
         x = np.stack([v.image for v in views]).astype(np.float32) / 127.5 - 1.0  # [Fv, S, S, 3]
         keep = 1.0 - np.stack([v.mask.hard for v in views])[..., None]
         full = np.ascontiguousarray(x.transpose(3, 0, 1, 2)[None])
         src = np.ascontiguousarray((x * keep).transpose(3, 0, 1, 2)[None])
+        return full, src
+
+    def _mask(self, views: Sequence[FrameView]) -> Any:
+        """The DiT's mask ``[1, Tc, C, h, w]`` (video frame ``c * Tc + j`` -> channel ``j`` of latent frame ``c``)."""
+        cfg = self.cfg
         tc, c = cfg.vae.temporal_compression, cfg.stream.chunk_frames
         lat = np.stack([v.mask.latent(cfg.vae.spatial_compression) for v in views])  # [Fv, h, w]
         mask = lat.reshape(c, tc, *lat.shape[1:]).transpose(1, 0, 2, 3)[None]
-        return full, src, self.backend.asarray(np.ascontiguousarray(mask))
+        return self.backend.asarray(np.ascontiguousarray(mask))
 
-    def write_reference(self, views: Sequence[FrameView], planner: RingCachePlanner, state: Any) -> None:
-        """The sink: clean reference crops written by a ``t = 0`` pass per chunk of frames (latents
-        of the unmasked crop as the clean chunk, the masked crop as the condition, no audio)."""
+    def reference_latents(self, views: Sequence[FrameView], state: Any) -> list[tuple[Any, Any]]:
+        """Per chunk of reference frames: (latents of the unmasked crops, latents of the masked
+        crops), encoded in that order (a temporal encoder's cache then holds the masked view)."""
         be, fv = self.backend, self.cfg.video_frames_per_chunk
+        out = []
         for k in range(0, len(views), fv):
-            full, src, mask = self._inputs(views[k:k + fv])
+            full, src = self._pixels(views[k:k + fv])
             x0 = be.encode_video(full, state)
-            cond = be.encode_video(src, state)  # last, so a temporal encoder cache holds the masked view
-            be.dit_step(x0, 0.0, cond, mask, be.asarray(self._null_tokens), planner.plan(), state)
+            out.append((x0, be.encode_video(src, state)))
+        return out
+
+    def condition_latents(self, views: Sequence[FrameView], state: Any) -> Any:
+        """The masked-source latents of one chunk of frames (the DiT's condition)."""
+        return self.backend.encode_video(self._pixels(views)[1], state)
+
+    def write_reference(self, views: Sequence[FrameView], planner: RingCachePlanner, state: Any,
+                        latents: Sequence[tuple[Any, Any]] | None = None) -> None:
+        """The sink: clean reference crops written by a ``t = 0`` pass per chunk of frames (latents
+        of the unmasked crop as the clean chunk, the masked crop as the condition, no audio).
+        ``latents``: their ``reference_latents`` computed before (a prepared avatar's, host arrays)."""
+        be, fv = self.backend, self.cfg.video_frames_per_chunk
+        given = latents is not None
+        if not given:
+            latents = self.reference_latents(views, state)
+        for k, (x0, cond) in zip(range(0, len(views), fv), latents):
+            if given:
+                x0, cond = be.asarray(x0), be.asarray(cond)
+            be.dit_step(x0, 0.0, cond, self._mask(views[k:k + fv]), be.asarray(self._null_tokens), planner.plan(),
+                        state)
             planner.commit()
 
     def render(self, views: Sequence[FrameView], mel: np.ndarray, chunk_index: int, planner: RingCachePlanner,
-               state: Any) -> np.ndarray:
-        """views: Fv frames; mel [Fv, Wm, n_mels] -> generated crops [Fv, S, S, 3] uint8."""
+               state: Any, cond: Any = None) -> np.ndarray:
+        """views: Fv frames; mel [Fv, Wm, n_mels] -> generated crops [Fv, S, S, 3] uint8.
+        ``cond``: the chunk's ``condition_latents`` computed before (a prepared avatar's, host array)."""
         be = self.backend
-        _, src, mask = self._inputs(views)
+        mask = self._mask(views)
         audio_tokens = be.encode_audio(np.ascontiguousarray(mel[None]))
-        cond = be.encode_video(src, state)
+        cond = self.condition_latents(views, state) if cond is None else be.asarray(cond)
         noise, eps2 = self.noise(chunk_index)
         plan = planner.plan()
 
@@ -252,7 +288,7 @@ class Session:
     """One stream: ``push(audio, frame)`` in, lip-synced ``OutputFrame``s out."""
 
     def __init__(self, engine: Engine, face_source: FaceSource | None = None, seed: int | None = None,
-                 reference: Sequence[np.ndarray] | None = None):
+                 reference: Sequence[np.ndarray] | None = None, preparer: FramePreparer | None = None):
         cfg = engine.config
         self.engine, self.cfg, self.backend = engine, cfg, engine.backend
         self.sample_rate = cfg.audio.sample_rate
@@ -261,7 +297,7 @@ class Session:
         self._fv = cfg.video_frames_per_chunk
         self._n_ref = reference_frames_needed(cfg)
         self.face_source = face_source if face_source is not None else default_face_source()
-        self.preparer = FramePreparer(cfg)
+        self.preparer = preparer if preparer is not None else FramePreparer(cfg)  # frame + keypoints -> FrameView
         self.state = self.backend.new_state()
         self.planner = RingCachePlanner.for_stream(cfg.stream)
         self.mel = LogMelStream(cfg.audio, self.fps)
@@ -304,10 +340,7 @@ class Session:
             self._stream_end = self._next_frame + len(self._pending)  # padding frames are not returned
             while len(self._pending) % self._fv or len(self._pending) < self._first_need():
                 self._pending.append(self._pending[-1])
-            need = self.mel.fe.samples_needed(self._next_frame + len(self._pending) - 1 + self.cfg.audio.lookahead_frames)
-            missing = need - self.mel.samples_in
-            if missing > 0:
-                self.mel.push(np.zeros(missing, np.float32))
+            self._pad_audio(self._next_frame + len(self._pending))
             out = self._drain()
         self._ended = True
         return out
@@ -320,6 +353,14 @@ class Session:
         self._reset_stream()
 
     # ---------------- internals ----------------
+    def _pad_audio(self, frames: int) -> None:
+        """Silence after the audio pushed so far, up to what the first ``frames`` frames need
+        (their look-ahead included): the end of a stream."""
+        need = self.mel.fe.samples_needed(frames - 1 + self.cfg.audio.lookahead_frames)
+        missing = need - self.mel.samples_in
+        if missing > 0:
+            self.mel.push(np.zeros(missing, np.float32))
+
     def _reset_stream(self) -> None:
         self.planner.reset()
         self.mel.reset()
@@ -390,6 +431,10 @@ class Session:
             raise FaceNotFoundError("no face found in a reference frame; pass reference frames with a visible face")
         return [FramePreparer(self.cfg)(f, k) for f, k in zip(self._reference_frames, kps)]
 
+    def _condition(self, chunk_index: int) -> Any:
+        """Precomputed condition latents of a chunk (``AvatarSession``); ``None``: encode its frames."""
+        return None
+
     def _run_chunk(self) -> list[OutputFrame]:
         t0 = time.perf_counter()
         if self._n_ref and not self._reference_written:
@@ -397,7 +442,7 @@ class Session:
         fv, first = self._fv, self._next_frame
         items = self._pending[:fv]
         gen = self.renderer.render([v for _, v in items], self.mel.window(first, fv), self._chunk_index,
-                                   self.planner, self.state)
+                                   self.planner, self.state, cond=self._condition(self._chunk_index))
         out = []
         for j, ((frame, view), g) in enumerate(zip(items, gen)):
             idx = first + j

@@ -22,14 +22,14 @@ import numpy as np
 
 def main(argv=None) -> int:
     from lipforce_sdk import Engine
-    from lipforce_sdk.cli import SAMPLE_DIR, _video_schedule, resolve_box
+    from lipforce_sdk.cli import SAMPLE_DIR, _video_schedule
     from lipforce_sdk.media import VideoWriter, read_audio, read_video
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", default=str(SAMPLE_DIR / "face.mp4"))
     ap.add_argument("--audio", default=str(SAMPLE_DIR / "speech.wav"))
     ap.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
-                    help="fixed face box (default: the bundled sample's on the bundled sample, else detection)")
+                    help="fixed face-crop box (default: the face mesh tracks the face)")
     ap.add_argument("--model", default=None, help="model directory (default: bundled)")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     ap.add_argument("--seconds", type=float, default=None, help="run this long (default: the audio's length)")
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     n = int(round((a.seconds or audio.size / sr) * fps))
     audio = np.resize(audio, n * spf).astype(np.float32)
     order = _video_schedule(len(frames), src_fps, fps, n)
-    box = resolve_box(a.video, a.box)
+    box = a.box
     session = engine.session(box=box)
     # warm up (first-call allocations, kernel selection) on a throw-away session
     warm = engine.session(box=box)

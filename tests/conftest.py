@@ -20,6 +20,15 @@ def make_clip(n_frames: int, seed: int = 0, hw=(96, 80), extra_samples: int = 32
 BOX = (8.0, 10.0, 72.0, 74.0)
 
 
+def frame_views(frames, cfg, box=BOX):
+    """What the session gives ``ChunkRenderer`` for ``frames`` streamed with a fixed ``box``."""
+    from lipforce_sdk.geometry import FaceKeypoints
+    from lipforce_sdk.session import FramePreparer
+
+    prep, kp = FramePreparer(cfg), FaceKeypoints.template(box)
+    return [prep(f, kp) for f in frames]
+
+
 def corrupted_copy(src, dst, name: str, at: float = 0.5, mask: int = 0xFF):
     """Copy directory ``src`` to ``dst`` and flip bits of one byte of file ``name`` (at fraction ``at``)."""
     import shutil

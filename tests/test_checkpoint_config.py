@@ -23,7 +23,7 @@ def test_wan_named_round_trip(tmp_path):
     sd = load_file(str(tmp_path / "dit.safetensors"))
     for k in WAN_KEYS:
         assert k in sd, f"Wan2.1 key {k!r} missing from dit.safetensors"
-    assert sd["blocks.0.modulation"].shape == (1, 6, 128) and sd["patch_embedding.weight"].shape == (128, 36, 1, 2, 2)
+    assert sd["blocks.0.modulation"].shape == (1, 6, 128) and sd["patch_embedding.weight"].shape == (128, 33, 1, 4, 4)
     m2 = load_model(tmp_path)
     for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
@@ -87,6 +87,11 @@ def test_load_errors_name_the_problem(tmp_path):
     (lambda: ScheduleConfig(cache_pass="none").validate(), r"schedule\.cache_pass='none'"),
     (lambda: from_name("tiny").replace(audio={"hop_length": 300}), r"audio\.hop_length=300"),
     (lambda: from_name("tiny").replace(foo={}), r"unknown config section 'foo'"),
+    (lambda: from_name("tiny").replace(vae={"kind": "wan"}), r"vae\.kind='wan' .*'streaming' .*'frame'"),
+    (lambda: from_name("tiny").replace(vae={"temporal_compression": 4}), r"vae\.temporal_compression=4 .*must be 1"),
+    (lambda: from_name("1.3b").replace(vae={"spatial_compression": 4}), r"vae\.spatial_compression=4 .*must be 8"),
+    (lambda: from_name("tiny").replace(stream={"sink_frames": 3}), r"stream\.sink_frames=3 .*multiple of chunk_frames=2"),
+    (lambda: from_name("tiny").replace(stream={"sink": "first"}), r"stream\.sink='first'"),
 ])
 def test_config_validation_messages(make, match):
     with pytest.raises(ConfigError, match=match):
@@ -97,7 +102,9 @@ def test_presets_and_derived_sizes():
     t, b13, b14 = from_name("tiny"), from_name("1.3b"), from_name("14b")
     assert (b13.dit.dim, b13.dit.num_layers, b13.dit.num_heads, b13.dit.ffn_dim) == (1536, 30, 12, 8960)
     assert (b14.dit.dim, b14.dit.num_layers, b14.dit.num_heads, b14.dit.ffn_dim) == (5120, 40, 40, 13824)
-    assert t.in_dim == 36 and b13.tokens_per_frame == 1024 and t.tokens_per_frame == 64
-    assert t.video_frames_per_chunk == 4 and t.num_slots == 1 + 6 + 1
-    assert t.algorithmic_latency_ms() == pytest.approx(240.0)
+    # tiny: per-frame 4x VAE (16 + 16 + 1 input channels), patch 4 on 32x32 latents, 2-frame chunks
+    assert t.in_dim == 33 and b13.in_dim == 36 and b13.tokens_per_frame == 1024 and t.tokens_per_frame == 64
+    assert t.video_frames_per_chunk == 2 and t.num_slots == 2 + 8 + 2 and b13.video_frames_per_chunk == 4
+    assert t.algorithmic_latency_ms() == pytest.approx(160.0) and b13.algorithmic_latency_ms() == pytest.approx(240.0)
+    assert t.stream.sink == "reference" and t.vae.kind == "frame" and b13.vae.kind == "streaming"
     assert ModelConfig.from_dict(b13.to_dict()) == b13

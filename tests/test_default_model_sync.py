@@ -23,7 +23,7 @@ MIN_GAP_CORRELATION = 0.4
 
 
 def test_default_model_lip_gap_follows_the_new_speech():
-    from distill.evaluate import held_out_pairs, render_engine
+    from distill.evaluate import SCORE_SIZE, _at, held_out_pairs, render_engine
     from distill.metrics import measure_mouth
     from lipforce_sdk import Engine
 
@@ -31,7 +31,7 @@ def test_default_model_lip_gap_follows_the_new_speech():
     for p in held_out_pairs(2, max_frames=100):
         out, _ = render_engine(engine, p)
         truth = p.geometry.gap_px
-        got = float(np.corrcoef(measure_mouth(out)[:, 0], truth)[0, 1])
-        src = float(np.corrcoef(measure_mouth(p.source)[:, 0], truth)[0, 1])
+        got = float(np.corrcoef(measure_mouth(_at(out, SCORE_SIZE))[:, 0], truth)[0, 1])
+        src = float(np.corrcoef(measure_mouth(_at(p.source, SCORE_SIZE))[:, 0], truth)[0, 1])
         assert got >= MIN_GAP_CORRELATION, f"output lip gap vs true gap: r = {got:.3f}"
         assert got > src + 0.2, f"output r = {got:.3f} is not clearly above the input video's r = {src:.3f}"

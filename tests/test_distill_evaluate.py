@@ -12,13 +12,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 pytest.importorskip("torch", reason="the sync scorer needs torch (pip install 'lipforce[torch]')")
 
-from lipforce_sdk.face import FaceTracker, mouth_mask, paste  # noqa: E402
+from lipforce_sdk.face import mouth_mask  # noqa: E402
 
 from distill.data import make_sample_pair  # noqa: E402
 import distill.evaluate as ev  # noqa: E402
 from distill.evaluate import (METRICS, PIXEL_TOLERANCE, TOLERANCES, _diff, _offset_diff,  # noqa: E402
-                              compare_backends, cut_pair, held_out_pairs, results_table, score_clip,
-                              whole_frame_box)
+                              aligned_crops, compare_backends, cut_pair, held_out_pairs, results_table,
+                              score_clip)
 from distill.speech import espeak_available  # noqa: E402
 from distill.syncnet import SyncScorer  # noqa: E402
 
@@ -34,9 +34,12 @@ def scorer():
     return SyncScorer.load()
 
 
+SIZE = 256  # held-out pairs are rendered as 256 x 256 frames, cut by the runtime's geometry
+
+
 @pytest.fixture(scope="module")
 def full_pair():
-    return make_sample_pair(0, "held_out")
+    return make_sample_pair(0, "held_out", SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_held_out_pairs_are_cut_consistently(full_pair):
     (p,) = held_out_pairs(1, max_frames=FRAMES)
     f = FRAMES
     assert full_pair.target.shape[0] > f
-    assert p.source.shape == p.target.shape == (f, 128, 128, 3)
+    assert p.source.shape == p.target.shape == (f, SIZE, SIZE, 3)
     assert p.audio.shape == (f * 640,) and p.speech.audio.shape == (f * 640,)
     assert p.speech_src.audio.shape == (f * 640,)
     assert p.params.shape[0] == p.params_src.shape[0] == p.geometry.values.shape[0] == f
@@ -61,13 +64,17 @@ def test_held_out_pairs_are_cut_consistently(full_pair):
 
 
 @needs_espeak
-def test_whole_frame_box_crops_and_pastes_without_resampling(pair):
-    frame = pair.source[7]
-    c = FaceTracker(128, box=whole_frame_box(128)).crop(frame)
-    np.testing.assert_array_equal(c.image, frame)
-    gen = np.random.default_rng(0).integers(0, 256, frame.shape, dtype=np.uint8)
-    out = paste(frame, c.box, gen, feather=0.0)
-    np.testing.assert_array_equal(out, gen)
+def test_scored_crops_are_the_runtime_crops(pair):
+    """The scorer sees the mouth crops the runtime cuts from the source (exact keypoints)."""
+    from lipforce_sdk.geometry import AlignedCrop
+
+    from distill.evaluate import pair_keypoints
+
+    crops = aligned_crops(pair.source, pair)
+    kps = pair_keypoints(pair)
+    assert crops.shape == (pair.source.shape[0], 128, 128, 3)
+    raw = AlignedCrop.from_keypoints(kps[0], 128).crop(pair.source[0])
+    np.testing.assert_array_equal(crops[0], raw)  # the first frame is unsmoothed
 
 
 @needs_espeak
@@ -92,7 +99,7 @@ def test_tolerances_hold_under_one_level_noise_but_not_a_new_mouth(pair, scorer)
     """+-1 level on every mouth pixel stays within the tolerances; the source mouth does not."""
     base = score_clip(pair.source, pair, scorer)
     rng = np.random.default_rng(3)
-    m = (mouth_mask(128) > 0)[None, :, :, None]
+    m = (mouth_mask(SIZE) > 0)[None, :, :, None]
     noisy = np.clip(pair.source.astype(int) + rng.integers(-1, 2, pair.source.shape) * m, 0, 255).astype(np.uint8)
     assert np.abs(noisy.astype(int) - pair.source).max() <= PIXEL_TOLERANCE
     got = score_clip(noisy, pair, scorer)
@@ -153,7 +160,7 @@ def test_onnxruntime_matches_torch_on_the_bundled_model(tmp_path, scorer):
     assert (tmp_path / "onnx" / "manifest.json").exists()
     assert list(res.summaries) == ["torch", "onnxruntime"] and res.frames == FRAMES
     for b in res.summaries.values():
-        assert b.frames[0].shape == (FRAMES, 128, 128, 3) and b.seconds_per_frame > 0
+        assert b.frames[0].shape == (FRAMES, SIZE, SIZE, 3) and b.seconds_per_frame > 0
     diffs = res.max_diff["onnxruntime"]
     assert all(diffs[k] <= TOLERANCES[k] for k in METRICS), diffs
     assert res.pixel_diff["onnxruntime"] <= PIXEL_TOLERANCE

@@ -183,6 +183,30 @@ def test_sync_reward_crop_matches_the_scorer_crop(cfg):
     assert np.abs(got - want).mean() < 0.02, np.abs(got - want).mean()
 
 
+def test_data_pairs_are_the_real_windows_and_their_renoised_state(cfg):
+    """The init's data pairs: x0 = the real latents of a window, step 2's input = those latents
+    re-noised to ``t_land`` with noise other than step 1's (as the runtime re-noises), and the
+    window's own condition, audio, mask and reference."""
+    from distill.student import data_pairs
+    from distill.teacher import LatentSet
+
+    g = torch.Generator().manual_seed(0)
+    h, w = cfg.latent_hw
+    z = [torch.randn(16, 12, h, w, generator=g) for _ in range(3)]
+    ls = LatentSet(z, [x + 1 for x in z], [torch.ones(1, 12, h, w)] * 3, [torch.randn(12, 20, 80, generator=g) for _ in z],
+                   [x[:, :2] for x in z], [x[:, :2] + 1 for x in z], [torch.ones(1, 2, h, w)] * 3, 1, 128)
+    p = data_pairs(ls, 5, 4, 0.5, seed=3)
+    assert p["x0"].shape == (5, 16, 4, h, w) and p["ref_x0"].shape == (5, 16, 2, h, w)
+    for b in range(5):  # every x0 is a window of one clip, with that window's condition
+        hits = [(i, s) for i in range(3) for s in range(9) if torch.equal(p["x0"][b], z[i][:, s:s + 4])]
+        assert len(hits) == 1
+        i, s = hits[0]
+        assert torch.equal(p["cond"][b], z[i][:, s:s + 4] + 1) and torch.equal(p["mel"][b], ls.mel[i][s:s + 4])
+        assert torch.equal(p["ref_x0"][b], z[i][:, :2])
+    eps2 = (p["x_land"] - 0.5 * p["x0"]) / 0.5
+    assert abs(float(eps2.std()) - 1.0) < 0.1 and not torch.allclose(eps2, p["noise"], atol=0.1)
+
+
 def test_choose_window_finds_the_band_and_lands_inside():
     from distill.analysis import choose_window
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BOX, corrupted_copy, make_clip
+from conftest import BOX, corrupted_copy, frame_views, make_clip
 
 ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'lipforce[onnx]')")
 
@@ -95,17 +95,21 @@ def test_latents_through_onnxruntime_match_torch_over_chunks(exported_tiny, tiny
     """Float-level comparison of the generated crops over several chunks (state carried)."""
     from lipforce_sdk.audio import log_mel_clip
     from lipforce_sdk.cache_plan import RingCachePlanner
-    from lipforce_sdk.session import ChunkRenderer
+    from lipforce_sdk.session import ChunkRenderer, reference_frames_needed
 
     _, out, _ = exported_tiny
     e_ort = Engine.load(out, backend="onnxruntime")
     cfg = tiny_engine.config
-    frames, audio = make_clip(40, 22, hw=(128, 128))
-    mel = log_mel_clip(audio, cfg.audio, 25.0, 40)
+    fv = cfg.video_frames_per_chunk
+    frames, audio = make_clip(10 * fv, 22, hw=(128, 128))
+    mel = log_mel_clip(audio, cfg.audio, 25.0, 10 * fv)
+    views = frame_views(frames, cfg)
     res = {}
     for name, eng in (("torch", tiny_engine), ("ort", e_ort)):
-        r, pl, st = ChunkRenderer(eng.backend, cfg, 0), RingCachePlanner(1, 6, 1), eng.backend.new_state()
-        res[name] = np.stack([r.render(list(frames[k * 4:(k + 1) * 4]), mel[k * 4:(k + 1) * 4], k, pl, st)
+        r, pl, st = ChunkRenderer(eng.backend, cfg, 0), RingCachePlanner.for_stream(cfg.stream), eng.backend.new_state()
+        if reference_frames_needed(cfg):
+            r.write_reference(views[:reference_frames_needed(cfg)], pl, st)
+        res[name] = np.stack([r.render(views[k * fv:(k + 1) * fv], mel[k * fv:(k + 1) * fv], k, pl, st)
                               for k in range(10)]).astype(int)
     assert np.abs(res["torch"] - res["ort"]).max() <= 2
 

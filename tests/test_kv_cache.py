@@ -96,9 +96,11 @@ def test_dit_step_independent_of_absolute_chunk_index():
     kv = KVCache(len(m.dit.blocks), m.dit.cache_shape(1), torch.float32, "cpu")
     pl = RingCachePlanner(S, W, C)
 
+    z, tc = cfg.latent_channels, cfg.vae.temporal_compression
+
     def inputs():
-        return (torch.randn(1, 16, C, h, w), torch.ones(1), torch.randn(1, 16, C, h, w), torch.ones(1, 4, C, h, w),
-                torch.randn(1, C * 4, cfg.audio.tokens_per_frame, cfg.audio.token_dim))
+        return (torch.randn(1, z, C, h, w), torch.ones(1), torch.randn(1, z, C, h, w), torch.ones(1, cfg.mask_channels, C, h, w),
+                torch.randn(1, C * tc, cfg.audio.tokens_per_frame, cfg.audio.token_dim))
 
     def run(planner, cache, x):
         p = planner.plan()

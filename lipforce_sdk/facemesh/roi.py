@@ -12,24 +12,15 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..face import _check_frame
+
 __all__ = ["Roi", "check_frame", "warp_roi"]
 
 
 def check_frame(frame: np.ndarray, what: str = "frame") -> np.ndarray:
-    """``frame`` as an RGB ``uint8`` ``[H, W, 3]`` array, or a ``ValueError`` saying the fix."""
-    f = np.asarray(frame)
-    if f.ndim != 3 or f.shape[2] != 3:
-        raise ValueError(
-            f"{what} must be RGB [H, W, 3], got shape {f.shape}; convert grayscale/RGBA to RGB "
-            "first (e.g. cv2.cvtColor(x, cv2.COLOR_GRAY2RGB))"
-        )
-    if f.dtype != np.uint8:
-        raise ValueError(
-            f"{what} must be uint8, got {f.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)"
-        )
-    if f.shape[0] < 16 or f.shape[1] < 16:
-        raise ValueError(f"{what} is {f.shape[1]}x{f.shape[0]} pixels; need at least 16x16")
-    return f
+    """``frame`` as an RGB ``uint8`` ``[H, W, 3]`` array of at least 16 x 16, or a ``ValueError``
+    saying the fix."""
+    return _check_frame(frame, what, min_side=16)
 
 
 @dataclass(frozen=True)

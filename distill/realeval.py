@@ -1,0 +1,132 @@
+"""Keep the face: a model on real (and illustrated) clips it never saw, one command.
+
+    python -m distill.realeval --clips DIR --speech SPEECH.wav --out runs/realeval [--model DIR]
+        [--backend torch] [--seconds 10] [--no-own-speech]
+
+For every video of ``--clips`` (with its speech where it has some, as
+``distill.realdata.find_clips`` finds it):
+
+- **new speech**: ``lipforce run`` (``cli.run_clip``: streamed frame by frame, the video looped
+  back and forth when shorter than the speech) with the first ``--seconds`` of ``--speech``;
+- **own speech** (unless ``--no-own-speech``; clips with speech only): the clip driven by its own
+  speech (its frames are then the ground truth);
+
+then ``lipforce_sdk.face_quality`` on each output against its input: lower-face sharpness
+(Laplacian variance nose tip to chin, output / input), the skin between nose and upper lip
+outside the lips (PSNR), the landmark lip opening against the speech envelope (r, and its
+shifted-speech null), the lip box against the real frames (own speech) and whether silence stays
+still; an H.264 copy of the input is the control. Writes ``results.md`` / ``results.json`` and a
+contact sheet per run (input vs output mouth crops) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["evaluate_clips", "main"]
+
+COLUMNS = ("sharpness", "skin dB", "lip r", "null p95", "lip-box dB", "lip-box SSIM", "silence std ratio",
+           "boundary jump")
+
+
+def _row(name: str, mode: str, q) -> dict:
+    p, s, sil = q.pixels, q.sync, q.silence
+    return {"clip": name, "mode": mode, "sharpness": p.sharpness_ratio, "skin_db": p.skin_psnr_db,
+            "lip_r": None if s is None else s.r, "lip_lag": None if s is None else s.lag,
+            "null_p95": None if s is None else s.null_p95, "null_max": None if s is None else s.null_max,
+            "lip_box_db": p.lip_psnr_db, "lip_box_ssim": p.lip_ssim,
+            "silence_ratio": None if sil is None else sil.still_ratio, "jump_ratio": None if sil is None else sil.jump_ratio,
+            "control_sharpness": None if q.control is None else q.control.sharpness_ratio,
+            "control_skin_db": None if q.control is None else q.control.skin_psnr_db,
+            "frames": q.frames, "face_frames": q.face_frames}
+
+
+def _f(v, fmt=".2f") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v == float("inf"):
+        return "inf"
+    return format(v, fmt)
+
+
+def to_markdown(rows: list[dict]) -> str:
+    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | silence std ratio | boundary jump | control sharpness / skin dB |"
+    lines = [head, "|" + " --- |" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['clip']} | {r['mode']} | {_f(r['sharpness'])} | {_f(r['skin_db'], '.1f')} | "
+            f"{_f(r['lip_r'])} ({_f(r['lip_lag'], '+d') if r['lip_lag'] is not None else '-'}) | {_f(r['null_p95'])} | "
+            f"{_f(r['lip_box_db'], '.1f')} / {_f(r['lip_box_ssim'], '.3f')} | {_f(r['silence_ratio'])} | "
+            f"{_f(r['jump_ratio'])} | {_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out: str | Path, seconds: float = 10.0,
+                   own_speech: bool = True, progress: bool = True, log=print) -> list[dict]:
+    import numpy as np
+
+    from lipforce_sdk.cli import run_clip
+    from lipforce_sdk.face_quality import face_quality
+    from lipforce_sdk.media import read_audio, write_wav
+
+    from .realdata import VIDEO_EXT, find_clips
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    sp_path = None
+    if speech is not None:
+        sp = read_audio(speech, 16000)[: int(seconds * 16000)]
+        sp_path = out / "speech.wav"
+        write_wav(sp_path, sp)
+    with_speech = dict(find_clips(clips_dir))
+    videos = sorted(p for p in Path(clips_dir).iterdir() if p.suffix.lower() in VIDEO_EXT)
+    for video in videos:
+        audio = with_speech.get(video)
+        name = video.stem
+        runs = []
+        if sp_path is not None:
+            runs.append(("new speech", sp_path, False))
+        if own_speech and audio is not None:
+            own = out / f"{name}.own.wav"
+            write_wav(own, read_audio(audio, 16000)[: int(seconds * 16000)])
+            runs.append(("own speech", own, True))
+        for mode, wav, is_own in runs:
+            tag = "own" if is_own else "new"
+            dst = out / f"{name}.{tag}.mp4"
+            t0 = time.perf_counter()
+            run_clip(engine, video, wav, dst, progress=False)
+            q = face_quality(video, dst, wav, own_speech=is_own, input_order="pingpong", control=True,
+                             sheet=out / f"{name}.{tag}.png")
+            rows.append(_row(name, mode, q))
+            log(f"{name} ({mode}): {json.dumps({k: v for k, v in rows[-1].items() if k not in ('clip', 'mode')}, default=str)}"
+                f"  [{time.perf_counter() - t0:.0f} s]")
+    (out / "results.json").write_text(json.dumps(rows, indent=1, default=lambda v: None if v != v else str(v)))
+    (out / "results.md").write_text(to_markdown(rows))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m distill.realeval", description=__doc__.split("\n")[0])
+    ap.add_argument("--clips", required=True, help="folder of talking-head clips (video + speech)")
+    ap.add_argument("--speech", default=None, help="new speech to drive every clip with")
+    ap.add_argument("--out", required=True, help="output folder (videos, sheets, results.md/json)")
+    ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    ap.add_argument("--seconds", type=float, default=10.0, help="speech length per run")
+    ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
+    a = ap.parse_args(argv)
+    from lipforce_sdk.session import Engine
+
+    engine = Engine.load(a.model, backend=a.backend)
+    rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech)
+    print(to_markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

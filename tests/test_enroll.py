@@ -1,0 +1,237 @@
+"""Avatar enrollment: the smoke on the bundled clips, resume, atomic output, bad sources."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from lipforce_sdk import Engine  # noqa: E402
+from lipforce_sdk.avatar import Avatar  # noqa: E402
+from lipforce_sdk.cli import PHOTO_DIR  # noqa: E402
+
+enroll_mod = pytest.importorskip("lipforce_sdk.distill.enroll")
+from lipforce_sdk.distill.enroll import EnrollConfig, EnrollError, enroll  # noqa: E402
+
+SAMPLE = Path(enroll_mod.__file__).resolve().parents[1] / "lipforce_sdk" / "assets" / "avatar_sample" / "talking.mp4"
+if not SAMPLE.is_file():  # installed: the asset lives in the package
+    from lipforce_sdk import avatar as _av
+
+    SAMPLE = Path(_av.__file__).parent / "assets" / "avatar_sample" / "talking.mp4"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models and few steps: single-threaded (many threads only fight over a busy CI machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def quick(**over) -> EnrollConfig:
+    """A few steps of everything: the smoke's settings."""
+    kw = dict(decoder_steps=3, dit_steps=3, sentences=2, val_sentences=1, loop_seconds=0.6, window_frames=24,
+              checkpoint_seconds=0.0, dit_batch=2, dit_video_frames=4, decoder_batch=2, eval_frames=8)
+    kw.update(over)
+    return EnrollConfig(**kw)
+
+
+def run(src, out, **kw):
+    kw.setdefault("config", quick())
+    kw.setdefault("min_talking_seconds", 5.0)
+    kw.setdefault("threads", 1)
+    return enroll(src, out, progress=False, log=lambda m: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def photo_png(tmp_path_factory):
+    import cv2
+
+    from lipforce_sdk.media import iter_video_frames
+
+    it = iter_video_frames(PHOTO_DIR / "face.mp4")
+    f = next(it)
+    it.close()
+    p = tmp_path_factory.mktemp("photo") / "face.png"
+    cv2.imwrite(str(p), f[..., ::-1])
+    return p, f
+
+
+@pytest.fixture(scope="module")
+def talking_enrolled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("enrolled") / "sample"
+    return run(SAMPLE, out, kind="auto"), out
+
+
+def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enrolled, tmp_path):
+    from lipforce_sdk.cli import main
+    from lipforce_sdk.media import probe
+
+    r, out = talking_enrolled
+    assert r.kind == "talking" and r.out == out
+    assert not out.with_name(out.name + ".partial").exists()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["enrollment"]["kind"] == "talking" and m["avatar"] == "avatar"
+    assert m["enrollment"]["config"]["dit_steps"] == 3
+    assert {"mouth_psnr_db", "mouth_ssim"} <= set(r.scores["enrolled"])
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "talking.mp4" in card and "How it scored" in card
+    eng = Engine.load(out)  # an ordinary model directory
+    av = Avatar.load(out)
+    assert av.info["kind"] == "talking" and 1 <= av.num_frames <= 15
+    s = eng.session(avatar=av)  # the saved torch latents are this engine's
+    assert len(s.push(np.zeros(10 * 640, np.float32)) + s.flush()) == 10
+    from lipforce_sdk.media import read_audio, write_wav
+
+    speech = tmp_path / "speech.wav"
+    write_wav(speech, read_audio(PHOTO_DIR / "speech.wav")[: 20 * 640])
+    video = tmp_path / "run.mp4"
+    assert main(["run", "--model", str(out), "--avatar", "--audio", str(speech), "--out", str(video),
+                 "--no-progress"]) == 0
+    assert probe(video).num_frames == 20
+    assert main(["run", "--model", str(out), "--video", str(SAMPLE), "--audio", str(speech), "--out", str(video),
+                 "--no-progress"]) == 0
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "onnx"), "--no-progress"]) == 0
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx") is not None:  # builds ahead of time, even without a GPU
+        assert main(["build", str(tmp_path / "onnx"), "--out", str(tmp_path / "trt"), "--target", "8.6",
+                     "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("what", ["idle", "photo"])
+def test_idle_loop_and_photo_smoke(what, photo_png, tmp_path):
+    src = PHOTO_DIR / "face.mp4" if what == "idle" else photo_png[0]
+    r = run(src, tmp_path / what)
+    assert r.kind == what
+    av = Avatar.load(tmp_path / what)
+    assert av.num_frames == (15 if what == "idle" else 1)
+    assert av.frames.shape[1:] == (320, 320, 3)
+    assert r.scores["held_out_frames"] > 0
+
+
+@pytest.mark.parametrize("stage", ["dit", "decoder"])
+def test_interrupted_run_resumes_to_the_same_weights(stage, photo_png, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file
+
+    cfg = quick(decoder_steps=4, dit_steps=4)
+    whole = run(photo_png[0], tmp_path / "whole", config=cfg)
+
+    def stop(name, step):
+        if name == stage and step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(enroll_mod, "_on_step", stop)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        run(photo_png[0], out, config=cfg)
+    partial = out.with_name("resumed.partial")
+    assert not out.exists(), "a half-written model directory is visible"
+    assert (partial / "work" / f"{stage}.ckpt.pt").is_file() and not (partial / "work" / f"{stage}.pt").exists()
+    monkeypatch.setattr(enroll_mod, "_on_step", lambda name, step: None)
+    again = run(photo_png[0], out, config=cfg)
+    assert again.resumed and not partial.exists()
+    for f in ("dit.safetensors", "vae.safetensors", "audio_encoder.safetensors"):
+        a, b = load_file(str(whole.out / f)), load_file(str(out / f))
+        assert all(np.array_equal(a[k], b[k]) for k in a), f"{f} differs after resuming {stage}"
+
+
+def test_failure_late_leaves_no_model_directory_and_other_settings_are_refused(photo_png, tmp_path, monkeypatch):
+    out = tmp_path / "x"
+
+    def boom(self):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(enroll_mod._Enrollment, "avatar", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(photo_png[0], out)
+    assert not out.exists() and out.with_name("x.partial").exists()
+    with pytest.raises(EnrollError, match="other settings.*config"):
+        run(photo_png[0], out, config=quick(dit_steps=5))
+    monkeypatch.undo()
+    run(photo_png[0], out, config=quick(dit_steps=5), restart=True)
+    assert (out / "manifest.json").is_file()
+    with pytest.raises(EnrollError, match="already exists.*--force"):
+        run(photo_png[0], out)
+    before = (out / "dit.safetensors").read_bytes()
+    run(photo_png[0], out, force=True, config=quick(seed=1))
+    assert (out / "dit.safetensors").read_bytes() != before and not list(tmp_path.glob(".x.old*"))
+
+
+def write_clip(path, frames, audio=None):
+    from lipforce_sdk.media import write_video
+
+    write_video(path, frames, 25, audio=audio)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_frames():
+    from lipforce_sdk.media import read_video
+
+    return read_video(SAMPLE)[0][:50]
+
+
+def test_bad_sources_name_the_fix(clip_frames, photo_png, tmp_path):
+    import cv2
+
+    from lipforce_sdk.media import read_audio
+
+    speech = read_audio(SAMPLE)[: 50 * 640]
+    cases = [
+        (tmp_path / "notes.txt", "unsupported file type", None),
+        (tmp_path / "missing.mp4", "does not exist", None),
+    ]
+    (tmp_path / "notes.txt").write_text("hello")
+    for src, msg, kw in cases:
+        with pytest.raises(EnrollError, match=msg):
+            run(src, tmp_path / "o", **(kw or {}))
+    # too short for a talking clip (the default minimum): says how long it is and what to do
+    with pytest.raises(EnrollError, match=r"too short: 8\.0 s.*>= 30 s.*--kind idle"):
+        enroll(SAMPLE, tmp_path / "o", config=quick(), progress=False, log=lambda m: None)
+    # no speech in the sound track
+    quiet = write_clip(tmp_path / "quiet.mp4", clip_frames, np.zeros(50 * 640, np.float32))
+    with pytest.raises(EnrollError, match="no speech in the sound track.*--kind idle"):
+        run(quiet, tmp_path / "o", kind="talking", min_talking_seconds=1)
+    with pytest.raises(EnrollError, match="no sound track"):
+        run(write_clip(tmp_path / "mute.mp4", clip_frames), tmp_path / "o", kind="talking", min_talking_seconds=1)
+    # no face
+    flat = write_clip(tmp_path / "flat.mp4", np.full((20, 128, 128, 3), 90, np.uint8))
+    with pytest.raises(EnrollError, match="no face found"):
+        run(flat, tmp_path / "o")
+    # face too small: the photo at a fifth of its size in a large frame
+    f = photo_png[1]
+    small = np.full((720, 720, 3), 200, np.uint8)
+    small[300:364, 300:364] = cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(tmp_path / "small.png"), small[..., ::-1])
+    with pytest.raises(EnrollError, match=r"too small.*eyes are \d+ px apart.*needs >= \d+ px"):
+        run(tmp_path / "small.png", tmp_path / "o")
+    # several faces
+    two = np.concatenate([clip_frames[:20], clip_frames[:20, :, ::-1]], axis=2)
+    with pytest.raises(EnrollError, match="several faces.*crop the video"):
+        run(write_clip(tmp_path / "two.mp4", two, speech[: 20 * 640]), tmp_path / "o", kind="idle")
+    # an image is a photo only
+    with pytest.raises(EnrollError, match="only be enrolled as a photo"):
+        run(photo_png[0], tmp_path / "o", kind="talking")
+    assert not (tmp_path / "o").exists()
+
+
+def test_device_cuda_without_a_gpu_is_refused(photo_png, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here")
+    with pytest.raises(EnrollError, match="--device cuda: no CUDA GPU"):
+        run(photo_png[0], tmp_path / "o", device="cuda")
+
+
+def test_cli_enroll_reports_errors(tmp_path, capsys):
+    from lipforce_sdk.cli import main
+
+    assert main(["enroll", str(SAMPLE), "--out", str(tmp_path / "o"), "--kind", "talking", "--no-progress"]) == 2
+    assert "too short" in capsys.readouterr().err
