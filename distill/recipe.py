@@ -59,6 +59,7 @@ class RecipeConfig:
     window_frames: int = 8  # latent frames per teacher window (its training length)
     teacher_eval_steps: int = 16  # Euler steps of the teacher (sampling, analysis, ODE pairs)
     guidance: float = 3.0
+    decoder_steps: int = 0  # the VAE decoder adapted to the student's latents (``decoder.py``); 0: none
     analysis_clips: int = 8
     reward_weight: float = 0.05
     seed: int = 0
@@ -67,8 +68,8 @@ class RecipeConfig:
     def smoke(cls) -> "RecipeConfig":
         return cls(train_clips=3, held_out_clips=2, held_out_frames=24, max_frames=40, ae_steps=2, teacher_steps=2,
                    teacher_lips_steps=1, init_steps=2,
-                   dmd_steps=1, ode_pairs=4, data_pairs=4, data_weight=1.0, window_frames=4, teacher_eval_steps=4,
-                   analysis_clips=1)
+                   dmd_steps=1, ode_pairs=4, data_pairs=4, data_weight=1.0, decoder_steps=2, window_frames=4,
+                   teacher_eval_steps=4, analysis_clips=1)
 
 
 def _log(msg: str) -> None:
@@ -245,6 +246,25 @@ def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, latents
     return student.eval(), tl, info
 
 
+def stage_decoder(work: Path, rc: RecipeConfig, name: str, student, vae, latents, crops, t_land):
+    """The VAE with its decoder adapted to this student's latents (``decoder.py``); the VAE as it
+    is when ``rc.decoder_steps`` is 0."""
+    import copy
+
+    from .decoder import DecoderConfig, adapt_decoder
+
+    if not rc.decoder_steps:
+        return vae
+    out = copy.deepcopy(vae)
+    dc = DecoderConfig(steps=rc.decoder_steps, windows=min(DecoderConfig.windows, 8 * rc.decoder_steps), seed=rc.seed)
+    info = _load_or_train(work / f"decoder_{name}.safetensors", out,
+                          lambda: (_log(f"{name}: decoder adapted to the student, {dc.steps} steps"),
+                                   adapt_decoder(out, student, from_name(rc.preset), latents(), crops, t_land, dc,
+                                                 frames=rc.window_frames, log=_log))[1])
+    _log(f"{name} decoder: {json.dumps(info)}")
+    return out.eval()
+
+
 def write_model_dir(out: Path, rc: RecipeConfig, student, vae, t_land: float, card: dict | None = None) -> Path:
     """The student as an SDK model directory (``Engine.load(out)``)."""
     from lipforce_sdk.model.checkpoint import LipSyncModel, save_model
@@ -275,18 +295,20 @@ def _mean(scores: list[dict]) -> dict:
 def data_description(rc: RecipeConfig) -> str:
     parts = [f"{rc.train_clips} procedural talking-face pairs (distill.data, split 'train')"]
     if rc.real_data:
-        parts.append(f"the real talking-head clips of {rc.real_data} (self-supervised)")
+        n = len(list(Path(rc.real_data).glob("*.mp4"))) if Path(rc.real_data).is_dir() else None
+        parts.append(f"{n or 'the'} real talking-head clips with their own speech (folder `{Path(rc.real_data).name}`, "
+                     f"cut into {rc.real_window}-frame pieces, self-supervised)")
     if rc.photo_data and rc.photo_clips:
-        parts.append(f"{rc.photo_clips} speaking clips made from the real photos of {rc.photo_data} (distill.photoreal)")
+        n = len([p for p in Path(rc.photo_data).iterdir() if p.is_file()]) if Path(rc.photo_data).is_dir() else None
+        parts.append(f"{rc.photo_clips} speaking clips made from {n or 'the'} real face photos (folder "
+                     f"`{Path(rc.photo_data).name}`, distill.photoreal)")
     return "; ".join(parts)
 
 
-def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, window, students: dict) -> list[dict]:
-    """Held-out rows, same pairs and scorer for all: references, teacher, student and ablations."""
-    from lipforce_sdk.session import Engine
-
+def _reference_rows(rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, window) -> list[dict]:
+    """The held-out rows that do not depend on a student: ground truth, input video, the teacher."""
     from .analysis import latents_to_frames, teacher_latents
-    from .evaluate import render_engine, score_clip
+    from .evaluate import score_clip
     from .teacher import window_guidance
 
     pairs_ho = [c.extra["pair"] for c in ho.clips]
@@ -312,13 +334,29 @@ def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, wi
             scores.append(score_clip(out, p, scorer))
         rows.append({"name": label, "kind": "teacher", **_mean(scores), "ms_per_frame": 1000.0 * secs / frames})
         _log(f"eval: {rows[-1]}")
-    for name, (student, t_land) in students.items():
+    return rows
+
+
+def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, window, students: dict) -> list[dict]:
+    """Held-out rows, same pairs and scorer for all: references, teacher, student and ablations.
+    The rows that depend on no student are kept in ``results_teacher.json`` (a re-run after a
+    student or decoder changed scores only the students)."""
+    from lipforce_sdk.session import Engine
+
+    from .evaluate import render_engine, score_clip
+
+    pairs_ho = [c.extra["pair"] for c in ho.clips]
+    cached = work / "results_teacher.json"
+    rows = json.loads(cached.read_text()) if cached.is_file() else _reference_rows(rc, teacher, vae, ho, ls_ho, scorer, window)
+    cached.write_text(json.dumps(rows, indent=1))
+    for name, (student, t_land, student_vae) in students.items():
         card = {"recipe": "python -m distill.recipe", "variant": name, "t_land": round(float(t_land), 6),
                 "sync_window": window if name != "cfg_everywhere" else None, "guidance": rc.guidance,
                 "data": data_description(rc),
                 "steps": {"vae": rc.ae_steps, "teacher": rc.teacher_steps + rc.teacher_lips_steps, "ode_init": rc.init_steps,
                           "dmd": rc.dmd_steps}}
-        d = write_model_dir(work / "models" / name, rc, student, vae, t_land, card)
+        card["steps"]["decoder"] = rc.decoder_steps
+        d = write_model_dir(work / "models" / name, rc, student, student_vae, t_land, card)
         engine = Engine.load(d, backend="torch")
         scores, secs, frames = [], 0.0, 0
         for p in pairs_ho:
@@ -395,15 +433,18 @@ as it was.
   `distill/README.md`): VAE ({rc["ae_steps"]} steps) -> bidirectional teacher after the reference
   frames, flow matching with audio dropout ({rc["teacher_steps"]} + {rc.get("teacher_lips_steps", 0)} steps, the second with
   the lips weighted up)
-  -> trajectory analysis: sync window {("[%.4f, %.4f]" % tuple(w)) if w else "none"}, `t_land` = {res["t_land"]:g}
+  -> {"CFG band and `t_land` set" if rcfg.t_land is not None else "trajectory analysis"}: sync window {("[%.4f, %.4f]" % tuple(w)) if w else "none"}, `t_land` = {res["t_land"]:g}
   -> causal student: init ({rc["init_steps"]} steps) regressed through its own cached two-step rollout on
   {rc["ode_pairs"]} teacher ODE pairs and {rc.get("data_pairs", 0)} windows of the data itself (mouth hidden, own speech,
   real frames as target), then Self-Forcing rollout with its KV cache and Sync-Window DMD (CFG
   {rc["guidance"]:g} only inside the window) plus the SyncNet reward (weight {rc["reward_weight"]:g}) and the
   regression onto the real window (weight {rc.get("data_weight", 0):g}) ({rc["dmd_steps"]} steps).
+  {f"-> the VAE decoder adapted to the student's latents ({rc.get('decoder_steps', 0)} steps, `distill/decoder.py`)." if rc.get("decoder_steps") else ""}
   Sampling: two steps, `t = 1` and `t = {res["t_land"]:g}`, then the clean cache pass.
-- **Limits:** a 4 MB model: teeth and the mouth interior are plausible rather than the person's
-  own; faces turned past about 60 degrees are not tracked. Not for identity-sensitive use.
+- **Limits:** a {sum((src / f).stat().st_size for f in ("dit.safetensors", "vae.safetensors", "audio_encoder.safetensors")) / 1e6:.0f} MB model whose DiT is too small for the
+  picture: on real faces the re-rendered mouth is a soft blur, not the person's lips and teeth,
+  and the lips follow new speech only weakly (see "Real faces" below and BENCHMARKS.md). Faces
+  turned past about 60 degrees are not tracked. Not for identity-sensitive use.
 {extra}
 ## Held-out procedural scores
 
@@ -432,8 +473,8 @@ def work_config(work: Path) -> RecipeConfig | None:
 def _stage_outputs(work: Path, stage: str) -> list[Path]:
     """The files whose presence makes ``stage`` skip (``--redo`` removes them)."""
     pats = {"data": ["data_train.npz"], "vae": ["vae.*"], "teacher": ["teacher_phase1.*", "teacher.*"],
-            "analysis": ["analysis.*"], "student": ["init_t*.*"] + [f"{v}.*" for v in STUDENT_VARIANTS],
-            "eval": ["results.*"]}[stage]
+            "analysis": ["analysis.*"], "student": ["init_t*.*", "decoder_*.*"] + [f"{v}.*" for v in STUDENT_VARIANTS],
+            "eval": ["results.*", "results_teacher.json"]}[stage]
     return sorted({p for pat in pats for p in work.glob(pat) if p.is_file()})
 
 
@@ -496,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     students = {}
     for name in a.variants:
         st, tl, _ = stage_student(work, rc, name, teacher, vae, latents, tr, scorer, window, t_land)
-        students[name] = (st, tl)
+        students[name] = (st, tl, stage_decoder(work, rc, name, st, vae, latents, tr, tl))
     if a.until == "student":
         return 0
     rows = stage_eval(work, rc, teacher, vae, ho, ls_ho, scorer, window, students)

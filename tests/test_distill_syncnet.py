@@ -54,15 +54,23 @@ def test_committed_weights_load_and_are_small():
 def test_scorer_finds_the_offset_of_a_held_out_clip():
     from distill.data import make_clip
 
+    from distill.evaluate import SCORE_SIZE
+    from distill.faces import clip_keypoints
+    from lipforce_sdk.geometry import CropAligner
+
     scorer = SyncScorer.load()
     clip = make_clip(7, "held_out")  # held-out sentence, voice, identity and motion
-    r0 = scorer.score(clip.frames, clip.audio)
+    # the scorer's view: eye-aligned mouth crops, cut from the exact keypoints as the runtime cuts them
+    al = CropAligner(SCORE_SIZE)
+    kps = clip_keypoints(clip.identity, clip.motion, clip.params, clip.frames.shape[1])
+    crops = np.stack([al(kp).crop(f) for kp, f in zip(kps, clip.frames)])
+    r0 = scorer.score(crops, clip.audio)
     assert r0.offset == 0, r0
     for shift in (5, -3):
         audio = clip.speech.shifted(shift).audio  # the video now lags this audio by `shift`
-        r = scorer.score(clip.frames, audio)
+        r = scorer.score(crops, audio)
         assert r.offset == shift, (shift, r.offset, r.dists)
     other = make_clip(8, "held_out").speech.fit_frames(clip.frames.shape[0]).audio
-    rx = scorer.score(clip.frames, other)
+    rx = scorer.score(crops, other)
     assert rx.sync_c < 0.6 * r0.sync_c, (rx.sync_c, r0.sync_c)
     assert rx.sync_d > r0.sync_d

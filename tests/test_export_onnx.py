@@ -60,8 +60,10 @@ def test_manifest_has_what_the_runtime_reads(exported_tiny):
     disk = json.loads((out / "manifest.json").read_text())
     assert disk == json.loads(json.dumps(man))
     c = man["config"]
-    assert c["name"] == "tiny" and c["stream"]["chunk_frames"] == 1 and c["stream"]["window_frames"] == 6
-    assert c["stream"]["sink_frames"] == 1 and c["stream"]["fps"] == 25.0 and c["audio"]["sample_rate"] == 16000
+    st = model.cfg.stream
+    assert c["name"] == "tiny" and c["stream"]["chunk_frames"] == st.chunk_frames and c["stream"]["window_frames"] == st.window_frames
+    assert c["stream"]["sink_frames"] == st.sink_frames and c["stream"]["sink"] == st.sink
+    assert c["stream"]["fps"] == 25.0 and c["audio"]["sample_rate"] == 16000
     assert c["schedule"]["t_land"] == model.cfg.schedule.t_land and man["opset"] == 18 and man["flavour"] == "portable"
     assert man["sdk_version"] and man["precision"] == "fp32"
     from lipforce_sdk.manifest import sha256_file
@@ -70,7 +72,11 @@ def test_manifest_has_what_the_runtime_reads(exported_tiny):
         assert sha256_file(out / spec["file"]) == spec["sha256"], g
     dit = man["graphs"]["dit_step"]
     kv = next(i for i in dit["inputs"] if i["name"] == "kv_k_0")
-    assert kv["shape"] == [1, 8 * 64, 2, 64] and kv["dtype"] == "float32"
+    st, d = model.cfg.stream, model.cfg.dit
+    h, w = model.cfg.latent_hw
+    tokens = (h // d.patch_size[1]) * (w // d.patch_size[2])  # per latent frame
+    slots = st.sink_frames + st.window_frames + st.chunk_frames
+    assert kv["shape"] == [1, slots * tokens, d.num_heads, d.dim // d.num_heads] and kv["dtype"] == "float32"
     assert [i["name"] for i in dit["inputs"][5:9]] == ["write_idx", "q_pos", "k_pos", "k_valid"]
     assert len(dit["state"]) == 2 * model.cfg.dit.num_layers
 
