@@ -1008,16 +1008,10 @@ class _Enrollment:
 
 
 def _patch_discriminator(ch: int = 32):
-    """A small PatchGAN (spectral-normalised convs, 70x70-style receptive field on 64-pixel
-    windows): real or decoded, per patch."""
-    import torch.nn as nn
+    """The PatchGAN the recipe's decoder stage uses (``distill.decoder.patch_discriminator``)."""
+    from .decoder import patch_discriminator
 
-    layers = [nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.LeakyReLU(0.2),
-              nn.Conv2d(2 * ch, 2 * ch, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(2 * ch, 1, 3, 1, 1)]
-    for m in layers:
-        if isinstance(m, nn.Conv2d):
-            nn.utils.parametrizations.spectral_norm(m)
-    return nn.Sequential(*layers)
+    return patch_discriminator(ch)
 
 
 def zlib_crc(s: str) -> int:

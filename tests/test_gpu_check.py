@@ -34,13 +34,12 @@ gc = _load_script()
 
 
 def _native_available() -> bool:
-    try:
-        from lipforce_sdk import kvattn
-
-        kvattn.native_module()
-        return True
-    except ImportError:
-        return False
+    """Whether the dry run's process can import ``lipforce_sdk._kvattn``: it imports ``lipforce_sdk``
+    from the source tree (PYTHONPATH=<repo>), which holds the extension only after an in-place or
+    editable build; a plain ``pip install .`` puts it in site-packages, where the dry run does not look."""
+    code = "from lipforce_sdk import kvattn; kvattn.native_module()"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=str(REPO), capture_output=True).returncode == 0
 
 
 def _run(tmp_path_factory, *extra, env=None):
@@ -146,7 +145,7 @@ def test_every_table_carries_its_context_and_is_rectangular(dry_run):
             assert t["rows"], (p["name"], t["title"])
             for row in t["rows"]:
                 assert len(row) == len(t["columns"]), (p["name"], t["title"], row)
-    assert seen >= 6
+    assert seen >= (6 if _native_available() else 5)  # the kernels' table needs the extension
 
 
 @pytest.mark.slow
