@@ -171,10 +171,13 @@ def main(argv=None) -> int:
     from lipforce_sdk.model.checkpoint import load_model
     from lipforce_sdk.session import default_model_dir
 
+    import tempfile
     from pathlib import Path
 
+    from lipforce_sdk.media import probe, write_wav
+
     from .crops import real_clips
-    from .realdata import VIDEO_EXT, load_clip
+    from .realdata import VIDEO_EXT, _audio_for, load_clip
 
     ap = argparse.ArgumentParser(prog="python -m distill.autoencoder", description=main.__doc__.split("\n")[0])
     ap.add_argument("--clips", required=True, help="folder of face videos (their sound is not needed)")
@@ -184,8 +187,12 @@ def main(argv=None) -> int:
     model = load_model(a.model or default_model_dir())
     cfg = model.cfg
     clips = []
-    for v in sorted(p for p in Path(a.clips).iterdir() if p.suffix.lower() in VIDEO_EXT):
-        clips += real_clips(cfg, load_clip(v, None, max_seconds=a.seconds))[:1]
+    with tempfile.TemporaryDirectory() as tmp:
+        silence = Path(tmp) / "silence.wav"  # the VAE needs no sound; a clip without any gets silence
+        write_wav(silence, np.zeros(int(16000 * a.seconds) + 16000, np.float32))
+        for v in sorted(p for p in Path(a.clips).iterdir() if p.suffix.lower() in VIDEO_EXT):
+            audio = None if (_audio_for(v) or probe(v).has_audio) else silence
+            clips += real_clips(cfg, load_clip(v, audio, max_seconds=a.seconds, cache=False))[:1]
     rows = reconstruction_scores(model.vae.eval(), CropSet.build(cfg, clips), max_frames=int(a.seconds * 25))
     print("| clip | PSNR crop (dB) | PSNR lower half (dB) | PSNR mouth mask (dB) |\n| --- | --- | --- | --- |")
     for r in rows:
