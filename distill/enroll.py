@@ -865,7 +865,7 @@ class _Enrollment:
         import torch
 
         from .optim import optimizer_step
-        from .student import renoiser, rollout
+        from .student import renoiser, rollout, weighted_mse
         from .teacher import loss_weight
 
         model = self.base_model().to(self.device)
@@ -909,7 +909,7 @@ class _Enrollment:
                 out = rollout(model.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land,
                               grad_step=grad_step, ref=ref)
             w = loss_weight(mask, self.cfg.mouth_weight)
-            loss = ((out - z).pow(2) * w).mean() / w.mean()
+            loss = weighted_mse(out, z, w)
             if reward is not None:
                 src, soft = reward_inputs(crops, picks, frames, tc)
                 loss = loss + self.cfg.sync_weight * reward.loss(out, src.to(dev), soft.to(dev), mel)

@@ -347,15 +347,17 @@ def stage_eval(work: Path, rc: RecipeConfig, teacher, vae, ho, ls_ho, scorer, wi
 
     pairs_ho = [c.extra["pair"] for c in ho.clips]
     cached = work / "results_teacher.json"
-    rows = json.loads(cached.read_text()) if cached.is_file() else _reference_rows(rc, teacher, vae, ho, ls_ho, scorer, window)
-    cached.write_text(json.dumps(rows, indent=1))
+    if cached.is_file():
+        rows = json.loads(cached.read_text())
+    else:
+        rows = _reference_rows(rc, teacher, vae, ho, ls_ho, scorer, window)
+        cached.write_text(json.dumps(rows, indent=1))
     for name, (student, t_land, student_vae) in students.items():
         card = {"recipe": "python -m distill.recipe", "variant": name, "t_land": round(float(t_land), 6),
                 "sync_window": window if name != "cfg_everywhere" else None, "guidance": rc.guidance,
                 "data": data_description(rc),
                 "steps": {"vae": rc.ae_steps, "teacher": rc.teacher_steps + rc.teacher_lips_steps, "ode_init": rc.init_steps,
-                          "dmd": rc.dmd_steps}}
-        card["steps"]["decoder"] = rc.decoder_steps
+                          "dmd": rc.dmd_steps, "decoder": rc.decoder_steps}}
         d = write_model_dir(work / "models" / name, rc, student, student_vae, t_land, card)
         engine = Engine.load(d, backend="torch")
         scores, secs, frames = [], 0.0, 0
@@ -408,6 +410,7 @@ def install_default(work: Path, dest: Path | None = None) -> Path:
     rc = res["recipe"]
     w = res["window"]
     cfg = from_name(rcfg.preset)
+    megabytes = sum((src / f).stat().st_size for f in ("dit.safetensors", "vae.safetensors", "audio_encoder.safetensors")) / 1e6
     extra = (work / "real_faces.md").read_text() if (work / "real_faces.md").is_file() else ""
     card = f"""# lipforce default model (`{rcfg.preset}` preset, trained)
 
@@ -422,7 +425,7 @@ as it was.
   {cfg.vae.spatial_compression}x spatial compression ({cfg.latent_hw[0]} x {cfg.latent_hw[1]} x {cfg.vae.z_dim} latents, no frames
   packed together); {cfg.video_frames_per_chunk}-frame chunks (algorithmic latency {cfg.algorithmic_latency_ms():.0f} ms).
   VAE, audio encoder and DiT together
-  {sum((src / f).stat().st_size for f in ("dit.safetensors", "vae.safetensors", "audio_encoder.safetensors")) / 1e6:.1f} MB (fp32 safetensors).
+  {megabytes:.1f} MB (fp32 safetensors).
 - **Data:** {data_description(rcfg)}. Procedural faces: varied identity, head sway, blinks, the
   mouth following espeak-ng speech through its phoneme timing. Real clips: self-supervised (the
   mouth hidden, the clip's own speech as the condition, its frames as the target). Photos: the
@@ -441,7 +444,7 @@ as it was.
   regression onto the real window (weight {rc.get("data_weight", 0):g}) ({rc["dmd_steps"]} steps).
   {f"-> the VAE decoder adapted to the student's latents ({rc.get('decoder_steps', 0)} steps, `distill/decoder.py`)." if rc.get("decoder_steps") else ""}
   Sampling: two steps, `t = 1` and `t = {res["t_land"]:g}`, then the clean cache pass.
-- **Limits:** a {sum((src / f).stat().st_size for f in ("dit.safetensors", "vae.safetensors", "audio_encoder.safetensors")) / 1e6:.0f} MB model whose DiT is too small for the
+- **Limits:** a {megabytes:.0f} MB model whose DiT is too small for the
   picture: on real faces the re-rendered mouth is a soft blur, not the person's lips and teeth,
   and the lips follow new speech only weakly (see "Real faces" below and BENCHMARKS.md). Faces
   turned past about 60 degrees are not tracked. Not for identity-sensitive use.

@@ -38,7 +38,12 @@ from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
 from .teacher import (LatentSet, Ref, Teacher, flow_matching_loss, lips_map, loss_weight, sample, sample_t,
                       time_grid, window_guidance)
 
-__all__ = ["rollout", "ode_pairs", "data_pairs", "pairs_ref", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward", "reward_inputs"]
+__all__ = ["rollout", "weighted_mse", "ode_pairs", "data_pairs", "pairs_ref", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward", "reward_inputs"]
+
+
+def weighted_mse(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean squared error weighted per latent pixel (``loss_weight``), normalised by the mean weight."""
+    return ((x - target).pow(2) * weight).mean() / weight.mean()
 
 
 def _plan_tensors(planner: RingCachePlanner):
@@ -177,13 +182,13 @@ def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, 
         sel = torch.randint(0, n, (batch,), generator=g)
         p = {k: v[sel] for k, v in pairs.items()}
         tok = student.tokens(p["mel"])
+        w = loss_weight(p["mask"], mouth_weight, lips, lips_weight)
         loss = 0.0
         for gs in (0, 1):
             out = rollout(student.dit, cfg, p["cond"], p["mask"], tok, p["noise"],
                           lambda k, _x, xl=p["x_land"]: xl[:, :, k:k + cfg.stream.chunk_frames], t_land,
                           grad_step=gs, context=p["x0"], ref=pairs_ref(p))
-            w = loss_weight(p["mask"], mouth_weight, lips, lips_weight)
-            loss = loss + ((out - p["x0"]).pow(2) * w).mean() / w.mean()
+            loss = loss + weighted_mse(out, p["x0"], w)
         optimizer_step(loss, opt, sched, student.parameters())
         hist.append(float(loss.detach()))
         if it % 100 == 0 or it == steps - 1:
@@ -325,10 +330,10 @@ def train_dmd(student: Teacher, teacher: Teacher, cfg: ModelConfig, ls: LatentSe
             grad = fk - real
             norm = (x.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-4)
             target = x.detach() - grad / norm
-        loss_dmd = 0.5 * ((x - target).pow(2) * weight).mean() / weight.mean()
+        loss_dmd = 0.5 * weighted_mse(x, target, weight)
         loss = loss_dmd
         if dc.data_weight > 0:
-            loss_d = ((x - z).pow(2) * weight).mean() / weight.mean()
+            loss_d = weighted_mse(x, z, weight)
             loss = loss + dc.data_weight * loss_d
             hist["data"].append(float(loss_d.detach()))
         if reward is not None and dc.reward_weight > 0:
