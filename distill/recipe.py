@@ -60,6 +60,7 @@ class RecipeConfig:
     teacher_eval_steps: int = 16  # Euler steps of the teacher (sampling, analysis, ODE pairs)
     guidance: float = 3.0
     decoder_steps: int = 0  # the VAE decoder adapted to the student's latents (``decoder.py``); 0: none
+    init_from: str | None = None  # an SDK model directory whose audio encoder and DiT start the student
     analysis_clips: int = 8
     reward_weight: float = 0.05
     seed: int = 0
@@ -159,9 +160,9 @@ def stage_teacher(work: Path, rc: RecipeConfig, latents):
     """The bidirectional teacher (after the clip's reference frames), flow matching; then a warm
     restart with the lips weighted up (the lip gap is a small part of the re-rendered region and
     the last thing a small model learns: without it the teacher paints an average mouth)."""
-    from .teacher import Teacher, TeacherTrainConfig, train_teacher
+    from .teacher import Teacher, TeacherTrainConfig, teacher_config, train_teacher
 
-    cfg = from_name(rc.preset)
+    cfg = teacher_config(from_name(rc.preset))
     torch.manual_seed(rc.seed + 1)
     teacher = Teacher(cfg)
     phases = [("teacher_phase1", TeacherTrainConfig(steps=rc.teacher_steps, frames=rc.window_frames, seed=rc.seed)),
@@ -210,7 +211,7 @@ def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, latents
     import copy
 
     from .student import DMDConfig, SyncReward, data_pairs, ode_pairs, train_dmd, train_ode_init
-    from .teacher import window_guidance
+    from .teacher import as_student, window_guidance
 
     v = STUDENT_VARIANTS[name]
     cfg = from_name(rc.preset)
@@ -218,6 +219,9 @@ def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, latents
     win = window if v["window"] == "analysis" else None
     init_path = work / f"init_t{tl:.4f}.safetensors"
     student = copy.deepcopy(teacher)
+    if rc.init_from:
+        _warm_start(student, Path(rc.init_from))
+    student = as_student(student, cfg)
     guide = window_guidance(rc.guidance, window)
     dc = DMDConfig(steps=rc.dmd_steps, frames=rc.window_frames, guidance=rc.guidance, window=win, seed=rc.seed,
                    reward_weight=rc.reward_weight if v["reward"] else 0.0, data_weight=rc.data_weight)
@@ -244,6 +248,18 @@ def stage_student(work: Path, rc: RecipeConfig, name: str, teacher, vae, latents
 
     info = _load_or_train(work / f"{name}.safetensors", student, dmd)
     return student.eval(), tl, info
+
+
+def _warm_start(student, model_dir: Path) -> None:
+    """The audio encoder and DiT of an SDK model directory (an earlier student of this preset) as
+    the student's start; its head's output form is the one in its manifest."""
+    from lipforce_sdk.model.checkpoint import load_model
+
+    old = load_model(model_dir)
+    student.audio_encoder.load_state_dict(old.audio_encoder.state_dict())
+    student.dit.load_state_dict(old.dit.state_dict())
+    student.cfg = student.dit.cfg = old.cfg
+    _log(f"student: starts from {model_dir} (dit.output={old.cfg.dit.output!r})")
 
 
 def stage_decoder(work: Path, rc: RecipeConfig, name: str, student, vae, latents, crops, t_land):
@@ -419,7 +435,7 @@ recipe (`distill/`), no public weights. It re-renders the mouth region of a
 {cfg.stream.resolution} x {cfg.stream.resolution} eye-aligned mouth crop (nose tip to chin,
 `lipforce_sdk.geometry`) to match new speech, copying lips, teeth and skin from {cfg.stream.sink_frames}
 clean reference frames of the person held in its KV cache's sink; the rest of the frame is left
-as it was.
+as it was.{" Its DiT does not draw the mouth from noise: it corrects the masked source, whose hole holds the first reference frame's latents (`dit.output = \"source\"`, `stream.fill = \"reference\"`), so lips, teeth and skin texture come from the person and the DiT moves them with the speech." if cfg.dit.output == "source" else ""}
 
 - **Size:** DiT dim {cfg.dit.dim}, {cfg.dit.num_layers} layers, patch {cfg.dit.patch_size[1]}; per-frame VAE with
   {cfg.vae.spatial_compression}x spatial compression ({cfg.latent_hw[0]} x {cfg.latent_hw[1]} x {cfg.vae.z_dim} latents, no frames
@@ -437,17 +453,17 @@ as it was.
   frames, flow matching with audio dropout ({rc["teacher_steps"]} + {rc.get("teacher_lips_steps", 0)} steps, the second with
   the lips weighted up)
   -> {"CFG band and `t_land` set" if rcfg.t_land is not None else "trajectory analysis"}: sync window {("[%.4f, %.4f]" % tuple(w)) if w else "none"}, `t_land` = {res["t_land"]:g}
-  -> causal student: init ({rc["init_steps"]} steps) regressed through its own cached two-step rollout on
+  -> causal student{" started from the audio encoder and DiT of an earlier student (`init_from`; a head whose output form changed starts at zero)" if rc.get("init_from") else ""}: init ({rc["init_steps"]} steps) regressed through its own cached two-step rollout on
   {rc["ode_pairs"]} teacher ODE pairs and {rc.get("data_pairs", 0)} windows of the data itself (mouth hidden, own speech,
   real frames as target), then Self-Forcing rollout with its KV cache and Sync-Window DMD (CFG
   {rc["guidance"]:g} only inside the window) plus the SyncNet reward (weight {rc["reward_weight"]:g}) and the
   regression onto the real window (weight {rc.get("data_weight", 0):g}) ({rc["dmd_steps"]} steps).
   {f"-> the VAE decoder adapted to the student's latents ({rc.get('decoder_steps', 0)} steps, `distill/decoder.py`)." if rc.get("decoder_steps") else ""}
   Sampling: two steps, `t = 1` and `t = {res["t_land"]:g}`, then the clean cache pass.
-- **Limits:** a {megabytes:.0f} MB model whose DiT is too small for the
-  picture: on real faces the re-rendered mouth is a soft blur, not the person's lips and teeth,
-  and the lips follow new speech only weakly (see "Real faces" below and BENCHMARKS.md). Faces
-  turned past about 60 degrees are not tracked. Not for identity-sensitive use.
+- **Limits:** a {megabytes:.0f} MB model: the mouth interior (teeth, tongue) is soft, a face
+  whose lips or lighting differ much from the training data's comes out less sharp, and the lips
+  follow new speech less well than a real speaker's (see "Real faces" below and BENCHMARKS.md).
+  Faces turned past about 60 degrees are not tracked. Not for identity-sensitive use.
 {extra}
 ## Held-out procedural scores
 

@@ -32,6 +32,7 @@ from lipforce_sdk.cache_plan import RingCachePlanner
 from lipforce_sdk.config import ModelConfig
 from lipforce_sdk.geometry import CropSpec, soft_mask
 from lipforce_sdk.model.dit import WanDiT
+from lipforce_sdk.sampler import fill_hole, hole_of
 
 from .optim import adamw_cosine, optimizer_step
 from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
@@ -66,6 +67,11 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     b, _, n, _, _ = cond.shape
     c = cfg.stream.chunk_frames
     tc = cfg.vae.temporal_compression
+    if cfg.stream.fill == "reference":
+        if ref is None:
+            raise ValueError("this model fills the mask with its reference (stream.fill='reference'): pass ref=")
+        cond = fill_hole(cond, hole_of(mask), ref.x0[:, :, :1])
+        ref = Ref(ref.x0, fill_hole(ref.cond, hole_of(ref.mask), ref.x0[:, :, :1]), ref.mask)
     planner = RingCachePlanner.for_stream(cfg.stream)
     shape = dit.cache_shape(b)
     caches = [(torch.zeros(shape), torch.zeros(shape)) for _ in dit.blocks]

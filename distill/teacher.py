@@ -27,8 +27,25 @@ from lipforce_sdk.model.dit import WanDiT
 
 from .optim import adamw_cosine, optimizer_step
 
-__all__ = ["Teacher", "Ref", "LatentSet", "TeacherTrainConfig", "train_teacher", "sample", "window_guidance",
+__all__ = ["Teacher", "teacher_config", "as_student", "Ref", "LatentSet", "TeacherTrainConfig", "train_teacher", "sample", "window_guidance",
            "flow_matching_loss", "loss_weight", "lips_map", "video_mask_to_latent"]
+
+
+def teacher_config(cfg: ModelConfig) -> ModelConfig:
+    """The teacher's form of a student config: a flow head (flow matching trains it at every
+    noise level) and the masked source as it is."""
+    return cfg.replace(dit={"output": "flow"}, stream={"fill": "none"})
+
+
+def as_student(model: "Teacher", cfg: ModelConfig) -> "Teacher":
+    """``model`` (a teacher's copy, or a student of an earlier form) made a student of ``cfg``: where
+    the head's output form changes, the head starts at zero (a ``source`` head then returns the
+    filled source until it learns its correction)."""
+    if model.cfg.dit.output != cfg.dit.output:
+        nn.init.zeros_(model.dit.head.head.weight)
+        nn.init.zeros_(model.dit.head.head.bias)
+    model.cfg = model.dit.cfg = cfg
+    return model
 
 
 class Teacher(nn.Module):

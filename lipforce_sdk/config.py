@@ -43,6 +43,12 @@ class DiTConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     rope_theta: float = 10000.0
     eps: float = 1e-6
+    # what the head's output is added to: "flow" = Wan's velocity, x0 = x_t - t * v; "source" = a
+    # correction of the masked-source latents, x0 = cond + out. A head narrower than its patch
+    # (tiny: 128-dim tokens for 4x4 patches of 16 channels) cannot express every direction of x_t,
+    # and the flow form passes those directions of the noise into x0; the source form never reads
+    # x_t into its output, and takes what the head cannot express from the source
+    output: str = "flow"
 
     @property
     def head_dim(self) -> int:
@@ -62,6 +68,7 @@ class DiTConfig:
         _check(tuple(self.patch_size)[0] == 1 and len(self.patch_size) == 3, w, "patch_size", self.patch_size,
                "must be (1, ph, pw): frames are never patched together (block-causal chunks)")
         _check(self.rope_theta > 1, w, "rope_theta", self.rope_theta, "must be > 1")
+        _check(self.output in ("flow", "source"), w, "output", self.output, "must be 'flow' or 'source'")
         return self
 
 
@@ -154,6 +161,10 @@ class StreamConfig:
     # before the first chunk (the identity anchor the model copies lips, teeth and skin from);
     # "first_chunk" = the stream's first generated chunk (models written before references)
     sink: str = "first_chunk"
+    # what the DiT's condition holds inside the masked mouth: "none" = the masked source's own
+    # latents; "reference" = the first reference frame's latents (a closed, sharp mouth of the same
+    # person, eye-aligned like every crop), so that a "source" head corrects a real mouth
+    fill: str = "none"
 
     def validate(self, vae: VAEConfig | None = None, dit: DiTConfig | None = None) -> "StreamConfig":
         w = "stream"
@@ -166,6 +177,9 @@ class StreamConfig:
             _check(self.sink_frames >= 1 and self.sink_frames % self.chunk_frames == 0, w, "sink_frames",
                    self.sink_frames, f"must be a positive multiple of chunk_frames={self.chunk_frames} with "
                    "sink='reference' (the reference is written in whole chunks)")
+        _check(self.fill in ("none", "reference"), w, "fill", self.fill, "must be 'none' or 'reference'")
+        _check(self.fill == "none" or self.sink == "reference", w, "fill", self.fill,
+               "'reference' needs sink='reference' (the fill is the sink's first reference frame)")
         mult = 16
         if vae is not None and dit is not None:
             mult = vae.spatial_compression * dit.patch_size[1]
@@ -298,13 +312,16 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     # CI / CPU / the bundled default: a 128x128 eye-aligned mouth crop -> per-frame 32x32 latents (4x VAE, one
     # latent frame per video frame) -> 64 tokens per frame (patch 4); 2-frame chunks (80 ms + 80 ms look-ahead);
-    # the sink holds 2 clean reference frames of the person.
+    # the sink holds 2 clean reference frames of the person; the head corrects the masked source whose
+    # mouth is filled with the first reference frame's (dit.output="source", stream.fill="reference").
     "tiny": ModelConfig(
         name="tiny",
-        dit=DiTConfig(dim=128, ffn_dim=384, num_heads=2, num_layers=3, freq_dim=64, patch_size=(1, 4, 4)),
+        dit=DiTConfig(dim=128, ffn_dim=384, num_heads=2, num_layers=3, freq_dim=64, patch_size=(1, 4, 4),
+                      output="source"),
         vae=VAEConfig(z_dim=16, base_channels=32, spatial_compression=4, temporal_compression=1, kind="frame"),
         audio=AudioConfig(tokens_per_frame=2, token_dim=64, hidden_dim=128),
-        stream=StreamConfig(resolution=128, chunk_frames=2, window_frames=8, sink_frames=2, sink="reference"),
+        stream=StreamConfig(resolution=128, chunk_frames=2, window_frames=8, sink_frames=2, sink="reference",
+                            fill="reference"),
     ),
     # Wan2.1-1.3B sizes; 512x512 crop -> 64x64 latents -> 1024 tokens per latent frame.
     "1.3b": ModelConfig(

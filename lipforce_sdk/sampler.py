@@ -12,7 +12,21 @@ from typing import Any, Callable
 
 from .config import ScheduleConfig
 
-__all__ = ["renoise", "two_step_sample"]
+__all__ = ["fill_hole", "hole_of", "renoise", "two_step_sample"]
+
+
+def hole_of(mask: Any) -> Any:
+    """The DiT's mask ``[B, Tc, C, h, w]`` -> ``[B, 1, C, h, w]``: 1 where any video frame of a latent
+    pixel is masked (NumPy or torch)."""
+    if hasattr(mask, "amax"):  # torch
+        return mask.amax(1, keepdim=True)
+    return mask.max(axis=1, keepdims=True)
+
+
+def fill_hole(cond: Any, hole: Any, ref: Any) -> Any:
+    """``stream.fill == "reference"``: the masked source's latents ``[B, z, C, h, w]`` with the hole
+    ``[B, 1, C, h, w]`` taken from the reference frame's latents ``[B, z, 1, h, w]``."""
+    return cond + hole * (ref - cond)
 
 
 def renoise(x0: Any, eps: Any, t: float) -> Any:

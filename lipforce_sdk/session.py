@@ -23,7 +23,7 @@ from .cache_plan import RingCachePlanner
 from .config import ModelConfig
 from .face import FaceBox, FaceNotFoundError, FaceTracker
 from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, mouth_mask_for
-from .sampler import two_step_sample
+from .sampler import fill_hole, hole_of, two_step_sample
 from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
 
 __all__ = ["Engine", "Session", "ChunkRenderer", "FramePreparer", "FrameView", "OutputFrame", "SessionStats", "InputError",
@@ -200,6 +200,7 @@ class ChunkRenderer:
         self.backend, self.cfg, self.seed = backend, cfg, seed
         a = cfg.audio
         self._null_tokens = np.zeros((1, cfg.video_frames_per_chunk, a.tokens_per_frame, a.token_dim), np.float32)
+        self._fill = None  # stream.fill == "reference": the first reference frame's latents [1, z, 1, h, w]
 
     def noise(self, chunk_index: int):
         cfg = self.cfg
@@ -217,13 +218,21 @@ class ChunkRenderer:
         src = np.ascontiguousarray((x * keep).transpose(3, 0, 1, 2)[None])
         return full, src
 
-    def _mask(self, views: Sequence[FrameView]) -> Any:
+    def _mask(self, views: Sequence[FrameView]) -> np.ndarray:
         """The DiT's mask ``[1, Tc, C, h, w]`` (video frame ``c * Tc + j`` -> channel ``j`` of latent frame ``c``)."""
         cfg = self.cfg
         tc, c = cfg.vae.temporal_compression, cfg.stream.chunk_frames
         lat = np.stack([v.mask.latent(cfg.vae.spatial_compression) for v in views])  # [Fv, h, w]
-        mask = lat.reshape(c, tc, *lat.shape[1:]).transpose(1, 0, 2, 3)[None]
-        return self.backend.asarray(np.ascontiguousarray(mask))
+        return np.ascontiguousarray(lat.reshape(c, tc, *lat.shape[1:]).transpose(1, 0, 2, 3)[None])
+
+    def _filled(self, cond: Any, mask: np.ndarray) -> Any:
+        """The condition as the DiT takes it: with ``stream.fill == "reference"`` the hole holds the
+        first reference frame's latents."""
+        if self.cfg.stream.fill != "reference":
+            return cond
+        if self._fill is None:
+            raise RuntimeError("stream.fill='reference' needs the reference written first (write_reference)")
+        return fill_hole(cond, self.backend.asarray(np.ascontiguousarray(hole_of(mask))), self._fill)
 
     def reference_latents(self, views: Sequence[FrameView], state: Any) -> list[tuple[Any, Any]]:
         """Per chunk of reference frames: (latents of the unmasked crops, latents of the masked
@@ -252,8 +261,11 @@ class ChunkRenderer:
         for k, (x0, cond) in zip(range(0, len(views), fv), latents):
             if given:
                 x0, cond = be.asarray(x0), be.asarray(cond)
-            be.dit_step(x0, 0.0, cond, self._mask(views[k:k + fv]), be.asarray(self._null_tokens), planner.plan(),
-                        state)
+            if k == 0 and self.cfg.stream.fill == "reference":
+                self._fill = x0[:, :, :1]
+            mask = self._mask(views[k:k + fv])
+            be.dit_step(x0, 0.0, self._filled(cond, mask), be.asarray(mask), be.asarray(self._null_tokens),
+                        planner.plan(), state)
             planner.commit()
 
     def render(self, views: Sequence[FrameView], mel: np.ndarray, chunk_index: int, planner: RingCachePlanner,
@@ -261,9 +273,11 @@ class ChunkRenderer:
         """views: Fv frames; mel [Fv, Wm, n_mels] -> generated crops [Fv, S, S, 3] uint8.
         ``cond``: the chunk's ``condition_latents`` computed before (a prepared avatar's, host array)."""
         be = self.backend
-        mask = self._mask(views)
+        mask_np = self._mask(views)
+        mask = be.asarray(mask_np)
         audio_tokens = be.encode_audio(np.ascontiguousarray(mel[None]))
         cond = self.condition_latents(views, state) if cond is None else be.asarray(cond)
+        cond = self._filled(cond, mask_np)
         noise, eps2 = self.noise(chunk_index)
         plan = planner.plan()
 

@@ -92,6 +92,9 @@ def test_load_errors_name_the_problem(tmp_path):
     (lambda: from_name("1.3b").replace(vae={"spatial_compression": 4}), r"vae\.spatial_compression=4 .*must be 8"),
     (lambda: from_name("tiny").replace(stream={"sink_frames": 3}), r"stream\.sink_frames=3 .*multiple of chunk_frames=2"),
     (lambda: from_name("tiny").replace(stream={"sink": "first"}), r"stream\.sink='first'"),
+    (lambda: from_name("tiny").replace(dit={"output": "eps"}), r"dit\.output='eps' .*'flow' or 'source'"),
+    (lambda: from_name("tiny").replace(stream={"fill": "mean"}), r"stream\.fill='mean'"),
+    (lambda: from_name("tiny").replace(stream={"sink": "first_chunk"}), r"stream\.fill='reference' is invalid: 'reference' needs sink='reference'"),
 ])
 def test_config_validation_messages(make, match):
     with pytest.raises(ConfigError, match=match):
@@ -108,3 +111,10 @@ def test_presets_and_derived_sizes():
     assert t.algorithmic_latency_ms() == pytest.approx(160.0) and b13.algorithmic_latency_ms() == pytest.approx(240.0)
     assert t.stream.sink == "reference" and t.vae.kind == "frame" and b13.vae.kind == "streaming"
     assert ModelConfig.from_dict(b13.to_dict()) == b13
+    # the Wan presets keep Wan's flow head; tiny corrects the source filled with its reference's mouth
+    assert (b13.dit.output, b13.stream.fill, t.dit.output, t.stream.fill) == ("flow", "none", "source", "reference")
+    # a manifest written before these fields reads as the form it was trained in
+    old = t.to_dict()
+    del old["dit"]["output"], old["stream"]["fill"]
+    assert ModelConfig.from_dict(old).replace(dit={"output": "source"}, stream={"fill": "reference"}) == t
+    assert (ModelConfig.from_dict(old).dit.output, ModelConfig.from_dict(old).stream.fill) == ("flow", "none")

@@ -41,6 +41,7 @@ def test_rollout_equals_the_runtime_two_step_schedule(cfg):
     from lipforce_sdk.backends.torch_backend import TorchBackend
     from lipforce_sdk.cache_plan import RingCachePlanner
     from lipforce_sdk.sampler import two_step_sample
+    from lipforce_sdk.session import ChunkRenderer
 
     m = LipSyncModel.from_preset("tiny", seed=3)
     g = torch.Generator().manual_seed(0)
@@ -61,23 +62,94 @@ def test_rollout_equals_the_runtime_two_step_schedule(cfg):
     be = TorchBackend(m, device="cpu")
     state = be.new_state()
     planner = RingCachePlanner.for_stream(cfg.stream)
+    renderer = ChunkRenderer(be, cfg, 0)  # its fill of the mask with the first reference frame
+    assert cfg.stream.fill == "reference"
+    renderer._fill = ref.x0[:, :, :1]
     null = torch.zeros(1, c * tc, cfg.audio.tokens_per_frame, cfg.audio.token_dim)
     for k in range(0, cfg.stream.sink_frames, c):  # as ChunkRenderer.write_reference
         sl = slice(k, k + c)
-        be.dit_step(ref.x0[:, :, sl], 0.0, ref.cond[:, :, sl], ref.mask[:, :, sl], null, planner.plan(), state)
+        be.dit_step(ref.x0[:, :, sl], 0.0, renderer._filled(ref.cond[:, :, sl], ref.mask[:, :, sl].numpy()),
+                    ref.mask[:, :, sl], null, planner.plan(), state)
         planner.commit()
     want = []
     for k in range(0, n, c):
         plan = planner.plan()
         sl = slice(k, k + c)
+        cond_k = renderer._filled(cond[:, :, sl], mask[:, :, sl].numpy())
 
-        def step(x, t, sl=sl, k=k, plan=plan):
-            return be.dit_step(x, t, cond[:, :, sl], mask[:, :, sl], tok[:, k * tc:(k + c) * tc], plan, state)
+        def step(x, t, sl=sl, k=k, plan=plan, cond_k=cond_k):
+            return be.dit_step(x, t, cond_k, mask[:, :, sl], tok[:, k * tc:(k + c) * tc], plan, state)
 
         want.append(two_step_sample(step, noise[:, :, sl], eps2[:, :, sl], sched))
         planner.commit()
     want = torch.cat(want, dim=2)
     assert torch.allclose(got, want, atol=1e-5, rtol=0), float((got - want).abs().max())
+
+
+def _head_residual(dit, d: torch.Tensor) -> float:
+    """The part of an output difference ``[B, z, F, H, W]`` outside the head's column space, per
+    patch (relative): 0 where the difference comes from the head alone."""
+    _, ph, pw = dit.patch
+    b, z, f, hh, ww = d.shape
+    patches = d.reshape(b, z, f, hh // ph, ph, ww // pw, pw).permute(0, 2, 3, 5, 4, 6, 1).reshape(-1, ph * pw * z)
+    w = dit.head.head.weight.detach().double()  # [ph*pw*z, dim]
+    coef = torch.linalg.lstsq(w, patches.double().T).solution
+    return float((patches.double().T - w @ coef).norm() / patches.double().norm())
+
+
+def test_source_head_keeps_the_noise_out_of_x0(cfg):
+    """tiny's tokens (128) are narrower than its patches (16 channels x 4 x 4): a flow head
+    (x0 = x_t - t v) passes the noise's directions that the head cannot express into x0; a source
+    head (x0 = cond + out) never reads x_t into its output, so what two noises change lies in the
+    head's column space."""
+    from lipforce_sdk.model.dit import WanDiT
+
+    g = torch.Generator().manual_seed(0)
+    h, w = cfg.latent_hw
+    cond = torch.randn(1, cfg.latent_channels, 2, h, w, generator=g)
+    mask = torch.ones(1, cfg.mask_channels, 2, h, w)
+    tok = torch.randn(1, 2 * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim, generator=g)
+    n1, n2 = torch.randn(2, *cond.shape, generator=g)
+    t = torch.ones(1)
+    res = {}
+    for out in ("flow", "source"):
+        torch.manual_seed(0)
+        dit = WanDiT(cfg.replace(dit={"output": out})).eval()
+        with torch.no_grad():
+            d = dit.forward_full(n1, t, cond, mask, tok) - dit.forward_full(n2, t, cond, mask, tok)
+        res[out] = _head_residual(dit, d)
+    assert res["source"] < 1e-6, res
+    assert res["flow"] > 0.5, res  # about half of each 256-number patch is noise the head cannot cancel
+
+
+def test_as_student_starts_a_source_head_at_the_filled_source(cfg):
+    """The teacher keeps a flow head and the unfilled source; a student of a source preset made
+    from it returns its (filled) condition until it has learnt a correction."""
+    import copy
+
+    from distill.student import rollout, renoiser
+    from distill.teacher import Teacher, as_student, teacher_config
+
+    tcfg = teacher_config(cfg)
+    assert (tcfg.dit.output, tcfg.stream.fill) == ("flow", "none")
+    teacher = Teacher(tcfg).eval()
+    student = as_student(copy.deepcopy(teacher), cfg)
+    assert student.dit.cfg is cfg and teacher.dit.cfg.dit.output == "flow"
+    g = torch.Generator().manual_seed(4)
+    h, w = cfg.latent_hw
+    c = cfg.stream.chunk_frames
+    cond = torch.randn(1, cfg.latent_channels, 2 * c, h, w, generator=g)
+    mask = (torch.rand(1, cfg.mask_channels, 2 * c, h, w, generator=g) > 0.5).float()
+    tok = torch.randn(1, 2 * c * cfg.vae.temporal_compression, cfg.audio.tokens_per_frame, cfg.audio.token_dim, generator=g)
+    noise, eps2 = torch.randn(2, *cond.shape, generator=g)
+    ref = _ref(cfg, 1, g)
+    with torch.no_grad():
+        out = rollout(student.dit, cfg, cond, mask, tok, noise, renoiser(eps2, 0.5, c), 0.5, ref=ref)
+        flow = rollout(teacher.dit, tcfg, cond, mask, tok, noise, renoiser(eps2, 0.5, c), 0.5, ref=ref)
+    hole = mask.amax(1, keepdim=True)
+    want = cond * (1 - hole) + ref.x0[:, :, :1] * hole
+    assert torch.allclose(out, want, atol=1e-6, rtol=0)
+    assert float((flow - want).abs().mean()) > 0.1
 
 
 def test_teacher_reference_pass_equals_a_longer_causal_cache(cfg):

@@ -170,9 +170,11 @@ class WanDiT(nn.Module):
         x, e, e0, ctx, frames = self._embed(x_t, t, cond, mask, audio_tokens)
         for i, blk in enumerate(self.blocks):
             x = blk(x, e0, ctx, frames, attn_for_layer(i))
-        v = self._unpatchify(self.head(x, e), frames)  # predicted flow eps - x0
-        tt = t.to(v.dtype).reshape(-1, 1, 1, 1, 1)
-        return x_t - tt * v
+        out = self._unpatchify(self.head(x, e), frames)
+        if self.cfg.dit.output == "source":  # a correction of the (filled) masked source
+            return cond + out
+        tt = t.to(out.dtype).reshape(-1, 1, 1, 1, 1)  # out: the predicted flow eps - x0
+        return x_t - tt * out
 
     # ---- causal chunk step (the exported graph) ----
     def step(self, x_t, t, cond, mask, audio_tokens, write_idx, q_pos, k_pos, k_valid, caches, inplace=True):
