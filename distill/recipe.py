@@ -428,6 +428,10 @@ def install_default(work: Path, dest: Path | None = None) -> Path:
     cfg = from_name(rcfg.preset)
     megabytes = sum((src / f).stat().st_size for f in ("dit.safetensors", "vae.safetensors", "audio_encoder.safetensors")) / 1e6
     extra = (work / "real_faces.md").read_text() if (work / "real_faces.md").is_file() else ""
+    source_form = ("" if cfg.dit.output != "source" else
+                   " Its DiT does not draw the mouth from noise: it corrects the masked source, whose hole holds the "
+                   "first reference frame's latents (`dit.output = \"source\"`, `stream.fill = \"reference\"`), so "
+                   "lips, teeth and skin texture come from the person and the DiT moves them with the speech.")
     card = f"""# lipforce default model (`{rcfg.preset}` preset, trained)
 
 The model `Engine.load()` uses when given no path. A causal two-step student of the Lip Forcing
@@ -435,7 +439,7 @@ recipe (`distill/`), no public weights. It re-renders the mouth region of a
 {cfg.stream.resolution} x {cfg.stream.resolution} eye-aligned mouth crop (nose tip to chin,
 `lipforce_sdk.geometry`) to match new speech, copying lips, teeth and skin from {cfg.stream.sink_frames}
 clean reference frames of the person held in its KV cache's sink; the rest of the frame is left
-as it was.{" Its DiT does not draw the mouth from noise: it corrects the masked source, whose hole holds the first reference frame's latents (`dit.output = \"source\"`, `stream.fill = \"reference\"`), so lips, teeth and skin texture come from the person and the DiT moves them with the speech." if cfg.dit.output == "source" else ""}
+as it was.{source_form}
 
 - **Size:** DiT dim {cfg.dit.dim}, {cfg.dit.num_layers} layers, patch {cfg.dit.patch_size[1]}; per-frame VAE with
   {cfg.vae.spatial_compression}x spatial compression ({cfg.latent_hw[0]} x {cfg.latent_hw[1]} x {cfg.vae.z_dim} latents, no frames
