@@ -467,7 +467,10 @@ as it was.{source_form}
 - **Limits:** a {megabytes:.0f} MB model: the mouth interior (teeth, tongue) is soft, a face
   whose lips or lighting differ much from the training data's comes out less sharp, and the lips
   follow new speech less well than a real speaker's (see "Real faces" below and BENCHMARKS.md).
-  Faces turned past about 60 degrees are not tracked. Not for identity-sensitive use.
+  The mouth starts from the reference frames (by default the stream's first frames): one with an
+  open mouth or a turned head shows through; pass closed-mouth frames as
+  `engine.session(reference=...)`, or enroll the avatar. Faces turned past about 60 degrees are
+  not tracked. Not for identity-sensitive use.
 {extra}
 ## Held-out procedural scores
 
