@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 pytest.importorskip("torch")
 
-# Measured on the first six held-out pairs with the default model (torch): output 0.50, 0.32,
-# 0.28, 0.78, 0.01, 0.58 (mean 0.41); the input video's mouth 0.28, -0.05, -0.07, 0.25, 0.22, 0.03
+# Measured on the first six held-out pairs with the default model (torch): output 0.61, 0.57,
+# 0.70, 0.70, 0.58, 0.66 (mean 0.64); the input video's mouth 0.28, -0.05, -0.07, 0.25, 0.22, 0.03
 # (mean 0.11); the target itself 0.94-0.96. One pair alone says little (a 100-frame clip with few
 # wide openings), the mean over six does.
-MIN_MEAN_GAP_CORRELATION = 0.35
+MIN_MEAN_GAP_CORRELATION = 0.55
 
 
 def test_default_model_lip_gap_follows_the_new_speech():
@@ -37,4 +37,4 @@ def test_default_model_lip_gap_follows_the_new_speech():
         got.append(float(np.corrcoef(measure_mouth(_at(out, SCORE_SIZE))[:, 0], truth)[0, 1]))
         src.append(float(np.corrcoef(measure_mouth(_at(p.source, SCORE_SIZE))[:, 0], truth)[0, 1]))
     assert np.mean(got) >= MIN_MEAN_GAP_CORRELATION, f"output lip gap vs true gap: r = {np.round(got, 3)}"
-    assert np.mean(got) > np.mean(src) + 0.2, f"output r {np.round(got, 3)} not clearly above the input's {np.round(src, 3)}"
+    assert np.mean(got) > np.mean(src) + 0.4, f"output r {np.round(got, 3)} not clearly above the input's {np.round(src, 3)}"
