@@ -47,6 +47,28 @@ def _video_schedule(n_src: int, src_fps: float, fps: float, n_out: int) -> np.nd
     return np.where(idx < n_src, idx, period - idx)
 
 
+REFERENCE_SEARCH_S = 2.0  # run_clip: the reference is the most closed mouth among the stream's first seconds
+
+
+def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) -> list | None:
+    """The frame among the first ``seconds`` of ``frames`` (as streamed) whose lips are the most
+    closed (face mesh inner-lip opening), as the session's ``reference=``: the model's mouth starts
+    from the reference, and an open one shows through. ``None`` where the model takes no reference
+    frames or no face is found."""
+    from .session import reference_frames_needed
+    from .tracking import default_face_source
+
+    cfg = engine.config
+    if not reference_frames_needed(cfg):
+        return None
+    best, best_open = None, np.inf
+    for i in range(min(len(frames), max(1, int(round(seconds * cfg.stream.fps))))):
+        kp = default_face_source().update(frames[i])  # each frame on its own: no smoothing across them
+        if kp is not None and kp.lip_opening() < best_open:
+            best, best_open = i, kp.lip_opening()
+    return None if best is None else [frames[best]]
+
+
 def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True):
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
@@ -59,7 +81,8 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
     n_out = max(1, math.ceil(samples.size / sr * fps))
     order = _video_schedule(len(frames), src_fps, fps, n_out)
     spf = cfg.samples_per_video_frame
-    session = engine.session(box=box)
+    ref = None if box is not None else closed_mouth_reference(engine, [frames[j] for j in order[:int(REFERENCE_SEARCH_S * fps)]])
+    session = engine.session(box=box, reference=ref)
     pushes = ((samples[i * spf:(i + 1) * spf], frames[order[i]]) for i in range(n_out))
     return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
 

@@ -316,8 +316,8 @@ class Session:
         self.planner = RingCachePlanner.for_stream(cfg.stream)
         self.mel = LogMelStream(cfg.audio, self.fps)
         self.renderer = ChunkRenderer(self.backend, cfg, self.seed)
-        self._reference_frames = None if reference is None else self._check_reference(reference)
         self._reset_stream()
+        self._reference_frames = None if reference is None else self._check_reference(reference)
 
     # ---------------- public API ----------------
     def push(self, audio=None, frame: np.ndarray | None = None, sample_rate: int | None = None) -> list[OutputFrame]:

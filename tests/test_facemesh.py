@@ -511,3 +511,17 @@ def test_bad_input_errors(clip, models):
 def test_import_is_torch_free():
     code = "import sys, lipforce_sdk.facemesh; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_run_clip_takes_the_most_closed_mouth_as_reference(clip, models):
+    """``lipforce run`` starts the model's mouth from the most closed mouth among the stream's first
+    seconds, not from whatever the first frame shows."""
+    from lipforce_sdk import Engine
+    from lipforce_sdk.cli import closed_mouth_reference
+
+    still = _track(models, clip[0])
+    frames = [samples.open_mouth(clip[0], still, a) for a in (12.0, 6.0, 0.0, 9.0)]
+    ref = closed_mouth_reference(Engine.load(), frames)
+    assert ref is not None and len(ref) == 1 and ref[0] is frames[2]
+    assert closed_mouth_reference(Engine.load(), frames[:2])[0] is frames[1]
+    assert closed_mouth_reference(Engine.load(), frames, seconds=0.04)[0] is frames[0]  # one frame searched

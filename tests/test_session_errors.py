@@ -71,3 +71,20 @@ def test_no_face_found_is_clear_and_recoverable(tiny_engine):
     with pytest.raises(FaceNotFoundError, match=r"no face found in frame 0.*box="):
         s.push(np.zeros(640, np.float32), np.full((120, 120, 3), 128, np.uint8))
     assert s.stats.frames_in == 0 and s.mel.samples_in == 0  # nothing consumed
+
+
+def test_reference_frames_given_at_construction(tiny_engine):
+    """``engine.session(reference=...)``: the sink is written from the given frames, not the
+    stream's first ones; the stream is otherwise the same."""
+    frames, audio = make_clip(4, 14)
+    other, _ = make_clip(1, 15)
+
+    def run(**kw):
+        s = tiny_engine.session(box=BOX, **kw)
+        return s.push(audio) + [o for f in frames for o in s.push(frame=f)] + s.flush()
+
+    first, given, same = run(), run(reference=[other[0]]), run(reference=list(frames[:2]))
+    assert len(given) == len(first) == 4
+    assert any(not np.array_equal(a.image, b.image) for a, b in zip(first, given)), "the reference did not matter"
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(first, same)), \
+        "the stream's own first frames as the reference should equal the default"
