@@ -61,11 +61,14 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) 
     cfg = engine.config
     if not reference_frames_needed(cfg):
         return None
+    src = default_face_source()
     best, best_open = None, np.inf
     for i in range(min(len(frames), max(1, int(round(seconds * cfg.stream.fps))))):
-        kp = default_face_source().update(frames[i])  # each frame on its own: no smoothing across them
-        if kp is not None and kp.lip_opening() < best_open:
-            best, best_open = i, kp.lip_opening()
+        src.reset()  # each frame on its own: no smoothing across them
+        kp = src.update(frames[i])
+        opening = np.inf if kp is None else kp.lip_opening()
+        if opening < best_open:
+            best, best_open = i, opening
     return None if best is None else [frames[best]]
 
 
@@ -81,7 +84,7 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
     n_out = max(1, math.ceil(samples.size / sr * fps))
     order = _video_schedule(len(frames), src_fps, fps, n_out)
     spf = cfg.samples_per_video_frame
-    ref = None if box is not None else closed_mouth_reference(engine, [frames[j] for j in order[:int(REFERENCE_SEARCH_S * fps)]])
+    ref = None if box is not None else closed_mouth_reference(engine, [frames[j] for j in order])
     session = engine.session(box=box, reference=ref)
     pushes = ((samples[i * spf:(i + 1) * spf], frames[order[i]]) for i in range(n_out))
     return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
