@@ -30,7 +30,7 @@ from pathlib import Path
 __all__ = ["evaluate_clips", "main"]
 
 COLUMNS = ("sharpness", "skin dB", "lip r", "null p95", "lip-box dB", "lip-box SSIM", "silence std ratio",
-           "boundary jump")
+           "boundary jump", "mouth motion silent/speaking")
 
 
 def _row(name: str, mode: str, q) -> dict:
@@ -40,6 +40,7 @@ def _row(name: str, mode: str, q) -> dict:
             "null_p95": None if s is None else s.null_p95, "null_max": None if s is None else s.null_max,
             "lip_box_db": p.lip_psnr_db, "lip_box_ssim": p.lip_ssim,
             "silence_ratio": None if sil is None else sil.still_ratio, "jump_ratio": None if sil is None else sil.jump_ratio,
+            "motion_ratio": None if sil is None else sil.motion_ratio,
             "control_sharpness": None if q.control is None else q.control.sharpness_ratio,
             "control_skin_db": None if q.control is None else q.control.skin_psnr_db,
             "frames": q.frames, "face_frames": q.face_frames}
@@ -54,19 +55,19 @@ def _f(v, fmt=".2f") -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | silence std ratio | boundary jump | control sharpness / skin dB |"
-    lines = [head, "|" + " --- |" * 10]
+    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | silence std ratio | boundary jump | mouth motion silent / speaking | control sharpness / skin dB |"
+    lines = [head, "|" + " --- |" * 11]
     for r in rows:
         lines.append(
             f"| {r['clip']} | {r['mode']} | {_f(r['sharpness'])} | {_f(r['skin_db'], '.1f')} | "
             f"{_f(r['lip_r'])} ({_f(r['lip_lag'], '+d') if r['lip_lag'] is not None else '-'}) | {_f(r['null_p95'])} | "
             f"{_f(r['lip_box_db'], '.1f')} / {_f(r['lip_box_ssim'], '.3f')} | {_f(r['silence_ratio'])} | "
-            f"{_f(r['jump_ratio'])} | {_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
+            f"{_f(r['jump_ratio'])} | {_f(r.get('motion_ratio'))} | {_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out: str | Path, seconds: float = 10.0,
-                   own_speech: bool = True, progress: bool = True, log=print) -> list[dict]:
+                   own_speech: bool = True, progress: bool = True, log=print, silence: str | None = None) -> list[dict]:
     import numpy as np
 
     from lipforce_sdk.cli import run_clip
@@ -99,7 +100,7 @@ def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out
             tag = "own" if is_own else "new"
             dst = out / f"{name}.{tag}.mp4"
             t0 = time.perf_counter()
-            run_clip(engine, video, wav, dst, progress=False)
+            run_clip(engine, video, wav, dst, progress=False, silence=silence)
             q = face_quality(video, dst, wav, own_speech=is_own, input_order="pingpong", control=True,
                              sheet=out / f"{name}.{tag}.png")
             rows.append(_row(name, mode, q))
@@ -119,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     ap.add_argument("--seconds", type=float, default=10.0, help="speech length per run")
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
+    ap.add_argument("--silence", default=None, choices=["still", "model"], help="as `lipforce run --silence`")
     a = ap.parse_args(argv)
     from lipforce_sdk.session import Engine
 
     engine = Engine.load(a.model, backend=a.backend)
-    rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech)
+    rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech,
+                          silence=a.silence)
     print(to_markdown(rows))
     return 0
 

@@ -44,6 +44,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .backends.base import host_array
 from .config import ModelConfig
 from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, mouth_mask_for, soft_mask
 from .session import (ChunkRenderer, Engine, FrameView, InputError, OutputFrame, Session,
@@ -79,16 +80,6 @@ def _period_chunks(n: int, fv: int) -> int:
     """Chunks after which the ping-pong stream's chunks repeat."""
     p = 1 if n <= 1 else 2 * (n - 1)
     return p * fv // math.gcd(p, fv) // fv
-
-
-def _host(x) -> np.ndarray:
-    """A backend array (torch tensor or NumPy array) as a host NumPy array."""
-    if hasattr(x, "detach"):  # torch, without importing it
-        t = x.detach().cpu()
-        if str(t.dtype) == "torch.bfloat16":
-            t = t.float()
-        return t.numpy()
-    return np.asarray(x)
 
 
 @dataclass(eq=False)
@@ -276,8 +267,8 @@ class Avatar:
         cfg, be = engine.config, engine.backend
         renderer = ChunkRenderer(be, cfg, cfg.schedule.seed)
         state = be.new_state()
-        ref = [(_host(a), _host(b)) for a, b in renderer.reference_latents(self.reference_views(cfg), state)]
-        c0 = _host(renderer.condition_latents(self.chunk_views(cfg, 0), state))
+        ref = [(host_array(a), host_array(b)) for a, b in renderer.reference_latents(self.reference_views(cfg), state)]
+        c0 = host_array(renderer.condition_latents(self.chunk_views(cfg, 0), state))
         return _probe_hash(ref, c0), ref, c0, renderer, state
 
     def encode(self, engine: Engine, progress: bool = False) -> LatentTable:
@@ -297,7 +288,7 @@ class Avatar:
 
             it = tqdm(it, desc="avatar latents", unit="chunk", initial=1, total=total)
         for k in it:
-            chunks.append(_host(renderer.condition_latents(self.chunk_views(cfg, k), state)))
+            chunks.append(host_array(renderer.condition_latents(self.chunk_views(cfg, k), state)))
         warm = 0
         if temporal:
             same = [np.array_equal(chunks[k], chunks[k + q]) for k in range(total - q)]
@@ -423,13 +414,15 @@ class _StreamViews:
         return v
 
 
-def frame_pushing_session(engine: Engine, avatar: Avatar, seed: int | None = None) -> Session:
+def frame_pushing_session(engine: Engine, avatar: Avatar, seed: int | None = None,
+                          silence: str | None = None) -> Session:
     """A plain frame-pushing ``Session`` that uses the avatar's crops and masks for the frames
     pushed to it (push the avatar's ``stream_frames``): the path an ``AvatarSession`` must equal."""
     from .tracking import KeypointsFaceSource
 
     kps = [avatar.face_keypoints(j) for j in range(avatar.num_frames)]
-    return Session(engine, face_source=KeypointsFaceSource(kps), seed=seed, preparer=_StreamViews(avatar))
+    return Session(engine, face_source=KeypointsFaceSource(kps), seed=seed, preparer=_StreamViews(avatar),
+                   silence=silence)
 
 
 class _LoopFaces:
@@ -448,12 +441,12 @@ class AvatarSession(Session):
     ``Session``; frame ``i`` of the stream is the loop's ``pingpong(N, i)`` and exists once its
     audio has arrived (``flush`` ends the stream after the last frame that has audio)."""
 
-    def __init__(self, engine: Engine, avatar, seed: int | None = None):
+    def __init__(self, engine: Engine, avatar, seed: int | None = None, silence: str | None = None):
         if not isinstance(avatar, Avatar):
             avatar = Avatar.load(avatar)
         self.avatar = avatar
         self.table = avatar.latents_for(engine)
-        super().__init__(engine, face_source=_LoopFaces(), seed=seed)
+        super().__init__(engine, face_source=_LoopFaces(), seed=seed, silence=silence)
         self._views = avatar.views()
 
     def push(self, audio=None, frame: np.ndarray | None = None, sample_rate: int | None = None) -> list[OutputFrame]:

@@ -72,7 +72,8 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) 
     return None if best is None else [frames[best]]
 
 
-def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True):
+def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True,
+             silence: str | None = None):
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
     from .media import read_audio, read_video
@@ -85,7 +86,7 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
     order = _video_schedule(len(frames), src_fps, fps, n_out)
     spf = cfg.samples_per_video_frame
     ref = None if box is not None else closed_mouth_reference(engine, [frames[j] for j in order])
-    session = engine.session(box=box, reference=ref)
+    session = engine.session(box=box, reference=ref, silence=silence)
     pushes = ((samples[i * spf:(i + 1) * spf], frames[order[i]]) for i in range(n_out))
     return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
 
@@ -111,7 +112,8 @@ def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: s
     return session.stats
 
 
-def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: bool = True):
+def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: bool = True,
+               silence: str | None = None):
     """Stream a prepared avatar (``lipforce_sdk.avatar``) from ``audio`` alone as a kiosk would
     (640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
     from .media import read_audio
@@ -119,7 +121,7 @@ def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: boo
     cfg = engine.config
     spf = cfg.samples_per_video_frame
     samples = read_audio(audio, sample_rate=cfg.audio.sample_rate)
-    session = engine.session(avatar=avatar)
+    session = engine.session(avatar=avatar, silence=silence)
     n_out = max(1, math.ceil(samples.size / spf))
     pushes = ((samples[i:i + spf],) for i in range(0, samples.size, spf))
     return _write_stream(session, pushes, samples, out, cfg.stream.fps, n_out, "avatar", progress)
@@ -149,7 +151,7 @@ def _cmd_run(a) -> int:
     if a.avatar is not None:
         return _run_avatar(a, engine)
     a.video = a.video or str(SAMPLE_DIR / "face.mp4")
-    stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress)
+    stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress, silence=a.silence)
     print(f"wrote {a.out}  ({engine!r})")
     print(format_stats(stats, engine.config))
     if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav"):
@@ -166,7 +168,7 @@ def _run_avatar(a, engine) -> int:
                          "(a directory written by `lipforce enroll`), or --avatar DIR")
     if a.video is not None or a.box is not None:
         raise ValueError("--avatar streams the avatar's own loop: drop --video/--box")
-    stats = run_avatar(engine, Avatar.load(where), a.audio, a.out, progress=not a.no_progress)
+    stats = run_avatar(engine, Avatar.load(where), a.audio, a.out, progress=not a.no_progress, silence=a.silence)
     print(f"wrote {a.out}  ({engine!r}, avatar {where})")
     print(format_stats(stats, engine.config))
     return 0
@@ -270,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--avatar", nargs="?", const="", default=None, metavar="DIR",
                    help="stream a prepared avatar from the audio alone (no --video): the one in --model's directory "
                         "(written by `lipforce enroll`), or the avatar folder DIR")
+    r.add_argument("--silence", default=None, choices=["still", "model"],
+                   help="still: hold the closed reference mouth while the audio is silent; model: the model's "
+                        "output throughout (default: still where the model carries a reference mouth)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=_cmd_run)
 

@@ -75,6 +75,10 @@ Regions (``Regions.from_points``) and measures:
    speech/silence boundary (the pair of frames across it and the 2 pairs next to it inside the
    silence: where the mouth shuts or opens) over the 95th percentile of the changes between two
    speaking frames (goal <= 1: no jump larger than between two speaking frames). No stretch of 0.5 s: both ``None``, and the note says so.
+   Beside them, in pixels (``motion_ratio``, no goal): the mean frame-to-frame change of the
+   output's lip box (the input's box of the later frame cut from both frames) over pairs of
+   silent frames, over the same over pairs of speaking frames: what a viewer sees as a mouth
+   that quivers, where the opening reads only two landmarks.
 6. **Contact sheet** (``sheet=``, ``--sheet``): input and output mouth crops side by side (input
    above output), eye-aligned 128-pixel crops (``geometry.AlignedCrop`` from the INPUT landmarks,
    the same crop cut from both frames) enlarged 2x with nearest-neighbour pixels, so blur and
@@ -200,7 +204,11 @@ class Silence:
     ``boundary_jump``: largest frame-to-frame change of the opening at a speech/silence boundary;
     ``speech_jump_p95``: 95th percentile of the changes within speech; ``jump_ratio``: the first
     over the second (goal <= 1); ``boundaries``: speech/silence boundaries (a stretch at the
-    start or end of the clip has one). ``None`` where it cannot be measured; ``note`` says why.
+    start or end of the clip has one); ``motion_ratio``: mean frame-to-frame pixel change of the
+    output's lip box over pairs of silent frames (the stretches minus the guard frames) over pairs
+    of speaking frames: the mouth's quiver in pixels, where the lip opening sees two landmarks
+    (no goal set; an unchanged input scores its own ratio). ``None`` where it cannot be
+    measured; ``note`` says why.
     """
 
     threshold_db: float | None
@@ -213,6 +221,7 @@ class Silence:
     jump_ratio: float | None
     boundaries: int = 0
     note: str = ""
+    motion_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -308,6 +317,9 @@ class FaceQuality:
                      _fmt(sil.jump_ratio, '.2f')
                      + (f" ({sil.boundary_jump:.3f} / {sil.speech_jump_p95:.3f})" if sil.jump_ratio is not None else ""),
                      f"{sil.boundaries} boundaries", f"<= {JUMP_GOAL:g}"))
+        rows.append(("silence: mouth pixel change frame to frame (lip box), silent / speaking pairs",
+                     _fmt(sil.motion_ratio, '.3f'), f"{sil.silent_frames} / {sil.speaking_frames}",
+                     "no goal (how much the mouth quivers in silence)"))
         lines = [
             f"face quality: {self.output} vs {self.input} (speech {self.audio}; input order {self.input_order})",
             "",
@@ -515,6 +527,7 @@ def silence_stillness(
     min_silence_s: float = MIN_SILENCE_S,
     below_db: float = SILENCE_BELOW_DB,
     guard: int = GUARD_FRAMES,
+    motion=None,
 ) -> Silence:
     """Measure 5 on per-frame series: does the mouth stay still while the speech is silent?
 
@@ -529,6 +542,8 @@ def silence_stillness(
         guard: frames at each end of a stretch that borders speech left out of the silent std;
             the boundary jump looks at the pair across each boundary and the ``guard`` pairs
             next to it inside the stretch.
+        motion: ``[F - 1]`` pixel change of the mouth from frame ``t`` to ``t + 1`` (NaN where
+            not measured), for ``motion_ratio``; ``None``: not measured.
 
     Returns:
         ``Silence`` (see there); with no stretch of ``min_silence_s`` its ratios are ``None``.
@@ -586,8 +601,18 @@ def silence_stillness(
         notes.append("no frame-to-frame change within speech to compare the boundary jump with")
     else:
         jump = boundary / p95
+    motion_ratio = None
+    if motion is not None:
+        mo = np.asarray(motion, np.float64)
+        if mo.shape != (n - 1,):
+            raise ValueError(f"motion must be [F - 1] = [{n - 1}] frame-to-frame changes, got {mo.shape}")
+        ms, mp = mo[core[:-1] & core[1:] & np.isfinite(mo)], mo[speaking[:-1] & speaking[1:] & np.isfinite(mo)]
+        if ms.size and mp.size and mp.mean() > 1e-12:
+            motion_ratio = float(ms.mean() / mp.mean())
+        else:
+            notes.append("mouth motion: no measured pair of silent or of speaking frames, or no motion in speech")
     return Silence(thr, tuple(stretches), int(so.size), int(sp.size), still, boundary, p95, jump, n_bound,
-                   "; ".join(notes))
+                   "; ".join(notes), motion_ratio)
 
 
 # --------------------------------------------------------------------------------------
@@ -705,6 +730,14 @@ def _match_size(b: np.ndarray, a: np.ndarray, src) -> np.ndarray:
                      "with the video the run was given, at its own size (no rescaling)")
 
 
+def _box_change(a: np.ndarray, b: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Mean absolute change (0-255, all channels) of ``box`` from frame ``a`` to frame ``b``."""
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return math.nan
+    return float(np.abs(b[y0:y1, x0:x1].astype(np.int16) - a[y0:y1, x0:x1].astype(np.int16)).mean())
+
+
 # --------------------------------------------------------------------------------------
 # The measure
 # --------------------------------------------------------------------------------------
@@ -772,6 +805,8 @@ def face_quality(
 
     regions: list[Regions | None] = []
     opening: list[float] = []
+    motion: list[float] = []  # output lip box, frame t-1 -> t (the input's box of frame t)
+    prev_b = None
     acc = _PixelAccumulator(own_speech)
     out_missing = 0
     with tempfile.TemporaryDirectory(prefix="lipforce_fq_") as tmp:
@@ -791,6 +826,9 @@ def face_quality(
                     acc.add(reg, a, b)
                     out_missing += lm_out is None
                 opening.append(lm_out.lip_opening() if (reg is not None and lm_out is not None) else math.nan)
+                if prev_b is not None:
+                    motion.append(_box_change(prev_b, b, reg.lip_box) if reg is not None else math.nan)
+                prev_b = b
                 if writer is not None:
                     writer.write(a)
         finally:
@@ -815,7 +853,7 @@ def face_quality(
     env = speech_envelope(samples, sr, fps, n)
     notes: list[str] = []
     sync = _lip_sync(op, env, fps, notes)
-    silence = silence_stillness(op, env, fps)
+    silence = silence_stillness(op, env, fps, motion=np.array(motion, np.float64))
     pixels = acc.result()
     picks: tuple[int, ...] = ()
     if sheet is not None:

@@ -19,11 +19,12 @@ __all__ = ["render_offline"]
 
 
 def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=None, seed: int | None = None,
-                   keypoints: Sequence[FaceKeypoints] | None = None) -> np.ndarray:
+                   keypoints: Sequence[FaceKeypoints] | None = None, silence: str | None = None) -> np.ndarray:
     """audio: float32 mono at the model's rate; frames [F, H, W, 3] uint8 -> [F, H, W, 3] uint8.
 
     The face comes from ``keypoints`` (per frame), else a fixed ``box``, else the face mesh; the
-    sink's reference (models with ``stream.sink == "reference"``) is the clip's first frames."""
+    sink's reference (models with ``stream.sink == "reference"``) is the clip's first frames.
+    ``silence``: as ``Engine.session``."""
     cfg, be = engine.config, engine.backend
     fv = cfg.video_frames_per_chunk
     n = len(frames)
@@ -40,7 +41,7 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
         last = kp
         views.append(prep(frames[i], kp))
     mel = log_mel_clip(np.asarray(audio, np.float32), cfg.audio, cfg.stream.fps, n_pad)
-    renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed)
+    renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed, silence=silence)
     planner = RingCachePlanner.for_stream(cfg.stream)
     state = be.new_state()
     n_ref = reference_frames_needed(cfg)

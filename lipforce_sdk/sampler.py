@@ -33,10 +33,14 @@ def renoise(x0: Any, eps: Any, t: float) -> Any:
     return x0 * (1.0 - t) + eps * t
 
 
-def two_step_sample(step: Callable[[Any, float], Any], noise: Any, eps2: Any, schedule: ScheduleConfig) -> Any:
-    """``step(x_t, t) -> x0`` runs one DiT pass of the current chunk; returns the chunk's x0."""
+def two_step_sample(step: Callable[[Any, float], Any], noise: Any, eps2: Any, schedule: ScheduleConfig,
+                    finish: Callable[[Any], Any] | None = None) -> Any:
+    """``step(x_t, t) -> x0`` runs one DiT pass of the current chunk; returns the chunk's x0.
+    ``finish(x0) -> x0``: applied to the final x0 before the cache pass (the silence gate)."""
     x0 = step(noise, 1.0)
     x0 = step(renoise(x0, eps2, schedule.t_land), schedule.t_land)
+    if finish is not None:
+        x0 = finish(x0)
     if schedule.cache_pass == "clean":
         step(x0, 0.0)
     return x0

@@ -24,6 +24,7 @@ from .config import ModelConfig
 from .face import FaceBox, FaceNotFoundError, FaceTracker
 from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, mouth_mask_for
 from .sampler import fill_hole, hole_of, two_step_sample
+from .silence import SILENCE_MODES, SilenceGate
 from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
 
 __all__ = ["Engine", "Session", "ChunkRenderer", "FramePreparer", "FrameView", "OutputFrame", "SessionStats", "InputError",
@@ -129,7 +130,7 @@ class Engine:
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
                 keypoints: Sequence[FaceKeypoints] | None = None, reference: Sequence[np.ndarray] | None = None,
-                avatar=None) -> "Session":
+                avatar=None, silence: str | None = None) -> "Session":
         """A new stream.
 
         ``avatar``: a prepared avatar (``lipforce_sdk.avatar.Avatar``, or its directory, or a model
@@ -143,6 +144,11 @@ class Engine:
 
         ``reference``: full frames of the person whose clean mouth crops fill the cache's sink
         (models with ``stream.sink == "reference"``); default: the stream's first frames.
+
+        ``silence``: ``"still"`` holds the mouth still while the audio is silent (the model's
+        mouth at the start of the silence, with a short fade at each end; ``lipforce_sdk.silence``),
+        ``"model"`` shows the model's output throughout; default ``"still"`` for the models it
+        was measured on (``stream.fill == "reference"``, the bundled one), else ``"model"``.
         """
         if avatar is not None:
             from .avatar import AvatarSession
@@ -151,7 +157,7 @@ class Engine:
                                     ("keypoints", keypoints), ("reference", reference)) if v is not None]
             if given:
                 raise InputError(f"avatar= streams the avatar's own frames; drop {', '.join(given)}=")
-            return AvatarSession(self, avatar, seed=seed)
+            return AvatarSession(self, avatar, seed=seed, silence=silence)
         if face_source is None:
             if keypoints is not None:
                 face_source = KeypointsFaceSource(keypoints)
@@ -159,7 +165,7 @@ class Engine:
                 face_source = HaarFaceSource(tracker)
             else:
                 face_source = default_face_source(box=box)
-        return Session(self, face_source=face_source, seed=seed, reference=reference)
+        return Session(self, face_source=face_source, seed=seed, reference=reference, silence=silence)
 
     def __repr__(self) -> str:
         return f"Engine({self.config.name!r}, backend={self.backend.name!r}, dir={str(self.model_dir)!r})"
@@ -196,11 +202,14 @@ class ChunkRenderer:
     """The computation of one chunk, shared by ``Session`` and the offline causal pass: mask the
     source mouth, encode audio and video, two-step sample with the cache, decode, composite."""
 
-    def __init__(self, backend: Backend, cfg: ModelConfig, seed: int):
+    def __init__(self, backend: Backend, cfg: ModelConfig, seed: int, silence: str | None = None):
         self.backend, self.cfg, self.seed = backend, cfg, seed
+        self.silence = silence_mode(cfg, silence)
+        self.gate = SilenceGate(cfg.audio, cfg.stream.fps) if self.silence == "still" else None
         a = cfg.audio
         self._null_tokens = np.zeros((1, cfg.video_frames_per_chunk, a.tokens_per_frame, a.token_dim), np.float32)
         self._fill = None  # stream.fill == "reference": the first reference frame's latents [1, z, 1, h, w]
+        self.reset()
 
     def noise(self, chunk_index: int):
         cfg = self.cfg
@@ -284,13 +293,61 @@ class ChunkRenderer:
         def step(x_t, t):
             return be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
 
-        x0 = two_step_sample(step, noise, eps2, self.cfg.schedule)
+        x0 = two_step_sample(step, noise, eps2, self.cfg.schedule, finish=self._still(mel, cond, mask_np))
         planner.commit()
         gen = be.decode(x0, state)[0].transpose(1, 2, 3, 0)  # [Fv, S, S, 3] in [-1, 1]
         return np.clip((gen + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
+    def _still(self, mel: np.ndarray, cond: Any, mask: np.ndarray):
+        """The silence gate of this chunk as a ``finish`` for ``two_step_sample``; ``None`` when the
+        gate is off, or every frame speaks and no silence is being held (the model's x0 as it is).
+
+        Where the gate is below 1, a latent frame fades toward the held mouth: the model's own x0
+        inside the mask's hole from the first frame of the silence (its mouth after the speech
+        ended), the frame's condition outside it; held until the gate is back at 1."""
+        if self.gate is None:
+            return None
+        g = self.gate(mel)
+        if np.all(g >= 1.0) and self._held is None:
+            return None
+        tc = self.cfg.vae.temporal_compression
+        g_lat = g.reshape(-1, tc).mean(axis=1)  # per latent frame
+        hole = hole_of(mask)  # [1, 1, C, h, w]
+        be = self.backend
+
+        def finish(x0):
+            x, c = be.to_host(x0).astype(np.float32, copy=True), be.to_host(cond).astype(np.float32)
+            for k, gk in enumerate(g_lat):
+                if gk >= 1.0:
+                    self._held = None
+                    continue
+                if self._held is None:
+                    self._held = x[:, :, k].copy()
+                target = c[:, :, k] + hole[:, :, k] * (self._held - c[:, :, k])
+                x[:, :, k] = target + np.float32(gk) * (x[:, :, k] - target)
+            return be.asarray(x)
+
+        return finish
+
+    def reset(self) -> None:
+        """A new stream: the silence gate forgets its history (the fill is rewritten with the reference)."""
+        self._held = None  # the silence gate's held mouth latents [1, z, h, w]
+        if self.gate is not None:
+            self.gate.reset()
+
     def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
         return view.crop.paste(frame, gen, view.mask.soft)
+
+
+def silence_mode(cfg: ModelConfig, silence: str | None) -> str:
+    """``silence``: ``"still"`` (the gate holds the mouth while nobody speaks) or ``"model"`` (the
+    model's output throughout); ``None``: ``"still"`` for models with ``stream.fill ==
+    "reference"`` (where it was measured), else ``"model"``."""
+    if silence is None:
+        return "still" if cfg.stream.fill == "reference" else "model"
+    if silence not in SILENCE_MODES:
+        raise InputError(f"silence={silence!r}; choose one of {', '.join(map(repr, SILENCE_MODES))}")
+    return silence
 
 
 def reference_frames_needed(cfg: ModelConfig) -> int:
@@ -302,7 +359,8 @@ class Session:
     """One stream: ``push(audio, frame)`` in, lip-synced ``OutputFrame``s out."""
 
     def __init__(self, engine: Engine, face_source: FaceSource | None = None, seed: int | None = None,
-                 reference: Sequence[np.ndarray] | None = None, preparer: FramePreparer | None = None):
+                 reference: Sequence[np.ndarray] | None = None, preparer: FramePreparer | None = None,
+                 silence: str | None = None):
         cfg = engine.config
         self.engine, self.cfg, self.backend = engine, cfg, engine.backend
         self.sample_rate = cfg.audio.sample_rate
@@ -315,7 +373,7 @@ class Session:
         self.state = self.backend.new_state()
         self.planner = RingCachePlanner.for_stream(cfg.stream)
         self.mel = LogMelStream(cfg.audio, self.fps)
-        self.renderer = ChunkRenderer(self.backend, cfg, self.seed)
+        self.renderer = ChunkRenderer(self.backend, cfg, self.seed, silence=silence)
         self._reset_stream()
         self._reference_frames = None if reference is None else self._check_reference(reference)
 
@@ -377,6 +435,7 @@ class Session:
 
     def _reset_stream(self) -> None:
         self.planner.reset()
+        self.renderer.reset()
         self.mel.reset()
         self._pending: list[tuple[np.ndarray, FrameView]] = []
         self._next_frame = 0  # index of the first pending frame

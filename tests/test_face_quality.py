@@ -199,6 +199,19 @@ def test_silence_snap_shut_is_a_jump():
     assert s.boundary_jump == pytest.approx(0.45) and s.jump_ratio > 2.0, s
 
 
+def test_silence_mouth_motion_ratio_over_silent_and_speaking_pairs():
+    env, op = _speech_and_silence()
+    motion = np.full(op.size - 1, 4.0)  # pixels per frame while speaking
+    motion[52:77] = 0.5  # pairs inside the silence, guard frames left out: (52, 53) ... (76, 77)
+    motion[50:52] = motion[77:79] = 100.0  # the guard pairs: not counted
+    motion[10] = np.nan  # not measured: left out
+    s = fq.silence_stillness(op, env, motion=motion)
+    assert s.motion_ratio == pytest.approx(0.5 / 4.0)
+    assert fq.silence_stillness(op, env).motion_ratio is None
+    with pytest.raises(ValueError, match="motion must be"):
+        fq.silence_stillness(op, env, motion=motion[:-1])
+
+
 def test_silence_needs_half_a_second():
     env, op = _speech_and_silence(gap=12)  # 0.48 s at 25 fps
     s = fq.silence_stillness(op, env)

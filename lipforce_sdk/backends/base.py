@@ -30,7 +30,7 @@ import numpy as np
 from ..cache_plan import CachePlan
 from ..config import ModelConfig
 
-__all__ = ["GRAPHS", "STATE_OUT_SUFFIX", "state_out_name", "Backend", "GraphRunner", "BackendError"]
+__all__ = ["GRAPHS", "STATE_OUT_SUFFIX", "state_out_name", "Backend", "GraphRunner", "BackendError", "host_array"]
 
 GRAPHS = ("audio_encoder", "vae_encoder", "dit_step", "vae_decoder")
 STATE_OUT_SUFFIX = "_out_"
@@ -95,5 +95,19 @@ class Backend(ABC):
     def asarray(self, x: np.ndarray) -> Any:
         """Host array -> the backend's array type (for noise and the mask)."""
 
+    def to_host(self, x: Any) -> np.ndarray:
+        """The backend's array -> a host NumPy array (float32 where the backend runs bf16)."""
+        return host_array(x)
+
     def close(self) -> None:  # pragma: no cover - optional
         pass
+
+
+def host_array(x: Any) -> np.ndarray:
+    """A backend array (torch tensor or NumPy array) as a host NumPy array."""
+    if hasattr(x, "detach"):  # torch, without importing it
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    return np.asarray(x)
