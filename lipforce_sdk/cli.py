@@ -51,10 +51,12 @@ REFERENCE_SEARCH_S = 2.0  # run_clip: the reference is the most closed mouth amo
 
 
 def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) -> list | None:
-    """The frame among the first ``seconds`` of ``frames`` (as streamed) whose lips are the most
-    closed (face mesh inner-lip opening), as the session's ``reference=``: the model's mouth starts
-    from the reference, and an open one shows through. ``None`` where the model takes no reference
-    frames or no face is found."""
+    """The frame among the first ``seconds`` of ``frames`` (as streamed; any iterable) whose lips
+    are the most closed (face mesh inner-lip opening), as the session's ``reference=``: the
+    model's mouth starts from the reference, and an open one shows through. ``None`` where the
+    model takes no reference frames or no face is found."""
+    import itertools
+
     from .session import reference_frames_needed
     from .tracking import default_face_source
 
@@ -63,53 +65,38 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) 
         return None
     src = default_face_source()
     best, best_open = None, np.inf
-    for i in range(min(len(frames), max(1, int(round(seconds * cfg.stream.fps))))):
+    for f in itertools.islice(frames, max(1, int(round(seconds * cfg.stream.fps)))):
         src.reset()  # each frame on its own: no smoothing across them
-        kp = src.update(frames[i])
+        kp = src.update(f)
         opening = np.inf if kp is None else kp.lip_opening()
         if opening < best_open:
-            best, best_open = i, opening
-    return None if best is None else [frames[best]]
+            best, best_open = np.array(f, copy=True), opening
+    return None if best is None else [best]
 
 
 def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True,
-             silence: str | None = None):
+             silence: str | None = None, frame_memory_mb: int | None = None):
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
-    640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
-    from .media import read_audio, read_video
+    640 samples per push), write ``out`` (MP4, audio muxed; it appears only once complete) and
+    return the session stats. The video is decoded as it goes (``video_source.VideoFrames``:
+    at most ``frame_memory_mb`` of frames held; default 1024)."""
+    from .media import read_audio
+    from .video_source import DEFAULT_BUDGET_MB, VideoFrames
 
     cfg = engine.config
     sr, fps = cfg.audio.sample_rate, cfg.stream.fps
     samples = read_audio(audio, sample_rate=sr)
-    frames, src_fps = read_video(video)
-    n_out = max(1, math.ceil(samples.size / sr * fps))
-    order = _video_schedule(len(frames), src_fps, fps, n_out)
-    spf = cfg.samples_per_video_frame
-    ref = None if box is not None else closed_mouth_reference(engine, [frames[j] for j in order])
-    session = engine.session(box=box, reference=ref, silence=silence)
-    pushes = ((samples[i * spf:(i + 1) * spf], frames[order[i]]) for i in range(n_out))
-    return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
-
-
-def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: str, progress: bool):
-    """Feed ``session.push(*args)`` for each of ``pushes``, then flush; write every frame out and
-    ``samples`` as the sound track to ``out`` (MP4); the session's stats."""
-    from tqdm import tqdm
-
-    from .media import VideoWriter
-
-    sr = session.cfg.audio.sample_rate
-    with VideoWriter(out, fps=fps, with_audio=True, sample_rate=sr) as w, \
-            tqdm(total=n_out, unit="frame", desc=desc, disable=not progress) as bar:
-        w.write_audio(samples)
-        for args in pushes:
-            for o in session.push(*args):
-                w.write(o.image)
-                bar.update(1)
-        for o in session.flush():
-            w.write(o.image)
-            bar.update(1)
-    return session.stats
+    src = VideoFrames(video, (frame_memory_mb or DEFAULT_BUDGET_MB) << 20)
+    try:
+        n_out = max(1, math.ceil(samples.size / sr * fps))
+        order = _video_schedule(len(src), src.fps, fps, n_out)
+        spf = cfg.samples_per_video_frame
+        ref = None if box is not None else closed_mouth_reference(engine, src.frames_in_order(order))
+        session = engine.session(box=box, reference=ref, silence=silence)
+        pushes = ((samples[i * spf:(i + 1) * spf], f) for i, f in enumerate(src.frames_in_order(order)))
+        return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
+    finally:
+        src.close()
 
 
 def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: bool = True,
@@ -125,6 +112,38 @@ def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: boo
     n_out = max(1, math.ceil(samples.size / spf))
     pushes = ((samples[i:i + spf],) for i in range(0, samples.size, spf))
     return _write_stream(session, pushes, samples, out, cfg.stream.fps, n_out, "avatar", progress)
+
+
+def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: str, progress: bool):
+    """Feed ``session.push(*args)`` for each of ``pushes``, then flush; write every frame out and
+    ``samples`` as the sound track to ``out`` (MP4); the session's stats. The file is written
+    beside ``out`` under a temporary name and renamed once complete: an error or an interrupt
+    leaves no half-written ``out`` (and an earlier ``out`` as it was)."""
+    import os
+
+    from tqdm import tqdm
+
+    from .media import VideoWriter
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}.mp4")
+    sr = session.cfg.audio.sample_rate
+    try:
+        with VideoWriter(tmp, fps=fps, with_audio=True, sample_rate=sr) as w, \
+                tqdm(total=n_out, unit="frame", desc=desc, disable=not progress) as bar:
+            w.write_audio(samples)
+            for args in pushes:
+                for o in session.push(*args):
+                    w.write(o.image)
+                    bar.update(1)
+            for o in session.flush():
+                w.write(o.image)
+                bar.update(1)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return session.stats
 
 
 def format_stats(stats, cfg) -> str:
@@ -151,7 +170,8 @@ def _cmd_run(a) -> int:
     if a.avatar is not None:
         return _run_avatar(a, engine)
     a.video = a.video or str(SAMPLE_DIR / "face.mp4")
-    stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress, silence=a.silence)
+    stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress, silence=a.silence,
+                     frame_memory_mb=a.frame_memory)
     print(f"wrote {a.out}  ({engine!r})")
     print(format_stats(stats, engine.config))
     if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav"):
@@ -272,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--avatar", nargs="?", const="", default=None, metavar="DIR",
                    help="stream a prepared avatar from the audio alone (no --video): the one in --model's directory "
                         "(written by `lipforce enroll`), or the avatar folder DIR")
+    r.add_argument("--frame-memory", type=int, default=None, metavar="MB",
+                   help="most memory for decoded video frames (default 1024): a longer or larger video is "
+                        "decoded as it goes instead of read at once")
     r.add_argument("--silence", default=None, choices=["still", "model"],
                    help="still: hold the closed reference mouth while the audio is silent; model: the model's "
                         "output throughout (default: still where the model carries a reference mouth)")
