@@ -70,7 +70,7 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) 
         kp = src.update(f)
         opening = np.inf if kp is None else kp.lip_opening()
         if opening < best_open:
-            best, best_open = np.array(f, copy=True), opening
+            best, best_open = f, opening
     return None if best is None else [best]
 
 
