@@ -11,7 +11,9 @@ looped back and forth (ping-pong) when the audio is longer. Reading the whole vi
   again from the start of the file, a cache-full at a time (slower, never more memory).
 
 Frame ``i`` is the ``i``-th decoded frame in presentation order, as ``media.read_video`` numbers
-them, so both paths give the same pixels.
+them, so both paths give the same pixels. A file that decodes to clearly fewer frames than its
+container declares (more than 2 or 1 % short: cut off in a copy or a download) is an error, not a
+shorter video.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ class VideoFrames:
         self.capacity = max(2, int(budget_bytes) // frame_bytes)
         self.in_memory = 0 < n <= self.capacity
         self._all = None
+        self._declared = n
         if self.in_memory:
             self._all, fps = read_video(path)
             self.fps = fps or self.fps
+            self._check_count(len(self._all))
             n = len(self._all)
         elif n <= 0:  # the container does not say: count by decoding once
             n = sum(1 for _ in iter_video_frames(path))
@@ -91,6 +95,14 @@ class VideoFrames:
             return self._cache[i]
         return self._last  # the file has fewer frames than its container declared: hold the last
 
+    def _check_count(self, decoded: int) -> None:
+        """A file that decodes to clearly fewer frames than its container declares is cut short."""
+        d = self._declared
+        if d > 0 and decoded < d - max(2, d // 100):
+            raise ValueError(f"{self.path!r} is truncated or corrupt: its container declares {d} frames but only "
+                             f"{decoded} decode; copy or download it again, or re-encode what is left "
+                             "(e.g. ffmpeg -i IN -c:v libx264 OUT.mp4)")
+
     def close(self) -> None:
         if self._it is not None:
             self._it.close()
@@ -108,7 +120,8 @@ class VideoFrames:
         while self._pos < stop:
             f = next(self._it, None)
             if f is None:
-                self._n = max(1, self._pos)  # ran out: the real count
+                self._check_count(self._pos)
+                self._n = max(1, self._pos)  # ran out a frame or two early: the real count
                 break
             self.decoded += 1
             self._last = f

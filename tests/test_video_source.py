@@ -86,3 +86,17 @@ def test_failed_run_leaves_no_output_and_keeps_an_earlier_one(tiny_engine, tmp_p
         run_clip(tiny_engine, CLIP, PHOTO_DIR / "speech.wav", out, progress=False)
     assert out.read_bytes() == b"an earlier output"
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"], "a partial file was left behind"
+
+
+def test_truncated_video_is_a_clear_error_and_leaves_no_output(tiny_engine, tmp_path):
+    data = CLIP.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])  # the header is at the front: half the frames decode
+    with pytest.raises(ValueError, match="truncated or corrupt: its container declares 150 frames"):
+        VideoFrames(cut)
+    with pytest.raises(ValueError, match="truncated"):  # decoded as it goes: found when the decoder runs out
+        list(VideoFrames(cut, budget_bytes=1).frames_in_order(range(150)))
+    out = tmp_path / "out.mp4"
+    with pytest.raises(ValueError, match="truncated"):
+        run_clip(tiny_engine, cut, PHOTO_DIR / "speech.wav", out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4"]
