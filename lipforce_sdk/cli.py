@@ -296,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most memory for decoded video frames (default 1024): a longer or larger video is "
                         "decoded as it goes instead of read at once")
     r.add_argument("--silence", default=None, choices=["still", "model"],
-                   help="still: hold the closed reference mouth while the audio is silent; model: the model's "
-                        "output throughout (default: still where the model carries a reference mouth)")
+                   help="still: hold the mouth still while the audio is silent (the model's own mouth at the start "
+                        "of each silence); model: the model's output throughout (default: still for models whose "
+                        "condition carries a reference mouth, the bundled one)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=_cmd_run)
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .audio import LogMelStream
-from .backends.base import Backend, BackendError
+from .backends.base import Backend, BackendError, host_array
 from .cache_plan import RingCachePlanner
 from .config import ModelConfig
 from .face import FaceBox, FaceNotFoundError, FaceTracker
@@ -316,7 +316,7 @@ class ChunkRenderer:
         be = self.backend
 
         def finish(x0):
-            x, c = be.to_host(x0).astype(np.float32, copy=True), be.to_host(cond).astype(np.float32)
+            x, c = host_array(x0).astype(np.float32, copy=True), host_array(cond).astype(np.float32)
             for k, gk in enumerate(g_lat):
                 if gk >= 1.0:
                     self._held = None

@@ -38,14 +38,13 @@ import math
 
 import numpy as np
 
-from .audio import LogMelFrontEnd, mel_filterbank
+from .audio import _LOG_FLOOR, LogMelFrontEnd, mel_filterbank
 from .config import AudioConfig
+from .sync_check import SPEECH_BAND
 
 __all__ = ["SilenceGate", "SILENCE_MODES", "band_level_dbfs"]
 
 SILENCE_MODES = ("still", "model")
-SPEECH_BAND = (600.0, 2500.0)
-_LOG_FLOOR = 1e-6
 
 
 def _band_rows(cfg: AudioConfig, band: tuple[float, float]) -> np.ndarray:

@@ -56,10 +56,16 @@ class VideoFrames:
             self.fps = fps or self.fps
             self._check_count(len(self._all))
             n = len(self._all)
-        elif n <= 0:  # the container does not say: count by decoding once
-            n = sum(1 for _ in iter_video_frames(path))
-            if n <= self.capacity:
-                self._all, _ = read_video(path)
+        elif n <= 0:  # the container does not say: count by decoding once, keeping the frames while they fit
+            kept: list[np.ndarray] | None = []
+            for f in iter_video_frames(path):
+                n += 1
+                if kept is not None:
+                    kept.append(f)
+                    if n > self.capacity:
+                        kept = None
+            if kept:
+                self._all = np.stack(kept)
                 self.in_memory = True
         if n <= 0:
             raise ValueError(f"{self.path!r} has a video stream but no decodable frame; re-encode it")

@@ -100,3 +100,18 @@ def test_truncated_video_is_a_clear_error_and_leaves_no_output(tiny_engine, tmp_
     with pytest.raises(ValueError, match="truncated"):
         run_clip(tiny_engine, cut, PHOTO_DIR / "speech.wav", out, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4"]
+
+
+def test_container_without_a_frame_count_is_counted_by_one_decode(monkeypatch):
+    import dataclasses
+
+    import lipforce_sdk.video_source as vs
+
+    real = vs.probe
+    monkeypatch.setattr(vs, "probe", lambda p: dataclasses.replace(real(p), num_frames=0))
+    frames, _ = read_video(CLIP)
+    whole = VideoFrames(CLIP)
+    assert whole.in_memory and len(whole) == len(frames) and np.array_equal(whole.frame(149), frames[149])
+    small = VideoFrames(CLIP, budget_bytes=8 * 320 * 320 * 3)
+    assert not small.in_memory and len(small) == len(frames)
+    assert all(np.array_equal(f, frames[i]) for i, f in zip((3, 140, 2), small.frames_in_order((3, 140, 2))))

@@ -95,10 +95,6 @@ class Backend(ABC):
     def asarray(self, x: np.ndarray) -> Any:
         """Host array -> the backend's array type (for noise and the mask)."""
 
-    def to_host(self, x: Any) -> np.ndarray:
-        """The backend's array -> a host NumPy array (float32 where the backend runs bf16)."""
-        return host_array(x)
-
     def close(self) -> None:  # pragma: no cover - optional
         pass
 
