@@ -32,7 +32,7 @@ opening against the envelope scored 0.58 on average (lowest 0.43) with the whole
 A face that speaks in step with the audio scores high (a mouth drawn open in proportion to
 the envelope scores about 0.98); a still mouth, or one that moves out of step with the
 speech, scores about 0.1 +- 0.15. ``SYNC_THRESHOLD`` (0.5) is the score of a face that clearly
-speaks with the audio; the bundled default model's output of the bundled sample scores 0.64.
+speaks with the audio; the bundled default model's output of the bundled sample scores 0.63 (silence held still, the default).
 """
 
 from __future__ import annotations
