@@ -47,7 +47,7 @@ class OutputFrame:
     index: int  # video frame index on the session clock
     timestamp: float  # seconds, = index / fps
     image: np.ndarray  # [H, W, 3] uint8 RGB, the full frame with the re-rendered mouth
-    box: FaceBox  # the axis-aligned frame box around the mouth crop
+    box: FaceBox | None  # the axis-aligned frame box around the mouth crop; None: no face (passed through)
     crop: AlignedCrop | None = None  # the eye-aligned mouth crop used for this frame
 
 
@@ -61,6 +61,8 @@ class SessionStats:
     frames_out: int = 0
     audio_samples_in: int = 0
     chunks: int = 0
+    frames_without_face: int = 0  # frames passed through unchanged: the face was lost
+    resumes: int = 0  # times lip sync started afresh after the face came back
     time_to_first_frame_ms: float | None = None  # first push() -> first frame out (wall clock)
     chunk_latency_ms: deque = field(default_factory=lambda: deque(maxlen=SessionStats.LATENCY_WINDOW))
     compute_ms_total: float = 0.0
@@ -95,6 +97,7 @@ class SessionStats:
     def summary(self) -> dict[str, Any]:
         return {
             "frames_in": self.frames_in, "frames_out": self.frames_out, "chunks": self.chunks,
+            "frames_without_face": self.frames_without_face, "resumes": self.resumes,
             "time_to_first_frame_ms": self.time_to_first_frame_ms,
             "chunk_ms_p50": self.p50_ms, "chunk_ms_p95": self.p95_ms, "chunk_ms_p99": self.p99_ms, "fps": self.fps,
         }
@@ -196,6 +199,46 @@ class FramePreparer:
         ac = self.aligner(kp)
         kc = kp.map(ac.to_crop_affine())
         return FrameView(crop=ac, image=ac.crop(frame), mask=mouth_mask_for(kc, self.size), keypoints=kp)
+
+
+# Frames a missed face keeps its last keypoints. 0: a frame where no face was found is never drawn
+# on (the last position may no longer be the face's; the frame as it is is a true picture).
+LOST_FACE_HOLD = 0
+
+
+class FaceHold:
+    """Keypoints per frame with short misses bridged: a frame where the face source finds no face
+    takes the last keypoints for up to ``hold`` frames; after that ``None`` (the face is lost: the
+    frame passes through unchanged) until a face is found again. ``seen``: a face was found yet."""
+
+    def __init__(self, hold: int = LOST_FACE_HOLD):
+        self.hold = int(hold)
+        self.reset()
+
+    def reset(self) -> None:
+        self.last: FaceKeypoints | None = None
+        self.missed = 0
+
+    @property
+    def seen(self) -> bool:
+        return self.last is not None
+
+    def __call__(self, kp: FaceKeypoints | None) -> FaceKeypoints | None:
+        if kp is not None:
+            self.last, self.missed = kp, 0
+            return kp
+        self.missed += 1
+        return self.last if self.missed <= self.hold else None
+
+
+def fill_lost(views: Sequence["FrameView | None"]) -> list["FrameView"]:
+    """The model's input for a chunk where some frames have no face (``None``): each takes the
+    nearest frame's view that has one (earlier first). Those frames are shown unchanged; the
+    model only needs a full chunk."""
+    have = [i for i, v in enumerate(views) if v is not None]
+    if not have:
+        raise ValueError("fill_lost: no frame of the chunk has a face")
+    return [v if v is not None else views[min(have, key=lambda j: (abs(j - i), j > i))] for i, v in enumerate(views)]
 
 
 class ChunkRenderer:
@@ -329,6 +372,16 @@ class ChunkRenderer:
 
         return finish
 
+    def restart(self, reference: Sequence[FrameView], planner: RingCachePlanner, state: Any) -> None:
+        """Lip sync starts afresh mid-stream (the face came back after it was lost): empty caches,
+        the sink rewritten from ``reference`` (views), the gate's history forgotten. Nothing from
+        before the gap carries over, as at the start of a stream."""
+        self.backend.reset_state(state)
+        planner.reset()
+        self.reset()
+        if reference:
+            self.write_reference(reference, planner, state)
+
     def reset(self) -> None:
         """A new stream: the silence gate forgets its history (the fill is rewritten with the reference)."""
         self._held = None  # the silence gate's held mouth latents [1, z, h, w]
@@ -356,7 +409,13 @@ def reference_frames_needed(cfg: ModelConfig) -> int:
 
 
 class Session:
-    """One stream: ``push(audio, frame)`` in, lip-synced ``OutputFrame``s out."""
+    """One stream: ``push(audio, frame)`` in, lip-synced ``OutputFrame``s out.
+
+    Where the face source finds no face (turned away, occluded, out of frame), the frames come
+    out unchanged (``OutputFrame.box`` is ``None``) and a chunk with no face does not run the
+    model; where the face comes back, lip sync starts afresh (empty caches, the sink's reference
+    rewritten: nothing stale from before the gap). A stream must find a face in its first frame
+    (else ``FaceNotFoundError``, nothing consumed)."""
 
     def __init__(self, engine: Engine, face_source: FaceSource | None = None, seed: int | None = None,
                  reference: Sequence[np.ndarray] | None = None, preparer: FramePreparer | None = None,
@@ -444,21 +503,27 @@ class Session:
         self._ended = False
         self._stream_end: int | None = None
         self._t_first_push: float | None = None
-        self._last_kp: FaceKeypoints | None = None
+        self._hold = FaceHold()
+        self._lost = False  # a chunk passed through (no face) since the model last ran
+        self._ref_views: list[FrameView] | None = None  # the sink's reference, kept to restart after a gap
         self._reference_written = False
         self.stats = SessionStats()
 
-    def _view(self, frame: np.ndarray) -> FrameView:
-        kp = self.face_source.update(frame)
-        if kp is None:
-            kp = self._last_kp
-        if kp is None:
+    def _view(self, frame: np.ndarray) -> FrameView | None:
+        """The frame's view, or ``None`` where the face is lost (the frame passes through). Raises
+        ``FaceNotFoundError`` while no face has been found in the stream yet; the face source has
+        then seen the frame, nothing else has changed."""
+        found = self.face_source.update(frame)
+        if found is None and not self._hold.seen:
             h, w = frame.shape[:2]
             raise FaceNotFoundError(
                 f"no face found in frame {self.stats.frames_in} ({w}x{h}) nor in any earlier frame; pass "
                 "box=(x0, y0, x1, y1) (the face-crop region in pixels) to engine.session(), or give frames with "
                 "a visible face")
-        self._last_kp = kp
+        kp = self._hold(found)
+        if kp is None:
+            self.preparer.reset()  # the crop's smoothing starts afresh where the face comes back
+            return None
         return self.preparer(frame, kp)
 
     def _check_reference(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -485,10 +550,10 @@ class Session:
 
     def _write_reference(self) -> None:
         if self._reference_frames is not None:
-            views = self._reference_views()
+            self._ref_views = self._reference_views()
         else:
-            views = [v for _, v in self._pending[:self._n_ref]]
-        self.renderer.write_reference(views, self.planner, self.state)
+            self._ref_views = fill_lost([v for _, v in self._pending[:self._n_ref]])
+        self.renderer.write_reference(self._ref_views, self.planner, self.state)
         self._reference_written = True
 
     def _reference_views(self) -> list[FrameView]:
@@ -514,15 +579,29 @@ class Session:
             self._write_reference()
         fv, first = self._fv, self._next_frame
         items = self._pending[:fv]
-        gen = self.renderer.render([v for _, v in items], self.mel.window(first, fv), self._chunk_index,
-                                   self.planner, self.state, cond=self._condition(self._chunk_index))
+        views = [v for _, v in items]
+        gen = None
+        if any(v is not None for v in views):
+            if self._lost:  # the face is back: start afresh, nothing from before the gap
+                self.renderer.restart(self._ref_views or [], self.planner, self.state)
+                self._lost = False
+                self.stats.resumes += 1
+            gen = self.renderer.render(fill_lost(views), self.mel.window(first, fv), self._chunk_index,
+                                       self.planner, self.state, cond=self._condition(self._chunk_index))
+        else:
+            self._lost = True
         out = []
-        for j, ((frame, view), g) in enumerate(zip(items, gen)):
+        for j, (frame, view) in enumerate(items):
             idx = first + j
             if self._stream_end is not None and idx >= self._stream_end:
                 break
-            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=self.renderer.composite(frame, view, g),
-                                   box=view.crop.bbox(), crop=view.crop))
+            if view is None:
+                self.stats.frames_without_face += 1
+                out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=frame, box=None))
+                continue
+            out.append(OutputFrame(index=idx, timestamp=idx / self.fps,
+                                   image=self.renderer.composite(frame, view, gen[j]), box=view.crop.bbox(),
+                                   crop=view.crop))
         del self._pending[:fv]
         self._next_frame += fv
         self._chunk_index += 1

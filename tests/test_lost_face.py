@@ -1,0 +1,124 @@
+"""A face that leaves the picture and comes back: frames without it pass through unchanged, and
+lip sync starts afresh where it returns (no cache from before the gap)."""
+
+import numpy as np
+import pytest
+
+from conftest import BOX, make_clip
+from lipforce_sdk.geometry import FaceKeypoints
+from lipforce_sdk.offline import render_offline
+from lipforce_sdk.session import LOST_FACE_HOLD, FaceHold, fill_lost
+
+
+class BlankMeansNoFace:
+    """The fixed box's keypoints, none on an all-black frame (the face has left)."""
+
+    def __init__(self):
+        self.kp = FaceKeypoints.template(BOX)
+
+    def update(self, frame):
+        return None if frame.max() == 0 else self.kp
+
+    def reset(self):
+        pass
+
+
+def stream(engine, audio, frames, piece=640):
+    s = engine.session(face_source=BlankMeansNoFace())
+    outs = []
+    for i, f in enumerate(frames):
+        outs += s.push(audio[i * piece:(i + 1) * piece], f)
+    outs += s.push(audio[len(frames) * piece:])
+    return outs + s.flush(), s.stats
+
+
+def test_face_hold_bridges_short_misses_only():
+    a, b = FaceKeypoints.template(BOX), FaceKeypoints.template((0.0, 0.0, 50.0, 50.0))
+    h = FaceHold(hold=2)
+    assert not h.seen and h(None) is None
+    assert h(a) is a and h.seen
+    assert h(None) is a and h(None) is a and h(None) is None and h(None) is None
+    assert h(b) is b and h(None) is b
+
+
+def test_fill_lost_takes_the_nearest_view_earlier_first():
+    assert fill_lost([None, "a", None, None, "b"]) == ["a", "a", "a", "b", "b"]
+    with pytest.raises(ValueError):
+        fill_lost([None, None])
+
+
+def test_gap_passes_through_and_stream_equals_offline(tiny_engine):
+    frames, audio = make_clip(40, 3)
+    gap = range(12, 26)
+    frames[list(gap)] = 0
+    outs, st = stream(tiny_engine, audio, frames)
+    ref = render_offline(tiny_engine, audio, frames, face_source=BlankMeansNoFace())
+    assert [o.index for o in outs] == list(range(40))
+    for o in outs:
+        assert np.array_equal(o.image, ref[o.index]), f"frame {o.index} differs from the offline pass"
+    lost = [i for i in gap if i - gap[0] >= LOST_FACE_HOLD]  # the first frames of a miss keep the last face
+    for o in outs:
+        if o.index in lost:
+            assert o.box is None and np.array_equal(o.image, frames[o.index]), f"frame {o.index} was changed"
+        else:
+            assert o.box is not None and not np.array_equal(o.image, frames[o.index]), f"frame {o.index} not rendered"
+    assert st.frames_without_face == len(lost) and st.resumes == 1
+
+
+def test_after_the_gap_nothing_from_before_it_counts(tiny_engine):
+    """Two streams that differ only before the gap (the sink's reference frames aside) give the
+    same frames after it; without a gap they do not (the cache carries the past)."""
+    frames, audio = make_clip(40, 4)
+    other, _ = make_clip(40, 5)
+    n_ref, gap = 2, range(12, 26)
+    changed = frames.copy()
+    changed[n_ref:gap[0]] = other[n_ref:gap[0]]
+    after = range(gap[-1] + 1, 40)
+
+    def run(f, with_gap):
+        f = f.copy()
+        if with_gap:
+            f[list(gap)] = 0
+        outs, _ = stream(tiny_engine, audio, f)
+        return {o.index: o.image for o in outs}
+
+    a, b = run(frames, True), run(changed, True)
+    assert all(np.array_equal(a[i], b[i]) for i in after)
+    a, b = run(frames, False), run(changed, False)
+    assert not all(np.array_equal(a[i], b[i]) for i in after)
+
+
+def test_first_frame_without_a_face_is_still_an_error(tiny_engine):
+    from lipforce_sdk import FaceNotFoundError
+
+    frames, audio = make_clip(4, 6)
+    s = tiny_engine.session(face_source=BlankMeansNoFace())
+    with pytest.raises(FaceNotFoundError, match="no face found in frame 0"):
+        s.push(audio[:640], np.zeros_like(frames[0]))
+    assert s.push(audio[:640], frames[0]) == [] and s.stats.frames_in == 1
+
+
+def test_face_mesh_loses_and_finds_the_face_in_a_real_clip(tiny_engine):
+    """The bundled photo clip with the face gone for 2 s (grey frames) mid-clip, face mesh on:
+    the 2 s come out unchanged, the mouth is re-rendered before and after, and outside the crop
+    nothing changes anywhere."""
+    from lipforce_sdk.cli import PHOTO_DIR
+    from lipforce_sdk.media import read_audio, read_video
+
+    frames, _ = read_video(PHOTO_DIR / "face.mp4")
+    n = 90
+    frames = frames[np.arange(n) % len(frames)].copy()
+    audio = read_audio(PHOTO_DIR / "speech.wav")
+    audio = np.resize(audio, n * 640)
+    gap = range(20, 70)
+    frames[list(gap)] = 128
+    out = render_offline(tiny_engine, audio, frames)
+    lost = [i for i in gap if i - gap[0] >= LOST_FACE_HOLD]
+    assert all(np.array_equal(out[i], frames[i]) for i in lost)
+    for i in (*range(0, 20), *range(70, n)):
+        assert not np.array_equal(out[i], frames[i]), f"frame {i}: the mouth was not re-rendered"
+    # outside a generous box around the mouth nothing changes in any frame
+    changed = np.any(out != frames, axis=(0, 3))
+    ys, xs = np.nonzero(changed)
+    h, w = frames.shape[1:3]
+    assert (ys.max() - ys.min()) < 0.6 * h and (xs.max() - xs.min()) < 0.6 * w
