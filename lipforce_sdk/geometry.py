@@ -40,6 +40,11 @@ __all__ = [
     "MEDIAPIPE",
 ]
 
+# How a generated crop is resampled into the frame (the weight map stays bilinear, so the pixels
+# it leaves alone are exactly those it left before).
+PASTE_INTERPOLATION = cv2.INTER_CUBIC  # sharper than bilinear where the face is larger than the crop
+
+
 def _mediapipe_indices() -> dict:
     from .facemesh import landmarks as mp
 
@@ -301,7 +306,7 @@ class AlignedCrop:
         m[:, 2] += m[:, :2] @ np.array([rx0, ry0])
         size = (rx1 - rx0, ry1 - ry0)
         src = _antialias(c, 1.0 / self.scale)
-        warped = cv2.warpAffine(src, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        warped = cv2.warpAffine(src, m, size, flags=PASTE_INTERPOLATION | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
         wgt = cv2.warpAffine(w, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)[..., None]
