@@ -133,7 +133,7 @@ class Engine:
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
                 keypoints: Sequence[FaceKeypoints] | None = None, reference: Sequence[np.ndarray] | None = None,
-                avatar=None, silence: str | None = None) -> "Session":
+                avatar=None, silence: str | None = None, face: str | tuple[float, float] = "largest") -> "Session":
         """A new stream.
 
         ``avatar``: a prepared avatar (``lipforce_sdk.avatar.Avatar``, or its directory, or a model
@@ -143,7 +143,10 @@ class Engine:
         Where the face comes from, first match wins: ``face_source`` (any ``FaceSource``),
         ``keypoints`` (per frame), ``tracker`` (a ``FaceTracker``: Haar detection or its fixed
         box), ``box`` (a fixed face-crop box (x0, y0, x1, y1) in frame pixels, with a mean-face
-        template), else the face mesh (falling back to Haar detection).
+        template), else the face mesh (falling back to Haar detection). ``face``: which face the
+        mesh follows where several are seen: ``"largest"``, ``"center"`` (nearest the frame's
+        centre) or a point ``(x, y)`` in frame pixels (the face nearest it); it keeps that face
+        until it is lost, then chooses again.
 
         ``reference``: full frames of the person whose clean mouth crops fill the cache's sink
         (models with ``stream.sink == "reference"``); default: the stream's first frames.
@@ -167,7 +170,7 @@ class Engine:
             elif tracker is not None:
                 face_source = HaarFaceSource(tracker)
             else:
-                face_source = default_face_source(box=box)
+                face_source = default_face_source(box=box, select=face)
         return Session(self, face_source=face_source, seed=seed, reference=reference, silence=silence)
 
     def __repr__(self) -> str:
@@ -563,7 +566,7 @@ class Session:
         if isinstance(src, KeypointsFaceSource):
             kps = [src.keypoints[0]] * len(self._reference_frames)
         else:
-            one = src if isinstance(src, BoxFaceSource) else default_face_source()
+            one = src if isinstance(src, BoxFaceSource) else default_face_source(select=getattr(src, "select", "largest"))
             kps = [one.update(f) for f in self._reference_frames]
         if any(k is None for k in kps):
             raise FaceNotFoundError("no face found in a reference frame; pass reference frames with a visible face")

@@ -35,14 +35,15 @@ class FaceSource(Protocol):
 
 class MeshFaceSource:
     """Face-mesh landmarks (468 points) -> keypoints; ``tracker`` is a
-    ``lipforce_sdk.facemesh.LandmarkTracker`` (default: one with the bundled models)."""
+    ``lipforce_sdk.facemesh.LandmarkTracker`` (default: one with the bundled models, taking the
+    face ``select`` names where several are seen: ``"largest"``, ``"center"`` or a point (x, y))."""
 
-    def __init__(self, tracker=None):
+    def __init__(self, tracker=None, select: str | tuple[float, float] = "largest"):
         if tracker is None:
             from .facemesh import LandmarkTracker
 
-            tracker = LandmarkTracker()
-        self.tracker = tracker
+            tracker = LandmarkTracker(select=select)
+        self.tracker, self.select = tracker, select
 
     def update(self, frame: np.ndarray) -> FaceKeypoints | None:
         lm = self.tracker.update(frame)
@@ -117,6 +118,10 @@ class AutoFaceSource:
         self.last_source: str | None = None
 
     @property
+    def select(self):
+        return getattr(self.mesh, "select", "largest")
+
+    @property
     def haar(self) -> HaarFaceSource:
         if self._haar is None:
             self._haar = HaarFaceSource()
@@ -135,10 +140,12 @@ class AutoFaceSource:
             self._haar.reset()
 
 
-def default_face_source(box=None, keypoints: Sequence[FaceKeypoints] | None = None) -> FaceSource:
-    """``keypoints`` given -> ``KeypointsFaceSource``; ``box`` -> ``BoxFaceSource``; else ``AutoFaceSource``."""
+def default_face_source(box=None, keypoints: Sequence[FaceKeypoints] | None = None,
+                        select: str | tuple[float, float] = "largest") -> FaceSource:
+    """``keypoints`` given -> ``KeypointsFaceSource``; ``box`` -> ``BoxFaceSource``; else
+    ``AutoFaceSource`` whose face mesh takes the face ``select`` names (``MeshFaceSource``)."""
     if keypoints is not None:
         return KeypointsFaceSource(keypoints)
     if box is not None:
         return BoxFaceSource(box)
-    return AutoFaceSource()
+    return AutoFaceSource(MeshFaceSource(select=select))

@@ -11,7 +11,30 @@ from .filters import OneEuroFilter
 from .landmarks import FaceLandmarks, LandmarkModel
 from .roi import check_frame
 
-__all__ = ["LandmarkTracker"]
+__all__ = ["LandmarkTracker", "face_selector"]
+
+FACE_SELECT = ("largest", "center")
+
+
+def face_selector(select: str | tuple[float, float]):
+    """``select`` (``LandmarkTracker``'s) -> ``f(faces, (h, w)) -> FaceDetection``."""
+
+    def centre(d: FaceDetection) -> np.ndarray:
+        return np.array([(d.box[0] + d.box[2]) / 2, (d.box[1] + d.box[3]) / 2])
+
+    if isinstance(select, str):
+        if select == "largest":
+            return lambda faces, hw: max(faces, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+        if select == "center":
+            return lambda faces, hw: min(faces, key=lambda d: float(np.hypot(*(centre(d) - [hw[1] / 2, hw[0] / 2]))))
+        raise ValueError(f"select={select!r}: use one of {FACE_SELECT} or a point (x, y) in frame pixels")
+    try:
+        p = np.asarray(select, dtype=np.float64).reshape(2)
+    except (TypeError, ValueError):
+        raise ValueError(f"select={select!r}: use one of {FACE_SELECT} or a point (x, y) in frame pixels") from None
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"select={select!r}: the point must be finite")
+    return lambda faces, hw: min(faces, key=lambda d: float(np.hypot(*(centre(d) - p))))
 
 
 class LandmarkTracker:
@@ -45,6 +68,10 @@ class LandmarkTracker:
             and then every ``tile_every``-th frame; the other frames search the whole frame
             only. 1 = tiles on every search.
         threads: ONNX Runtime threads for the default models.
+        select: which face a search takes when it finds several: ``"largest"`` (default),
+            ``"center"`` (nearest the frame's centre), or a point ``(x, y)`` in frame pixels
+            (the face nearest it). Once found, a face is followed from frame to frame; a
+            search happens again only where it is lost.
     """
 
     def __init__(
@@ -57,6 +84,7 @@ class LandmarkTracker:
         fps: float = 25.0,
         tile_every: int = 5,
         threads: int | None = 1,
+        select: str | tuple[float, float] = "largest",
     ) -> None:
         if not 0.0 < min_presence < 1.0:
             raise ValueError(f"min_presence must be in (0, 1), got {min_presence}; e.g. 0.5")
@@ -79,6 +107,7 @@ class LandmarkTracker:
         self.smoothing = smoothing  # the tracker owns its state (reset with the tracker)
         self.fps = float(fps)
         self.tile_every = tile_every
+        self.select = face_selector(select)
         self.reset()
 
     def reset(self) -> None:
@@ -103,7 +132,7 @@ class LandmarkTracker:
         self.last_detection = None
         if not faces:
             return None
-        face = max(faces, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+        face = self.select(faces, frame.shape[:2])
         self.last_detection = face
         lm = self.landmarks(frame, face.roi())
         if lm.score < self.min_presence:
