@@ -35,16 +35,30 @@ def sample_sync_report(out: str | Path) -> str:
             f"input video {ref.correlation:.2f}  (speaking: >= {SYNC_THRESHOLD})")
 
 
-def _video_schedule(n_src: int, src_fps: float, fps: float, n_out: int) -> np.ndarray:
-    """Source frame index for each output frame: time-matched, ping-pong looped when the video is
-    shorter than the audio (the audio drives the length)."""
-    t = np.arange(n_out) / fps
-    idx = np.floor(t * src_fps + 1e-6).astype(np.int64)
+def _video_schedule(n_src: int, src_fps: float, fps: float, n_out: int, *, times=None, end: float | None = None
+                    ) -> np.ndarray:
+    """Source frame index for each output frame ``k`` (shown at ``k / fps``): the source frame on screen
+    at that time, ping-pong looped when the video is shorter than the audio (the audio drives the length:
+    forward, then back from the last-but-one frame to the second, each frame held as long as it lasts).
+
+    ``times``: when each source frame is shown, seconds from the first (``VideoFrames.times``: variable
+    frame rate kept), and ``end``: when the last one ends; default: frames ``1 / src_fps`` apart."""
     if n_src == 1:
         return np.zeros(n_out, np.int64)
-    period = 2 * (n_src - 1)
-    idx = idx % period
-    return np.where(idx < n_src, idx, period - idx)
+    if times is None:
+        t_src, end = np.arange(n_src) / src_fps, n_src / src_fps
+    else:
+        t_src = np.asarray(times, np.float64) - float(times[0])
+        gaps = np.diff(t_src)
+        end = t_src[-1] + float(np.median(gaps)) if end is None else end - float(times[0])
+    forward = end  # one forward pass: every frame
+    period = forward + (t_src[-1] - t_src[1])  # then back: frames n-2 .. 1
+    u = np.mod(np.arange(n_out) / fps + 1e-6, period)  # 1 us: k / fps on a frame's start shows that frame
+    idx = np.searchsorted(t_src, u, side="right") - 1
+    back = u >= forward
+    played = t_src[-1] - (u[back] - forward)  # the backward pass plays the video's time from t_src[-1] down
+    idx[back] = np.searchsorted(t_src, played, side="left") - 1
+    return np.clip(idx, 0, n_src - 1).astype(np.int64)
 
 
 REFERENCE_SEARCH_S = 2.0  # run_clip: the reference is the most closed mouth among the stream's first seconds
@@ -79,7 +93,8 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed; it appears only once complete) and
     return the session stats. The video is decoded as it goes (``video_source.VideoFrames``:
-    at most ``frame_memory_mb`` of frames held; default 1024)."""
+    at most ``frame_memory_mb`` of frames held; default 1024); output frame ``k`` shows the source frame on
+    screen at ``k / fps`` by the video's timestamps (any frame rate, variable included)."""
     from .media import read_audio
     from .video_source import DEFAULT_BUDGET_MB, VideoFrames
 
@@ -89,7 +104,7 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
     src = VideoFrames(video, (frame_memory_mb or DEFAULT_BUDGET_MB) << 20)
     try:
         n_out = max(1, math.ceil(samples.size / sr * fps))
-        order = _video_schedule(len(src), src.fps, fps, n_out)
+        order = _video_schedule(len(src), src.fps, fps, n_out, times=src.times, end=src.duration)
         spf = cfg.samples_per_video_frame
         ref = None if box is not None else closed_mouth_reference(engine, src.frames_in_order(order))
         session = engine.session(box=box, reference=ref, silence=silence)

@@ -6,6 +6,10 @@ Conventions used throughout the SDK:
 - audio is mono ``float32`` in ``[-1, 1]`` at a given sample rate (16 kHz inside the model);
 - audio and video share one clock from 0: frame ``i`` covers ``[i / fps, (i + 1) / fps)``.
 
+Decoded frames come out as a player shows them: a display matrix (phone clips: rotate
+90/180/270, possibly mirrored) is applied, and ``probe`` reports the displayed size. Any pixel
+format FFmpeg decodes (10-bit 4:2:0/4:2:2 included) is converted to 8-bit RGB.
+
 Written files are MP4: H.264 (``libx264``, or ``mpeg4`` where the PyAV build has no x264)
 in ``yuv420p`` plus, optionally, one mono AAC audio stream; both streams start at 0.
 ``yuv420p`` needs an even width and height: frames of odd size are padded by one row and/or
@@ -37,10 +41,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class MediaInfo:
-    """What a media file holds (from the container headers; nothing is decoded).
+    """What a media file holds (from the container headers and the first video frame).
 
-    ``num_frames`` is the count the container declares (0 when it does not say);
-    ``duration_s`` is the longest stream duration in seconds (0.0 when unknown).
+    ``width``/``height`` are as displayed (after the display matrix: a portrait phone clip
+    stored landscape reports its portrait size); ``num_frames`` is the count the container
+    declares (0 when it does not say); ``duration_s`` is the longest stream duration in
+    seconds (0.0 when unknown).
     """
 
     path: str
@@ -57,6 +63,8 @@ class MediaInfo:
 
 def _check_exists(path: str | os.PathLike) -> str:
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise FileNotFoundError(f"media path {path!r} is a folder, not a file; pass a file in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"media file {path!r} does not exist (cwd: {os.getcwd()!r}); "
@@ -71,8 +79,9 @@ def _open(path: str) -> "av.container.InputContainer":
         return av.open(path)
     except av.error.FFmpegError as e:  # not a media file, truncated, unknown format
         raise ValueError(
-            f"could not open {path!r} as a media file ({e}); pass an audio/video file "
-            "FFmpeg can read (e.g. .mp4, .mov, .mkv, .wav)"
+            f"could not open {path!r} as a media file ({e}): it is not audio or video FFmpeg "
+            "can read, or it is damaged or cut short; pass an audio/video file (e.g. .mp4, "
+            ".mov, .mkv, .wav, .mp3, .m4a), or copy/download it again"
         ) from e
 
 
@@ -81,8 +90,156 @@ def _stream_fps(stream) -> float:
     return float(rate) if rate else 0.0
 
 
+def _no_video(path: str) -> ValueError:
+    return ValueError(
+        f"{path!r} has no video stream; pass a video file with a face as --video / video "
+        "(for audio alone use read_audio)"
+    )
+
+
+def _display_transform(frame: "av.VideoFrame") -> tuple[bool, bool, bool] | None:
+    """``(transpose, flip_x, flip_y)`` that shows ``frame`` upright, from its display matrix."""
+    for sd in frame.side_data:
+        if getattr(sd.type, "name", str(sd.type)).endswith("DISPLAYMATRIX"):
+            return _matrix_transform(np.frombuffer(bytes(sd), "<i4"))
+    return None
+
+
+def _matrix_transform(m: np.ndarray) -> tuple[bool, bool, bool] | None:
+    """``(transpose, flip_x, flip_y)`` for an FFmpeg display matrix (9 int32: 3x3, row-major,
+    16.16 fixed point; a player shows coded pixel ``(x, y)`` at ``(a*x + c*y, b*x + d*y)``
+    with ``a, b, c, d = m[0], m[1], m[3], m[4]``). ``None``: nothing to do, or a rotation that
+    is not a multiple of 90 degrees (left as coded)."""
+    abcd = np.asarray(m, np.float64)[[0, 1, 3, 4]] / 65536.0
+    a, b, c, d = q = np.rint(abcd)
+    axes = a != 0 and d != 0 and b == c == 0
+    swapped = b != 0 and c != 0 and a == d == 0
+    if np.abs(abcd - q).max() > 0.01 or not (axes or swapped):
+        return None
+    if swapped:  # rotated by 90 or 270: x' = c*y, y' = b*x
+        t = (True, bool(c < 0), bool(b < 0))
+    else:
+        t = (False, bool(a < 0), bool(d < 0))
+    return t if any(t) else None
+
+
+def _upright(img: np.ndarray, t: tuple[bool, bool, bool] | None) -> np.ndarray:
+    if t is None:
+        return img
+    transpose, flip_x, flip_y = t
+    if transpose:
+        img = img.transpose(1, 0, 2)
+    if flip_x:
+        img = img[:, ::-1]
+    if flip_y:
+        img = img[::-1]
+    return np.ascontiguousarray(img)
+
+
+class _VideoDecoder:
+    """The first video stream of ``path``, decoded to upright RGB frames with their
+    presentation timestamps (``pts``, in ``time_base``); ``seek`` goes back or forward to a
+    keyframe. Decoding errors become a ``ValueError`` naming the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._c = _open(path)
+        if not self._c.streams.video:
+            self._c.close()
+            raise _no_video(path)
+        self.stream = self._c.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.time_base = self.stream.time_base
+        self.decoded = 0
+
+    def frames(self) -> Iterator[tuple[int | None, np.ndarray]]:
+        """``(pts, RGB uint8 [H, W, 3])`` from the current position to the end."""
+        it = self._c.decode(self.stream)
+        while True:
+            try:
+                frame = next(it, None)
+            except av.error.FFmpegError as e:
+                raise ValueError(
+                    f"{self.path!r} is damaged: decoding failed after {self.decoded} frames "
+                    f"({e}); copy or download it again, or re-encode it (e.g. ffmpeg -i IN "
+                    "-c:v libx264 OUT.mp4)"
+                ) from e
+            if frame is None:
+                return
+            self.decoded += 1
+            img = frame.to_ndarray(format="rgb24")
+            yield frame.pts, _upright(img, _display_transform(frame))
+
+    def seek(self, pts: int) -> None:
+        """Go to the last keyframe at or before ``pts``; the next ``frames()`` start there."""
+        self._c.seek(int(pts), stream=self.stream, backward=True, any_frame=False)
+
+    def close(self) -> None:
+        self._c.close()
+
+
+@dataclass(frozen=True)
+class _VideoTimeline:
+    """Presentation timestamps of a video stream's frames, read from its packets (no decoding).
+
+    ``pts``: int64 ``[F]``, ascending, in ``time_base``; ``keyframe``: bool ``[F]``; ``end``:
+    where the last frame ends (its pts plus its duration).
+    """
+
+    pts: np.ndarray
+    keyframe: np.ndarray
+    end: int
+    time_base: Fraction
+
+    @property
+    def times(self) -> np.ndarray:
+        """Seconds from the first frame, float64 ``[F]``."""
+        return (self.pts - self.pts[0]) * float(self.time_base)
+
+    @property
+    def duration_s(self) -> float:
+        return float((self.end - self.pts[0]) * self.time_base)
+
+
+def _scan_video(path: str) -> "_VideoTimeline | None":
+    """One demux pass over the first video stream. ``None`` when the packets do not carry
+    distinct timestamps (the caller then numbers frames in decoding order), or hold none."""
+    with _open(path) as c:
+        if not c.streams.video:
+            raise _no_video(path)
+        s = c.streams.video[0]
+        pts, key, dur = [], [], []
+        try:
+            for p in c.demux(s):
+                if p.size == 0 or getattr(p, "is_discard", False):
+                    continue
+                if p.pts is None:
+                    return None
+                pts.append(p.pts)
+                key.append(p.is_keyframe)
+                dur.append(p.duration or 0)
+        except av.error.FFmpegError:
+            pass  # cut short: the caller compares the count with the container's
+        if not pts or s.time_base is None:
+            return None
+    pts_a = np.asarray(pts, np.int64)
+    order = np.argsort(pts_a, kind="stable")
+    pts_a = pts_a[order]
+    if np.any(np.diff(pts_a) <= 0):
+        return None
+    last = int(np.asarray(dur, np.int64)[order][-1])
+    if last <= 0:  # the last frame lasts as long as the typical one
+        last = int(np.median(np.diff(pts_a))) if len(pts_a) > 1 else 0
+    if last <= 0:
+        rate = _stream_fps(s) or 25.0
+        last = max(1, int(round(1 / (rate * float(s.time_base)))))
+    return _VideoTimeline(pts_a, np.asarray(key, bool)[order], int(pts_a[-1]) + last, s.time_base)
+
+
 def probe(path: str | os.PathLike) -> MediaInfo:
-    """Read a media file's headers: size, fps, frame count, duration, audio presence."""
+    """Read a media file's headers: size (as displayed), fps, frame count, duration, audio.
+
+    The first video frame is decoded for its display matrix (rotation)."""
     path = _check_exists(path)
     with _open(path) as c:
         vs = c.streams.video[0] if c.streams.video else None
@@ -94,10 +251,19 @@ def probe(path: str | os.PathLike) -> MediaInfo:
         ]
         if not durations and c.duration is not None:
             durations = [c.duration / av.time_base]
+        width = height = 0
+        if vs is not None:
+            width, height = vs.codec_context.width, vs.codec_context.height
+            try:
+                t = _display_transform(next(c.decode(vs)))
+            except (av.error.FFmpegError, StopIteration):
+                t = None  # no decodable frame: reported when the frames are read
+            if t is not None and t[0]:
+                width, height = height, width
         return MediaInfo(
             path=path,
-            width=vs.codec_context.width if vs else 0,
-            height=vs.codec_context.height if vs else 0,
+            width=width,
+            height=height,
             fps=_stream_fps(vs) if vs else 0.0,
             num_frames=int(vs.frames or 0) if vs else 0,
             duration_s=max(durations) if durations else 0.0,
@@ -112,39 +278,29 @@ def iter_video_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
     """Decode a video file frame by frame.
 
     Yields:
-        RGB ``uint8`` frames ``[H, W, 3]`` in presentation order. The file stays open
-        until the iterator is exhausted or closed.
+        RGB ``uint8`` frames ``[H, W, 3]`` in presentation order, upright (display matrix
+        applied). The file stays open until the iterator is exhausted or closed.
     """
     path = _check_exists(path)
-    container = _open(path)
+    dec = _VideoDecoder(path)
     try:
-        if not container.streams.video:
-            raise ValueError(
-                f"{path!r} has no video stream; pass a video file (for audio alone use "
-                "read_audio)"
-            )
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24")
+        for _, img in dec.frames():
+            yield img
     finally:
-        container.close()
+        dec.close()
 
 
 def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     """Decode a whole video file into memory.
 
     Returns:
-        ``(frames, fps)``: ``frames`` is RGB ``uint8`` ``[F, H, W, 3]``; ``fps`` is the
-        stream's average frame rate as a float.
+        ``(frames, fps)``: ``frames`` is RGB ``uint8`` ``[F, H, W, 3]``, upright; ``fps`` is
+        the stream's average frame rate as a float.
     """
     path = _check_exists(path)
     with _open(path) as c:
         if not c.streams.video:
-            raise ValueError(
-                f"{path!r} has no video stream; pass a video file (for audio alone use "
-                "read_audio)"
-            )
+            raise _no_video(path)
         fps = _stream_fps(c.streams.video[0])
     frames = list(iter_video_frames(path))
     if not frames:
@@ -156,7 +312,9 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
     """Decode the first audio stream of a file (WAV, MP3, the audio of an MP4, ...).
 
     The signal is resampled to ``sample_rate`` with FFmpeg's resampler
-    (``av.AudioResampler``) and its channels are averaged to mono.
+    (``av.AudioResampler``) and its channels are averaged to mono. MP3/AAC encoder delay
+    (priming samples, as the file signals it) is dropped, so sample 0 is the signal's start;
+    AAC's padding at the end is trimmed to the stream's declared duration.
 
     Returns:
         ``float32`` ``[N]`` in ``[-1, 1]``, ``N ~= duration * sample_rate``.
@@ -179,14 +337,21 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
         # channels by 1/sqrt(2), which is louder than the mean and can clip.
         resampler = None
         chunks: list[np.ndarray] = []
-        for frame in c.decode(stream):
-            if resampler is None:
-                resampler = av.AudioResampler(
-                    format="fltp", layout=frame.layout.name, rate=sample_rate
-                )
-            frame.pts = None  # let the resampler count samples; gaps are not expected
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().mean(axis=0))
+        try:
+            for frame in c.decode(stream):
+                if resampler is None:
+                    resampler = av.AudioResampler(
+                        format="fltp", layout=frame.layout.name, rate=sample_rate
+                    )
+                frame.pts = None  # let the resampler count samples; gaps are not expected
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().mean(axis=0))
+        except av.error.FFmpegError as e:
+            raise ValueError(
+                f"{path!r} is damaged: decoding its audio failed after "
+                f"{sum(map(len, chunks)) / sample_rate:.2f} s ({e}); copy or download it again, "
+                "or re-encode it (e.g. ffmpeg -i IN OUT.wav)"
+            ) from e
         if resampler is not None:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().mean(axis=0))

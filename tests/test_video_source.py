@@ -103,15 +103,43 @@ def test_truncated_video_is_a_clear_error_and_leaves_no_output(tiny_engine, tmp_
 
 
 def test_container_without_a_frame_count_is_counted_by_one_decode(monkeypatch):
+    """As a raw .h264 stream: no frame count and no packet timestamps (frames numbered as decoded)."""
     import dataclasses
 
     import lipforce_sdk.video_source as vs
 
     real = vs.probe
     monkeypatch.setattr(vs, "probe", lambda p: dataclasses.replace(real(p), num_frames=0))
+    monkeypatch.setattr(vs, "_scan_video", lambda p: None)
     frames, _ = read_video(CLIP)
     whole = VideoFrames(CLIP)
     assert whole.in_memory and len(whole) == len(frames) and np.array_equal(whole.frame(149), frames[149])
     small = VideoFrames(CLIP, budget_bytes=8 * 320 * 320 * 3)
     assert not small.in_memory and len(small) == len(frames)
     assert all(np.array_equal(f, frames[i]) for i, f in zip((3, 140, 2), small.frames_in_order((3, 140, 2))))
+    assert np.allclose(small.times, np.arange(150) / 25) and small.duration == 6.0
+
+
+def test_backward_pass_seeks_to_the_keyframe_before_each_block(tmp_path):
+    """A keyframe every 10 frames, 8 frames held: going back over 250 frames decodes each block of 8 again
+    from the keyframe before it (at most 8 + 9 frames a block), not from the start of the file (~125 a
+    block); the frames equal read_video's, in any order."""
+    from test_media_inputs import coded, encode, index_of
+
+    n, keyint, held = 250, 10, 8
+    clip = encode(tmp_path / "gop10.mp4", coded(n), keyint=keyint)
+    frames, _ = read_video(clip)
+    src = VideoFrames(clip, budget_bytes=held * frames[0].nbytes)
+    assert not src.in_memory and src.capacity == held
+    assert all(index_of(f) == i for i, f in zip(range(n), src.frames_in_order(range(n))))
+    assert src.decoded == n  # forward: one decode
+    back = range(n - 2, 0, -1)
+    for i, f in zip(back, src.frames_in_order(back)):
+        assert np.array_equal(f, frames[i]), f"frame {i} differs going back"
+    blocks = -(-len(back) // held)
+    assert src.decoded - n <= blocks * (held + keyint - 1), f"{src.decoded - n} frames decoded for {blocks} blocks"
+    order = np.random.default_rng(0).integers(0, n, 60)
+    for i, f in zip(order, src.frames_in_order(order)):
+        assert np.array_equal(f, frames[i]), f"frame {i} differs in a random order"
+    assert src.max_held <= held
+    src.close()
