@@ -64,11 +64,11 @@ def _video_schedule(n_src: int, src_fps: float, fps: float, n_out: int, *, times
 REFERENCE_SEARCH_S = 2.0  # run_clip: the reference is the most closed mouth among the stream's first seconds
 
 
-def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) -> list | None:
+def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S, face="largest") -> list | None:
     """The frame among the first ``seconds`` of ``frames`` (as streamed; any iterable) whose lips
     are the most closed (face mesh inner-lip opening), as the session's ``reference=``: the
     model's mouth starts from the reference, and an open one shows through. ``None`` where the
-    model takes no reference frames or no face is found."""
+    model takes no reference frames or no face is found. ``face``: as ``Engine.session``."""
     import itertools
 
     from .session import reference_frames_needed
@@ -77,7 +77,7 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) 
     cfg = engine.config
     if not reference_frames_needed(cfg):
         return None
-    src = default_face_source()
+    src = default_face_source(select=face)
     best, best_open = None, np.inf
     for f in itertools.islice(frames, max(1, int(round(seconds * cfg.stream.fps)))):
         src.reset()  # each frame on its own: no smoothing across them
@@ -89,7 +89,7 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S) 
 
 
 def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True,
-             silence: str | None = None, frame_memory_mb: int | None = None):
+             silence: str | None = None, frame_memory_mb: int | None = None, face="largest"):
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed; it appears only once complete) and
     return the session stats. The video is decoded as it goes (``video_source.VideoFrames``:
@@ -106,8 +106,8 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
         n_out = max(1, math.ceil(samples.size / sr * fps))
         order = _video_schedule(len(src), src.fps, fps, n_out, times=src.times, end=src.duration)
         spf = cfg.samples_per_video_frame
-        ref = None if box is not None else closed_mouth_reference(engine, src.frames_in_order(order))
-        session = engine.session(box=box, reference=ref, silence=silence)
+        ref = None if box is not None else closed_mouth_reference(engine, src.frames_in_order(order), face=face)
+        session = engine.session(box=box, reference=ref, silence=silence, face=face)
         pushes = ((samples[i * spf:(i + 1) * spf], f) for i, f in enumerate(src.frames_in_order(order)))
         return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
     finally:
@@ -178,6 +178,16 @@ def format_stats(stats, cfg) -> str:
     return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
 
 
+def _face_choice(v: str):
+    if v in ("largest", "center"):
+        return v
+    try:
+        x, y = (float(t) for t in v.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r}: use largest, center, or X,Y (a pixel, e.g. 640,360)") from None
+    return (x, y)
+
+
 def _cmd_run(a) -> int:
     from .session import Engine
 
@@ -186,7 +196,7 @@ def _cmd_run(a) -> int:
         return _run_avatar(a, engine)
     a.video = a.video or str(SAMPLE_DIR / "face.mp4")
     stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress, silence=a.silence,
-                     frame_memory_mb=a.frame_memory)
+                     frame_memory_mb=a.frame_memory, face=a.face)
     print(f"wrote {a.out}  ({engine!r})")
     print(format_stats(stats, engine.config))
     if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav"):
@@ -314,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="still: hold the mouth still while the audio is silent (the model's own mouth at the start "
                         "of each silence); model: the model's output throughout (default: still for models whose "
                         "condition carries a reference mouth, the bundled one)")
+    r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
+                   help="where the video shows several faces: the one to lip-sync (default: the largest; "
+                        "center: nearest the frame's centre; X,Y: nearest that pixel)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=_cmd_run)
 
