@@ -90,7 +90,7 @@ class EnrollConfig:
     dit_steps: int = 700
     dit_batch: int = 4
     dit_video_frames: int = 8  # video frames per training window (rounded to whole chunks)
-    dit_lr: float = 1e-4
+    dit_lr: float = 1e-3  # 1e-4 barely moved the loss in 700 steps (held-out mouth +1.3 dB vs +3.5 dB at 1e-3)
     tune_audio: bool = True  # also adapt the audio encoder
     sync_weight: float = 0.0  # weight of the SyncNet reward (distill.student.SyncReward); 0: off
     mouth_weight: float = 4.0
