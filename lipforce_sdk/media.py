@@ -435,6 +435,7 @@ class VideoWriter:
         sample_rate: rate of the samples passed to ``write_audio``.
         codec: video encoder; default ``default_video_codec()``.
         crf: x264 constant rate factor (lower = better, bigger); mpeg4 uses ``qscale``.
+        preset: x264 speed preset (``"ultrafast"`` ... ``"medium"`` ... ``"veryslow"``).
         audio_bitrate: AAC bit rate in bit/s.
         progress: ``True`` for a tqdm bar, a callable ``f(frames_written)`` called per
             frame, or ``None``.
@@ -450,6 +451,7 @@ class VideoWriter:
         sample_rate: int = 16000,
         codec: str | None = None,
         crf: int = 18,
+        preset: str = "medium",
         audio_bitrate: int = 64000,
         progress: bool | Callable[[int], None] | None = None,
         total: int | None = None,
@@ -468,6 +470,7 @@ class VideoWriter:
         self.with_audio = bool(with_audio)
         self.codec = codec or default_video_codec()
         self.crf = int(crf)
+        self.preset = str(preset)
         self.audio_bitrate = int(audio_bitrate)
         self.frames_written = 0
         self.samples_written = 0
@@ -498,7 +501,7 @@ class VideoWriter:
         vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
         vs.codec_context.time_base = 1 / self.fps
         if self.codec == "libx264":
-            vs.options = {"crf": str(self.crf), "preset": "medium"}
+            vs.options = {"crf": str(self.crf), "preset": self.preset}
         elif self.codec == "mpeg4":
             vs.codec_context.qscale = max(2, min(31, self.crf // 6))
         self._vstream = vs
@@ -642,6 +645,7 @@ def write_video(
     *,
     codec: str | None = None,
     crf: int = 18,
+    preset: str = "medium",
 ) -> str:
     """Write frames (and optional mono audio) to an MP4 file.
 
@@ -668,6 +672,7 @@ def write_video(
         sample_rate=sample_rate,
         codec=codec,
         crf=crf,
+        preset=preset,
         progress=progress,
         total=total,
     ) as w:
