@@ -109,7 +109,16 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
         ref = None if box is not None else closed_mouth_reference(engine, src.frames_in_order(order), face=face)
         session = engine.session(box=box, reference=ref, silence=silence, face=face)
         pushes = ((samples[i * spf:(i + 1) * spf], f) for i, f in enumerate(src.frames_in_order(order)))
-        return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress)
+
+        def face_seen(stats):
+            if stats.frames_out and stats.frames_without_face == stats.frames_out:
+                from .face import FaceNotFoundError
+
+                raise FaceNotFoundError(
+                    f"no face found in any of the {stats.frames_out} frames of {str(video)!r}; pass --box X0 Y0 X1 "
+                    "Y1 (run_clip(box=...): the face-crop region in pixels), or a video that shows a face")
+
+        return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress, check=face_seen)
     finally:
         src.close()
 
@@ -129,11 +138,12 @@ def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: boo
     return _write_stream(session, pushes, samples, out, cfg.stream.fps, n_out, "avatar", progress)
 
 
-def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: str, progress: bool):
+def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: str, progress: bool, check=None):
     """Feed ``session.push(*args)`` for each of ``pushes``, then flush; write every frame out and
     ``samples`` as the sound track to ``out`` (MP4); the session's stats. The file is written
     beside ``out`` under a temporary name and renamed once complete: an error or an interrupt
-    leaves no half-written ``out`` (and an earlier ``out`` as it was)."""
+    leaves no half-written ``out`` (and an earlier ``out`` as it was); so does ``check(stats)``
+    raising before the file is put in place."""
     import os
 
     from tqdm import tqdm
@@ -154,6 +164,8 @@ def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: s
             for o in session.flush():
                 w.write(o.image)
                 bar.update(1)
+        if check is not None:
+            check(session.stats)
         os.replace(tmp, out)
     finally:
         if tmp.exists():

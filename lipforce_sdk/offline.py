@@ -24,9 +24,11 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
     """audio: float32 mono at the model's rate; frames [F, H, W, 3] uint8 -> [F, H, W, 3] uint8.
 
     The face comes from ``face_source``, else ``keypoints`` (per frame), else a fixed ``box``,
-    else the face mesh; the sink's reference (models with ``stream.sink == "reference"``) is the clip's first frames.
+    else the face mesh; the sink's reference (models with ``stream.sink == "reference"``) is the
+    first frames of the first chunk with a face.
     ``silence``: as ``Engine.session``. Frames where the face is lost pass through unchanged, and
-    lip sync starts afresh where it comes back, as in a ``Session``."""
+    lip sync starts afresh where it comes back, as in a ``Session``. ``FaceNotFoundError``: no
+    frame has a face."""
     cfg, be = engine.config, engine.backend
     fv = cfg.video_frames_per_chunk
     n = len(frames)
@@ -37,21 +39,18 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
     hold = FaceHold()
     views = []
     for i in range(n):
-        found = source.update(frames[i])
-        if found is None and not hold.seen:
-            raise FaceNotFoundError(f"no face found in frame {i} nor before it; pass box= or keypoints=")
-        kp = hold(found)
+        kp = hold(source.update(frames[i]))
         if kp is None:
             prep.reset()
         views.append(None if kp is None else prep(frames[i], kp))
+    if not hold.seen:
+        raise FaceNotFoundError(f"no face found in any of the {n} frames; pass box= or keypoints=")
     mel = log_mel_clip(np.asarray(audio, np.float32), cfg.audio, cfg.stream.fps, n_pad)
     renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed, silence=silence)
     planner = RingCachePlanner.for_stream(cfg.stream)
     state = be.new_state()
     n_ref = reference_frames_needed(cfg)
-    ref = fill_lost([views[i] for i in idx[:n_ref]]) if n_ref else []
-    if ref:
-        renderer.write_reference(ref, planner, state)
+    ref = None  # the first frames of the first chunk with a face, as a Session takes them
     out = np.empty_like(frames)
     lost = False
     for k in range(n_pad // fv):
@@ -64,8 +63,12 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
                 out[i] = frames[i]
             continue
         if lost:
-            renderer.restart(ref, planner, state)
+            renderer.restart(ref or [], planner, state)
             lost = False
+        if n_ref and ref is None:
+            first = np.minimum(np.arange(k * fv, k * fv + max(n_ref, fv)), n - 1)
+            ref = fill_lost([views[i] for i in first])[:n_ref]
+            renderer.write_reference(ref, planner, state)
         gen = renderer.render(fill_lost(chunk), mel[k * fv:(k + 1) * fv], k, planner, state)
         for j, i in enumerate(real):
             out[i] = frames[i] if views[i] is None else renderer.composite(frames[i], views[i], gen[j])

@@ -417,8 +417,8 @@ class Session:
     Where the face source finds no face (turned away, occluded, out of frame), the frames come
     out unchanged (``OutputFrame.box`` is ``None``) and a chunk with no face does not run the
     model; where the face comes back, lip sync starts afresh (empty caches, the sink's reference
-    rewritten: nothing stale from before the gap). A stream must find a face in its first frame
-    (else ``FaceNotFoundError``, nothing consumed)."""
+    rewritten: nothing stale from before the gap). Frames before the face first appears pass
+    through the same way; the sink's reference then comes from the first frames with a face."""
 
     def __init__(self, engine: Engine, face_source: FaceSource | None = None, seed: int | None = None,
                  reference: Sequence[np.ndarray] | None = None, preparer: FramePreparer | None = None,
@@ -451,7 +451,7 @@ class Session:
             raise InputError("push() got no audio samples and no frame; pass audio=<samples>, frame=<HxWx3 uint8>, or both")
         view = None
         if f is not None:
-            view = self._view(f)  # may raise FaceNotFoundError: nothing consumed yet
+            view = self._view(f)
         if self._t_first_push is None:
             self._t_first_push = time.perf_counter()
         if a.size:
@@ -508,22 +508,14 @@ class Session:
         self._t_first_push: float | None = None
         self._hold = FaceHold()
         self._lost = False  # a chunk passed through (no face) since the model last ran
+        self._started = False  # the model has run (a face was seen)
         self._ref_views: list[FrameView] | None = None  # the sink's reference, kept to restart after a gap
         self._reference_written = False
         self.stats = SessionStats()
 
     def _view(self, frame: np.ndarray) -> FrameView | None:
-        """The frame's view, or ``None`` where the face is lost (the frame passes through). Raises
-        ``FaceNotFoundError`` while no face has been found in the stream yet; the face source has
-        then seen the frame, nothing else has changed."""
-        found = self.face_source.update(frame)
-        if found is None and not self._hold.seen:
-            h, w = frame.shape[:2]
-            raise FaceNotFoundError(
-                f"no face found in frame {self.stats.frames_in} ({w}x{h}) nor in any earlier frame; pass "
-                "box=(x0, y0, x1, y1) (the face-crop region in pixels) to engine.session(), or give frames with "
-                "a visible face")
-        kp = self._hold(found)
+        """The frame's view, or ``None`` where there is no face (the frame passes through)."""
+        kp = self._hold(self.face_source.update(frame))
         if kp is None:
             self.preparer.reset()  # the crop's smoothing starts afresh where the face comes back
             return None
@@ -539,7 +531,7 @@ class Session:
         return [frames[i % len(frames)] for i in range(self._n_ref)]
 
     def _first_need(self) -> int:
-        return max(self._fv, self._n_ref) if self._chunk_index == 0 and not self._reference_written else self._fv
+        return max(self._fv, self._n_ref) if not self._reference_written else self._fv
 
     def _ready(self) -> bool:
         return (len(self._pending) >= self._first_need()
@@ -552,10 +544,11 @@ class Session:
         return out
 
     def _write_reference(self) -> None:
+        """The sink: the given reference frames, else the first frames of the first chunk with a face."""
         if self._reference_frames is not None:
             self._ref_views = self._reference_views()
         else:
-            self._ref_views = fill_lost([v for _, v in self._pending[:self._n_ref]])
+            self._ref_views = fill_lost([v for _, v in self._pending[:max(self._n_ref, self._fv)]])[:self._n_ref]
         self.renderer.write_reference(self._ref_views, self.planner, self.state)
         self._reference_written = True
 
@@ -578,8 +571,6 @@ class Session:
 
     def _run_chunk(self) -> list[OutputFrame]:
         t0 = time.perf_counter()
-        if self._n_ref and not self._reference_written:
-            self._write_reference()
         fv, first = self._fv, self._next_frame
         items = self._pending[:fv]
         views = [v for _, v in items]
@@ -588,7 +579,10 @@ class Session:
             if self._lost:  # the face is back: start afresh, nothing from before the gap
                 self.renderer.restart(self._ref_views or [], self.planner, self.state)
                 self._lost = False
-                self.stats.resumes += 1
+                self.stats.resumes += self._started
+            if self._n_ref and not self._reference_written:
+                self._write_reference()
+            self._started = True
             gen = self.renderer.render(fill_lost(views), self.mel.window(first, fv), self._chunk_index,
                                        self.planner, self.state, cond=self._condition(self._chunk_index))
         else:

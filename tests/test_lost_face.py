@@ -88,14 +88,34 @@ def test_after_the_gap_nothing_from_before_it_counts(tiny_engine):
     assert not all(np.array_equal(a[i], b[i]) for i in after)
 
 
-def test_first_frame_without_a_face_is_still_an_error(tiny_engine):
+def test_before_the_face_appears_frames_pass_through(tiny_engine):
+    """The face first shows at frame 9: frames before it come out unchanged, lip sync (and the
+    sink's reference) starts there, the stream equals the offline pass; no face at all: the
+    offline pass says so."""
     from lipforce_sdk import FaceNotFoundError
 
-    frames, audio = make_clip(4, 6)
-    s = tiny_engine.session(face_source=BlankMeansNoFace())
-    with pytest.raises(FaceNotFoundError, match="no face found in frame 0"):
-        s.push(audio[:640], np.zeros_like(frames[0]))
-    assert s.push(audio[:640], frames[0]) == [] and s.stats.frames_in == 1
+    frames, audio = make_clip(20, 6)
+    frames[:9] = 0
+    outs, st = stream(tiny_engine, audio, frames)
+    ref = render_offline(tiny_engine, audio, frames, face_source=BlankMeansNoFace())
+    assert all(np.array_equal(o.image, ref[o.index]) for o in outs) and len(outs) == 20
+    assert all(np.array_equal(o.image, frames[o.index]) == (o.index < 9) for o in outs)
+    assert st.frames_without_face == 9 and st.resumes == 0
+    with pytest.raises(FaceNotFoundError, match="no face found in any of the 20 frames"):
+        render_offline(tiny_engine, audio, np.zeros_like(frames), face_source=BlankMeansNoFace())
+
+
+def test_run_on_a_video_without_a_face_is_an_error_and_writes_nothing(tiny_engine, tmp_path):
+    from lipforce_sdk import FaceNotFoundError
+    from lipforce_sdk.cli import run_clip
+    from lipforce_sdk.media import write_video, write_wav
+
+    video, wav, out = tmp_path / "wall.mp4", tmp_path / "s.wav", tmp_path / "out.mp4"
+    write_video(video, np.full((6, 96, 128, 3), 128, np.uint8), 25)
+    write_wav(wav, np.zeros(6 * 640, np.float32))
+    with pytest.raises(FaceNotFoundError, match=r"no face found in any of the 6 frames of .*wall\.mp4.*--box"):
+        run_clip(tiny_engine, video, wav, out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.wav", "wall.mp4"]
 
 
 def test_face_mesh_loses_and_finds_the_face_in_a_real_clip(tiny_engine):

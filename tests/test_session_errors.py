@@ -64,13 +64,15 @@ def test_push_after_flush_and_reset(tiny_engine):
     assert s.push(audio[:640], frames[0]) == []
 
 
-def test_no_face_found_is_clear_and_recoverable(tiny_engine):
-    from lipforce_sdk import FaceNotFoundError
-
+def test_frames_before_any_face_pass_through(tiny_engine):
     s = tiny_engine.session()  # detection on
-    with pytest.raises(FaceNotFoundError, match=r"no face found in frame 0.*box="):
-        s.push(np.zeros(640, np.float32), np.full((120, 120, 3), 128, np.uint8))
-    assert s.stats.frames_in == 0 and s.mel.samples_in == 0  # nothing consumed
+    grey = np.full((120, 120, 3), 128, np.uint8)
+    outs = []
+    for _ in range(4):
+        outs += s.push(np.zeros(640, np.float32), grey)
+    outs += s.flush()
+    assert len(outs) == 4 and all(o.box is None and np.array_equal(o.image, grey) for o in outs)
+    assert s.stats.frames_without_face == 4 and s.stats.resumes == 0
 
 
 def test_reference_frames_given_at_construction(tiny_engine):
