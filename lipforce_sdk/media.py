@@ -136,6 +136,9 @@ def _upright(img: np.ndarray, t: tuple[bool, bool, bool] | None) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+_UNSET = object()
+
+
 class _VideoDecoder:
     """The first video stream of ``path``, decoded to upright RGB frames with their
     presentation timestamps (``pts``, in ``time_base``); ``seek`` goes back or forward to a
@@ -151,6 +154,7 @@ class _VideoDecoder:
         self.stream.thread_type = "AUTO"
         self.time_base = self.stream.time_base
         self.decoded = 0
+        self._turn = _UNSET  # the display matrix's transform, from the first frame
 
     def frames(self) -> Iterator[tuple[int | None, np.ndarray]]:
         """``(pts, RGB uint8 [H, W, 3])`` from the current position to the end."""
@@ -168,7 +172,9 @@ class _VideoDecoder:
                 return
             self.decoded += 1
             img = frame.to_ndarray(format="rgb24")
-            yield frame.pts, _upright(img, _display_transform(frame))
+            if self._turn is _UNSET:  # read once: PyAV keeps every frame whose side data is read
+                self._turn = _display_transform(frame)
+            yield frame.pts, _upright(img, self._turn)
 
     def seek(self, pts: int) -> None:
         """Go to the last keyframe at or before ``pts``; the next ``frames()`` start there."""

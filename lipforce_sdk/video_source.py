@@ -34,7 +34,7 @@ from .media import _no_video, _scan_video, _VideoDecoder, probe
 
 __all__ = ["VideoFrames", "DEFAULT_BUDGET_MB"]
 
-DEFAULT_BUDGET_MB = 1024
+DEFAULT_BUDGET_MB = 512  # 85 frames of 1080p, 21 of 4K
 _SEEK_TRIES = 3  # keyframes tried, latest first, before reading again from the start of the file
 
 

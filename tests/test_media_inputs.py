@@ -151,6 +151,19 @@ def test_rotated_phone_clip_decodes_upright(tmp_path, deg):
     assert frames[0][white].min() > 200, f"rotate {deg}: the white corner is not where a player shows it"
 
 
+def test_display_matrix_is_read_once_per_decoder(tmp_path, monkeypatch):
+    """PyAV keeps every frame whose side data is read (a 1080p decode grew by 0.8 GB in 500
+    frames): the rotation is read from a stream's first frame only."""
+    from lipforce_sdk import media
+
+    calls = []
+    real = media._display_transform
+    monkeypatch.setattr(media, "_display_transform", lambda f: calls.append(1) or real(f))
+    clip = encode(tmp_path / "phone.mp4", np.stack([marked()] * 12), rotate=90)
+    frames, _ = read_video(clip)
+    assert len(frames) == 12 and len(calls) <= 2  # probe's first frame and the decoder's
+
+
 # -- frame rates ---------------------------------------------------------------------------------
 
 def on_screen(starts, end, t) -> int:
