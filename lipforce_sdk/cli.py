@@ -379,8 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (a service stopped, ``kill``) exits through Python's cleanup, as Ctrl-C does, so no
+    half-written output is left behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _exit_on_sigterm()
     try:
         return args.fn(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

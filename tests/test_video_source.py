@@ -88,6 +88,33 @@ def test_failed_run_leaves_no_output_and_keeps_an_earlier_one(tiny_engine, tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"], "a partial file was left behind"
 
 
+def test_sigterm_mid_run_leaves_no_output(tmp_path):
+    """``lipforce run`` stopped by SIGTERM (a service stopped) cleans up as Ctrl-C does."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lipforce_sdk.media import read_audio, write_wav
+
+    wav = tmp_path / "long.wav"
+    write_wav(wav, np.resize(read_audio(PHOTO_DIR / "speech.wav"), 16000 * 60))
+    out = tmp_path / "out.mp4"
+    p = subprocess.Popen([sys.executable, "-m", "lipforce_sdk.cli", "run", "--video", str(CLIP), "--audio", str(wav),
+                          "--out", str(out), "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(q.name.startswith(".out.partial") for q in tmp_path.iterdir()):
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        time.sleep(1.0)  # frames are being written
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        p.kill()
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["long.wav"], "a partial file was left behind"
+
+
 def test_truncated_video_is_a_clear_error_and_leaves_no_output(tiny_engine, tmp_path):
     data = CLIP.read_bytes()
     cut = tmp_path / "cut.mp4"
