@@ -226,7 +226,8 @@ def _scan_video(path: str) -> "_VideoTimeline | None":
                 dur.append(p.duration or 0)
         except av.error.FFmpegError:
             pass  # cut short: the caller compares the count with the container's
-        if not pts or s.time_base is None:
+        time_base, rate = s.time_base, _stream_fps(s)  # read while the container is open
+        if not pts or time_base is None:
             return None
     pts_a = np.asarray(pts, np.int64)
     order = np.argsort(pts_a, kind="stable")
@@ -237,9 +238,8 @@ def _scan_video(path: str) -> "_VideoTimeline | None":
     if last <= 0:  # the last frame lasts as long as the typical one
         last = int(np.median(np.diff(pts_a))) if len(pts_a) > 1 else 0
     if last <= 0:
-        rate = _stream_fps(s) or 25.0
-        last = max(1, int(round(1 / (rate * float(s.time_base)))))
-    return _VideoTimeline(pts_a, np.asarray(key, bool)[order], int(pts_a[-1]) + last, s.time_base)
+        last = max(1, int(round(1 / ((rate or 25.0) * float(time_base)))))
+    return _VideoTimeline(pts_a, np.asarray(key, bool)[order], int(pts_a[-1]) + last, time_base)
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
