@@ -137,6 +137,9 @@ def _upright(img: np.ndarray, t: tuple[bool, bool, bool] | None) -> np.ndarray:
 
 
 _UNSET = object()
+X264_LOOKAHEAD_BYTES = 256 << 20  # the most memory x264's look-ahead may take in VideoWriter
+_X264_PRESET_LOOKAHEAD = {"ultrafast": 0, "superfast": 0, "veryfast": 10, "faster": 20, "fast": 30, "medium": 40,
+                          "slow": 50, "slower": 60, "veryslow": 60, "placebo": 60}
 
 
 class _VideoDecoder:
@@ -507,7 +510,13 @@ class VideoWriter:
         vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
         vs.codec_context.time_base = 1 / self.fps
         if self.codec == "libx264":
-            vs.options = {"crf": str(self.crf), "preset": self.preset}
+            opts = {"crf": str(self.crf), "preset": self.preset}
+            # x264 holds ~3.2 bytes a pixel per look-ahead frame: above 1080p, fewer than the
+            # preset's (4K at medium: 10 instead of 40; the encoder alone 0.72 GB instead of 1.46)
+            look = max(10, X264_LOOKAHEAD_BYTES // (16 * ph * pw // 5))
+            if look < _X264_PRESET_LOOKAHEAD.get(self.preset, 40):
+                opts["rc-lookahead"] = str(look)
+            vs.options = opts
         elif self.codec == "mpeg4":
             vs.codec_context.qscale = max(2, min(31, self.crf // 6))
         self._vstream = vs

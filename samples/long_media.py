@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         peak = int(next(l.split()[1] for l in r.stderr.splitlines() if l.startswith("MAXRSS_KB")))
         rows.append((spec, n, peak / 1024, n * w * h * 3 / 2**20, wall, n / wall, t_make))
-        print(f"{spec}: done in {wall:.0f} s", file=sys.stderr, flush=True)
+        print(f"{spec}: done in {wall:.0f} s, peak RSS {peak / 1024:.0f} MB", file=sys.stderr, flush=True)
     print("| clip (W x H x s) | frames | peak RSS (MB) | whole video decoded (MB) | wall (s) | FPS | clip made in (s) |")
     print("|---|---|---|---|---|---|---|")
     for spec, n, rss, whole, wall, fps, mk in rows:

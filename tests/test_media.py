@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import wave
 
 import numpy as np
@@ -237,3 +238,25 @@ def test_write_wav_round_trips_through_read_audio(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         media.write_wav(tmp_path / "d.wav", np.full(10, np.nan, np.float32), SR)
     assert not (tmp_path / "c.wav").exists() and not (tmp_path / "d.wav").exists()
+
+
+def test_x264_lookahead_is_capped_for_large_frames(tmp_path, monkeypatch):
+    """Above 1080p the writer shortens x264's look-ahead (it holds ~3.2 bytes a pixel per frame:
+    4K at medium's 40 frames is 1.46 GB of encoder alone); never lengthens a preset's own."""
+    from lipforce_sdk import media
+
+    monkeypatch.setattr(media, "X264_LOOKAHEAD_BYTES", 12 * (16 * 64 * 64 // 5))  # a 64x64 frame: 12
+    frame = np.zeros((64, 64, 3), np.uint8)
+
+    def lookahead(path):  # x264 writes its settings into the stream
+        m = re.search(rb"rc_lookahead=(\d+)", path.read_bytes())
+        return None if m is None else int(m.group(1))
+
+    for preset, want in (("medium", 12), ("veryfast", 10), ("ultrafast", None)):  # ultrafast: none to cut
+        with media.VideoWriter(tmp_path / f"{preset}.mp4", 25, preset=preset, codec="libx264") as w:
+            w.write(frame)
+        assert lookahead(tmp_path / f"{preset}.mp4") == want, preset
+    monkeypatch.setattr(media, "X264_LOOKAHEAD_BYTES", 256 << 20)
+    with media.VideoWriter(tmp_path / "small.mp4", 25, codec="libx264") as w:
+        w.write(frame)
+    assert lookahead(tmp_path / "small.mp4") == 40
