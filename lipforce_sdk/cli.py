@@ -93,7 +93,7 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed; it appears only once complete) and
     return the session stats. The video is decoded as it goes (``video_source.VideoFrames``:
-    at most ``frame_memory_mb`` of frames held; default 512); output frame ``k`` shows the source frame on
+    at most ``frame_memory_mb`` of frames held; default 256); output frame ``k`` shows the source frame on
     screen at ``k / fps`` by the video's timestamps (any frame rate, variable included)."""
     from .media import read_audio
     from .video_source import DEFAULT_BUDGET_MB, VideoFrames
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream a prepared avatar from the audio alone (no --video): the one in --model's directory "
                         "(written by `lipforce enroll`), or the avatar folder DIR")
     r.add_argument("--frame-memory", type=int, default=None, metavar="MB",
-                   help="most memory for decoded video frames (default 512): a longer or larger video is "
+                   help="most memory for decoded video frames (default 256): a longer or larger video is "
                         "decoded as it goes instead of read at once")
     r.add_argument("--silence", default=None, choices=["still", "model"],
                    help="still: hold the mouth still while the audio is silent (the model's own mouth at the start "

@@ -34,7 +34,7 @@ from .media import _no_video, _scan_video, _VideoDecoder, probe
 
 __all__ = ["VideoFrames", "DEFAULT_BUDGET_MB"]
 
-DEFAULT_BUDGET_MB = 512  # 85 frames of 1080p, 21 of 4K
+DEFAULT_BUDGET_MB = 256  # 42 frames of 1080p, 10 of 4K: a 4K run stays under 2 GB with the model and x264
 _SEEK_TRIES = 3  # keyframes tried, latest first, before reading again from the start of the file
 
 
