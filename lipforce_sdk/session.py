@@ -149,7 +149,7 @@ class Engine:
         until it is lost, then chooses again.
 
         ``reference``: full frames of the person whose clean mouth crops fill the cache's sink
-        (models with ``stream.sink == "reference"``); default: the stream's first frames.
+        (models with ``stream.sink == "reference"``); default: the stream's first frames with a face.
 
         ``silence``: ``"still"`` holds the mouth still while the audio is silent (the model's
         mouth at the start of the silence, with a short fade at each end; ``lipforce_sdk.silence``),
