@@ -144,7 +144,7 @@ _X264_PRESET_LOOKAHEAD = {"ultrafast": 0, "superfast": 0, "veryfast": 10, "faste
 
 class _VideoDecoder:
     """The first video stream of ``path``, decoded to upright RGB frames with their
-    presentation timestamps (``pts``, in ``time_base``); ``seek`` goes back or forward to a
+    presentation timestamps (``pts``, in the stream's time base); ``seek`` goes back or forward to a
     keyframe. Decoding errors become a ``ValueError`` naming the file."""
 
     def __init__(self, path: str):
@@ -155,7 +155,6 @@ class _VideoDecoder:
             raise _no_video(path)
         self.stream = self._c.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self.time_base = self.stream.time_base
         self.decoded = 0
         self._turn = _UNSET  # the display matrix's transform, from the first frame
 

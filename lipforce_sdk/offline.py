@@ -12,7 +12,7 @@ from .audio import log_mel_clip
 from .cache_plan import RingCachePlanner
 from .face import FaceNotFoundError
 from .geometry import FaceKeypoints
-from .session import ChunkRenderer, Engine, FaceHold, FramePreparer, fill_lost, reference_frames_needed
+from .session import ChunkRenderer, Engine, FramePreparer, fill_lost, reference_frames_needed
 from .tracking import FaceSource, default_face_source
 
 __all__ = ["render_offline"]
@@ -36,14 +36,13 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
     idx = np.minimum(np.arange(n_pad), n - 1)  # the last partial chunk repeats the last frame
     source = face_source if face_source is not None else default_face_source(box=box, keypoints=keypoints)
     prep = FramePreparer(cfg)
-    hold = FaceHold()
     views = []
     for i in range(n):
-        kp = hold(source.update(frames[i]))
+        kp = source.update(frames[i])
         if kp is None:
             prep.reset()
         views.append(None if kp is None else prep(frames[i], kp))
-    if not hold.seen:
+    if all(v is None for v in views):
         raise FaceNotFoundError(f"no face found in any of the {n} frames; pass box= or keypoints=")
     mel = log_mel_clip(np.asarray(audio, np.float32), cfg.audio, cfg.stream.fps, n_pad)
     renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed, silence=silence)

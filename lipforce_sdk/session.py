@@ -204,36 +204,6 @@ class FramePreparer:
         return FrameView(crop=ac, image=ac.crop(frame), mask=mouth_mask_for(kc, self.size), keypoints=kp)
 
 
-# Frames a missed face keeps its last keypoints. 0: a frame where no face was found is never drawn
-# on (the last position may no longer be the face's; the frame as it is is a true picture).
-LOST_FACE_HOLD = 0
-
-
-class FaceHold:
-    """Keypoints per frame with short misses bridged: a frame where the face source finds no face
-    takes the last keypoints for up to ``hold`` frames; after that ``None`` (the face is lost: the
-    frame passes through unchanged) until a face is found again. ``seen``: a face was found yet."""
-
-    def __init__(self, hold: int = LOST_FACE_HOLD):
-        self.hold = int(hold)
-        self.reset()
-
-    def reset(self) -> None:
-        self.last: FaceKeypoints | None = None
-        self.missed = 0
-
-    @property
-    def seen(self) -> bool:
-        return self.last is not None
-
-    def __call__(self, kp: FaceKeypoints | None) -> FaceKeypoints | None:
-        if kp is not None:
-            self.last, self.missed = kp, 0
-            return kp
-        self.missed += 1
-        return self.last if self.missed <= self.hold else None
-
-
 def fill_lost(views: Sequence["FrameView | None"]) -> list["FrameView"]:
     """The model's input for a chunk where some frames have no face (``None``): each takes the
     nearest frame's view that has one (earlier first). Those frames are shown unchanged; the
@@ -506,7 +476,6 @@ class Session:
         self._ended = False
         self._stream_end: int | None = None
         self._t_first_push: float | None = None
-        self._hold = FaceHold()
         self._lost = False  # a chunk passed through (no face) since the model last ran
         self._started = False  # the model has run (a face was seen)
         self._ref_views: list[FrameView] | None = None  # the sink's reference, kept to restart after a gap
@@ -514,8 +483,9 @@ class Session:
         self.stats = SessionStats()
 
     def _view(self, frame: np.ndarray) -> FrameView | None:
-        """The frame's view, or ``None`` where there is no face (the frame passes through)."""
-        kp = self._hold(self.face_source.update(frame))
+        """The frame's view, or ``None`` where there is no face (the frame passes through: a frame
+        is never drawn on at an earlier frame's face position)."""
+        kp = self.face_source.update(frame)
         if kp is None:
             self.preparer.reset()  # the crop's smoothing starts afresh where the face comes back
             return None

@@ -43,7 +43,12 @@ class MeshFaceSource:
             from .facemesh import LandmarkTracker
 
             tracker = LandmarkTracker(select=select)
-        self.tracker, self.select = tracker, select
+        self.tracker = tracker
+
+    @property
+    def select(self):
+        """The face the tracker takes where several are seen (its ``select``, as given)."""
+        return getattr(self.tracker, "face", "largest")
 
     def update(self, frame: np.ndarray) -> FaceKeypoints | None:
         lm = self.tracker.update(frame)

@@ -59,3 +59,11 @@ def test_run_face_option_parses():
     assert p.parse_args(["run", "--face", "640,360"]).face == (640.0, 360.0)
     with pytest.raises(SystemExit):
         p.parse_args(["run", "--face", "left"])
+
+
+def test_mesh_source_reports_its_trackers_choice():
+    """The session's reference frames take the face the stream's own tracker takes."""
+    from lipforce_sdk.tracking import AutoFaceSource, MeshFaceSource
+
+    assert MeshFaceSource(LandmarkTracker(select="center")).select == "center"
+    assert AutoFaceSource(MeshFaceSource(select=(5.0, 6.0))).select == (5.0, 6.0)

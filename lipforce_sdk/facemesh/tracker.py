@@ -107,6 +107,7 @@ class LandmarkTracker:
         self.smoothing = smoothing  # the tracker owns its state (reset with the tracker)
         self.fps = float(fps)
         self.tile_every = tile_every
+        self.face = select  # as given; ``select`` picks among a search's faces
         self.select = face_selector(select)
         self.reset()
 
