@@ -76,6 +76,12 @@ class EnrollError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
+# DiT steps per source kind when EnrollConfig.dit_steps is None. A talking clip has a minute of the
+# person's real mouth and 700 steps keep a 60 s clip within 20 minutes on a 2-core CPU; one photo's
+# made-up visemes need more to follow the speech (lip r 0.41 at 700, 0.53 at 1200: BENCHMARKS.md 8).
+DIT_STEPS = {"talking": 700, "idle": 700, "photo": 1200}
+
+
 @dataclass
 class EnrollConfig:
     """Step counts and sizes. The defaults fit a 60 s talking clip into 20 minutes on a 2-core
@@ -87,7 +93,7 @@ class EnrollConfig:
     decoder_window: int = 64  # crop windows the decoder trains on (it is convolutional)
     decoder_adv: float = 0.05  # weight of the patch discriminator's (hinge) loss; 0: off
     decoder_dit_share: float = 0.5  # share of windows decoded from the enrolled DiT's outputs
-    dit_steps: int = 700
+    dit_steps: int | None = None  # None: the source kind's default (DIT_STEPS)
     dit_batch: int = 4
     dit_video_frames: int = 8  # video frames per training window (rounded to whole chunks)
     dit_lr: float = 1e-3  # 1e-4 barely moved the loss in 700 steps (held-out mouth +1.3 dB vs +3.5 dB at 1e-3)
@@ -106,7 +112,7 @@ class EnrollConfig:
 
     def validate(self) -> "EnrollConfig":
         for name in ("decoder_steps", "dit_steps", "sentences", "val_sentences"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EnrollError(f"EnrollConfig.{name}={getattr(self, name)} must be >= 0")
         for name in ("decoder_batch", "dit_batch", "dit_video_frames", "window_frames"):
             if getattr(self, name) < 1:
@@ -116,6 +122,10 @@ class EnrollConfig:
         if not 0.0 <= self.val_share < 0.5:
             raise EnrollError(f"EnrollConfig.val_share={self.val_share} must be in [0, 0.5)")
         return self
+
+    def for_kind(self, kind: str) -> "EnrollConfig":
+        """This config with the settings left to the source kind (``dit_steps=None``) filled in."""
+        return self if self.dit_steps is not None else dataclasses.replace(self, dit_steps=DIT_STEPS[kind])
 
 
 # --------------------------------------------------------------------------------------
@@ -1213,6 +1223,7 @@ def enroll(source, out, *, kind: str = "auto", model=None, device: str = "cpu", 
     if out.exists() and not force:
         raise EnrollError(f"{str(out)!r} already exists; choose another --out, or pass --force to replace it")
     info = inspect_source(source, kind, start, end, min_talking_seconds)
+    cfg = cfg.for_kind(info.kind)
     if info.frames > cfg.max_seconds * FPS:
         log(f"using the first {cfg.max_seconds:g} s of the {info.seconds:.0f} s given (--start/--end choose others)")
         info = dataclasses.replace(info, frames=int(cfg.max_seconds * FPS))
@@ -1278,7 +1289,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", type=float, default=None, help="use the video up to this second")
     p.add_argument("--loop-seconds", type=float, default=None, help="length of the avatar's loop (default 6)")
     p.add_argument("--decoder-steps", type=int, default=None)
-    p.add_argument("--dit-steps", type=int, default=None)
+    p.add_argument("--dit-steps", type=int, default=None,
+                   help="DiT training steps (default: " + ", ".join(f"{k} {v}" for k, v in DIT_STEPS.items()) + ")")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="discard an unfinished enrollment of --out")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")

@@ -115,6 +115,13 @@ def test_idle_loop_and_photo_smoke(what, photo_png, tmp_path):
     assert r.scores["held_out_frames"] > 0
 
 
+def test_dit_steps_default_per_source_kind():
+    assert [EnrollConfig().for_kind(k).dit_steps for k in ("talking", "idle", "photo")] == [700, 700, 1200]
+    assert EnrollConfig(dit_steps=5).for_kind("photo").dit_steps == 5
+    with pytest.raises(EnrollError, match="dit_steps"):
+        EnrollConfig(dit_steps=-1).validate()
+
+
 @pytest.mark.parametrize("stage", ["dit", "decoder"])
 def test_interrupted_run_resumes_to_the_same_weights(stage, photo_png, tmp_path, monkeypatch):
     from safetensors.numpy import load_file
