@@ -402,11 +402,11 @@ class _StreamViews:
     (stream frame ``i`` -> loop frame ``pingpong(N, i)``): a frame-pushing ``Session`` built with
     it sees exactly the avatar's geometry (``Avatar.frame_pushing_session``)."""
 
-    def __init__(self, avatar: Avatar):
-        self.avatar, self._i = avatar, 0
+    def __init__(self, avatar: Avatar, start: int = 0):
+        self.avatar, self.start, self._i = avatar, start, start
 
     def reset(self) -> None:
-        self._i = 0
+        self._i = self.start
 
     def __call__(self, frame: np.ndarray, kp: FaceKeypoints) -> FrameView:
         v = self.avatar.views()[self.avatar.loop_index(self._i)]
@@ -415,14 +415,29 @@ class _StreamViews:
 
 
 def frame_pushing_session(engine: Engine, avatar: Avatar, seed: int | None = None,
-                          silence: str | None = None) -> Session:
+                          silence: str | None = None, start: int = 0) -> Session:
     """A plain frame-pushing ``Session`` that uses the avatar's crops and masks for the frames
-    pushed to it (push the avatar's ``stream_frames``): the path an ``AvatarSession`` must equal."""
+    pushed to it (push the avatar's ``stream_frames``, from loop position ``start``): the path an
+    ``AvatarSession`` must equal."""
     from .tracking import KeypointsFaceSource
 
     kps = [avatar.face_keypoints(j) for j in range(avatar.num_frames)]
-    return Session(engine, face_source=KeypointsFaceSource(kps), seed=seed, preparer=_StreamViews(avatar),
-                   silence=silence)
+    n_ref = reference_frames_needed(engine.config)
+    return _AvatarFramesSession(engine, avatar, face_source=KeypointsFaceSource(kps), seed=seed,
+                                preparer=_StreamViews(avatar, start), silence=silence,
+                                reference=avatar.stream_frames(n_ref) if n_ref else None)
+
+
+class _AvatarFramesSession(Session):
+    """A frame-pushing ``Session`` whose sink holds the avatar's reference (its loop's first
+    frames, as an ``AvatarSession``'s does, also where the stream starts mid-loop)."""
+
+    def __init__(self, engine: Engine, avatar: Avatar, **kw):
+        self.avatar = avatar
+        super().__init__(engine, **kw)
+
+    def _reference_views(self) -> list[FrameView]:
+        return self.avatar.reference_views(self.cfg)
 
 
 class _LoopFaces:
@@ -441,11 +456,19 @@ class AvatarSession(Session):
     ``Session``; frame ``i`` of the stream is the loop's ``pingpong(N, i)`` and exists once its
     audio has arrived (``flush`` ends the stream after the last frame that has audio)."""
 
-    def __init__(self, engine: Engine, avatar, seed: int | None = None, silence: str | None = None):
+    def __init__(self, engine: Engine, avatar, seed: int | None = None, silence: str | None = None,
+                 start: int = 0):
+        """``start``: the loop position of the stream's frame 0 (stream frame ``i`` is the loop's
+        ``pingpong(N, start + i)``), a whole number of chunks, so that a stream can begin where a
+        player showing the idle loop has got to (``lipforce_sdk.serve``)."""
         if not isinstance(avatar, Avatar):
             avatar = Avatar.load(avatar)
+        fv = engine.config.video_frames_per_chunk
+        if start < 0 or start % fv:
+            raise AvatarError(f"start={start} must be a non-negative multiple of the chunk ({fv} frames)")
         self.avatar = avatar
         self.table = avatar.latents_for(engine)
+        self.start = int(start)
         super().__init__(engine, face_source=_LoopFaces(), seed=seed, silence=silence)
         self._views = avatar.views()
 
@@ -499,7 +522,7 @@ class AvatarSession(Session):
         av = self.avatar
         have = self._next_frame + len(self._pending)
         for i in range(have, upto):
-            j = av.loop_index(i)
+            j = av.loop_index(self.start + i)
             self._pending.append((av.frames[j], self._views[j]))
             self.stats.frames_in += 1
         if self._frame_hw is None:
@@ -511,4 +534,4 @@ class AvatarSession(Session):
         self._reference_written = True
 
     def _condition(self, chunk_index: int) -> np.ndarray:
-        return self.table.chunk(chunk_index)
+        return self.table.chunk(self.start // self._fv + chunk_index)

@@ -128,6 +128,27 @@ def test_saved_avatar_streams_without_encoding_again(engine, loop, speech, tmp_p
     assert all(np.array_equal(a.image, b.image) for a, b in zip(first, again))
 
 
+def test_stream_starting_mid_loop_equals_frame_pushing_from_there(engine, loop, speech):
+    """A stream may begin where a player showing the idle loop has got to (whole chunks): its
+    frames are the loop's from there, and equal a frame-pushing session fed those frames (this
+    sink holds the loop's first frames in both)."""
+    frames, kps = loop
+    av = Avatar.from_frames(frames, kps, engine.config.stream.resolution)
+    fv = engine.config.video_frames_per_chunk
+    audio = speech[: 16 * 640]
+    n, start = 16, 5 * fv  # past the loop's turn (13 frames): the ping-pong runs backwards here
+    got = stream(AvatarSession(engine, av, start=start), audio, np.random.default_rng(3))
+    pushed = frames[av.loop_index(np.arange(start, start + n))]
+    ref = stream(frame_pushing_session(engine, av, start=start), audio, np.random.default_rng(3), pushed)
+    zero = stream(engine.session(avatar=av), audio, np.random.default_rng(3))
+    assert [o.index for o in got] == list(range(n))
+    assert all(np.array_equal(o.image, r.image) for o, r in zip(got, ref))
+    assert all(np.array_equal(o.image[:40], pushed[o.index][:40]) for o in got)  # the loop's frames from `start`
+    assert not np.array_equal(got[0].image, zero[0].image)
+    with pytest.raises(AvatarError, match="multiple of the chunk"):
+        AvatarSession(engine, av, start=fv + 1)
+
+
 def test_reset_and_second_session_repeat_the_stream(tiny_engine, loop, speech):
     frames, kps = loop
     av = Avatar.from_frames(frames, kps, tiny_engine.config.stream.resolution)
