@@ -130,7 +130,7 @@ def test_saved_avatar_streams_without_encoding_again(engine, loop, speech, tmp_p
 
 def test_stream_starting_mid_loop_equals_frame_pushing_from_there(engine, loop, speech):
     """A stream may begin where a player showing the idle loop has got to (whole chunks): its
-    frames are the loop's from there, and equal a frame-pushing session fed those frames (this
+    frames are the loop's from there, and equal a frame-pushing session fed those frames (the
     sink holds the loop's first frames in both)."""
     frames, kps = loop
     av = Avatar.from_frames(frames, kps, engine.config.stream.resolution)
