@@ -307,6 +307,18 @@ def _cmd_build(a) -> int:
     return 0
 
 
+def _cmd_serve(a) -> int:
+    from . import serve
+
+    try:
+        import aiohttp  # noqa: F401
+        import aiortc  # noqa: F401
+    except ImportError as e:
+        raise RuntimeError(f"lipforce serve needs the serve extra ({e.name} is missing): "
+                           "pip install 'lipforce[serve]'") from None
+    return serve.run_args(a)
+
+
 def _cmd_doctor(a) -> int:
     from .engine import format_doctor
 
@@ -373,6 +385,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plugin", action="append", default=[], help="plugin library to load (full TensorRT)")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(fn=_cmd_build)
+
+    v = sub.add_parser("serve", help="a live avatar in the browser over WebRTC: a page to type text into, and an "
+                                     "HTTP endpoint for text or WAV (needs the serve extra)")
+    from . import serve
+
+    serve.add_arguments(v)
+    v.set_defaults(fn=_cmd_serve)
 
     d = sub.add_parser("doctor", help="print Python, torch, ONNX Runtime, TensorRT, CUDA, GPU, plugin library")
     d.set_defaults(fn=_cmd_doctor)

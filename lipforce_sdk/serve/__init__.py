@@ -1,0 +1,133 @@
+"""A live avatar in a browser: ``lipforce serve`` (WebRTC page + HTTP endpoint) and its parts.
+
+``Channel``/``RenderPool`` (the per-viewer clock and the shared renderer) need no WebRTC library;
+``AvatarServer`` needs the ``serve`` extra (``pip install "lipforce[serve]"``: aiortc, aiohttp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from pathlib import Path
+
+from .channel import Channel, RenderPool, Tick, Utterance
+
+__all__ = ["Channel", "RenderPool", "Tick", "Utterance", "default_avatar", "load_avatar", "add_arguments", "run_args"]
+
+DEFAULT_LOOP_SECONDS = 6.0
+
+
+def default_avatar(engine, loop_seconds: float = DEFAULT_LOOP_SECONDS):
+    """The bundled photo clip's first ``loop_seconds`` as a prepared avatar (face mesh on each frame)."""
+    from ..avatar import Avatar
+    from ..cli import PHOTO_DIR
+    from ..media import iter_video_frames
+    from ..tracking import MeshFaceSource
+
+    n = max(1, int(loop_seconds * engine.config.stream.fps))
+    it = iter_video_frames(PHOTO_DIR / "face.mp4")
+    frames = []
+    for f in it:
+        frames.append(f)
+        if len(frames) >= n:
+            break
+    it.close()
+    mesh = MeshFaceSource()
+    import numpy as np
+
+    return Avatar.from_frames(np.stack(frames), [mesh.update(f) for f in frames], engine.config.stream.resolution)
+
+
+def load_avatar(engine, avatar: str | None, model: str | None):
+    """``--avatar DIR``, else the avatar in ``--model``'s directory (an enrolled model), else the bundled sample."""
+    from ..avatar import AVATAR_DIR, Avatar
+
+    if avatar:
+        return Avatar.load(avatar)
+    if model and (Path(model) / AVATAR_DIR / "avatar.json").is_file():
+        return Avatar.load(model)
+    return default_avatar(engine)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; 0.0.0.0 opens "
+                                                       "it to the network: use --token)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--model", default=None, help="model directory (default: the bundled model); an enrolled one "
+                                                 "brings its avatar")
+    p.add_argument("--avatar", default=None, metavar="DIR", help="a prepared avatar folder (default: the model's, "
+                                                                 "else the bundled photo clip)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"],
+                   help="onnxruntime (default; the model is exported to a cache folder on first use), torch, or "
+                        "tensorrt (--model: an engine directory)")
+    p.add_argument("--token", default=None, help="require this token on the page (?token=) and the endpoints; "
+                                                 "'auto' makes one up and prints the page's address with it")
+    p.add_argument("--voice", default="en-us", help="espeak-ng voice for typed text")
+    p.add_argument("--max-sessions", type=int, default=8)
+    p.add_argument("--max-text", type=int, default=500, help="longest text accepted, characters")
+    p.add_argument("--max-seconds", type=float, default=30.0, help="longest utterance accepted (text or WAV), s")
+    p.add_argument("--max-wav-mb", type=float, default=4.0, help="largest WAV body accepted, MB")
+    p.add_argument("--stamp", action="store_true", help="write each utterance frame's number into the picture's "
+                                                        "top-left corner (for measuring audio/video offset)")
+
+
+def _engine(a):
+    """ONNX Runtime where the model directory holds exported graphs; for a weights directory the
+    graphs are exported once into the cache (``$LIPFORCE_CACHE/onnx``, needs torch) unless
+    ``--backend torch``."""
+    from ..session import Engine, default_model_dir
+
+    src = Path(a.model) if a.model else default_model_dir()
+    if a.backend != "onnxruntime":
+        return Engine.load(src, backend=a.backend)
+    manifest = src / "manifest.json"
+    if manifest.is_file() and any(src.glob("*.onnx")):
+        return Engine.load(src, backend="onnxruntime")
+    return Engine.load(exported_graphs(src), backend="onnxruntime")
+
+
+def exported_graphs(model_dir: Path) -> Path:
+    """``model_dir``'s ONNX graphs, exported once into ``$LIPFORCE_CACHE/onnx/<hash>``."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    root = Path(os.environ.get("LIPFORCE_CACHE") or Path.home() / ".cache" / "lipforce") / "onnx"
+    out = root / h.hexdigest()[:20]
+    if (out / "manifest.json").is_file():
+        return out
+    from ..export import export_model
+    from ..model import load_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=root))
+    try:
+        print(f"exporting {model_dir} to ONNX (once; cached in {out})", flush=True)
+        export_model(load_model(model_dir), tmp, progress=False)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def run_args(a) -> int:
+    from aiohttp import web
+
+    from .server import AvatarServer, ServeLimits
+
+    engine = _engine(a)
+    avatar = load_avatar(engine, a.avatar, a.model)
+    token = secrets.token_urlsafe(16) if a.token == "auto" else a.token
+    limits = ServeLimits(max_sessions=a.max_sessions, max_text_chars=a.max_text, max_seconds=a.max_seconds,
+                         max_wav_bytes=int(a.max_wav_mb * (1 << 20)))
+    server = AvatarServer(engine, avatar, limits=limits, token=token, voice=a.voice, stamp=a.stamp)
+    url = f"http://{a.host}:{a.port}/" + (f"?token={token}" if token else "")
+    print(f"lipforce serve: {engine!r}, avatar {avatar.num_frames} frames; open {url}", flush=True)
+    web.run_app(server.app(), host=a.host, port=a.port, print=None)
+    return 0

@@ -1,0 +1,419 @@
+"""``lipforce serve``: a live avatar over WebRTC, with a page, an HTTP endpoint and limits.
+
+Every page visitor (a WebRTC peer connection) gets a ``Channel`` on the one ``Engine``: video and
+audio in the same connection, both from the channel's 25 fps clock (``Channel.tick``). Endpoints:
+
+- ``GET /``: the page (the avatar, a text box, latency / FPS / backend);
+- ``POST /offer`` ``{"sdp", "type"}`` -> the answer and the viewer's ``session`` id;
+- ``POST /say``: ``{"text": ..., "session": ...}``, or a WAV body (``Content-Type: audio/wav``,
+  ``?session=``); without a session it goes to every viewer (a kiosk's dialogue engine);
+- ``POST /stop`` (cut what is being said), ``POST /close`` (end a session), ``GET /stats``.
+
+It binds to loopback unless told otherwise; with a token every endpoint and the page want it
+(``Authorization: Bearer TOKEN`` or ``?token=TOKEN``); text, WAV size and duration, request
+bodies and concurrent sessions are limited (``ServeLimits``). Bad requests get a 4xx with a
+reason and leave the other viewers alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import fractions
+import functools
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from importlib import resources
+
+import numpy as np
+
+from .channel import Channel, RenderPool, Tick
+from .speech import SpeechInputError, decode_wav, speak
+
+__all__ = ["ServeLimits", "AvatarServer", "stamp_frame", "read_stamp"]
+
+log = logging.getLogger("lipforce.serve")
+
+VIDEO_CLOCK = 90000
+STAMP_BITS, STAMP_CELL = 16, 8
+
+
+@dataclass
+class ServeLimits:
+    max_sessions: int = 8
+    max_text_chars: int = 500
+    max_wav_bytes: int = 4 << 20
+    max_seconds: float = 30.0  # of one utterance (text or WAV)
+    connect_timeout: float = 30.0  # an offer that never connects is dropped after this
+
+
+def stamp_frame(img: np.ndarray, value: int, row: int = 0) -> np.ndarray:
+    """Write ``value`` (16 bits) into row ``row`` of the frame's top-left corner as black/white 8x8
+    cells (a measurement aid: with ``--stamp`` row 0 holds the utterance frame number + 1, 0 when
+    idle, and row 1 the avatar's loop frame under the picture)."""
+    out = img.copy()
+    y = row * STAMP_CELL
+    for b in range(STAMP_BITS):
+        out[y:y + STAMP_CELL, b * STAMP_CELL:(b + 1) * STAMP_CELL] = 255 if (value >> b) & 1 else 0
+    return out
+
+
+def read_stamp(img: np.ndarray, row: int = 0) -> int:
+    """The value ``stamp_frame`` wrote (after lossy coding: each cell's mean against mid-grey)."""
+    v, y = 0, row * STAMP_CELL
+    for b in range(STAMP_BITS):
+        if img[y + 1:y + STAMP_CELL - 1, b * STAMP_CELL + 1:(b + 1) * STAMP_CELL - 1].mean() > 127:
+            v |= 1 << b
+    return v
+
+
+class _Peer:
+    """One viewer: its peer connection, channel, tracks and pacing task."""
+
+    def __init__(self, server: "AvatarServer", sid: str):
+        from aiortc import RTCPeerConnection
+
+        self.server, self.id = server, sid
+        self.pc = RTCPeerConnection()
+        self.channel = Channel(server.engine, server.avatar, server.pool)
+        video, audio = _tracks()
+        self.video, self.audio = video(self), audio(self)
+        self.created = time.monotonic()
+        self.connected = False
+        self.frames_sent = 0
+        self._fps_window: list[float] = []
+        self._task: asyncio.Task | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._pace())
+
+    async def _pace(self) -> None:
+        loop = asyncio.get_running_loop()
+        fps = self.channel.fps
+        t0, n = loop.time(), 0
+        while not self.closed:
+            tick = self.channel.tick()
+            if self.server.stamp:
+                img = stamp_frame(tick.image, 0 if tick.position is None else tick.position + 1)
+                tick = dataclasses.replace(tick, image=stamp_frame(img, tick.loop_frame, row=1))
+            self.video.put(tick)
+            self.audio.put(tick)
+            n += 1
+            now = loop.time()
+            self._fps_window.append(now)
+            if len(self._fps_window) > 2 * fps:
+                del self._fps_window[: len(self._fps_window) - 2 * int(fps)]
+            delay = t0 + n / fps - now
+            if delay < -0.5:  # the loop was held up: start the clock afresh rather than burst
+                t0, n = now, 0
+                delay = 0.0
+            await asyncio.sleep(max(0.0, delay))
+
+    @property
+    def fps(self) -> float | None:
+        w = self._fps_window
+        return None if len(w) < 2 else (len(w) - 1) / max(w[-1] - w[0], 1e-6)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.channel.close()
+        if self._task is not None:
+            self._task.cancel()
+        self.video.stop()
+        self.audio.stop()
+        await self.pc.close()
+
+    def stats(self) -> dict:
+        utts = [{"id": u.id, "frames": u.n_frames, "shown": u.shown, "stalls": u.stalls,
+                 "latency_ms": None if u.latency_ms is None else round(u.latency_ms, 1),
+                 "cancelled": u.cancelled, "error": u.error} for u in self.channel.history]
+        return {"session": self.id, "connected": self.connected, "speaking": self.channel.speaking,
+                "fps": None if self.fps is None else round(self.fps, 2), "frames_sent": self.video.sent,
+                "utterances": utts[-8:]}
+
+
+@functools.lru_cache(maxsize=1)
+def _tracks():
+    """The video and audio track classes (aiortc is an optional extra: imported on first use)."""
+    import av
+    from aiortc import MediaStreamTrack
+
+    class VideoTrack(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self, peer: _Peer):
+            super().__init__()
+            self.q: asyncio.Queue = asyncio.Queue(maxsize=8)
+            self.sent = 0
+            self.dropped = 0
+
+        def put(self, tick: Tick) -> None:
+            if self.q.full():  # the sender is behind (encoder, network): show the newest
+                self.q.get_nowait()
+                self.dropped += 1
+            self.q.put_nowait(tick)
+
+        async def recv(self):
+            tick = await self.q.get()
+            f = av.VideoFrame.from_ndarray(tick.image, format="rgb24")
+            f.pts, f.time_base = tick.index * (VIDEO_CLOCK // 25), fractions.Fraction(1, VIDEO_CLOCK)
+            self.sent += 1
+            return f
+
+    class AudioTrack(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self, peer: _Peer):
+            super().__init__()
+            self.rate = peer.channel.sample_rate
+            self.q: asyncio.Queue = asyncio.Queue(maxsize=64)
+            self.m = 0
+
+        def put(self, tick: Tick) -> None:
+            half = tick.audio.size // 2  # 20 ms packets (aiortc's Opus sender stamps one per frame)
+            for part in (tick.audio[:half], tick.audio[half:]):
+                if self.q.full():
+                    self.q.get_nowait()
+                self.q.put_nowait(part)
+
+        async def recv(self):
+            part = await self.q.get()
+            s16 = (np.clip(part, -1.0, 1.0) * 32767.0).astype(np.int16)[None, :]
+            f = av.AudioFrame.from_ndarray(s16, format="s16", layout="mono")
+            f.sample_rate, f.pts, f.time_base = self.rate, self.m, fractions.Fraction(1, self.rate)
+            self.m += s16.shape[1]
+            return f
+
+    return VideoTrack, AudioTrack
+
+
+class AvatarServer:
+    """The app: ``AvatarServer(engine, avatar).app()`` is an ``aiohttp.web.Application``."""
+
+    def __init__(self, engine, avatar, limits: ServeLimits | None = None, token: str | None = None,
+                 voice: str = "en-us", stamp: bool = False, silence: str | None = None):
+        _tracks()  # aiortc present: fail here, not at the first viewer
+        self.engine, self.avatar = engine, avatar
+        self.limits = limits or ServeLimits()
+        self.token = token or None
+        self.voice, self.stamp = voice, stamp
+        self.backend = getattr(engine.backend, "name", type(engine.backend).__name__)
+        avatar.latents_for(engine)  # encode the loop once, before the first viewer
+        self.pool = RenderPool(engine, silence=silence)
+        lips = np.concatenate([avatar.face_keypoints(j).lips_outer for j in range(avatar.num_frames)])
+        (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
+        pad, (h, w) = 0.25 * (x1 - x0), avatar.frame_hw
+        self.mouth_box = [int(max(0, x0 - pad)), int(max(0, y0 - pad)), int(min(w, x1 + pad)), int(min(h, y1 + pad))]
+        self.peers: dict[str, _Peer] = {}
+        self.started = time.monotonic()
+
+    # ---- helpers ----
+    def _authorized(self, request) -> bool:
+        if self.token is None:
+            return True
+        got = request.query.get("token") or ""
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            got = auth[7:]
+        return hmac.compare_digest(got.encode(), self.token.encode())
+
+    @staticmethod
+    def _error(status: int, msg: str):
+        from aiohttp import web
+
+        return web.json_response({"error": msg}, status=status)
+
+    async def _json(self, request) -> dict:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            raise _Bad(400, "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise _Bad(400, "the body must be a JSON object")
+        return body
+
+    def _targets(self, sid) -> list[_Peer]:
+        if sid is None or sid == "":
+            peers = [p for p in self.peers.values() if not p.closed]
+            if not peers:
+                raise _Bad(409, "no viewer is connected; open the page first")
+            return peers
+        if not isinstance(sid, str) or sid not in self.peers:
+            raise _Bad(404, f"no session {str(sid)[:64]!r}")
+        return [self.peers[sid]]
+
+    # ---- routes ----
+    def app(self):
+        from aiohttp import web
+
+        @web.middleware
+        async def guard(request, handler):
+            if request.path != "/health" and not self._authorized(request):
+                return self._error(401, "a valid token is needed (Authorization: Bearer TOKEN or ?token=TOKEN)")
+            try:
+                return await handler(request)
+            except _Bad as e:
+                return self._error(e.status, e.msg)
+            except web.HTTPRequestEntityTooLarge:
+                return self._error(413, f"the body is larger than {self.limits.max_wav_bytes} bytes")
+
+        app = web.Application(middlewares=[guard], client_max_size=self.limits.max_wav_bytes + 4096)
+        app.router.add_get("/", self.page)
+        app.router.add_get("/health", self.health)
+        app.router.add_post("/offer", self.offer)
+        app.router.add_post("/say", self.say)
+        app.router.add_post("/stop", self.stop)
+        app.router.add_post("/close", self.close_session)
+        app.router.add_get("/stats", self.stats)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def page(self, request):
+        from aiohttp import web
+
+        html = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+    async def health(self, request):
+        from aiohttp import web
+
+        return web.json_response({"ok": True})
+
+    async def offer(self, request):
+        from aiohttp import web
+        from aiortc import RTCSessionDescription
+
+        body = await self._json(request)
+        sdp, kind = body.get("sdp"), body.get("type")
+        if not isinstance(sdp, str) or kind != "offer" or not sdp.startswith("v=0") or len(sdp) > 100_000:
+            raise _Bad(400, 'expected {"sdp": "v=0...", "type": "offer"}')
+        await self._reap()
+        if len(self.peers) >= self.limits.max_sessions:
+            raise _Bad(503, f"all {self.limits.max_sessions} sessions are in use; try again later")
+        sid = uuid.uuid4().hex[:16]
+        peer = _Peer(self, sid)
+        self.peers[sid] = peer
+
+        @peer.pc.on("connectionstatechange")
+        async def on_state():
+            st = peer.pc.connectionState
+            if st == "connected":
+                peer.connected = True
+            elif st in ("failed", "closed"):
+                await self._drop(sid)
+
+        try:
+            await peer.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            kinds = {t.kind for t in peer.pc.getTransceivers()}
+            if not {"audio", "video"} <= kinds:
+                raise ValueError("the offer must receive audio and video")
+            for t in peer.pc.getTransceivers():
+                t.direction = "sendonly"
+                peer.pc.addTrack(peer.video if t.kind == "video" else peer.audio)
+            answer = await peer.pc.createAnswer()
+            await peer.pc.setLocalDescription(answer)
+        except Exception as e:  # noqa: BLE001 - any parse/negotiation failure is the offer's
+            await self._drop(sid)
+            raise _Bad(400, f"the offer could not be answered: {type(e).__name__}: {str(e)[:200]}") from None
+        peer.start()
+        log.info("session %s opened (%d in use)", sid, len(self.peers))
+        return web.json_response({"sdp": peer.pc.localDescription.sdp, "type": peer.pc.localDescription.type,
+                                  "session": sid})
+
+    async def say(self, request):
+        from aiohttp import web
+
+        ctype = request.content_type
+        if ctype in ("audio/wav", "audio/x-wav", "audio/wave"):
+            data = await request.read()
+            if len(data) > self.limits.max_wav_bytes:
+                raise _Bad(413, f"the WAV is larger than {self.limits.max_wav_bytes} bytes")
+            targets = self._targets(request.query.get("session"))
+            try:
+                audio = decode_wav(data, self.engine.config.audio.sample_rate, self.limits.max_seconds)
+            except SpeechInputError as e:
+                raise _Bad(400, str(e)) from None
+            what = f"WAV {audio.size / self.engine.config.audio.sample_rate:.1f} s"
+        elif ctype == "application/json":
+            body = await self._json(request)
+            text = body.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise _Bad(400, 'expected {"text": "something to say"}')
+            if len(text) > self.limits.max_text_chars:
+                raise _Bad(413, f"the text has {len(text)} characters; the limit is {self.limits.max_text_chars}")
+            targets = self._targets(body.get("session"))
+            try:
+                audio = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: speak(text, self.engine.config.audio.sample_rate, self.voice, 160,
+                                        self.limits.max_seconds))
+            except SpeechInputError as e:
+                raise _Bad(413, f"the spoken text is too long: {e}") from None
+            what = f"text {len(text)} chars"
+        else:
+            raise _Bad(415, "send JSON {\"text\": ...} or a WAV (Content-Type: audio/wav)")
+        ids = {}
+        for p in targets:
+            ids[p.id] = p.channel.say(audio).id
+        log.info("say %s -> %d session(s)", what, len(ids))
+        return web.json_response({"utterances": ids, "seconds": round(audio.size / self.engine.config.audio.sample_rate, 3)})
+
+    async def stop(self, request):
+        from aiohttp import web
+
+        sid = request.query.get("session")
+        if sid is None and request.content_type == "application/json":
+            sid = (await self._json(request)).get("session")
+        for p in self._targets(sid):
+            p.channel.stop()
+        return web.json_response({"ok": True})
+
+    async def close_session(self, request):
+        from aiohttp import web
+
+        sid = request.query.get("session")
+        if not sid or sid not in self.peers:
+            raise _Bad(404, f"no session {str(sid)[:64]!r}")
+        await self._drop(sid)
+        return web.json_response({"ok": True})
+
+    async def stats(self, request):
+        from aiohttp import web
+
+        await self._reap()
+        sid = request.query.get("session")
+        peers = self._targets(sid) if sid else list(self.peers.values())
+        return web.json_response({"backend": self.backend, "sessions": len(self.peers), "mouth_box": self.mouth_box,
+                                  "max_sessions": self.limits.max_sessions, "limits": asdict(self.limits),
+                                  "peers": [p.stats() for p in peers]})
+
+    # ---- lifetime ----
+    async def _drop(self, sid: str) -> None:
+        p = self.peers.pop(sid, None)
+        if p is not None:
+            await p.close()
+            log.info("session %s closed (%d in use)", sid, len(self.peers))
+
+    async def _reap(self) -> None:
+        """Drop offers that never connected within ``connect_timeout``."""
+        now = time.monotonic()
+        for sid, p in list(self.peers.items()):
+            if not p.connected and now - p.created > self.limits.connect_timeout:
+                await self._drop(sid)
+
+    async def _shutdown(self, app) -> None:
+        for sid in list(self.peers):
+            await self._drop(sid)
+        self.pool.close()
+
+
+class _Bad(Exception):
+    def __init__(self, status: int, msg: str):
+        super().__init__(msg)
+        self.status, self.msg = status, msg

@@ -1,0 +1,340 @@
+"""lipforce serve: the per-viewer clock (idle loop, utterances, cuts), WebRTC viewers, the endpoints' limits."""
+
+import asyncio
+import io
+import socket
+import threading
+import time
+import wave
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiortc", reason="lipforce serve needs the serve extra (pip install 'lipforce[serve]')")
+pytest.importorskip("aiohttp", reason="lipforce serve needs the serve extra (pip install 'lipforce[serve]')")
+
+from lipforce_sdk import Engine  # noqa: E402
+from lipforce_sdk.avatar import AvatarSession  # noqa: E402
+from lipforce_sdk.cli import PHOTO_DIR  # noqa: E402
+from lipforce_sdk.media import read_audio  # noqa: E402
+from lipforce_sdk.serve import Channel, RenderPool, default_avatar  # noqa: E402
+from lipforce_sdk.serve.client import Viewer  # noqa: E402
+from lipforce_sdk.serve.server import AvatarServer, ServeLimits, read_stamp, stamp_frame  # noqa: E402
+from lipforce_sdk.serve.speech import SpeechInputError, decode_wav  # noqa: E402
+
+
+def wav_bytes(x, sr=16000, width=2, channels=1):
+    b = io.BytesIO()
+    with wave.open(b, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(sr)
+        x = np.repeat(np.asarray(x)[:, None], channels, axis=1).reshape(-1)
+        if width == 2:
+            w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+        else:
+            w.writeframes(((np.clip(x, -1, 1) * 127) + 128).astype(np.uint8).tobytes())
+    return b.getvalue()
+
+
+@pytest.fixture(scope="module")
+def engine(exported_tiny):
+    return Engine.load(exported_tiny[1], backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def avatar(engine):
+    return default_avatar(engine, loop_seconds=2.0)  # the bundled photo clip's first 50 frames
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return read_audio(PHOTO_DIR / "speech.wav")[: 16000 * 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# The clock, without WebRTC
+# ---------------------------------------------------------------------------------------------
+
+
+def drain(ch, n, wait_s=0.0):
+    """``n`` ticks, waiting for the renderer between ticks where asked (no stalls)."""
+    out = []
+    for _ in range(n):
+        if wait_s:
+            u = ch._current
+            t_end = time.monotonic() + 10
+            while u is not None and ch._loop_pos >= u.start and not u.frames and not u.done_rendering \
+                    and time.monotonic() < t_end:
+                time.sleep(0.002)
+        out.append(ch.tick())
+    return out
+
+
+def test_channel_idles_on_the_loop_then_speaks_in_step_with_its_audio(engine, avatar, speech, monkeypatch):
+    pool = RenderPool(engine)
+    try:
+        calls = []
+        real = engine.backend.dit_step
+        monkeypatch.setattr(engine.backend, "dit_step", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+        ch = Channel(engine, avatar, pool)
+        idle = drain(ch, 7)
+        assert not calls, "the model ran while the avatar idled"
+        assert all(np.array_equal(t.image, avatar.frames[avatar.loop_index(i)]) and not t.audio.any()
+                   and t.utterance is None for i, t in enumerate(idle))
+        audio = speech[: 30 * 640 + 100]
+        u = ch.say(audio)
+        fv = engine.config.video_frames_per_chunk
+        assert u.start % fv == 0 and u.start >= 7 + ch.lead and u.n_frames == 31
+        ticks = drain(ch, (u.start - 7) + u.n_frames + 5, wait_s=1)
+        spoken = [t for t in ticks if t.position is not None]
+        assert [t.position for t in spoken] == list(range(31)), "frames out of order or missing"
+        assert u.stalls == 0
+        # each frame plays with its own 640 samples (the last padded with silence)
+        padded = np.pad(audio, (0, 31 * 640 - audio.size))
+        assert all(np.array_equal(t.audio, padded[t.position * 640:(t.position + 1) * 640]) for t in spoken)
+        # the frames are an AvatarSession's from the loop position where the utterance starts
+        ref = AvatarSession(engine, avatar, start=u.start)
+        want = ref.push(audio) + ref.flush()
+        assert all(np.array_equal(t.image, w.image) for t, w in zip(spoken, want))
+        # before and after: the loop goes on from where the utterance left it
+        before = [t for t in ticks if t.utterance is None and ticks.index(t) < ticks.index(spoken[0])]
+        assert all(np.array_equal(t.image, avatar.frames[avatar.loop_index(7 + k)]) for k, t in enumerate(before))
+        after = ticks[ticks.index(spoken[-1]) + 1:]
+        assert all(np.array_equal(t.image, avatar.frames[avatar.loop_index(u.start + 31 + k)]) and t.utterance is None
+                   for k, t in enumerate(after))
+        n_calls = len(calls)
+        drain(ch, 10)
+        assert len(calls) == n_calls, "the model ran after the utterance ended"
+    finally:
+        pool.close()
+
+
+def test_a_new_utterance_cuts_the_one_playing(engine, avatar, speech):
+    pool = RenderPool(engine)
+    try:
+        ch = Channel(engine, avatar, pool)
+        first = ch.say(speech)
+        drain(ch, first.start + 6, wait_s=1)
+        assert first.shown == 6
+        second = ch.say(speech[:12 * 640])
+        assert first.cancelled and second.start >= first.start + 6 + ch.lead
+        ticks = drain(ch, second.start - (first.start + 6) + 12 + 2, wait_s=1)
+        assert {t.utterance for t in ticks} <= {None, second.id}
+        assert [t.position for t in ticks if t.utterance == second.id] == list(range(12))
+        t_end = time.monotonic() + 5
+        while pool.busy and time.monotonic() < t_end:
+            time.sleep(0.01)
+        assert pool.busy == 0, "the cut utterance is still rendering"
+        ch.say(speech[:640])
+        ch.stop()
+        assert not ch.speaking and all(t.utterance is None for t in drain(ch, 8))
+    finally:
+        pool.close()
+
+
+def test_stamp_survives_a_round_trip():
+    img = np.full((64, 160, 3), 90, np.uint8)
+    for v in (0, 1, 11, 4095, 65535):
+        two = stamp_frame(stamp_frame(img, v), 65535 - v, row=1)
+        assert read_stamp(two) == v and read_stamp(two, row=1) == 65535 - v
+
+
+def test_wav_bodies_are_checked(speech):
+    x = decode_wav(wav_bytes(speech[:8000], sr=48000, channels=2), 16000, 30.0)
+    assert abs(x.size - 8000 / 3) <= 32
+    y = decode_wav(wav_bytes(speech[:8000]), 16000, 30.0)
+    assert np.abs(y - speech[:8000]).max() < 1e-3
+    z = decode_wav(wav_bytes(speech[:8000], width=1), 16000, 30.0)
+    assert np.abs(z - speech[:8000]).max() < 2e-2
+    for bad, match in ((b"", "not a readable"), (b"RIFF\x00\x00\x00\x00WAVEjunk", "not a readable"),
+                       (wav_bytes(np.zeros(0)), "no samples"),
+                       (wav_bytes(np.zeros(16000 * 3)), "limit is 2 s")):
+        with pytest.raises(SpeechInputError, match=match):
+            decode_wav(bad, 16000, 2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Over WebRTC, on loopback
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Running:
+    """An ``AvatarServer`` on its own event loop in a thread, on a free loopback port."""
+
+    def __init__(self, server: AvatarServer):
+        from aiohttp import web
+
+        self.server, self.port = server, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(server.app())
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.runner.setup())
+            self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the server did not start")
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def served(engine, avatar):
+    r = Running(AvatarServer(engine, avatar, stamp=True, token="s3cret",
+                             limits=ServeLimits(max_sessions=3, max_seconds=10.0, max_wav_bytes=1 << 20)))
+    yield r
+    r.close()
+
+
+def test_viewer_gets_25_fps_and_the_mouth_moves_only_while_speaking(served, speech):
+    async def main():
+        async with Viewer(served.url, token="s3cret") as v:
+            await v.wait_frames(30)
+            n_idle = len(v.received.video)
+            await asyncio.sleep(1.5)
+            await v.say(wav=wav_bytes(speech))
+            await asyncio.sleep(speech.size / 16000 + 1.5)
+            st = await v.stats()
+            return v.received, n_idle, st
+
+    rec, n0, st = asyncio.run(main())
+    t = np.array(rec.video_t)
+    fps = (len(t) - 1) / (t[-1] - t[0])
+    assert fps >= 24.0, f"{fps:.1f} fps"
+    stamps = np.array([read_stamp(f) for f in rec.video])
+    pos = stamps[stamps > 0] - 1
+    n = -(-speech.size // 640)
+    assert set(range(n)) <= set(pos.tolist()), "utterance frames missing"
+    assert (np.diff(pos) >= 0).all() and (np.diff(pos) <= 1).all(), "utterance frames out of order"
+    # the mouth against the loop frame under it: codec noise while idle, the model's mouth while speaking
+    loop_j = np.array([read_stamp(f, row=1) for f in rec.video])
+    x0, y0, x1, y1 = served.server.mouth_box
+    av = served.server.avatar
+    dev = np.array([np.abs(f[y0:y1, x0:x1].astype(np.float32) - av.frames[j][y0:y1, x0:x1]).mean()
+                    for f, j in zip(rec.video, loop_j)])
+    speaking, idle = dev[stamps > 0], dev[n0:][stamps[n0:] == 0]
+    assert len(idle) >= 20 and np.percentile(speaking, 10) > 1.5 * np.percentile(idle, 90), \
+        (np.percentile(speaking, [10, 50]), np.percentile(idle, [50, 90]))
+    u = st["peers"][0]["utterances"][-1]
+    assert u["shown"] == n and u["latency_ms"] is not None and st["backend"] == "onnxruntime"
+
+
+def test_endpoints_answer_bad_requests_with_4xx_and_keep_serving(served, speech):
+    import aiohttp
+
+    bad_token = {"Authorization": "Bearer nope"}
+    ok = {"Authorization": "Bearer s3cret"}
+
+    async def main():
+        async with Viewer(served.url, token="s3cret") as v, aiohttp.ClientSession() as http:
+            await v.wait_frames(10)
+            cases = [
+                ("GET", "/", {}, None, 401),
+                ("GET", "/stats", bad_token, None, 401),
+                ("POST", "/say", bad_token, {"json": {"text": "hi"}}, 401),
+                ("POST", "/offer", ok, {"data": b"{not json"}, 400),
+                ("POST", "/offer", ok, {"json": [1, 2]}, 400),
+                ("POST", "/offer", ok, {"json": {"sdp": "v=0\r\ngarbage", "type": "offer"}}, 400),
+                ("POST", "/offer", ok, {"json": {"sdp": 5, "type": "answer"}}, 400),
+                ("POST", "/say", ok, {"json": {"text": ""}}, 400),
+                ("POST", "/say", ok, {"json": {"text": "a" * 501, "session": v.session}}, 413),
+                ("POST", "/say", ok, {"json": {"text": "hi", "session": "nobody"}}, 404),
+                ("POST", "/say", ok, {"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415),
+                ("POST", f"/say?session={v.session}", ok,
+                 {"data": b"RIFF\x10\x00\x00\x00WAVEfmt ", "headers": {"Content-Type": "audio/wav"}}, 400),
+                ("POST", f"/say?session={v.session}", ok,
+                 {"data": wav_bytes(np.zeros(16000 * 12)), "headers": {"Content-Type": "audio/wav"}}, 400),
+                ("POST", f"/say?session={v.session}", ok,
+                 {"data": b"\0" * (2 << 20), "headers": {"Content-Type": "audio/wav"}}, 413),
+                ("POST", "/close?session=nobody", ok, None, 404),
+            ]
+            rng = np.random.default_rng(0)
+            for _ in range(10):  # random bytes at every endpoint
+                path = ["/offer", "/say", "/stop"][int(rng.integers(3))]
+                ctype = ["application/json", "audio/wav"][int(rng.integers(2))]
+                body = rng.integers(0, 256, int(rng.integers(0, 3000)), dtype=np.uint8).tobytes()
+                cases.append(("POST", path + f"?session={v.session}", ok,
+                              {"data": body, "headers": {"Content-Type": ctype}}, "4xx" if path != "/stop" else "no 5xx"))
+            got = []
+            for method, path, hdr, kw, want in cases:
+                kw = dict(kw or {})
+                headers = {**hdr, **kw.pop("headers", {})}
+                async with http.request(method, served.url + path, headers=headers, **kw) as r:
+                    got.append((path, r.status, want))
+            n_before = len(v.received.video)
+            await asyncio.sleep(1.0)
+            return got, len(v.received.video) - n_before, await v.say(wav=wav_bytes(speech[:3200]))
+
+    got, frames_after, said = asyncio.run(main())
+    for path, status, want in got:
+        ok = {"4xx": 400 <= status < 500, "no 5xx": status < 500}.get(want, status == want)
+        assert ok, (path, status, want)
+    assert frames_after >= 20, "the connected viewer stopped receiving frames"
+    assert len(said["utterances"]) == 1
+
+
+def test_sessions_are_limited_and_freed(engine, avatar):
+    import aiortc.rtcicetransport  # noqa: F401
+    from aioice import ice
+
+    server = AvatarServer(engine, avatar, limits=ServeLimits(max_sessions=2, connect_timeout=1.0))
+    r = Running(server)
+    consent = (ice.CONSENT_FAILURES, ice.CONSENT_INTERVAL)
+    ice.CONSENT_FAILURES, ice.CONSENT_INTERVAL = 2, 0.5  # a vanished viewer is noticed in ~1 s, not 30 s
+
+    async def main():
+        a = await Viewer(r.url).__aenter__()
+        b = await Viewer(r.url).__aenter__()
+        await a.wait_frames(5)
+        await b.wait_frames(5)
+        with pytest.raises(RuntimeError, match="503"):
+            await Viewer(r.url).__aenter__()
+        await a.close()  # hangs up properly: its session is freed at once
+        await asyncio.sleep(0.3)
+        assert len(server.peers) == 1
+        c = await Viewer(r.url).__aenter__()
+        await c.wait_frames(5)
+        await b.close(vanish=True)  # gone without a word (its peer connection stops answering)
+        await _silence(b)
+        t_end = time.monotonic() + 15
+        while len(server.peers) > 1 and time.monotonic() < t_end:
+            await asyncio.sleep(0.2)
+        left = set(server.peers)
+        await c.close()
+        return left, c.session
+
+    try:
+        left, c_id = asyncio.run(main())
+        assert left == {c_id}, "the vanished viewer's session was not freed"
+    finally:
+        ice.CONSENT_FAILURES, ice.CONSENT_INTERVAL = consent
+        r.close()
+
+
+async def _silence(viewer):
+    """Make a viewer's peer connection stop answering, as a machine that vanished does: its
+    transports close without a DTLS goodbye."""
+    for t in viewer.pc.getTransceivers():
+        ice_t = t.receiver.transport.transport
+        await ice_t._connection.close()
