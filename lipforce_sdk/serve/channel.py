@@ -1,13 +1,14 @@
 """One viewer's live avatar: the idle loop until something is said, the model's frames while it speaks.
 
 A ``Channel`` owns one viewer's clock. ``tick()`` is called once per video frame (25 fps, by the
-server's pacing task) and returns that frame's picture and the 640 audio samples that play with it,
-so sound and picture come from one place and cannot drift apart:
+server's pacing task) and returns that frame's picture and the 40 ms of sound that play with it
+(at ``playback_rate``; the model hears the utterance at its own rate), so sound and picture come
+from one place and cannot drift apart:
 
 - idle: the avatar's loop frame (ping-pong) and silence; the model does not run;
 - ``say(audio)``: the utterance starts on the next chunk boundary of the loop at least ``lead``
   frames ahead (``AvatarSession(start=...)``), rendered by the shared ``RenderPool`` ahead of
-  playback; each of its frames is shown with its own 640 samples. Where a frame is not rendered in
+  playback; each of its frames is shown with its own 40 ms of the utterance. Where a frame is not rendered in
   time the channel holds the last picture and plays silence (a stall) and goes on where it stopped,
   so the mouth never leads or trails the sound, it only waits. A new ``say`` cuts the current one.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..avatar import Avatar, AvatarSession
+from .speech import resample
 
 __all__ = ["Channel", "RenderPool", "Tick", "Utterance"]
 
@@ -35,6 +37,7 @@ class Utterance:
 
     id: int
     audio: np.ndarray  # mono float32 at the model's sample rate
+    play: np.ndarray  # the same at the channel's playback rate, padded to whole frames
     start: int  # loop position of its first frame (whole chunks)
     n_frames: int
     posted: float  # time.monotonic() when it was said
@@ -42,14 +45,14 @@ class Utterance:
     rendered: int = 0
     shown: int = 0
     stalls: int = 0
-    first_shown: float | None = None  # time.monotonic() when its first frame was ticked
+    first_shown: float | None = None  # time.monotonic() when its first frame was ticked (sent)
     cancelled: bool = False
     error: str | None = None
     done_rendering: bool = False
 
     @property
     def latency_ms(self) -> float | None:
-        """Said -> its first frame on the channel's clock."""
+        """Asked for (the request arrived; text still to be spoken) -> its first frame sent."""
         return None if self.first_shown is None else 1000.0 * (self.first_shown - self.posted)
 
 
@@ -59,7 +62,7 @@ class Tick:
 
     index: int  # frame number on the channel's clock
     image: np.ndarray  # [H, W, 3] uint8 RGB
-    audio: np.ndarray  # [samples_per_frame] float32
+    audio: np.ndarray  # [playback samples per frame] float32
     utterance: int | None  # id of the utterance this frame belongs to (None: idle)
     position: int | None  # frame index within that utterance (None: idle or a stall)
     loop_frame: int  # the avatar's loop frame under the picture
@@ -155,12 +158,18 @@ class Channel:
 
     _ids = itertools.count(1)
 
-    def __init__(self, engine, avatar: Avatar, pool: RenderPool, lead: int | None = None):
+    def __init__(self, engine, avatar: Avatar, pool: RenderPool, lead: int | None = None,
+                 playback_rate: int | None = None):
         cfg = engine.config
         self.avatar, self.pool = avatar, pool
         self.fps = cfg.stream.fps
         self.sample_rate = cfg.audio.sample_rate
         self.samples_per_frame = cfg.samples_per_video_frame
+        self.playback_rate = int(playback_rate or self.sample_rate)
+        self.play_per_frame = round(self.playback_rate / self.fps)
+        if self.play_per_frame * self.fps != self.playback_rate:
+            raise ValueError(f"playback_rate={self.playback_rate} is not a whole number of samples per frame "
+                             f"at {self.fps} fps")
         self.chunk = cfg.video_frames_per_chunk
         self.lead = self.chunk if lead is None else int(lead)
         self._lock = threading.Lock()
@@ -168,17 +177,21 @@ class Channel:
         self._index = 0
         self._current: Utterance | None = None
         self._last_image, self._last_j = avatar.frames[avatar.loop_index(0)], int(avatar.loop_index(0))
-        self._silence = np.zeros(self.samples_per_frame, np.float32)
+        self._silence = np.zeros(self.play_per_frame, np.float32)
         self.history: deque[Utterance] = deque(maxlen=32)
         self.closed = False
 
     # ---- control ----
-    def say(self, audio: np.ndarray) -> Utterance:
-        """Speak ``audio`` (mono float32 at the model's rate); cuts an utterance still playing."""
+    def say(self, audio: np.ndarray, posted: float | None = None) -> Utterance:
+        """Speak ``audio`` (mono float32 at the model's rate); cuts an utterance still playing.
+        ``posted``: when it was asked for (``time.monotonic()``; default now), for its latency."""
         audio = np.asarray(audio, np.float32).reshape(-1)
         if audio.size == 0:
             raise ValueError("say() got no audio samples")
         n = -(-audio.size // self.samples_per_frame)
+        play = audio if self.playback_rate == self.sample_rate else resample(audio, self.sample_rate,
+                                                                             self.playback_rate)
+        play = np.pad(play[: n * self.play_per_frame], (0, max(0, n * self.play_per_frame - play.size)))
         with self._lock:
             if self.closed:
                 raise RuntimeError("the channel is closed")
@@ -189,7 +202,7 @@ class Channel:
                     self._loop_pos = old.start + old.shown
             c = self.chunk
             start = -(-(self._loop_pos + self.lead) // c) * c
-            utt = Utterance(next(self._ids), audio, start, n, time.monotonic())
+            utt = Utterance(next(self._ids), audio, play, start, n, time.monotonic() if posted is None else posted)
             self._current = utt
             self.history.append(utt)
         self.pool.submit(self.avatar, utt)
@@ -225,9 +238,7 @@ class Channel:
                 if u.frames:
                     img = u.frames.popleft()
                     k = u.shown
-                    a = u.audio[k * self.samples_per_frame:(k + 1) * self.samples_per_frame]
-                    if a.size < self.samples_per_frame:
-                        a = np.pad(a, (0, self.samples_per_frame - a.size))
+                    a = u.play[k * self.play_per_frame:(k + 1) * self.play_per_frame]
                     if u.first_shown is None:
                         u.first_shown = time.monotonic()
                     u.shown += 1

@@ -39,6 +39,7 @@ __all__ = ["ServeLimits", "AvatarServer", "stamp_frame", "read_stamp"]
 log = logging.getLogger("lipforce.serve")
 
 VIDEO_CLOCK = 90000
+PLAYBACK_RATE = 48000  # Opus's own rate: aiortc's encoder takes 20 ms frames as they are, with no resampling delay
 STAMP_BITS, STAMP_CELL = 16, 8
 
 
@@ -79,7 +80,7 @@ class _Peer:
 
         self.server, self.id = server, sid
         self.pc = RTCPeerConnection()
-        self.channel = Channel(server.engine, server.avatar, server.pool)
+        self.channel = Channel(server.engine, server.avatar, server.pool, playback_rate=PLAYBACK_RATE)
         video, audio = _tracks()
         self.video, self.audio = video(self), audio(self)
         self.created = time.monotonic()
@@ -172,19 +173,25 @@ def _tracks():
 
         def __init__(self, peer: _Peer):
             super().__init__()
-            self.rate = peer.channel.sample_rate
+            self.rate = peer.channel.playback_rate
             self.q: asyncio.Queue = asyncio.Queue(maxsize=64)
             self.m = 0
 
         def put(self, tick: Tick) -> None:
-            half = tick.audio.size // 2  # 20 ms packets (aiortc's Opus sender stamps one per frame)
-            for part in (tick.audio[:half], tick.audio[half:]):
+            """Two 20 ms packets per frame (aiortc's Opus sender stamps one per packet), the second
+            sent 20 ms after the first: evenly paced sound keeps the browser's jitter buffer short."""
+            half = tick.audio.size // 2
+            now = asyncio.get_running_loop().time()
+            for k, part in enumerate((tick.audio[:half], tick.audio[half:])):
                 if self.q.full():
                     self.q.get_nowait()
-                self.q.put_nowait(part)
+                self.q.put_nowait((now + 0.02 * k, part))
 
         async def recv(self):
-            part = await self.q.get()
+            due, part = await self.q.get()
+            wait = due - asyncio.get_running_loop().time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             s16 = (np.clip(part, -1.0, 1.0) * 32767.0).astype(np.int16)[None, :]
             f = av.AudioFrame.from_ndarray(s16, format="s16", layout="mono")
             f.sample_rate, f.pts, f.time_base = self.rate, self.m, fractions.Fraction(1, self.rate)
@@ -330,6 +337,7 @@ class AvatarServer:
     async def say(self, request):
         from aiohttp import web
 
+        posted = time.monotonic()
         ctype = request.content_type
         if ctype in ("audio/wav", "audio/x-wav", "audio/wave"):
             data = await request.read()
@@ -360,7 +368,7 @@ class AvatarServer:
             raise _Bad(415, "send JSON {\"text\": ...} or a WAV (Content-Type: audio/wav)")
         ids = {}
         for p in targets:
-            ids[p.id] = p.channel.say(audio).id
+            ids[p.id] = p.channel.say(audio, posted=posted).id
         log.info("say %s -> %d session(s)", what, len(ids))
         return web.json_response({"utterances": ids, "seconds": round(audio.size / self.engine.config.audio.sample_rate, 3)})
 

@@ -1,0 +1,243 @@
+"""Headless Chromium on the served page, driven over the DevTools protocol (no extra packages):
+the browser test, the README's screenshot and the glass-to-glass latency benchmark use it.
+
+``async with Browser(url) as b: await b.type_and_say("Hello")``; ``await b.eval("window.lipforce.frames")``.
+The page records, in ``?measure=1`` mode, every displayed frame (time, the server's ``--stamp``
+numbers, the mouth region's change) and the received sound's level every 5 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+__all__ = ["Browser", "chromium_path"]
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
+class Browser:
+    def __init__(self, url: str, width: int = 820, height: int = 900):
+        self.url, self.size = url, (width, height)
+        self.proc: subprocess.Popen | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self.ws = self.http = None
+
+    async def __aenter__(self) -> "Browser":
+        import aiohttp
+
+        exe = chromium_path()
+        if exe is None:
+            raise RuntimeError("no Chromium found; apt-get install chromium")
+        self._profile = tempfile.mkdtemp(prefix="lipforce_chromium_")
+        args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required", f"--window-size={self.size[0]},{self.size[1]}",
+                "--remote-debugging-port=0", f"--user-data-dir={self._profile}", "about:blank"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        port = await asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
+        self.http = aiohttp.ClientSession()
+        async with self.http.get(f"http://127.0.0.1:{port}/json") as r:
+            targets = await r.json()
+        page = next(t for t in targets if t.get("type") == "page")
+        self.ws = await self.http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=64 << 20)
+        self._reader = asyncio.ensure_future(self._read())
+        await self.send("Page.enable")
+        await self.send("Runtime.enable")
+        await self.send("Page.navigate", url=self.url)
+        return self
+
+    def _devtools_port(self) -> int:
+        t_end = time.monotonic() + 30
+        for line in self.proc.stderr:
+            m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            if m:
+                return int(m.group(1))
+            if time.monotonic() > t_end:
+                break
+        raise RuntimeError("Chromium did not start its DevTools endpoint")
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            data = json.loads(msg.data)
+            fut = self._pending.pop(data.get("id"), None)
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+
+    async def send(self, method: str, **params) -> dict:
+        i = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[i] = fut
+        await self.ws.send_str(json.dumps({"id": i, "method": method, "params": params}))
+        data = await asyncio.wait_for(fut, 30)
+        if "error" in data:
+            raise RuntimeError(f"{method}: {data['error']}")
+        return data.get("result", {})
+
+    async def eval(self, expr: str):
+        r = await self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"page error in {expr!r}: {r['exceptionDetails'].get('text')}")
+        return r["result"].get("value")
+
+    async def wait_for(self, expr: str, timeout: float = 30.0):
+        t_end = time.monotonic() + timeout
+        while True:
+            v = await self.eval(expr)
+            if v:
+                return v
+            if time.monotonic() > t_end:
+                raise TimeoutError(f"{expr!r} still false after {timeout} s")
+            await asyncio.sleep(0.1)
+
+    async def type_and_say(self, text: str) -> float:
+        """Type ``text`` into the page's box and press Say, as a visitor does; returns the page's
+        ``performance.now()`` at the press."""
+        await self.eval("document.getElementById('text').focus()")
+        await self.send("Input.insertText", text=text)
+        return await self.eval("(() => { const t = performance.now(); document.getElementById('sayButton').click(); "
+                               "return t; })()")
+
+    async def screenshot(self, path: str | os.PathLike) -> None:
+        r = await self.send("Page.captureScreenshot", format="png")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(r["data"]))
+
+    async def __aexit__(self, *exc) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.http is not None:
+            await self.http.close()
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self._profile, ignore_errors=True)
+
+
+TONE_FRAMES = (10, 30, 50, 70)  # frames of the measuring WAV where a 1 kHz tone starts
+
+
+def tone_wav(sample_rate: int = 16000, fps: int = 25) -> bytes:
+    """4 s of silence with 200 ms tone bursts starting exactly at ``TONE_FRAMES``: their onsets
+    in the page's sound, against the frames stamped with the same numbers, give the offset."""
+    import io
+    import wave
+
+    import numpy as np
+
+    spf = sample_rate // fps
+    x = np.zeros(spf * 80, np.float32)
+    burst = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(5 * spf) / sample_rate)
+    for k in TONE_FRAMES:
+        x[k * spf:k * spf + burst.size] = burst
+    b = io.BytesIO()
+    with wave.open(b, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes((x * 32767).astype("<i2").tobytes())
+    return b.getvalue()
+
+
+async def measure_page(url: str, token: str | None, text: str, screenshot: str | os.PathLike | None = None,
+                       idle_s: float = 2.0) -> dict:
+    """Open the page of a server started with ``--stamp`` (and an avatar whose loop is one
+    picture, so that an idle mouth does not move), idle, type ``text`` and press Say, then post
+    ``tone_wav()`` to the same session. Returns what the page saw:
+
+    - ``fps``: frames displayed per second over the whole visit;
+    - ``mouth_idle`` / ``mouth_speaking``: mean change of the mouth region between displayed
+      frames (0-255 levels) while idle and while the typed text plays;
+    - ``av_offset_ms``: per tone burst, its onset in the received sound (Web Audio analyser)
+      minus the display callback of the frame stamped with the burst's frame (positive: sound later);
+    - ``text_to_frame_ms``: Say pressed -> the utterance's first frame displayed;
+      ``wav_to_frame_ms``: the WAV posted -> its first frame displayed;
+    - ``sessions``, ``backend`` from the server.
+    """
+    import aiohttp
+    import numpy as np
+
+    q = "?measure=1" + (f"&token={token}" if token else "")
+    async with Browser(url.rstrip("/") + "/" + q) as b:
+        await b.wait_for("window.lipforce && window.lipforce.session && window.lipforce.box && "
+                         "window.lipforce.analyser && window.lipforce.frames > 25", 60)
+        await asyncio.sleep(idle_s)
+        sid = await b.eval("window.lipforce.session")
+        t_press = await b.type_and_say(text)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async def utterances():
+                async with http.get(url.rstrip("/") + "/stats", params={"session": sid}) as r:
+                    return (await r.json())["peers"][0]["utterances"]
+
+            t_end = time.monotonic() + 60
+            while time.monotonic() < t_end:
+                us = await utterances()
+                if us and us[-1]["shown"] >= us[-1]["frames"]:
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)
+            t_post = await b.eval("performance.now()")
+            async with http.post(url.rstrip("/") + f"/say?session={sid}", data=tone_wav(),
+                                 headers={"Content-Type": "audio/wav"}) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"/say: {r.status} {await r.text()}")
+            await asyncio.sleep(80 / 25 + 1.5)
+            async with http.get(url.rstrip("/") + "/stats", params={"session": sid}) as r:
+                stats = await r.json()
+        if screenshot is not None:
+            await b.eval("document.getElementById('text').value = " + json.dumps(text))
+            await b.screenshot(screenshot)
+        data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, audio: window.lipforce.audio})"))
+    log, au = data["log"], data["audio"]
+    t = np.array([e["t"] for e in log])
+    st = np.array([e["stamp"] for e in log])
+    diff = np.array([np.nan if e["diff"] is None else e["diff"] for e in log])
+    runs = np.flatnonzero((st[1:] > 0) & (st[:-1] == 0)) + 1
+    if len(runs) < 2:
+        raise RuntimeError(f"the page showed {len(runs)} utterance(s), expected 2")
+    ends = [r + (int(np.argmax(st[r:] == 0)) if (st[r:] == 0).any() else len(st) - r) for r in runs]
+    first, tone = slice(runs[0], ends[0]), slice(runs[1], ends[1])
+    idle = (st == 0) & (t < t_press)
+    idle[:5] = False
+    at = np.array([a["t"] for a in au])
+    rms = np.array([a["rms"] for a in au])
+    tt, ss = t[tone], st[tone]
+    onsets = np.flatnonzero((rms[1:] > 0.15) & (rms[:-1] <= 0.15)) + 1
+    onsets = onsets[at[onsets] > t_post]
+    offsets = []
+    for k, i in zip(TONE_FRAMES, onsets):
+        # the display time of the frame stamped k + 1, from every frame of the run (robust to a skipped callback)
+        tv = float(np.median(tt - (ss - (k + 1)) * 1000.0 / 25))
+        offsets.append(float(at[i] - tv))
+    return {
+        "fps": float(1000.0 * (len(t) - 1) / (t[-1] - t[0])),
+        "frames": int(len(t)),
+        "mouth_idle": float(np.nanmean(diff[idle])),
+        "mouth_speaking": float(np.nanmean(diff[first])),
+        "av_offset_ms": offsets,
+        "text_to_frame_ms": float(t[runs[0]] - t_press),
+        "wav_to_frame_ms": float(t[runs[1]] - t_post),
+        "sessions": stats["sessions"],
+        "backend": stats["backend"],
+        "server_latency_ms": [u["latency_ms"] for u in stats["peers"][0]["utterances"]],
+        "stalls": [u["stalls"] for u in stats["peers"][0]["utterances"]],
+    }
