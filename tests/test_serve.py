@@ -20,7 +20,7 @@ from lipforce_sdk.media import read_audio  # noqa: E402
 from lipforce_sdk.serve import Channel, RenderPool, default_avatar  # noqa: E402
 from lipforce_sdk.serve.client import Viewer  # noqa: E402
 from lipforce_sdk.serve.server import AvatarServer, ServeLimits, read_stamp, stamp_frame  # noqa: E402
-from lipforce_sdk.serve.speech import SpeechInputError, decode_wav  # noqa: E402
+from lipforce_sdk.serve.speech import SpeechInputError, decode_wav, resample  # noqa: E402
 
 
 def wav_bytes(x, sr=16000, width=2, channels=1):
@@ -64,8 +64,8 @@ def drain(ch, n, wait_s=0.0):
         if wait_s:
             u = ch._current
             t_end = time.monotonic() + 10
-            while u is not None and ch._loop_pos >= u.start and not u.frames and not u.done_rendering \
-                    and time.monotonic() < t_end:
+            while u is not None and (u.start is None or ch._loop_pos >= u.start) and not u.frames \
+                    and not u.done_rendering and time.monotonic() < t_end:
                 time.sleep(0.002)
         out.append(ch.tick())
     return out
@@ -85,8 +85,11 @@ def test_channel_idles_on_the_loop_then_speaks_in_step_with_its_audio(engine, av
         audio = speech[: 30 * 640 + 100]
         u = ch.say(audio)
         fv = engine.config.video_frames_per_chunk
-        assert u.start % fv == 0 and u.start >= 7 + ch.lead and u.n_frames == 31
-        ticks = drain(ch, (u.start - 7) + u.n_frames + 5, wait_s=1)
+        t_end = time.monotonic() + 10
+        while u.start is None and time.monotonic() < t_end:
+            time.sleep(0.002)
+        assert u.start % fv == 0 and u.start >= 7 + ch.lead and u.n_frames(640) == 31
+        ticks = drain(ch, (u.start - 7) + 31 + 5, wait_s=1)
         spoken = [t for t in ticks if t.position is not None]
         assert [t.position for t in spoken] == list(range(31)), "frames out of order or missing"
         assert u.stalls == 0
@@ -115,11 +118,14 @@ def test_a_new_utterance_cuts_the_one_playing(engine, avatar, speech):
     try:
         ch = Channel(engine, avatar, pool)
         first = ch.say(speech)
-        drain(ch, first.start + 6, wait_s=1)
+        drain(ch, 1, wait_s=1)
+        drain(ch, first.start + 5, wait_s=1)
         assert first.shown == 6
         second = ch.say(speech[:12 * 640])
-        assert first.cancelled and second.start >= first.start + 6 + ch.lead
-        ticks = drain(ch, second.start - (first.start + 6) + 12 + 2, wait_s=1)
+        assert first.cancelled
+        ticks = drain(ch, 1, wait_s=1)
+        assert second.start >= first.start + 6 + ch.lead
+        ticks += drain(ch, second.start - (first.start + 6) + 12 + 2, wait_s=1)
         assert {t.utterance for t in ticks} <= {None, second.id}
         assert [t.position for t in ticks if t.utterance == second.id] == list(range(12))
         t_end = time.monotonic() + 5
@@ -129,6 +135,37 @@ def test_a_new_utterance_cuts_the_one_playing(engine, avatar, speech):
         ch.say(speech[:640])
         ch.stop()
         assert not ch.speaking and all(t.utterance is None for t in drain(ch, 8))
+    finally:
+        pool.close()
+
+
+def test_streamed_utterance_equals_the_whole_and_plays_at_its_own_rate(engine, avatar, speech):
+    """TTS audio arriving in pieces (an open utterance) renders the same frames as all at once; the
+    playback sound is the input at the channel's playback rate, frame by frame."""
+    pool = RenderPool(engine)
+    try:
+        audio = speech[: 20 * 640 + 300]
+        ch = Channel(engine, avatar, pool, playback_rate=48000)
+        pieces = np.array_split(audio, 9)  # each shorter than a chunk's audio
+        u = ch.say(pieces[0], more=True)
+        ticks = drain(ch, 3)
+        assert u.start is None, "started before a chunk's audio was there"
+        for k, piece in enumerate(pieces[1:], 1):
+            ch.add(u, piece, more=k < len(pieces) - 1)
+            time.sleep(0.05)
+        ticks += drain(ch, 60, wait_s=1)
+        got = [t for t in ticks if t.position is not None]
+        assert [t.position for t in got] == list(range(21)) and u.start >= 3 + ch.lead
+        ref = AvatarSession(engine, avatar, start=u.start)
+        want = ref.push(audio) + ref.flush()
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(got, want))
+        play = np.concatenate([t.audio for t in got])
+        assert play.size == 21 * 1920
+        whole = resample(audio, 16000, 48000)  # the utterance resampled at once
+        whole = np.pad(whole, (0, play.size - whole.size))
+        assert np.abs(play - whole).max() < 1e-4
+        with pytest.raises(ValueError, match="closed"):
+            ch.add(u, pieces[0])
     finally:
         pool.close()
 

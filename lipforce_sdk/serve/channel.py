@@ -7,8 +7,10 @@ from one place and cannot drift apart:
 
 - idle: the avatar's loop frame (ping-pong) and silence; the model does not run;
 - ``say(audio)``: the utterance starts on the next chunk boundary of the loop at least ``lead``
-  frames ahead (``AvatarSession(start=...)``), rendered by the shared ``RenderPool`` ahead of
-  playback; each of its frames is shown with its own 40 ms of the utterance. Where a frame is not rendered in
+  frames ahead of the moment its first audio is there to render (``AvatarSession(start=...)``),
+  rendered by the shared ``RenderPool`` ahead of playback; each of its frames is shown with its
+  own 40 ms of the utterance. ``say(audio, more=True)`` opens an utterance that streams
+  (``add(utt, audio, more=...)``: TTS audio as it is synthesized). Where a frame is not rendered in
   time the channel holds the last picture and plays silence (a stall) and goes on where it stopped,
   so the mouth never leads or trails the sound, it only waits. A new ``say`` cuts the current one.
 
@@ -18,6 +20,7 @@ Nothing here imports torch or a WebRTC library: the engine may be ONNX Runtime o
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections import deque
@@ -26,21 +29,48 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..avatar import Avatar, AvatarSession
-from .speech import resample
+from .speech import StreamResampler
 
 __all__ = ["Channel", "RenderPool", "Tick", "Utterance"]
 
 
+class _Samples:
+    """A growing mono float32 buffer (amortized appends, slices by sample index)."""
+
+    def __init__(self, capacity: int = 1 << 15):
+        self._a = np.zeros(capacity, np.float32)
+        self.size = 0
+
+    def append(self, x: np.ndarray) -> None:
+        if self.size + x.size > self._a.size:
+            grown = np.zeros(max(2 * self._a.size, self.size + x.size), np.float32)
+            grown[:self.size] = self._a[:self.size]
+            self._a = grown
+        self._a[self.size:self.size + x.size] = x
+        self.size += x.size
+
+    def get(self, i: int, j: int) -> np.ndarray:
+        """Samples ``[i, j)``, zeros past the end."""
+        out = np.zeros(j - i, np.float32)
+        k = max(0, min(j, self.size) - i)
+        out[:k] = self._a[i:i + k]
+        return out
+
+    def view(self) -> np.ndarray:
+        return self._a[:self.size]
+
+
 @dataclass(eq=False)
 class Utterance:
-    """Something said on a channel: its audio, where in the loop it starts, its frames as they render."""
+    """Something said on a channel: its audio (all at once, or streaming in while ``open``),
+    where in the loop it starts (chosen when its first audio is rendered), its frames as they render."""
 
     id: int
-    audio: np.ndarray  # mono float32 at the model's sample rate
-    play: np.ndarray  # the same at the channel's playback rate, padded to whole frames
-    start: int  # loop position of its first frame (whole chunks)
-    n_frames: int
-    posted: float  # time.monotonic() when it was said
+    posted: float  # time.monotonic() when it was asked for
+    audio: _Samples = field(default_factory=_Samples)  # at the model's rate
+    play: _Samples = field(default_factory=_Samples)  # at the channel's playback rate
+    open: bool = True  # more audio may come (``Channel.add``)
+    start: int | None = None  # loop position of its first frame (whole chunks); None: not yet started
     frames: deque = field(default_factory=deque)  # rendered, not yet shown
     rendered: int = 0
     shown: int = 0
@@ -49,6 +79,10 @@ class Utterance:
     cancelled: bool = False
     error: str | None = None
     done_rendering: bool = False
+
+    def n_frames(self, samples_per_frame: int) -> int | None:
+        """Frames once closed (the audio's length in whole frames); None while open."""
+        return None if self.open else -(-self.audio.size // samples_per_frame)
 
     @property
     def latency_ms(self) -> float | None:
@@ -80,9 +114,9 @@ class RenderPool:
         self._thread = threading.Thread(target=self._run, name="lipforce-render", daemon=True)
         self._thread.start()
 
-    def submit(self, avatar: Avatar, utt: Utterance) -> None:
+    def submit(self, channel: "Channel", utt: Utterance) -> None:
         with self._cv:
-            self._jobs.append((utt, self._job(avatar, utt)))
+            self._jobs.append((utt, self._job(channel, utt)))
             self._cv.notify()
 
     def wake(self) -> None:
@@ -99,32 +133,37 @@ class RenderPool:
     def busy(self) -> int:
         return len(self._jobs)
 
-    def _job(self, avatar: Avatar, utt: Utterance):
-        """A generator: each ``next`` renders one chunk's push (or yields without work when the
-        utterance is far enough ahead of its playback)."""
+    def _job(self, channel: "Channel", utt: Utterance):
+        """A generator: each ``next`` renders one chunk's push, or yields ``False`` without work
+        (no audio yet, or far enough ahead of its playback)."""
         cfg = self.engine.config
-        session = AvatarSession(self.engine, avatar, silence=self.silence, start=utt.start)
         step = cfg.video_frames_per_chunk * cfg.samples_per_video_frame
-        pos = 0
-        while pos < utt.audio.size:
+        session, pos = None, 0
+        while True:
             if utt.cancelled:
                 return
-            if utt.rendered - utt.shown >= self.ahead:
+            have, closed = utt.audio.size, not utt.open
+            if pos >= have and closed:
+                break
+            if (have - pos < step and not closed) or utt.rendered - utt.shown >= self.ahead:
                 yield False
                 continue
-            out = session.push(utt.audio[pos:pos + step])
-            pos += step
+            if session is None:  # the first audio is here: start on the loop's next chunk boundary
+                session = AvatarSession(self.engine, channel.avatar, silence=self.silence,
+                                        start=channel._claim_start(utt))
+            n = min(step, have - pos)
+            out = session.push(utt.audio.get(pos, pos + n))
+            pos += n
             self._deliver(utt, out)
             yield True
-        if not utt.cancelled:
+        if session is not None and not utt.cancelled:
             self._deliver(utt, session.flush())
 
     @staticmethod
     def _deliver(utt: Utterance, out) -> None:
         for o in out:
-            if o.index < utt.n_frames:
-                utt.frames.append(o.image)
-                utt.rendered += 1
+            utt.frames.append(o.image)
+            utt.rendered += 1
 
     def _run(self) -> None:
         while True:
@@ -153,8 +192,8 @@ class RenderPool:
 
 
 class Channel:
-    """One viewer's stream of ``avatar`` (see the module docstring). Thread-safe: ``say``/``stop``
-    from the server's loop, rendering on the pool's thread, ``tick`` from the pacing task."""
+    """One viewer's stream of ``avatar`` (see the module docstring). Thread-safe: ``say``/``add``/
+    ``stop`` from the caller's thread, rendering on the pool's thread, ``tick`` from the pacing task."""
 
     _ids = itertools.count(1)
 
@@ -176,46 +215,57 @@ class Channel:
         self._loop_pos = 0  # the loop position of the next idle frame
         self._index = 0
         self._current: Utterance | None = None
+        self._resamplers: dict = {}
         self._last_image, self._last_j = avatar.frames[avatar.loop_index(0)], int(avatar.loop_index(0))
         self._silence = np.zeros(self.play_per_frame, np.float32)
         self.history: deque[Utterance] = deque(maxlen=32)
         self.closed = False
 
     # ---- control ----
-    def say(self, audio: np.ndarray, posted: float | None = None) -> Utterance:
-        """Speak ``audio`` (mono float32 at the model's rate); cuts an utterance still playing.
-        ``posted``: when it was asked for (``time.monotonic()``; default now), for its latency."""
-        audio = np.asarray(audio, np.float32).reshape(-1)
-        if audio.size == 0:
-            raise ValueError("say() got no audio samples")
-        n = -(-audio.size // self.samples_per_frame)
-        play = audio if self.playback_rate == self.sample_rate else resample(audio, self.sample_rate,
-                                                                             self.playback_rate)
-        play = np.pad(play[: n * self.play_per_frame], (0, max(0, n * self.play_per_frame - play.size)))
+    def say(self, audio: np.ndarray, sample_rate: int | None = None, more: bool = False,
+            posted: float | None = None) -> Utterance:
+        """Speak ``audio`` (mono float32, at ``sample_rate``, default the model's); cuts an utterance
+        still playing. ``more=True`` leaves it open for ``add``. ``posted``: when it was asked for
+        (``time.monotonic()``; default now), for its latency."""
         with self._lock:
             if self.closed:
                 raise RuntimeError("the channel is closed")
-            old = self._current
-            if old is not None:
-                old.cancelled = True
-                if old.shown:  # cut mid-utterance: the loop goes on from where the picture is
-                    self._loop_pos = old.start + old.shown
-            c = self.chunk
-            start = -(-(self._loop_pos + self.lead) // c) * c
-            utt = Utterance(next(self._ids), audio, play, start, n, time.monotonic() if posted is None else posted)
+            self._cut()
+            utt = Utterance(next(self._ids), time.monotonic() if posted is None else posted)
+            self._resamplers[utt.id] = (StreamResampler(sample_rate or self.sample_rate, self.sample_rate),
+                                        StreamResampler(sample_rate or self.sample_rate, self.playback_rate))
             self._current = utt
             self.history.append(utt)
-        self.pool.submit(self.avatar, utt)
+        self.add(utt, audio, more=more)
+        self.pool.submit(self, utt)
         return utt
+
+    def add(self, utt: Utterance, audio: np.ndarray, more: bool = False) -> None:
+        """More audio for an open utterance (``more=False``: this is its end). Ignored once it
+        has been cut."""
+        audio = np.asarray(audio, np.float32).reshape(-1)
+        with self._lock:
+            if not utt.open:
+                raise ValueError(f"utterance {utt.id} is closed; say() starts a new one")
+            rs = self._resamplers.get(utt.id)
+            if rs is None or utt.cancelled:
+                return
+            to_model, to_play = rs
+            utt.audio.append(to_model.push(audio, end=not more))
+            utt.play.append(to_play.push(audio, end=not more))
+            if not more:
+                if utt.audio.size == 0:
+                    utt.cancelled = True  # nothing was said
+                    if self._current is utt:
+                        self._current = None
+                utt.open = False
+                del self._resamplers[utt.id]
+        self.pool.wake()
 
     def stop(self) -> None:
         """Cut what is being said; the avatar idles."""
         with self._lock:
-            if self._current is not None:
-                self._current.cancelled = True
-                if self._current.shown:
-                    self._loop_pos = self._current.start + self._current.shown
-                self._current = None
+            self._cut()
 
     def close(self) -> None:
         self.stop()
@@ -224,6 +274,23 @@ class Channel:
     @property
     def speaking(self) -> bool:
         return self._current is not None
+
+    def _cut(self) -> None:
+        u = self._current
+        if u is not None:
+            u.cancelled = True
+            self._resamplers.pop(u.id, None)
+            if u.shown:  # cut mid-utterance: the loop goes on from where the picture is
+                self._loop_pos = u.start + u.shown
+            self._current = None
+
+    def _claim_start(self, utt: Utterance) -> int:
+        """The loop position where ``utt`` starts: the next chunk boundary ``lead`` frames ahead of
+        the idle loop now (called by the renderer when the first audio is there)."""
+        with self._lock:
+            c = self.chunk
+            utt.start = math.ceil((self._loop_pos + self.lead) / c) * c
+            return utt.start
 
     # ---- the clock ----
     def tick(self) -> Tick:
@@ -234,22 +301,27 @@ class Channel:
             u = self._current
             if u is not None and (u.error is not None or u.cancelled):
                 self._current = u = None
-            if u is not None and self._loop_pos >= u.start:
+            if u is not None and u.start is not None and self._loop_pos >= u.start:
                 if u.frames:
                     img = u.frames.popleft()
                     k = u.shown
-                    a = u.play[k * self.play_per_frame:(k + 1) * self.play_per_frame]
+                    a = u.play.get(k * self.play_per_frame, (k + 1) * self.play_per_frame)
                     if u.first_shown is None:
                         u.first_shown = time.monotonic()
                     u.shown += 1
                     self._last_image, self._last_j = img, int(self.avatar.loop_index(u.start + k))
-                    if u.shown >= u.n_frames:
-                        self._loop_pos = u.start + u.n_frames
+                    n = u.n_frames(self.samples_per_frame)
+                    if n is not None and u.shown >= n:
+                        self._loop_pos = u.start + n
                         self._current = None
                     self.pool.wake()
                     return Tick(i, img, a, u.id, k, self._last_j)
-                u.stalls += 1  # not rendered in time: hold the picture, play nothing
-                return Tick(i, self._last_image, self._silence, u.id, None, self._last_j)
+                n = u.n_frames(self.samples_per_frame)
+                if n is not None and u.shown >= n:  # (an utterance that ended on a frame boundary)
+                    self._loop_pos, self._current = u.start + n, None
+                else:
+                    u.stalls += 1  # not rendered (or not said) in time: hold the picture, play nothing
+                    return Tick(i, self._last_image, self._silence, u.id, None, self._last_j)
             j = int(self.avatar.loop_index(self._loop_pos))
             self._loop_pos += 1
             self._last_image, self._last_j = self.avatar.frames[j], j

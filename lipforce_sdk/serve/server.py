@@ -132,7 +132,8 @@ class _Peer:
         await self.pc.close()
 
     def stats(self) -> dict:
-        utts = [{"id": u.id, "frames": u.n_frames, "shown": u.shown, "stalls": u.stalls,
+        spf = self.channel.samples_per_frame
+        utts = [{"id": u.id, "frames": u.n_frames(spf), "shown": u.shown, "stalls": u.stalls,
                  "latency_ms": None if u.latency_ms is None else round(u.latency_ms, 1),
                  "cancelled": u.cancelled, "error": u.error} for u in self.channel.history]
         return {"session": self.id, "connected": self.connected, "speaking": self.channel.speaking,

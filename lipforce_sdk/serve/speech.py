@@ -12,7 +12,7 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["SpeechInputError", "speak", "decode_wav", "resample", "espeak_path"]
+__all__ = ["SpeechInputError", "speak", "decode_wav", "resample", "StreamResampler", "espeak_path"]
 
 
 class SpeechInputError(ValueError):
@@ -89,3 +89,31 @@ def speak(text: str, sample_rate: int, voice: str = "en-us", rate: int = 160, ma
             return decode_wav(f.read(), sample_rate, max_seconds)
     finally:
         os.unlink(tmp)
+
+
+class StreamResampler:
+    """``resample`` for audio that arrives in pieces: FFmpeg's resampler kept across pieces (no
+    seams); ``push(x, end=True)`` flushes its tail. The identity where the rates match."""
+
+    def __init__(self, sr_in: int, sr_out: int):
+        self.sr_in, self.sr_out = int(sr_in), int(sr_out)
+        self._r = None
+        self._pts = 0
+
+    def push(self, x: np.ndarray, end: bool = False) -> np.ndarray:
+        x = np.asarray(x, np.float32).reshape(-1)
+        if self.sr_in == self.sr_out:
+            return x
+        import av
+
+        if self._r is None:
+            self._r = av.AudioResampler(format="flt", layout="mono", rate=self.sr_out)
+        parts = []
+        if x.size:
+            f = av.AudioFrame.from_ndarray(x[None, :], format="flt", layout="mono")
+            f.sample_rate, f.pts, f.time_base = self.sr_in, self._pts, Fraction(1, self.sr_in)
+            self._pts += x.size
+            parts += [g.to_ndarray().reshape(-1) for g in self._r.resample(f)]
+        if end:
+            parts += [g.to_ndarray().reshape(-1) for g in self._r.resample(None)]
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
