@@ -2,8 +2,6 @@
 
 import asyncio
 import io
-import socket
-import threading
 import time
 import wave
 
@@ -19,7 +17,7 @@ from lipforce_sdk.cli import PHOTO_DIR  # noqa: E402
 from lipforce_sdk.media import read_audio  # noqa: E402
 from lipforce_sdk.serve import Channel, RenderPool, default_avatar  # noqa: E402
 from lipforce_sdk.serve.client import Viewer  # noqa: E402
-from lipforce_sdk.serve.server import AvatarServer, ServeLimits, read_stamp, stamp_frame  # noqa: E402
+from lipforce_sdk.serve.server import AvatarServer, ServerThread, ServeLimits, read_stamp, stamp_frame  # noqa: E402
 from lipforce_sdk.serve.speech import SpeechInputError, decode_wav, resample  # noqa: E402
 
 
@@ -196,49 +194,9 @@ def test_wav_bodies_are_checked(speech):
 # ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Running:
-    """An ``AvatarServer`` on its own event loop in a thread, on a free loopback port."""
-
-    def __init__(self, server: AvatarServer):
-        from aiohttp import web
-
-        self.server, self.port = server, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(server.app())
-
-        def run():
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self.runner.setup())
-            self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        t_end = time.monotonic() + 10
-        while time.monotonic() < t_end:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the server did not start")
-
-    def close(self):
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture(scope="module")
 def served(engine, avatar):
-    r = Running(AvatarServer(engine, avatar, stamp=True, token="s3cret",
+    r = ServerThread(AvatarServer(engine, avatar, stamp=True, token="s3cret",
                              limits=ServeLimits(max_sessions=3, max_seconds=10.0, max_wav_bytes=1 << 20)))
     yield r
     r.close()
@@ -336,7 +294,7 @@ def test_sessions_are_limited_and_freed(engine, avatar):
     from aioice import ice
 
     server = AvatarServer(engine, avatar, limits=ServeLimits(max_sessions=2, connect_timeout=1.0))
-    r = Running(server)
+    r = ServerThread(server)
     consent = (ice.CONSENT_FAILURES, ice.CONSENT_INTERVAL)
     ice.CONSENT_FAILURES, ice.CONSENT_INTERVAL = 2, 0.5  # a vanished viewer is noticed in ~1 s, not 30 s
 
@@ -390,7 +348,7 @@ def test_page_in_chromium_plays_the_avatar_in_sync(engine):
     """A visitor types a sentence on the page: frames at >= 24 fps, the mouth moves while the
     speech plays and not while idle, and the sound is within one frame (40 ms) of its picture."""
     photo = default_avatar(engine, loop_seconds=0.04)  # one picture: an idle mouth does not move
-    r = Running(AvatarServer(engine, photo, stamp=True, token="tk"))
+    r = ServerThread(AvatarServer(engine, photo, stamp=True, token="tk"))
     try:
         m = asyncio.run(measure_page(r.url, "tk", "Hello there, how are you today?"))
     finally:

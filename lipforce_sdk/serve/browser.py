@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-__all__ = ["Browser", "chromium_path"]
+__all__ = ["Browser", "Page", "chromium_path", "measure_page", "tone_wav"]
 
 
 def chromium_path() -> str | None:
@@ -30,47 +30,21 @@ def chromium_path() -> str | None:
     return None
 
 
-class Browser:
-    def __init__(self, url: str, width: int = 820, height: int = 900):
-        self.url, self.size = url, (width, height)
-        self.proc: subprocess.Popen | None = None
+class Page:
+    """One tab, over its own DevTools websocket."""
+
+    def __init__(self, browser: "Browser", target: dict):
+        self.browser, self.target = browser, target
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
-        self.ws = self.http = None
+        self.ws = None
 
-    async def __aenter__(self) -> "Browser":
-        import aiohttp
-
-        exe = chromium_path()
-        if exe is None:
-            raise RuntimeError("no Chromium found; apt-get install chromium")
-        self._profile = tempfile.mkdtemp(prefix="lipforce_chromium_")
-        args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                "--autoplay-policy=no-user-gesture-required", f"--window-size={self.size[0]},{self.size[1]}",
-                "--remote-debugging-port=0", f"--user-data-dir={self._profile}", "about:blank"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        port = await asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
-        self.http = aiohttp.ClientSession()
-        async with self.http.get(f"http://127.0.0.1:{port}/json") as r:
-            targets = await r.json()
-        page = next(t for t in targets if t.get("type") == "page")
-        self.ws = await self.http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=64 << 20)
+    async def _attach(self) -> "Page":
+        self.ws = await self.browser.http.ws_connect(self.target["webSocketDebuggerUrl"], max_msg_size=64 << 20)
         self._reader = asyncio.ensure_future(self._read())
         await self.send("Page.enable")
         await self.send("Runtime.enable")
-        await self.send("Page.navigate", url=self.url)
         return self
-
-    def _devtools_port(self) -> int:
-        t_end = time.monotonic() + 30
-        for line in self.proc.stderr:
-            m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
-            if m:
-                return int(m.group(1))
-            if time.monotonic() > t_end:
-                break
-        raise RuntimeError("Chromium did not start its DevTools endpoint")
 
     async def _read(self) -> None:
         async for msg in self.ws:
@@ -88,6 +62,9 @@ class Browser:
         if "error" in data:
             raise RuntimeError(f"{method}: {data['error']}")
         return data.get("result", {})
+
+    async def goto(self, url: str) -> None:
+        await self.send("Page.navigate", url=url)
 
     async def eval(self, expr: str):
         r = await self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
@@ -108,7 +85,7 @@ class Browser:
     async def type_and_say(self, text: str) -> float:
         """Type ``text`` into the page's box and press Say, as a visitor does; returns the page's
         ``performance.now()`` at the press."""
-        await self.eval("document.getElementById('text').focus()")
+        await self.eval("document.getElementById('text').value = ''; document.getElementById('text').focus()")
         await self.send("Input.insertText", text=text)
         return await self.eval("(() => { const t = performance.now(); document.getElementById('sayButton').click(); "
                                "return t; })()")
@@ -118,12 +95,88 @@ class Browser:
         with open(path, "wb") as f:
             f.write(base64.b64decode(r["data"]))
 
-    async def __aexit__(self, *exc) -> None:
+    async def close(self) -> None:
         if self.ws is not None:
             await self.ws.close()
+            self._reader.cancel()
+
+
+class Browser:
+    """A headless Chromium process. ``async with Browser(url) as b``: ``b.page`` is a tab on
+    ``url`` (``b.eval`` etc. go to it); ``await b.open(url)`` opens another tab."""
+
+    def __init__(self, url: str | None = None, width: int = 820, height: int = 900):
+        self.url, self.size = url, (width, height)
+        self.proc: subprocess.Popen | None = None
+        self.http = None
+        self.page: Page | None = None
+        self.port: int | None = None
+
+    async def __aenter__(self) -> "Browser":
+        import aiohttp
+
+        exe = chromium_path()
+        if exe is None:
+            raise RuntimeError("no Chromium found; apt-get install chromium")
+        self._profile = tempfile.mkdtemp(prefix="lipforce_chromium_")
+        args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required", "--disable-background-timer-throttling",
+                "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
+                f"--window-size={self.size[0]},{self.size[1]}",
+                "--remote-debugging-port=0", f"--user-data-dir={self._profile}", "about:blank"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.port = await asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
+        self.http = aiohttp.ClientSession()
+        async with self.http.get(f"http://127.0.0.1:{self.port}/json") as r:
+            targets = await r.json()
+        self.page = await Page(self, next(t for t in targets if t.get("type") == "page"))._attach()
+        if self.url:
+            await self.page.goto(self.url)
+        return self
+
+    async def open(self, url: str) -> Page:
+        async with self.http.put(f"http://127.0.0.1:{self.port}/json/new?about:blank") as r:
+            target = await r.json()
+        page = await Page(self, target)._attach()
+        await page.goto(url)
+        return page
+
+    def _devtools_port(self) -> int:
+        t_end = time.monotonic() + 30
+        for line in self.proc.stderr:
+            m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
+            if m:
+                return int(m.group(1))
+            if time.monotonic() > t_end:
+                break
+        raise RuntimeError("Chromium did not start its DevTools endpoint")
+
+    # the first tab's methods
+    async def eval(self, expr: str):
+        return await self.page.eval(expr)
+
+    async def wait_for(self, expr: str, timeout: float = 30.0):
+        return await self.page.wait_for(expr, timeout)
+
+    async def type_and_say(self, text: str) -> float:
+        return await self.page.type_and_say(text)
+
+    async def screenshot(self, path: str | os.PathLike) -> None:
+        await self.page.screenshot(path)
+
+    def kill(self) -> None:
+        """End the browser at once, without a word to the server (a machine that vanished)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    async def __aexit__(self, *exc) -> None:
+        if self.page is not None:
+            await self.page.close()
         if self.http is not None:
             await self.http.close()
-        if self.proc is not None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)

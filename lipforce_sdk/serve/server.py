@@ -24,6 +24,8 @@ import functools
 import hmac
 import json
 import logging
+import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -34,7 +36,7 @@ import numpy as np
 from .channel import Channel, RenderPool, Tick
 from .speech import SpeechInputError, decode_wav, speak
 
-__all__ = ["ServeLimits", "AvatarServer", "stamp_frame", "read_stamp"]
+__all__ = ["ServeLimits", "AvatarServer", "ServerThread", "stamp_frame", "read_stamp"]
 
 log = logging.getLogger("lipforce.serve")
 
@@ -426,3 +428,50 @@ class _Bad(Exception):
     def __init__(self, status: int, msg: str):
         super().__init__(msg)
         self.status, self.msg = status, msg
+
+
+class ServerThread:
+    """An ``AvatarServer`` on its own event loop in a background thread (tests, benchmarks, an app
+    that embeds the server): ``ServerThread(server)`` listens on a free loopback port (``.url``);
+    ``close()`` shuts it down."""
+
+    def __init__(self, server: AvatarServer, host: str = "127.0.0.1", port: int = 0):
+        from aiohttp import web
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.server, self.host, self.port = server, host, port
+        self.url = f"http://{host}:{port}"
+        self.loop = asyncio.new_event_loop()
+        self.runner = web.AppRunner(server.app())
+        started = threading.Event()
+        failed: list[BaseException] = []
+
+        def run():
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self.runner.setup())
+                self.loop.run_until_complete(web.TCPSite(self.runner, host, port).start())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                failed.append(e)
+                started.set()
+                return
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="lipforce-serve", daemon=True)
+        self.thread.start()
+        started.wait(30)
+        if failed:
+            raise failed[0]
+
+    def call(self, coro, timeout: float = 30.0):
+        """Run a coroutine on the server's loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.call(self.runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
