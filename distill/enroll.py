@@ -133,6 +133,15 @@ class EnrollConfig:
 # --------------------------------------------------------------------------------------
 
 
+def _model_name(model_dir: Path) -> str:
+    """How the card names the base model: the bundled one by that name, another by its path."""
+    from lipforce_sdk.session import default_model_dir
+
+    if Path(model_dir).resolve() == default_model_dir().resolve():
+        return "lipforce_sdk/assets/default (bundled)"
+    return str(model_dir)
+
+
 @dataclass
 class SourceInfo:
     """What ``inspect_source`` found: ``kind``, the span used (``start`` s, ``frames`` at 25 fps),
@@ -1004,7 +1013,7 @@ class _Enrollment:
             "source": Path(info.path).name, "source_sha256": _sha256(info.path), "kind": info.kind,
             "span_s": [info.start, info.start + info.frames / FPS], "frames": info.frames,
             "speech_share": info.speech_share,
-            "base_model": str(self.model_dir), "base_weights": key["weights"], "config": key["config"],
+            "base_model": _model_name(self.model_dir), "base_weights": key["weights"], "config": key["config"],
             "decoder": dec, "dit": dit, "seconds": times, "scores": scores, "device": self.device,
             "loop": {"start_s": info.start + int(loop["first"]) / FPS, "frames": int(loop["count"])},
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -12,9 +12,12 @@ from pathlib import Path
 
 from .channel import Channel, RenderPool, Tick, Utterance
 
-__all__ = ["Channel", "RenderPool", "Tick", "Utterance", "default_avatar", "load_avatar", "add_arguments", "run_args"]
+__all__ = ["Channel", "RenderPool", "Tick", "Utterance", "default_avatar", "load_avatar", "exported_graphs", "PHOTO_AVATAR_DIR",
+           "add_arguments", "run_args"]
 
 DEFAULT_LOOP_SECONDS = 6.0
+# `lipforce serve` without --model/--avatar: the bundled photo enrolled as an avatar (its MODEL_CARD.md)
+PHOTO_AVATAR_DIR = Path(__file__).resolve().parents[1] / "assets" / "photo_avatar"
 
 
 def default_avatar(engine, loop_seconds: float = DEFAULT_LOOP_SECONDS):
@@ -39,7 +42,8 @@ def default_avatar(engine, loop_seconds: float = DEFAULT_LOOP_SECONDS):
 
 
 def load_avatar(engine, avatar: str | None, model: str | None):
-    """``--avatar DIR``, else the avatar in ``--model``'s directory (an enrolled model), else the bundled sample."""
+    """``--avatar DIR``, else the avatar in ``--model``'s directory (an enrolled model), else the
+    bundled photo clip's first seconds."""
     from ..avatar import AVATAR_DIR, Avatar
 
     if avatar:
@@ -53,10 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; 0.0.0.0 opens "
                                                        "it to the network: use --token)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--model", default=None, help="model directory (default: the bundled model); an enrolled one "
-                                                 "brings its avatar")
+    p.add_argument("--model", default=None, help="model directory; an enrolled one brings its avatar (default: the "
+                                                 "bundled photo enrolled as an avatar, lipforce_sdk/assets/photo_avatar)")
     p.add_argument("--avatar", default=None, metavar="DIR", help="a prepared avatar folder (default: the model's, "
-                                                                 "else the bundled photo clip)")
+                                                                 "else the bundled photo clip's first 6 s)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"],
                    help="onnxruntime (default; the model is exported to a cache folder on first use), torch, or "
                         "tensorrt (--model: an engine directory)")
@@ -77,7 +81,7 @@ def _engine(a):
     ``--backend torch``."""
     from ..session import Engine, default_model_dir
 
-    src = Path(a.model) if a.model else default_model_dir()
+    src = Path(a.model) if a.model else (PHOTO_AVATAR_DIR if a.avatar is None else default_model_dir())
     if a.backend != "onnxruntime":
         return Engine.load(src, backend=a.backend)
     manifest = src / "manifest.json"
@@ -122,7 +126,7 @@ def run_args(a) -> int:
     from .server import AvatarServer, ServeLimits
 
     engine = _engine(a)
-    avatar = load_avatar(engine, a.avatar, a.model)
+    avatar = load_avatar(engine, a.avatar, a.model or (str(PHOTO_AVATAR_DIR) if a.avatar is None else None))
     token = secrets.token_urlsafe(16) if a.token == "auto" else a.token
     limits = ServeLimits(max_sessions=a.max_sessions, max_text_chars=a.max_text, max_seconds=a.max_seconds,
                          max_wav_bytes=int(a.max_wav_mb * (1 << 20)))

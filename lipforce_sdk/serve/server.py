@@ -90,6 +90,7 @@ class _Peer:
         self.frames_sent = 0
         self._fps_window: list[float] = []
         self._task: asyncio.Task | None = None
+        self._stamp = 0
         self.closed = False
 
     def start(self) -> None:
@@ -101,8 +102,10 @@ class _Peer:
         t0, n = loop.time(), 0
         while not self.closed:
             tick = self.channel.tick()
-            if self.server.stamp:
-                img = stamp_frame(tick.image, 0 if tick.position is None else tick.position + 1)
+            if self.server.stamp:  # a stall holds the picture: it keeps that frame's number
+                if tick.position is not None or tick.utterance is None:
+                    self._stamp = 0 if tick.position is None else tick.position + 1
+                img = stamp_frame(tick.image, self._stamp)
                 tick = dataclasses.replace(tick, image=stamp_frame(img, tick.loop_frame, row=1))
             self.video.put(tick)
             self.audio.put(tick)
