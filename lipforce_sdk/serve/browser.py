@@ -173,6 +173,12 @@ class Browser:
 
     async def __aexit__(self, *exc) -> None:
         if self.page is not None:
+            if self.proc is not None and self.proc.poll() is None:
+                try:  # leave the page as a visitor does (its pagehide tells the server)
+                    await asyncio.wait_for(self.page.goto("about:blank"), 5)
+                    await asyncio.sleep(0.3)
+                except Exception:  # noqa: BLE001 - the browser may be gone
+                    pass
             await self.page.close()
         if self.http is not None:
             await self.http.close()
@@ -275,12 +281,21 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     rms = np.array([a["rms"] for a in au])
     tt, ss = t[tone], st[tone]
     onsets = np.flatnonzero((rms[1:] > 0.15) & (rms[:-1] <= 0.15)) + 1
-    onsets = onsets[at[onsets] > t_post]
+    onsets = at[onsets[at[onsets] > t_post]]
     offsets = []
-    for k, i in zip(TONE_FRAMES, onsets):
-        # the display time of the frame stamped k + 1, from every frame of the run (robust to a skipped callback)
-        tv = float(np.median(tt - (ss - (k + 1)) * 1000.0 / 25))
-        offsets.append(float(at[i] - tv))
+    for k in TONE_FRAMES:
+        hit = np.flatnonzero(ss == k + 1)
+        if hit.size:  # the first display of the frame stamped with the burst's frame
+            tv = float(tt[hit[0]])
+        else:  # its display callback was skipped: between its neighbours'
+            before, after = np.flatnonzero(ss < k + 1), np.flatnonzero(ss > k + 1)
+            if not before.size or not after.size:
+                continue
+            i, j = before[-1], after[0]
+            tv = float(tt[i] + (tt[j] - tt[i]) * (k + 1 - ss[i]) / (ss[j] - ss[i]))
+        near = onsets[np.abs(onsets - tv) < 500.0]
+        if near.size:
+            offsets.append(float(near[np.argmin(np.abs(near - tv))] - tv))
     return {
         "fps": float(1000.0 * (len(t) - 1) / (t[-1] - t[0])),
         "frames": int(len(t)),
