@@ -62,8 +62,9 @@ def drain(ch, n, wait_s=0.0):
         if wait_s:
             u = ch._current
             t_end = time.monotonic() + 10
-            while u is not None and (u.start is None or ch._loop_pos >= u.start) and not u.frames \
-                    and not u.done_rendering and time.monotonic() < t_end:
+            while u is not None and (u.start is None or ch._loop_pos >= u.start) and not u.done_rendering \
+                    and len(u.frames) < (ch.pool.preroll(u, ch._last_image.nbytes, 640) if u.shown == 0 else 1) \
+                    and time.monotonic() < t_end:
                 time.sleep(0.002)
         out.append(ch.tick())
     return out
@@ -164,6 +165,41 @@ def test_streamed_utterance_equals_the_whole_and_plays_at_its_own_rate(engine, a
         assert np.abs(play - whole).max() < 1e-4
         with pytest.raises(ValueError, match="closed"):
             ch.add(u, pieces[0])
+    finally:
+        pool.close()
+
+
+def test_rendering_slower_than_real_time_waits_at_the_start_then_plays_through(engine, avatar, speech,
+                                                                                  monkeypatch):
+    """Where the renderer makes fewer than 25 frames/s, the utterance waits before its first frame
+    for as many as it needs, then plays without pausing mid-sentence."""
+    real_push = AvatarSession.push
+
+    def slow(self, audio=None, frame=None, sample_rate=None):
+        out = real_push(self, audio, frame, sample_rate)
+        time.sleep(0.08 * len(out))  # about 12 frames/s
+        return out
+
+    monkeypatch.setattr(AvatarSession, "push", slow)
+    pool = RenderPool(engine)
+    try:
+        ch = Channel(engine, avatar, pool)
+
+        def play(u, limit=15.0):
+            ticks, t_end = [], time.monotonic() + limit
+            while (u.shown < 1 or ch.speaking) and time.monotonic() < t_end:
+                ticks.append(ch.tick())
+                time.sleep(0.04)
+            return [t for t in ticks if t.utterance == u.id]
+
+        play(ch.say(speech[: 8 * 640]))  # the renderer measures itself on a first one
+        assert pool.rate() is not None and pool.rate() < 20
+        u = ch.say(speech[: 40 * 640])
+        ticks = play(u)
+        pos = [t.position for t in ticks]
+        first = next(i for i, p in enumerate(pos) if p is not None)
+        assert pos[first:] == list(range(40)), "paused mid-sentence"
+        assert u.waited == first > 5 and u.stalls == u.waited
     finally:
         pool.close()
 

@@ -136,8 +136,23 @@ class Browser:
         return self
 
     async def open(self, url: str) -> Page:
-        async with self.http.put(f"http://127.0.0.1:{self.port}/json/new?about:blank") as r:
-            target = await r.json()
+        """Another tab, in a window of its own (a background tab would not render its video)."""
+        async with self.http.get(f"http://127.0.0.1:{self.port}/json/version") as r:
+            browser_ws = (await r.json())["webSocketDebuggerUrl"]
+        ws = await self.http.ws_connect(browser_ws)
+        try:
+            await ws.send_str(json.dumps({"id": 1, "method": "Target.createTarget",
+                                          "params": {"url": "about:blank", "newWindow": True}}))
+            tid = None
+            async for msg in ws:
+                data = json.loads(msg.data)
+                if data.get("id") == 1:
+                    tid = data["result"]["targetId"]
+                    break
+        finally:
+            await ws.close()
+        async with self.http.get(f"http://127.0.0.1:{self.port}/json") as r:
+            target = next(t for t in await r.json() if t.get("id") == tid)
         page = await Page(self, target)._attach()
         await page.goto(url)
         return page

@@ -76,6 +76,8 @@ class Utterance:
     shown: int = 0
     stalls: int = 0
     first_shown: float | None = None  # time.monotonic() when its first frame was ticked (sent)
+    preroll: int = 0  # frames to have rendered before the first is shown (set when it is about to start)
+    waited: int = 0  # ticks it waited at its start for the pre-roll (the rest of ``stalls`` came later)
     cancelled: bool = False
     error: str | None = None
     done_rendering: bool = False
@@ -104,10 +106,19 @@ class Tick:
 
 class RenderPool:
     """One thread that renders the utterances of all channels of an ``Engine``, a chunk at a time,
-    round-robin, each at most ``ahead`` frames ahead of its playback (memory stays bounded)."""
+    round-robin, each at most ``ahead`` frames ahead of its playback (more where a pre-roll needs
+    it, up to ``max_buffer_mb`` of frames), so memory stays bounded.
 
-    def __init__(self, engine, ahead: int = 50, silence: str | None = None):
+    It measures its compute time per frame (a running mean): with ``J`` utterances in work each
+    gets ``1 / (J * seconds per frame)`` frames per second; where that is less than real time,
+    ``preroll`` tells a channel how many frames to have before an utterance starts so that it then
+    plays through without pausing."""
+
+    def __init__(self, engine, ahead: int = 50, silence: str | None = None, max_buffer_mb: float = 256.0):
         self.engine, self.ahead, self.silence = engine, int(ahead), silence
+        self.max_buffer_mb = float(max_buffer_mb)
+        self.fps = engine.config.stream.fps
+        self._sec_per_frame: float | None = None  # running mean of compute seconds per rendered frame
         self._jobs: list = []
         self._cv = threading.Condition()
         self._stop = False
@@ -133,6 +144,25 @@ class RenderPool:
     def busy(self) -> int:
         return len(self._jobs)
 
+    def rate(self) -> float | None:
+        """Frames per second each utterance in work gets now (None: nothing measured yet)."""
+        if self._sec_per_frame is None:
+            return None
+        return 1.0 / (max(1, len(self._jobs)) * self._sec_per_frame)
+
+    def preroll(self, utt: Utterance, frame_bytes: int, samples_per_frame: int) -> int:
+        """Frames ``utt`` should have rendered before its first is shown: enough that at the
+        measured rate it plays through (``n (1 - rate / fps)``), within the memory cap."""
+        n = utt.n_frames(samples_per_frame)
+        r = self.rate()
+        if n is None or r is None or r >= self.fps:
+            return 1
+        cap = max(1, int(self.max_buffer_mb * 2**20 / max(frame_bytes, 1)))
+        return max(1, min(n, cap, math.ceil(n * (1.0 - r / self.fps)) + 2))
+
+    def _buffer_limit(self, utt: Utterance) -> int:
+        return max(self.ahead, utt.preroll)
+
     def _job(self, channel: "Channel", utt: Utterance):
         """A generator: each ``next`` renders one chunk's push, or yields ``False`` without work
         (no audio yet, or far enough ahead of its playback)."""
@@ -145,14 +175,19 @@ class RenderPool:
             have, closed = utt.audio.size, not utt.open
             if pos >= have and closed:
                 break
-            if (have - pos < step and not closed) or utt.rendered - utt.shown >= self.ahead:
+            if (have - pos < step and not closed) or utt.rendered - utt.shown >= self._buffer_limit(utt):
                 yield False
                 continue
             if session is None:  # the first audio is here: start on the loop's next chunk boundary
                 session = AvatarSession(self.engine, channel.avatar, silence=self.silence,
                                         start=channel._claim_start(utt))
             n = min(step, have - pos)
+            t0 = time.perf_counter()
             out = session.push(utt.audio.get(pos, pos + n))
+            if out:
+                spf = (time.perf_counter() - t0) / len(out)
+                m = self._sec_per_frame
+                self._sec_per_frame = spf if m is None else 0.9 * m + 0.1 * spf
             pos += n
             self._deliver(utt, out)
             yield True
@@ -302,6 +337,12 @@ class Channel:
             if u is not None and (u.error is not None or u.cancelled):
                 self._current = u = None
             if u is not None and u.start is not None and self._loop_pos >= u.start:
+                if u.shown == 0 and not u.done_rendering:  # about to start: rendering slower than real time
+                    u.preroll = self.pool.preroll(u, self._last_image.nbytes, self.samples_per_frame)
+                    if len(u.frames) < u.preroll:  # wait here rather than pause mid-sentence
+                        u.stalls += 1
+                        u.waited += 1
+                        return Tick(i, self._last_image, self._silence, u.id, None, self._last_j)
                 if u.frames:
                     img = u.frames.popleft()
                     k = u.shown

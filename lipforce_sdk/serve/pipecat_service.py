@@ -140,6 +140,8 @@ class LipforceVideoService(FrameProcessor):
         self._pace_task: asyncio.Task | None = None
         self._last_tick: Tick | None = None
         self.frames_pushed = 0
+        self.clock_restarts = 0  # times the clock fell > 0.5 s behind and started afresh (frames skipped)
+        self.clock_skipped_s = 0.0  # the time those restarts skipped
 
     # ---- what it shows ----
     @property
@@ -367,6 +369,8 @@ class LipforceVideoService(FrameProcessor):
             n += 1
             delay = t0 + n * period - loop.time()
             if delay < -0.5:  # the loop was held up: start the clock afresh rather than burst
+                self.clock_restarts += 1
+                self.clock_skipped_s += -delay
                 t0, n, delay = loop.time(), 0, 0.0
             await asyncio.sleep(max(0.0, delay))
 

@@ -138,7 +138,7 @@ class _Peer:
 
     def stats(self) -> dict:
         spf = self.channel.samples_per_frame
-        utts = [{"id": u.id, "frames": u.n_frames(spf), "shown": u.shown, "stalls": u.stalls,
+        utts = [{"id": u.id, "frames": u.n_frames(spf), "shown": u.shown, "stalls": u.stalls, "waited": u.waited,
                  "latency_ms": None if u.latency_ms is None else round(u.latency_ms, 1),
                  "cancelled": u.cancelled, "error": u.error} for u in self.channel.history]
         return {"session": self.id, "connected": self.connected, "speaking": self.channel.speaking,
