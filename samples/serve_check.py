@@ -66,6 +66,7 @@ def cmd_latency(a) -> int:
     finally:
         st.close()
     off = np.array([x for m in rows for x in m["av_offset_ms"]])
+    pre = np.array([x for m in rows for x in m["av_offset_presented_ms"]])
     print(f"\n{st.server.backend}, avatar one picture {st.server.avatar.frame_hw}, {a.runs} page visits")
     print("| measure | median | min | max |\n| --- | --- | --- | --- |")
     for name, key in (("frames displayed per second", "fps"), ("Say pressed -> first mouth frame displayed (ms)",
@@ -73,8 +74,10 @@ def cmd_latency(a) -> int:
                       ("WAV posted -> its first frame displayed (ms)", "wav_to_frame_ms")):
         v = np.array([m[key] for m in rows])
         print(f"| {name} | {np.median(v):.1f} | {v.min():.1f} | {v.max():.1f} |")
-    print(f"| sound after its picture (ms, {off.size} tone bursts) | {np.median(off):.1f} | {off.min():.1f} | "
-          f"{off.max():.1f} |")
+    print(f"| sound after its picture, as the page has them (ms, {off.size} tone bursts) | {np.median(off):.1f} | "
+          f"{off.min():.1f} | {off.max():.1f} |")
+    print(f"| the same, as output and displayed (browser's estimates) | {np.median(pre):.1f} | {pre.min():.1f} | "
+          f"{pre.max():.1f} |")
     print(f"| mouth change per frame, speaking / idle (levels) | {np.median([m['mouth_speaking'] for m in rows]):.2f}"
           f" / {np.median([m['mouth_idle'] for m in rows]):.2f} | | |")
     return 0

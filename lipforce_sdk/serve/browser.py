@@ -240,8 +240,11 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     - ``fps``: frames displayed per second over the whole visit;
     - ``mouth_idle`` / ``mouth_speaking``: mean change of the mouth region between displayed
       frames (0-255 levels) while idle and while the typed text plays;
-    - ``av_offset_ms``: per tone burst, its onset in the received sound (Web Audio analyser)
-      minus the display callback of the frame stamped with the burst's frame (positive: sound later);
+    - ``av_offset_ms``: per tone burst, when the page's audio graph had its onset (placed to the
+      sample, on the audio clock) minus the video frame callback of the frame stamped with the
+      burst's frame (positive: sound later); ``av_offset_presented_ms``: the same between when the
+      onset reaches the audio output (``getOutputTimestamp``) and the frame's expected display time
+      (both include the browser's own output estimates, which a headless one makes up);
     - ``text_to_frame_ms``: Say pressed -> the utterance's first frame displayed;
       ``wav_to_frame_ms``: the WAV posted -> its first frame displayed;
     - ``sessions``, ``backend`` from the server.
@@ -280,7 +283,8 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         if screenshot is not None:
             await b.eval("document.getElementById('text').value = " + json.dumps(text))
             await b.screenshot(screenshot)
-        data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, audio: window.lipforce.audio})"))
+        data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, audio: window.lipforce.audio, "
+                                       "onsets: window.lipforce.onsets})"))
     log, au = data["log"], data["audio"]
     t = np.array([e["t"] for e in log])
     st = np.array([e["stamp"] for e in log])
@@ -294,29 +298,37 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     idle[:5] = False
     at = np.array([a["t"] for a in au])
     rms = np.array([a["rms"] for a in au])
-    tt, ss = t[tone], st[tone]
-    onsets = np.flatnonzero((rms[1:] > 0.15) & (rms[:-1] <= 0.15)) + 1
-    onsets = at[onsets[at[onsets] > t_post]]
-    offsets = []
-    for k in TONE_FRAMES:
+    disp = np.array([e["display"] for e in log])
+    tt, dd, ss = t[tone], disp[tone], st[tone]
+    onsets = [o for o in data.get("onsets") or [] if o["decoded"] > t_post]
+
+    def frame_time(times, k):
+        """When the frame stamped ``k + 1`` came up (between its neighbours where its callback was skipped)."""
         hit = np.flatnonzero(ss == k + 1)
-        if hit.size:  # the first display of the frame stamped with the burst's frame
-            tv = float(tt[hit[0]])
-        else:  # its display callback was skipped: between its neighbours'
-            before, after = np.flatnonzero(ss < k + 1), np.flatnonzero(ss > k + 1)
-            if not before.size or not after.size:
-                continue
-            i, j = before[-1], after[0]
-            tv = float(tt[i] + (tt[j] - tt[i]) * (k + 1 - ss[i]) / (ss[j] - ss[i]))
-        near = onsets[np.abs(onsets - tv) < 500.0]
-        if near.size:
-            offsets.append(float(near[np.argmin(np.abs(near - tv))] - tv))
+        if hit.size:
+            return float(times[hit[0]])
+        before, after = np.flatnonzero(ss < k + 1), np.flatnonzero(ss > k + 1)
+        if not before.size or not after.size:
+            return None
+        i, j = before[-1], after[0]
+        return float(times[i] + (times[j] - times[i]) * (k + 1 - ss[i]) / (ss[j] - ss[i]))
+
+    offsets, presented = [], []
+    for k in TONE_FRAMES:
+        tv, dv = frame_time(tt, k), frame_time(dd, k)
+        near = [o for o in onsets if tv is not None and abs(o["decoded"] - tv) < 500.0]
+        if not near:
+            continue
+        o = min(near, key=lambda o: abs(o["decoded"] - tv))
+        offsets.append(float(o["decoded"] - tv))
+        presented.append(float(o["played"] - dv))
     return {
         "fps": float(1000.0 * (len(t) - 1) / (t[-1] - t[0])),
         "frames": int(len(t)),
         "mouth_idle": float(np.nanmean(diff[idle])),
         "mouth_speaking": float(np.nanmean(diff[first])),
         "av_offset_ms": offsets,
+        "av_offset_presented_ms": presented,
         "text_to_frame_ms": float(t[runs[0]] - t_press),
         "wav_to_frame_ms": float(t[runs[1]] - t_post),
         "sessions": stats["sessions"],
