@@ -1300,6 +1300,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder-steps", type=int, default=None)
     p.add_argument("--dit-steps", type=int, default=None,
                    help="DiT training steps (default: " + ", ".join(f"{k} {v}" for k, v in DIT_STEPS.items()) + ")")
+    p.add_argument("--dit-lr", type=float, default=None, help="DiT learning rate (default 1e-3)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="discard an unfinished enrollment of --out")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
@@ -1308,7 +1309,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_args(a) -> EnrollResult:
     over = {k: v for k, v in (("loop_seconds", a.loop_seconds), ("decoder_steps", a.decoder_steps),
-                              ("dit_steps", a.dit_steps)) if v is not None}
+                              ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr)) if v is not None}
     try:
         return enroll(a.source, a.out, kind=a.kind, model=a.model, device=a.device, start=a.start, end=a.end,
                       config=EnrollConfig(**over), force=a.force, restart=a.restart, threads=a.threads,
