@@ -86,7 +86,7 @@ def cmd_latency(a) -> int:
 async def _soak(st, n: int, seconds: float) -> dict:
     from lipforce_sdk.serve.browser import Browser
 
-    url = st.url + "/?token=check&measure=1"
+    url = st.url + "/?token=check&measure=2"
     ready = ("window.lipforce && window.lipforce.session && window.lipforce.frames > 10")
     async with Browser(url) as main, Browser(url) as vanisher:
         pages = [main.page] + [await main.open(url) for _ in range(n - 2)]
@@ -96,7 +96,8 @@ async def _soak(st, n: int, seconds: float) -> dict:
         gone = await vanisher.page.eval("window.lipforce.session")
         presses = {i: [] for i in range(len(pages))}
         mem, t0 = [], time.monotonic()
-        schedule = sorted((r * 15.0 + 1.7 * i, i) for r in range(int(seconds // 15)) for i in range(len(pages)))
+        # one press every 3.5 s, tab after tab (one or two speak at a time; each tab more than once)
+        schedule = [(2.0 + 3.5 * k, k % len(pages)) for k in range(int((seconds - 6.0) // 3.5))]
         killed_at = None
         while time.monotonic() - t0 < seconds:
             now = time.monotonic() - t0
@@ -111,10 +112,14 @@ async def _soak(st, n: int, seconds: float) -> dict:
                 killed_at = time.monotonic() - t0
             mem.append((now, rss_mb(), len(st.server.peers)))
             await asyncio.sleep(0.5)
-        logs = [json.loads(await p.eval("JSON.stringify(window.lipforce.log.map(e => [e.t, e.stamp]))")) for p in pages]
+        await asyncio.sleep(4.0)  # the last utterances finish
+        logs = [json.loads(await p.eval("JSON.stringify(window.lipforce.log.map(e => [e.t, e.stamp, e.utterance]))"))
+                for p in pages]
+        said = [await p.eval("window.lipforce.said") for p in pages]
         peers_left = set(st.server.peers)
         stats = {sid: st.server.peers[sid].stats() for sid in sids if sid in st.server.peers}
-    return {"sids": sids, "gone": gone, "presses": presses, "logs": logs, "mem": mem, "killed_at": killed_at,
+    return {"sids": sids, "gone": gone, "presses": presses, "logs": logs, "said": said, "mem": mem,
+            "killed_at": killed_at,
             "peers_left": peers_left, "stats": stats}
 
 
@@ -124,25 +129,28 @@ def cmd_soak(a) -> int:
         r = asyncio.run(_soak(st, a.clients, a.seconds))
     finally:
         st.close()
+    if a.dump:
+        with open(a.dump, "w") as f:
+            json.dump({k: v for k, v in r.items() if k != "logs"}, f, indent=1, default=str)
     ok = True
     print(f"{a.clients} viewers ({a.clients - 1} tabs + 1 killed at {r['killed_at']:.1f} s), {a.seconds:.0f} s, "
           f"{st.server.backend}")
-    print("| tab | presses | utterances shown | runs of its own frames | frames/s displayed | frames started before "
-          "a press (cross-talk) | stalls |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| tab | presses | its utterances seen | other utterances seen (cross-talk) | frames/s sent (server) | "
+          "frames/s displayed | waited at start (frames) | paused mid-utterance (frames) | frames dropped (encoder behind) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, (sid, log) in enumerate(zip(r["sids"], r["logs"])):
         t = np.array([e[0] for e in log])
-        s = np.array([e[1] for e in log])
-        starts = t[1:][(s[1:] > 0) & (s[:-1] == 0)]
-        press = np.array(r["presses"][i])
-        stray = sum(1 for x in starts if not (press < x).any() or x - press[press < x].max() > 10_000)
+        seen = {e[2] for e in log if e[2]}
+        mine = {u & 0xFFFF for u in r["said"][i] if u is not None}
+        stray = seen - mine
         st_i = r["stats"].get(sid, {})
         utts = st_i.get("utterances", [])
-        shown = sum(1 for u in utts if u["frames"] and u["shown"] >= u["frames"])
         fps = 1000.0 * (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
-        stalls = sum(u["stalls"] for u in utts)
-        ok &= stray == 0 and len(starts) >= len(press) - 1
-        print(f"| {i} | {len(press)} | {shown} | {len(starts)} | {fps:.1f} | {stray} | {stalls} |")
+        waited = sum(u["waited"] for u in utts)
+        paused = sum(u["stalls"] - u["waited"] for u in utts)
+        ok &= not stray and len(seen) >= 1
+        print(f"| {i} | {len(r['presses'][i])} | {len(seen & mine)} of {len(mine)} | {len(stray)} | "
+              f"{st_i.get('sent_fps')} | {fps:.1f} | {waited} | {paused} | {st_i.get('frames_dropped')} |")
     freed = r["gone"] not in r["peers_left"]
     ok &= freed
     mem = np.array([m[1] for m in r["mem"]])
@@ -184,6 +192,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--out", default="serve_page.png")
+    ap.add_argument("--dump", default=None, help="soak: also write what it saw to this JSON")
     ap.add_argument("--at", type=float, default=0.6, help="screenshot: seconds into the speech")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

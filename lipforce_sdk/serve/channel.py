@@ -77,6 +77,7 @@ class Utterance:
     stalls: int = 0
     first_shown: float | None = None  # time.monotonic() when its first frame was ticked (sent)
     preroll: int = 0  # frames to have rendered before the first is shown (set when it is about to start)
+    frame_bytes: int = 0  # of one rendered frame
     waited: int = 0  # ticks it waited at its start for the pre-roll (the rest of ``stalls`` came later)
     cancelled: bool = False
     error: str | None = None
@@ -107,7 +108,7 @@ class Tick:
 class RenderPool:
     """One thread that renders the utterances of all channels of an ``Engine``, a chunk at a time,
     round-robin, each at most ``ahead`` frames ahead of its playback (more where a pre-roll needs
-    it, up to ``max_buffer_mb`` of frames), so memory stays bounded.
+    it, with at most ``max_buffer_mb`` of frames waiting over all of them), so memory stays bounded.
 
     It measures its compute time per frame (a running mean): with ``J`` utterances in work each
     gets ``1 / (J * seconds per frame)`` frames per second; where that is less than real time,
@@ -157,11 +158,14 @@ class RenderPool:
         r = self.rate()
         if n is None or r is None or r >= self.fps:
             return 1
-        cap = max(1, int(self.max_buffer_mb * 2**20 / max(frame_bytes, 1)))
+        cap = max(1, int(self.max_buffer_mb * 2**20 / max(frame_bytes, 1)) // max(1, len(self._jobs)))
         return max(1, min(n, cap, math.ceil(n * (1.0 - r / self.fps)) + 2))
 
     def _buffer_limit(self, utt: Utterance) -> int:
-        return max(self.ahead, utt.preroll)
+        if utt.preroll <= self.ahead:
+            return self.ahead
+        held = sum((u.rendered - u.shown) * u.frame_bytes for u, _ in list(self._jobs))
+        return self.ahead if held > self.max_buffer_mb * 2**20 else utt.preroll
 
     def _job(self, channel: "Channel", utt: Utterance):
         """A generator: each ``next`` renders one chunk's push, or yields ``False`` without work
@@ -266,7 +270,8 @@ class Channel:
             if self.closed:
                 raise RuntimeError("the channel is closed")
             self._cut()
-            utt = Utterance(next(self._ids), time.monotonic() if posted is None else posted)
+            utt = Utterance(next(self._ids), time.monotonic() if posted is None else posted,
+                            frame_bytes=int(self._last_image.nbytes))
             self._resamplers[utt.id] = (StreamResampler(sample_rate or self.sample_rate, self.sample_rate),
                                         StreamResampler(sample_rate or self.sample_rate, self.playback_rate))
             self._current = utt

@@ -18,6 +18,7 @@ reason and leave the other viewers alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import fractions
 import functools
@@ -57,7 +58,7 @@ class ServeLimits:
 def stamp_frame(img: np.ndarray, value: int, row: int = 0) -> np.ndarray:
     """Write ``value`` (16 bits) into row ``row`` of the frame's top-left corner as black/white 8x8
     cells (a measurement aid: with ``--stamp`` row 0 holds the utterance frame number + 1, 0 when
-    idle, and row 1 the avatar's loop frame under the picture)."""
+    idle, row 1 the avatar's loop frame under the picture, row 2 the utterance's id, 0 when idle)."""
     out = img.copy()
     y = row * STAMP_CELL
     for b in range(STAMP_BITS):
@@ -72,6 +73,11 @@ def read_stamp(img: np.ndarray, row: int = 0) -> int:
         if img[y + 1:y + STAMP_CELL - 1, b * STAMP_CELL + 1:(b + 1) * STAMP_CELL - 1].mean() > 127:
             v |= 1 << b
     return v
+
+
+def _rate(times) -> float | None:
+    """Events per second over the times kept."""
+    return None if len(times) < 2 else round((len(times) - 1) / max(times[-1] - times[0], 1e-6), 2)
 
 
 class _Peer:
@@ -105,8 +111,8 @@ class _Peer:
             if self.server.stamp:  # a stall holds the picture: it keeps that frame's number
                 if tick.position is not None or tick.utterance is None:
                     self._stamp = 0 if tick.position is None else tick.position + 1
-                img = stamp_frame(tick.image, self._stamp)
-                tick = dataclasses.replace(tick, image=stamp_frame(img, tick.loop_frame, row=1))
+                img = stamp_frame(stamp_frame(tick.image, self._stamp), tick.loop_frame, row=1)
+                tick = dataclasses.replace(tick, image=stamp_frame(img, (tick.utterance or 0) & 0xFFFF, row=2))
             self.video.put(tick)
             self.audio.put(tick)
             n += 1
@@ -143,6 +149,7 @@ class _Peer:
                  "cancelled": u.cancelled, "error": u.error} for u in self.channel.history]
         return {"session": self.id, "connected": self.connected, "speaking": self.channel.speaking,
                 "fps": None if self.fps is None else round(self.fps, 2), "frames_sent": self.video.sent,
+                "sent_fps": _rate(self.video.sent_times), "frames_dropped": self.video.dropped,
                 "utterances": utts[-8:]}
 
 
@@ -160,6 +167,7 @@ def _tracks():
             self.q: asyncio.Queue = asyncio.Queue(maxsize=8)
             self.sent = 0
             self.dropped = 0
+            self.sent_times: collections.deque = collections.deque(maxlen=50)
 
         def put(self, tick: Tick) -> None:
             if self.q.full():  # the sender is behind (encoder, network): show the newest
@@ -172,6 +180,7 @@ def _tracks():
             f = av.VideoFrame.from_ndarray(tick.image, format="rgb24")
             f.pts, f.time_base = tick.index * (VIDEO_CLOCK // 25), fractions.Fraction(1, VIDEO_CLOCK)
             self.sent += 1
+            self.sent_times.append(time.monotonic())
             return f
 
     class AudioTrack(MediaStreamTrack):
@@ -285,8 +294,19 @@ class AvatarServer:
         app.router.add_post("/stop", self.stop)
         app.router.add_post("/close", self.close_session)
         app.router.add_get("/stats", self.stats)
+        app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
         return app
+
+    async def _startup(self, app) -> None:
+        # aiortc encodes every frame in the loop's default executor, each sender waiting for its own:
+        # Python's default (cores + 4 threads) makes 8 viewers' 16 senders queue behind each other
+        # (12 of 25 frames/s sent); give every sender a thread of its own.
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._executor = ThreadPoolExecutor(max_workers=2 * self.limits.max_sessions + 4,
+                                            thread_name_prefix="lipforce-encode")
+        asyncio.get_running_loop().set_default_executor(self._executor)
 
     async def page(self, request):
         from aiohttp import web
