@@ -64,7 +64,10 @@ $("go").onclick = async () => {
     body: JSON.stringify({sdp: pc.localDescription.sdp, type: pc.localDescription.type})});
   await pc.setRemoteDescription(await r.json());
 };
-$("say").onclick = () => { if ($("t").value) dc.send(JSON.stringify({type: "say", text: $("t").value})); $("t").value = ""; };
+$("say").onclick = () => {
+  if ($("t").value) dc.send(JSON.stringify({type: "say", text: $("t").value}));
+  $("t").value = "";
+};
 $("t").onkeydown = (e) => { if (e.key === "Enter") $("say").onclick(); };
 $("stop").onclick = () => dc.send(JSON.stringify({type: "stop"}));
 setInterval(() => dc && dc.readyState === "open" && dc.send("ping"), 1000);  // pipecat's keep-alive
@@ -79,8 +82,8 @@ SCRIPT = [
 
 
 def load_engine(model: str | None, backend: str):
-    """An exported model directory as is; a weights directory (default: the bundled model) exported
-    to ONNX once into lipforce's cache (as ``lipforce serve`` does)."""
+    """An exported model directory as is; a weights directory (None: the bundled base model)
+    exported to ONNX once into lipforce's cache (as ``lipforce serve`` does)."""
     from lipforce_sdk import Engine, default_model_dir
     from lipforce_sdk.serve import exported_graphs
 
@@ -171,15 +174,16 @@ def serve(a) -> int:
     from aiohttp import web
     from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 
-    from lipforce_sdk.avatar import Avatar
-    from lipforce_sdk.serve import RenderPool, default_avatar
+    from lipforce_sdk.serve import PHOTO_AVATAR_DIR, RenderPool, load_avatar
     from lipforce_sdk.serve.speech import espeak_path
 
     if espeak_path() is None:
         print("espeak-ng is not installed (apt-get install espeak-ng)", file=sys.stderr)
         return 1
-    engine = load_engine(a.model, a.backend)
-    avatar = Avatar.load(a.avatar) if a.avatar else default_avatar(engine, loop_seconds=a.loop_seconds)
+    # as `lipforce serve`: by default the bundled photo enrolled as an avatar (a model with its avatar)
+    model = a.model or (str(PHOTO_AVATAR_DIR) if a.avatar is None else None)
+    engine = load_engine(model, a.backend)
+    avatar = load_avatar(engine, a.avatar, model)
     pool = RenderPool(engine)  # one render thread for every session
     sessions: set = set()
 
@@ -269,12 +273,14 @@ async def client(url: str, seconds: float, say: str | None) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
-    p.add_argument("--avatar", default=None, metavar="DIR", help="a prepared avatar (default: the bundled photo clip)")
-    p.add_argument("--loop-seconds", type=float, default=6.0, help="length of the bundled clip's loop")
+    p.add_argument("--model", default=None, help="model directory; an enrolled one brings its avatar (default: "
+                                                 "the bundled photo enrolled, lipforce_sdk/assets/photo_avatar)")
+    p.add_argument("--avatar", default=None, metavar="DIR",
+                   help="a prepared avatar folder (default: the model's, else the bundled photo clip's first 6 s)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"])
     p.add_argument("--voice", default="en-us", help="espeak-ng voice")
     p.add_argument("--sample-rate", type=int, default=24000, help="the pipeline's output audio rate")

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("pipecat", reason="the pipecat integration needs the pipecat extra (pip install 'lipforce[pipecat]')")
+pytest.importorskip("pipecat", reason="the pipecat integration needs the pipecat extra "
+                                      "(pip install 'lipforce[pipecat]')")
 
 from pipecat.frames.frames import (  # noqa: E402
     EndFrame,
@@ -124,8 +125,12 @@ async def run_pipeline(engine, avatar, script, **service_kw):
         started.set()
 
     async def drive():
-        await asyncio.wait_for(started.wait(), timeout=20)
-        out = await script(tts, rec, service)
+        try:
+            await asyncio.wait_for(started.wait(), timeout=20)
+            out = await script(tts, rec, service)
+        except BaseException:
+            await worker.cancel()  # a failed wait ends the pipeline too (the test fails, it does not hang)
+            raise
         await worker.queue_frame(EndFrame())
         return out
 
@@ -199,7 +204,10 @@ def test_pipeline_idles_speaks_in_step_and_is_cut_by_an_interruption(engine, ava
     assert abs(np.median(dt) - 40) <= 3, np.median(dt)
     assert [meta(f)["index"] for _, _, f in imgs] == list(range(len(imgs))), "a tick was lost or pushed twice"
 
-    # the TTS's own audio frames do not go downstream; only the service's, one per speaking tick
+    # the TTS's own audio frames do not go downstream: only the service's, 40 ms each, with a tick
+    auds = [f for _, f in rec.got if isinstance(f, OutputAudioRawFrame)]
+    assert auds and all("lipforce" in f.metadata and f.num_frames == PER_TICK for f in auds)
+    assert all(meta(f)["utterance"] is not None for f in auds), "sound pushed while idle"
     ua, ub, uc = (next(meta(f)["utterance"] for _, _, f in imgs if meta(f)["context_id"] == cid) for cid in "abc")
     utt = {u.id: u for u in service.channel.history}
 
@@ -233,7 +241,8 @@ def test_pipeline_idles_speaks_in_step_and_is_cut_by_an_interruption(engine, ava
     assert all(meta(f)["utterance"] is None for f in after)
     assert [meta(f)["loop_frame"] for f in after] == [int(avatar.loop_index(start_a + n_a + k)) for k in range(10)]
     assert all(f.image == avatar.frames[meta(f)["loop_frame"]].tobytes() for f in after)
-    assert not any(isinstance(f, OutputAudioRawFrame) for _, f in rec.got[auds_a[-1][0] + 1:rec.index_of(TTSStartedFrame, "b")[0]])
+    i_b = rec.index_of(TTSStartedFrame, "b")[0]
+    assert not any(isinstance(f, OutputAudioRawFrame) for _, f in rec.got[auds_a[-1][0] + 1:i_b])
 
     # "b" is cut by the interruption within two frames; its TTSStopped is dropped with it
     imgs_b, auds_b = spoken(rec, ub)
@@ -264,7 +273,8 @@ def test_pipeline_idles_speaks_in_step_and_is_cut_by_an_interruption(engine, ava
 def test_responses_queue_resample_and_idle_while_the_tts_waits(engine, avatar, speech16):
     """Two responses sent at once play one after the other (the second does not cut the first);
     16 kHz TTS audio comes out at the pipeline's 24 kHz; a response whose audio stops coming
-    before its TTSStopped idles on the loop (does not freeze) and goes on when more comes."""
+    before its TTSStopped idles on the loop (does not freeze) and goes on when more comes; an
+    EndFrame right behind the last audio lets it play out."""
     x = pcm(speech16[:16000])  # 1.0 s at 16 kHz
     y = pcm(speech16[16000:28000])  # 0.75 s
     z1, z2 = pcm(speech16[32000:40000]), pcm(speech16[40000:48000])  # 0.5 s + 0.5 s
@@ -280,13 +290,13 @@ def test_responses_queue_resample_and_idle_while_the_tts_waits(engine, avatar, s
 
         def idle_after_z1():  # idle frames after z1's last frame (never, if the picture froze on it)
             ims = rec.images()
-            last = [k for k, (_, _, f) in enumerate(ims) if meta(f)["context_id"] == "z" and meta(f)["position"] == n1 - 1]
+            last = [k for k, (_, _, f) in enumerate(ims)
+                    if meta(f)["context_id"] == "z" and meta(f)["position"] == n1 - 1]
             return last and sum(meta(f)["utterance"] is None for _, _, f in ims[last[0] + 1:]) >= 12
 
         await rec.until(idle_after_z1)  # then the rest of its audio comes
         await tts.speak("z", z2, 16000, started=False)
-        await rec.until(lambda: rec.index_of(TTSStoppedFrame, "z"))
-        return None
+        return None  # the EndFrame follows at once: what was said plays out first
 
     rec, service, _ = asyncio.run(run_pipeline(engine, avatar, script))
     hist = {u.id: u for u in service.channel.history}
@@ -335,3 +345,5 @@ def test_responses_queue_resample_and_idle_while_the_tts_waits(engine, avatar, s
         want = resample(src.astype(np.float32) / 32768, 16000, OUT_RATE) * 32768
         assert np.max(np.abs(sound[:want.size] - want)) <= 2.0
     assert rec.index_of(TTSStoppedFrame, "z")[0] > az2[-1][0]
+    assert [meta(f)["position"] for _, f in iz2] == list(range(math.ceil(z2.size / spf)))
+    assert isinstance(rec.got[-1][1], EndFrame) and not hist[uz[1]].cancelled

@@ -101,7 +101,6 @@ class _Response:
     interruptible: bool = True
     utt: Utterance | None = None  # on the channel now
     last_audio: float = 0.0  # time.monotonic() of its latest audio
-    samples: int = 0
     error_reported: bool = False
 
 
@@ -131,6 +130,7 @@ class LipforceVideoService(FrameProcessor):
         self._sample_rate = sample_rate
         self.idle_audio = bool(idle_audio)
         self.stall_close_s = float(stall_close_s)
+        self.end_timeout_s = 5.0
         self._lead = lead
         self._destination = transport_destination
         self.channel: Channel | None = None
@@ -170,6 +170,8 @@ class LipforceVideoService(FrameProcessor):
             await self._end(frame)
         elif isinstance(frame, CancelFrame):
             await self._cancel(frame)
+        elif self.channel is None:  # not started (or no channel could be made): everything passes
+            await self.push_frame(frame, direction)
         elif isinstance(frame, InterruptionFrame):
             await self._interrupt(frame)
         elif isinstance(frame, TTSAudioRawFrame):
@@ -196,23 +198,37 @@ class LipforceVideoService(FrameProcessor):
         if self._pool is None:
             self._pool = RenderPool(self.engine)
         if self.channel is None:
-            self.channel = Channel(self.engine, self.avatar, self._pool, lead=self._lead, playback_rate=rate)
+            try:
+                self.channel = Channel(self.engine, self.avatar, self._pool, lead=self._lead, playback_rate=rate)
+            except ValueError as e:  # a rate that is not a whole number of samples per frame
+                await self.push_frame(frame)
+                await self.push_error(f"lipforce: {e}; pass sample_rate= (a multiple of 25)",
+                                      exception=e, force_treat_as_permanent=True)
+                return
         await self.push_frame(frame)
         if self._pace_task is None:
             self._pace_task = self.create_task(self._pace(), name=f"{self}::pace")
 
     async def _end(self, frame: EndFrame):
-        """Let what was said play out (bounded by its length), then stop."""
+        """Let what was said play out, then stop (it gives up if nothing renders or shows for
+        ``end_timeout_s``)."""
         async with self._lock:
             self._close_receiving()
             await self._advance()
-            left = sum(r.samples / (r.rate or 1) for r in self._responses())
-        deadline = time.monotonic() + left + 2.0
-        while self.speaking and self._pace_task is not None and time.monotonic() < deadline:
+        last, since = None, time.monotonic()
+        while self.speaking and self._pace_task is not None:
+            r = self._active
+            u = r.utt if r is not None else None
+            state = (id(r), len(self._queue), None if u is None else (u.id, u.shown, u.rendered))
+            if state != last:
+                last, since = state, time.monotonic()
+            elif time.monotonic() - since > self.end_timeout_s:
+                logger.warning(f"{self}: the avatar made no progress for {self.end_timeout_s:g} s; ending")
+                break
             await asyncio.sleep(0.02)
         await self._stop_pacing()
         async with self._lock:
-            for r in self._responses():  # ran out of time: what they were waiting for is over
+            for r in self._responses():  # gave up: what was waiting for them is over
                 for f in r.head + r.tail:
                     await self.push_frame(f)
             self._active, self._queue = None, deque()
@@ -288,7 +304,6 @@ class LipforceVideoService(FrameProcessor):
                 r.context_id = frame.context_id
             r.interruptible = r.interruptible and frame.interruptible
             r.last_audio = time.monotonic()
-            r.samples += x.size
             if r is self._active and r.utt is not None and r.utt.open:
                 self.channel.add(r.utt, x, more=True)
             else:
