@@ -83,7 +83,7 @@ def cmd_latency(a) -> int:
     return 0
 
 
-async def _soak(st, n: int, seconds: float) -> dict:
+async def _soak(st, n: int, seconds: float, every: float) -> dict:
     from lipforce_sdk.serve.browser import Browser
 
     url = st.url + "/?token=check&measure=2"
@@ -96,8 +96,8 @@ async def _soak(st, n: int, seconds: float) -> dict:
         gone = await vanisher.page.eval("window.lipforce.session")
         presses = {i: [] for i in range(len(pages))}
         mem, t0 = [], time.monotonic()
-        # one press every 3.5 s, tab after tab (one or two speak at a time; each tab more than once)
-        schedule = [(2.0 + 3.5 * k, k % len(pages)) for k in range(int((seconds - 6.0) // 3.5))]
+        # one press every `every` s, tab after tab
+        schedule = [(2.0 + every * k, k % len(pages)) for k in range(int((seconds - 6.0) // every) + 1)]
         killed_at = None
         while time.monotonic() - t0 < seconds:
             now = time.monotonic() - t0
@@ -126,7 +126,7 @@ async def _soak(st, n: int, seconds: float) -> dict:
 def cmd_soak(a) -> int:
     st = make_server(a, stamp=True, max_sessions=a.clients)
     try:
-        r = asyncio.run(_soak(st, a.clients, a.seconds))
+        r = asyncio.run(_soak(st, a.clients, a.seconds, a.every))
     finally:
         st.close()
     if a.dump:
@@ -134,7 +134,7 @@ def cmd_soak(a) -> int:
             json.dump({k: v for k, v in r.items() if k != "logs"}, f, indent=1, default=str)
     ok = True
     print(f"{a.clients} viewers ({a.clients - 1} tabs + 1 killed at {r['killed_at']:.1f} s), {a.seconds:.0f} s, "
-          f"{st.server.backend}")
+          f"a press every {a.every:g} s, {st.server.backend}")
     print("| tab | presses | its utterances seen | other utterances seen (cross-talk) | frames/s sent (server) | "
           "frames/s displayed | waited at start (frames) | paused mid-utterance (frames) | frames dropped (encoder behind) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--every", type=float, default=3.5, help="soak: one tab presses Say every this many seconds")
     ap.add_argument("--out", default="serve_page.png")
     ap.add_argument("--dump", default=None, help="soak: also write what it saw to this JSON")
     ap.add_argument("--at", type=float, default=0.6, help="screenshot: seconds into the speech")
