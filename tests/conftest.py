@@ -52,3 +52,19 @@ def exported_tiny(tmp_path_factory):
     model = load_model(default_model_dir())
     out = tmp_path_factory.mktemp("tiny_onnx")
     return model, out, export_model(model, out, progress=False)
+
+
+@pytest.fixture(scope="session")
+def ort_tiny(exported_tiny):
+    """The bundled default on ONNX Runtime (the live avatar's tests: fast, torch-free at run time)."""
+    from lipforce_sdk import Engine
+
+    return Engine.load(exported_tiny[1], backend="onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def loop_avatar(ort_tiny):
+    """The bundled photo clip's first 50 frames (2 s) as a prepared avatar, for ``ort_tiny``."""
+    from lipforce_sdk.serve import default_avatar
+
+    return default_avatar(ort_tiny, loop_seconds=2.0)

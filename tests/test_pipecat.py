@@ -26,10 +26,8 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker  # noqa: E402
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor  # noqa: E402
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
-from lipforce_sdk import Engine  # noqa: E402
 from lipforce_sdk.cli import PHOTO_DIR  # noqa: E402
 from lipforce_sdk.media import read_audio  # noqa: E402
-from lipforce_sdk.serve import default_avatar  # noqa: E402
 from lipforce_sdk.serve.pipecat_service import LipforceVideoService  # noqa: E402
 from lipforce_sdk.serve.speech import resample  # noqa: E402
 
@@ -39,13 +37,13 @@ PER_TICK = OUT_RATE // FPS  # 960 samples of sound per frame
 
 
 @pytest.fixture(scope="module")
-def engine(exported_tiny):
-    return Engine.load(exported_tiny[1], backend="onnxruntime")
+def engine(ort_tiny):
+    return ort_tiny
 
 
 @pytest.fixture(scope="module")
-def avatar(engine):
-    return default_avatar(engine, loop_seconds=2.0)  # the bundled photo clip's first 50 frames
+def avatar(loop_avatar):
+    return loop_avatar
 
 
 @pytest.fixture(scope="module")

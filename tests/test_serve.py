@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("aiortc", reason="lipforce serve needs the serve extra (pip install 'lipforce[serve]')")
 pytest.importorskip("aiohttp", reason="lipforce serve needs the serve extra (pip install 'lipforce[serve]')")
 
-from lipforce_sdk import Engine  # noqa: E402
 from lipforce_sdk.avatar import AvatarSession  # noqa: E402
 from lipforce_sdk.cli import PHOTO_DIR  # noqa: E402
 from lipforce_sdk.media import read_audio  # noqa: E402
@@ -36,13 +35,13 @@ def wav_bytes(x, sr=16000, width=2, channels=1):
 
 
 @pytest.fixture(scope="module")
-def engine(exported_tiny):
-    return Engine.load(exported_tiny[1], backend="onnxruntime")
+def engine(ort_tiny):
+    return ort_tiny
 
 
 @pytest.fixture(scope="module")
-def avatar(engine):
-    return default_avatar(engine, loop_seconds=2.0)  # the bundled photo clip's first 50 frames
+def avatar(loop_avatar):
+    return loop_avatar
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +325,6 @@ def test_endpoints_answer_bad_requests_with_4xx_and_keep_serving(served, speech)
 
 
 def test_sessions_are_limited_and_freed(engine, avatar):
-    import aiortc.rtcicetransport  # noqa: F401
     from aioice import ice
 
     server = AvatarServer(engine, avatar, limits=ServeLimits(max_sessions=2, connect_timeout=1.0))

@@ -106,8 +106,13 @@ def exported_graphs(model_dir: Path) -> Path:
     out = root / h.hexdigest()[:20]
     if (out / "manifest.json").is_file():
         return out
-    from ..export import export_model
-    from ..model import load_model
+    try:
+        from ..export import export_model
+        from ..model import load_model
+    except ImportError as e:
+        raise RuntimeError(f"{model_dir} holds weights; serving it on ONNX Runtime exports it once, which needs "
+                           f"torch and onnx ({e.name} is missing): pip install 'lipforce[serve,torch,onnx]', or "
+                           "pass --model an exported directory (lipforce export)") from None
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=root))

@@ -285,7 +285,7 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
             await b.screenshot(screenshot)
         data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, audio: window.lipforce.audio, "
                                        "onsets: window.lipforce.onsets})"))
-    log, au = data["log"], data["audio"]
+    log = data["log"]
     t = np.array([e["t"] for e in log])
     st = np.array([e["stamp"] for e in log])
     diff = np.array([np.nan if e["diff"] is None else e["diff"] for e in log])
@@ -296,8 +296,6 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     first, tone = slice(runs[0], ends[0]), slice(runs[1], ends[1])
     idle = (st == 0) & (t < t_press)
     idle[:5] = False
-    at = np.array([a["t"] for a in au])
-    rms = np.array([a["rms"] for a in au])
     disp = np.array([e["display"] for e in log])
     tt, dd, ss = t[tone], disp[tone], st[tone]
     onsets = [o for o in data.get("onsets") or [] if o["decoded"] > t_post]
