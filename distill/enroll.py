@@ -76,10 +76,14 @@ class EnrollError(ValueError):
 # --------------------------------------------------------------------------------------
 
 
-# DiT steps per source kind when EnrollConfig.dit_steps is None. A talking clip has a minute of the
-# person's real mouth and 700 steps keep a 60 s clip within 20 minutes on a 2-core CPU; one photo's
-# made-up visemes need more to follow the speech (lip r 0.41 at 700, 0.53 at 1200: BENCHMARKS.md 8).
-DIT_STEPS = {"talking": 700, "idle": 700, "photo": 1200}
+# The DiT's steps and learning rate per source kind where EnrollConfig leaves them None
+# (BENCHMARKS.md section 8). A talking clip: 1000 steps at 2e-3 keep a 60 s clip within 20 minutes on
+# a 2-core CPU (16.4 min) and beat 700 at 1e-3 on every held-out measure (lip PSNR 24.8 vs 24.4 dB);
+# one photo's made-up visemes need more steps to follow the speech (lip r 0.41 at 700, 0.53 at 1200);
+# an idle loop passes at 700.
+KIND_DEFAULTS = {"talking": {"dit_steps": 1000, "dit_lr": 2e-3},
+                 "idle": {"dit_steps": 700, "dit_lr": 1e-3},
+                 "photo": {"dit_steps": 1200, "dit_lr": 1e-3}}
 
 
 @dataclass
@@ -93,10 +97,10 @@ class EnrollConfig:
     decoder_window: int = 64  # crop windows the decoder trains on (it is convolutional)
     decoder_adv: float = 0.05  # weight of the patch discriminator's (hinge) loss; 0: off
     decoder_dit_share: float = 0.5  # share of windows decoded from the enrolled DiT's outputs
-    dit_steps: int | None = None  # None: the source kind's default (DIT_STEPS)
+    dit_steps: int | None = None  # None: the source kind's default (KIND_DEFAULTS)
     dit_batch: int = 4
     dit_video_frames: int = 8  # video frames per training window (rounded to whole chunks)
-    dit_lr: float = 1e-3  # 1e-4 barely moved the loss in 700 steps (held-out mouth +1.3 dB vs +3.5 dB at 1e-3)
+    dit_lr: float | None = None  # None: the kind's; 1e-4 barely moved the loss in 700 steps (mouth +1.3 dB vs +3.5 at 1e-3)
     tune_audio: bool = True  # also adapt the audio encoder
     sync_weight: float = 0.0  # weight of the SyncNet reward (distill.student.SyncReward); 0: off
     mouth_weight: float = 4.0
@@ -124,8 +128,9 @@ class EnrollConfig:
         return self
 
     def for_kind(self, kind: str) -> "EnrollConfig":
-        """This config with the settings left to the source kind (``dit_steps=None``) filled in."""
-        return self if self.dit_steps is not None else dataclasses.replace(self, dit_steps=DIT_STEPS[kind])
+        """This config with the settings left to the source kind (``None``) filled in."""
+        fill = {k: v for k, v in KIND_DEFAULTS[kind].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
 
 
 # --------------------------------------------------------------------------------------
@@ -1299,8 +1304,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop-seconds", type=float, default=None, help="length of the avatar's loop (default 6)")
     p.add_argument("--decoder-steps", type=int, default=None)
     p.add_argument("--dit-steps", type=int, default=None,
-                   help="DiT training steps (default: " + ", ".join(f"{k} {v}" for k, v in DIT_STEPS.items()) + ")")
-    p.add_argument("--dit-lr", type=float, default=None, help="DiT learning rate (default 1e-3)")
+                   help="DiT training steps (default: " + ", ".join(f"{k} {v['dit_steps']}" for k, v in
+                                                                   KIND_DEFAULTS.items()) + ")")
+    p.add_argument("--dit-lr", type=float, default=None,
+                   help="DiT learning rate (default: " + ", ".join(f"{k} {v['dit_lr']:g}" for k, v in
+                                                                  KIND_DEFAULTS.items()) + ")")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="discard an unfinished enrollment of --out")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")

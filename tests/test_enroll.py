@@ -115,9 +115,11 @@ def test_idle_loop_and_photo_smoke(what, photo_png, tmp_path):
     assert r.scores["held_out_frames"] > 0
 
 
-def test_dit_steps_default_per_source_kind():
-    assert [EnrollConfig().for_kind(k).dit_steps for k in ("talking", "idle", "photo")] == [700, 700, 1200]
+def test_dit_settings_default_per_source_kind():
+    got = [(c.dit_steps, c.dit_lr) for c in (EnrollConfig().for_kind(k) for k in ("talking", "idle", "photo"))]
+    assert got == [(1000, 2e-3), (700, 1e-3), (1200, 1e-3)]
     assert EnrollConfig(dit_steps=5).for_kind("photo").dit_steps == 5
+    assert EnrollConfig(dit_lr=5e-4).for_kind("talking") == EnrollConfig(dit_steps=1000, dit_lr=5e-4)
     with pytest.raises(EnrollError, match="dit_steps"):
         EnrollConfig(dit_steps=-1).validate()
 
