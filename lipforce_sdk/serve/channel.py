@@ -38,7 +38,7 @@ class _Samples:
     """A growing mono float32 buffer (amortized appends, slices by sample index)."""
 
     def __init__(self, capacity: int = 1 << 15):
-        self._a = np.zeros(capacity, np.float32)
+        self._a = np.zeros(max(capacity, 1), np.float32)
         self.size = 0
 
     def append(self, x: np.ndarray) -> None:
@@ -70,6 +70,7 @@ class Utterance:
     audio: _Samples = field(default_factory=_Samples)  # at the model's rate
     play: _Samples = field(default_factory=_Samples)  # at the channel's playback rate
     open: bool = True  # more audio may come (``Channel.add``)
+    samples: int = 0  # said so far, at the model's rate (kept after ``release``)
     start: int | None = None  # loop position of its first frame (whole chunks); None: not yet started
     frames: deque = field(default_factory=deque)  # rendered, not yet shown
     rendered: int = 0
@@ -85,7 +86,12 @@ class Utterance:
 
     def n_frames(self, samples_per_frame: int) -> int | None:
         """Frames once closed (the audio's length in whole frames); None while open."""
-        return None if self.open else -(-self.audio.size // samples_per_frame)
+        return None if self.open else -(-self.samples // samples_per_frame)
+
+    def release(self) -> None:
+        """Let go of its sound and unshown frames (it stays in the channel's history as numbers)."""
+        self.audio, self.play = _Samples(0), _Samples(0)
+        self.frames.clear()
 
     @property
     def latency_ms(self) -> float | None:
@@ -200,6 +206,8 @@ class RenderPool:
 
     @staticmethod
     def _deliver(utt: Utterance, out) -> None:
+        if utt.cancelled:  # cut while this chunk rendered: nobody will show it
+            return
         for o in out:
             utt.frames.append(o.image)
             utt.rendered += 1
@@ -292,6 +300,7 @@ class Channel:
                 return
             to_model, to_play = rs
             utt.audio.append(to_model.push(audio, end=not more))
+            utt.samples = utt.audio.size
             utt.play.append(to_play.push(audio, end=not more))
             if not more:
                 if utt.audio.size == 0:
@@ -323,6 +332,7 @@ class Channel:
             if u.shown:  # cut mid-utterance: the loop goes on from where the picture is
                 self._loop_pos = u.start + u.shown
             self._current = None
+            u.release()
 
     def _claim_start(self, utt: Utterance) -> int:
         """The loop position where ``utt`` starts: the next chunk boundary ``lead`` frames ahead of
@@ -340,7 +350,9 @@ class Channel:
             self._index += 1
             u = self._current
             if u is not None and (u.error is not None or u.cancelled):
-                self._current = u = None
+                self._current = None
+                u.release()
+                u = None
             if u is not None and u.start is not None and self._loop_pos >= u.start:
                 if u.shown == 0 and not u.done_rendering:  # about to start: rendering slower than real time
                     u.preroll = self.pool.preroll(u, self._last_image.nbytes, self.samples_per_frame)
@@ -360,6 +372,7 @@ class Channel:
                     if n is not None and u.shown >= n:
                         self._loop_pos = u.start + n
                         self._current = None
+                        u.release()
                     self.pool.wake()
                     return Tick(i, img, a, u.id, k, self._last_j)
                 n = u.n_frames(self.samples_per_frame)

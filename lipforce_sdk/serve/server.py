@@ -42,6 +42,7 @@ __all__ = ["ServeLimits", "AvatarServer", "ServerThread", "stamp_frame", "read_s
 log = logging.getLogger("lipforce.serve")
 
 VIDEO_CLOCK = 90000
+STALE_S = 0.1  # sound queued longer than this when the sender asks for it is dropped (it would arrive in a burst)
 PLAYBACK_RATE = 48000  # Opus's own rate: aiortc's encoder takes 20 ms frames as they are, with no resampling delay
 STAMP_BITS, STAMP_CELL = 16, 8
 
@@ -173,10 +174,14 @@ def _tracks():
             if self.q.full():  # the sender is behind (encoder, network): show the newest
                 self.q.get_nowait()
                 self.dropped += 1
-            self.q.put_nowait(tick)
+            self.q.put_nowait((asyncio.get_running_loop().time(), tick))
 
         async def recv(self):
-            tick = await self.q.get()
+            loop = asyncio.get_running_loop()
+            due, tick = await self.q.get()
+            while due < loop.time() - STALE_S and not self.q.empty():  # a late sender gets the newest picture
+                due, tick = self.q.get_nowait()
+                self.dropped += 1
             f = av.VideoFrame.from_ndarray(tick.image, format="rgb24")
             f.pts, f.time_base = tick.index * (VIDEO_CLOCK // 25), fractions.Fraction(1, VIDEO_CLOCK)
             self.sent += 1
@@ -203,8 +208,11 @@ def _tracks():
                 self.q.put_nowait((now + 0.02 * k, part))
 
         async def recv(self):
+            loop = asyncio.get_running_loop()
             due, part = await self.q.get()
-            wait = due - asyncio.get_running_loop().time()
+            while due < loop.time() - STALE_S and not self.q.empty():
+                due, part = self.q.get_nowait()  # sound the sender was too late for: dropped, not bunched up
+            wait = due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
             s16 = (np.clip(part, -1.0, 1.0) * 32767.0).astype(np.int16)[None, :]
