@@ -17,18 +17,18 @@ __all__ = ["Channel", "RenderPool", "Tick", "Utterance", "default_avatar", "load
 
 DEFAULT_LOOP_SECONDS = 6.0
 # `lipforce serve` without --model/--avatar: the bundled photo enrolled as an avatar (its MODEL_CARD.md)
-PHOTO_AVATAR_DIR = Path(__file__).resolve().parents[1] / "assets" / "photo_avatar"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+PHOTO_AVATAR_DIR = ASSETS / "photo_avatar"
 
 
 def default_avatar(engine, loop_seconds: float = DEFAULT_LOOP_SECONDS):
     """The bundled photo clip's first ``loop_seconds`` as a prepared avatar (face mesh on each frame)."""
     from ..avatar import Avatar
-    from ..cli import PHOTO_DIR
     from ..media import iter_video_frames
     from ..tracking import MeshFaceSource
 
     n = max(1, int(loop_seconds * engine.config.stream.fps))
-    it = iter_video_frames(PHOTO_DIR / "face.mp4")
+    it = iter_video_frames(ASSETS / "photo" / "face.mp4")  # as lipforce_sdk.cli.PHOTO_DIR
     frames = []
     for f in it:
         frames.append(f)
