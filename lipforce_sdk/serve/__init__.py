@@ -98,8 +98,8 @@ def exported_graphs(model_dir: Path) -> Path:
     import tempfile
 
     h = hashlib.sha256()
-    for f in sorted(Path(model_dir).iterdir()):
-        if f.is_file():
+    for f in sorted(Path(model_dir).iterdir()):  # what the graphs are made of (not the card)
+        if f.is_file() and (f.name == "manifest.json" or f.suffix == ".safetensors"):
             h.update(f.name.encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
     root = Path(os.environ.get("LIPFORCE_CACHE") or Path.home() / ".cache" / "lipforce") / "onnx"
