@@ -31,7 +31,6 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>lipforce + pipecat</title>
@@ -79,20 +78,6 @@ SCRIPT = [
     "My voice comes from espeak, and my face is rendered by lipforce, twenty five frames a second.",
     "Type something in the box, and I will say it.",
 ]
-
-
-def load_engine(model: str | None, backend: str):
-    """An exported model directory as is; a weights directory (None: the bundled base model)
-    exported to ONNX once into lipforce's cache (as ``lipforce serve`` does)."""
-    from lipforce_sdk import Engine, default_model_dir
-    from lipforce_sdk.serve import exported_graphs
-
-    src = Path(model) if model else default_model_dir()
-    if backend != "onnxruntime":
-        return Engine.load(src, backend=backend)
-    if (src / "manifest.json").is_file() and any(src.glob("*.onnx")):
-        return Engine.load(src, backend="onnxruntime")
-    return Engine.load(exported_graphs(src), backend="onnxruntime")
 
 
 def make_tts_class():
@@ -174,14 +159,14 @@ def serve(a) -> int:
     from aiohttp import web
     from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 
-    from lipforce_sdk.serve import PHOTO_AVATAR_DIR, RenderPool, load_avatar
+    from lipforce_sdk.serve import RenderPool, load_avatar, load_engine, model_for
     from lipforce_sdk.serve.speech import espeak_path
 
     if espeak_path() is None:
         print("espeak-ng is not installed (apt-get install espeak-ng)", file=sys.stderr)
         return 1
     # as `lipforce serve`: by default the bundled photo enrolled as an avatar (a model with its avatar)
-    model = a.model or (str(PHOTO_AVATAR_DIR) if a.avatar is None else None)
+    model = model_for(a.model, a.avatar)
     engine = load_engine(model, a.backend)
     avatar = load_avatar(engine, a.avatar, model)
     pool = RenderPool(engine)  # one render thread for every session

@@ -40,14 +40,12 @@ def rss_mb() -> float:
 
 
 def make_server(a, stamp: bool, max_sessions: int = 8):
-    from lipforce_sdk import Engine
-    from lipforce_sdk.serve import PHOTO_AVATAR_DIR, exported_graphs, load_avatar
+    from lipforce_sdk.serve import load_avatar, load_engine, model_for
     from lipforce_sdk.serve.server import AvatarServer, ServeLimits, ServerThread
 
-    src = a.model or PHOTO_AVATAR_DIR
-    engine = Engine.load(exported_graphs(src), backend="onnxruntime") if a.backend == "onnxruntime" \
-        else Engine.load(src, backend=a.backend)
-    avatar = load_avatar(engine, None, str(src))
+    model = model_for(a.model, None)
+    engine = load_engine(model, a.backend)
+    avatar = load_avatar(engine, None, model)
     server = AvatarServer(engine, avatar, stamp=stamp, token="check",
                           limits=ServeLimits(max_sessions=max_sessions))
     return ServerThread(server)
@@ -74,10 +72,9 @@ def cmd_latency(a) -> int:
                       ("WAV posted -> its first frame displayed (ms)", "wav_to_frame_ms")):
         v = np.array([m[key] for m in rows])
         print(f"| {name} | {np.median(v):.1f} | {v.min():.1f} | {v.max():.1f} |")
-    print(f"| sound after its picture, as the page has them (ms, {off.size} tone bursts) | {np.median(off):.1f} | "
-          f"{off.min():.1f} | {off.max():.1f} |")
-    print(f"| the same, as output and displayed (browser's estimates) | {np.median(pre):.1f} | {pre.min():.1f} | "
-          f"{pre.max():.1f} |")
+    for name, v in ((f"sound after its picture, as the page has them (ms, {off.size} tone bursts)", off),
+                    ("the same, as output and displayed (browser's estimates)", pre)):
+        print(f"| {name} | " + (f"{np.median(v):.1f} | {v.min():.1f} | {v.max():.1f} |" if v.size else "none matched | | |"))
     print(f"| mouth change per frame, speaking / idle (levels) | {np.median([m['mouth_speaking'] for m in rows]):.2f}"
           f" / {np.median([m['mouth_idle'] for m in rows]):.2f} | | |")
     return 0

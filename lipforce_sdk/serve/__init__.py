@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 from pathlib import Path
 
 from .channel import Channel, RenderPool, Tick, Utterance
 
-__all__ = ["Channel", "RenderPool", "Tick", "Utterance", "default_avatar", "load_avatar", "exported_graphs", "PHOTO_AVATAR_DIR",
-           "add_arguments", "run_args"]
+__all__ = ["Channel", "RenderPool", "Tick", "Utterance", "default_avatar", "load_avatar", "load_engine", "model_for",
+           "exported_graphs", "PHOTO_AVATAR_DIR", "add_arguments", "run_args"]
 
 DEFAULT_LOOP_SECONDS = 6.0
 # `lipforce serve` without --model/--avatar: the bundled photo enrolled as an avatar (its MODEL_CARD.md)
@@ -75,17 +76,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                         "top-left corner (for measuring audio/video offset)")
 
 
-def _engine(a):
-    """ONNX Runtime where the model directory holds exported graphs; for a weights directory the
-    graphs are exported once into the cache (``$LIPFORCE_CACHE/onnx``, needs torch) unless
-    ``--backend torch``."""
+def model_for(model: str | None, avatar: str | None) -> str | None:
+    """The model directory ``lipforce serve`` uses: ``--model``, else the bundled photo enrolled as an
+    avatar where no ``--avatar`` is given, else None (the bundled model)."""
+    return model or (str(PHOTO_AVATAR_DIR) if avatar is None else None)
+
+
+def load_engine(model: str | os.PathLike | None, backend: str = "onnxruntime"):
+    """``model`` (None: the bundled model) on ``backend``. For ONNX Runtime a directory of exported
+    graphs loads as it is; a weights directory is exported once into the cache
+    (``exported_graphs``, needs torch)."""
     from ..session import Engine, default_model_dir
 
-    src = Path(a.model) if a.model else (PHOTO_AVATAR_DIR if a.avatar is None else default_model_dir())
-    if a.backend != "onnxruntime":
-        return Engine.load(src, backend=a.backend)
-    manifest = src / "manifest.json"
-    if manifest.is_file() and any(src.glob("*.onnx")):
+    src = Path(model) if model else default_model_dir()
+    if backend != "onnxruntime":
+        return Engine.load(src, backend=backend)
+    if (src / "manifest.json").is_file() and any(src.glob("*.onnx")):
         return Engine.load(src, backend="onnxruntime")
     return Engine.load(exported_graphs(src), backend="onnxruntime")
 
@@ -93,7 +99,6 @@ def _engine(a):
 def exported_graphs(model_dir: Path) -> Path:
     """``model_dir``'s ONNX graphs, exported once into ``$LIPFORCE_CACHE/onnx/<hash>``."""
     import hashlib
-    import os
     import shutil
     import tempfile
 
@@ -130,8 +135,9 @@ def run_args(a) -> int:
 
     from .server import AvatarServer, ServeLimits
 
-    engine = _engine(a)
-    avatar = load_avatar(engine, a.avatar, a.model or (str(PHOTO_AVATAR_DIR) if a.avatar is None else None))
+    model = model_for(a.model, a.avatar)
+    engine = load_engine(model, a.backend)
+    avatar = load_avatar(engine, a.avatar, model)
     token = secrets.token_urlsafe(16) if a.token == "auto" else a.token
     limits = ServeLimits(max_sessions=a.max_sessions, max_text_chars=a.max_text, max_seconds=a.max_seconds,
                          max_wav_bytes=int(a.max_wav_mb * (1 << 20)))

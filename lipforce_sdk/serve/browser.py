@@ -283,8 +283,7 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         if screenshot is not None:
             await b.eval("document.getElementById('text').value = " + json.dumps(text))
             await b.screenshot(screenshot)
-        data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, audio: window.lipforce.audio, "
-                                       "onsets: window.lipforce.onsets})"))
+        data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, onsets: window.lipforce.onsets})"))
     log = data["log"]
     t = np.array([e["t"] for e in log])
     st = np.array([e["stamp"] for e in log])

@@ -19,6 +19,7 @@ Nothing here imports torch or a WebRTC library: the engine may be ONNX Runtime o
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import threading
@@ -31,7 +32,7 @@ import numpy as np
 from ..avatar import Avatar, AvatarSession
 from .speech import StreamResampler
 
-__all__ = ["Channel", "RenderPool", "Tick", "Utterance"]
+__all__ = ["Channel", "FrameClock", "RenderPool", "Tick", "Utterance"]
 
 
 class _Samples:
@@ -55,9 +56,6 @@ class _Samples:
         k = max(0, min(j, self.size) - i)
         out[:k] = self._a[i:i + k]
         return out
-
-    def view(self) -> np.ndarray:
-        return self._a[:self.size]
 
 
 @dataclass(eq=False)
@@ -342,6 +340,15 @@ class Channel:
             utt.start = math.ceil((self._loop_pos + self.lead) / c) * c
             return utt.start
 
+    def _end_if_shown(self, u: Utterance) -> bool:
+        """Where ``u`` is closed and every frame of it shown: the loop goes on after it."""
+        n = u.n_frames(self.samples_per_frame)
+        if n is None or u.shown < n:
+            return False
+        self._loop_pos, self._current = u.start + n, None
+        u.release()
+        return True
+
     # ---- the clock ----
     def tick(self) -> Tick:
         """The next frame and its audio (called once per frame period)."""
@@ -368,20 +375,37 @@ class Channel:
                         u.first_shown = time.monotonic()
                     u.shown += 1
                     self._last_image, self._last_j = img, int(self.avatar.loop_index(u.start + k))
-                    n = u.n_frames(self.samples_per_frame)
-                    if n is not None and u.shown >= n:
-                        self._loop_pos = u.start + n
-                        self._current = None
-                        u.release()
+                    self._end_if_shown(u)
                     self.pool.wake()
                     return Tick(i, img, a, u.id, k, self._last_j)
-                n = u.n_frames(self.samples_per_frame)
-                if n is not None and u.shown >= n:  # (an utterance that ended on a frame boundary)
-                    self._loop_pos, self._current = u.start + n, None
-                else:
+                if not self._end_if_shown(u):  # (it ends here where it was closed after its last frame)
                     u.stalls += 1  # not rendered (or not said) in time: hold the picture, play nothing
                     return Tick(i, self._last_image, self._silence, u.id, None, self._last_j)
             j = int(self.avatar.loop_index(self._loop_pos))
             self._loop_pos += 1
             self._last_image, self._last_j = self.avatar.frames[j], j
             return Tick(i, self._last_image, self._silence, None, None, j)
+
+
+class FrameClock:
+    """Paces a loop at ``fps`` on the asyncio clock (``await clock.next()`` after each frame). A
+    loop held up by more than ``max_behind`` s starts the clock afresh rather than catching up in a
+    burst (``restarts``, ``skipped_s`` count it)."""
+
+    def __init__(self, fps: float, max_behind: float = 0.5):
+        self.period, self.max_behind = 1.0 / fps, max_behind
+        self._t0: float | None = None
+        self._n = 0
+        self.restarts, self.skipped_s = 0, 0.0
+
+    async def next(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._t0 is None:
+            self._t0 = now
+        self._n += 1
+        delay = self._t0 + self._n * self.period - now
+        if delay < -self.max_behind:
+            self.restarts += 1
+            self.skipped_s += -delay
+            self._t0, self._n, delay = now, 0, 0.0
+        await asyncio.sleep(max(0.0, delay))

@@ -66,7 +66,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
-from .channel import Channel, RenderPool, Tick, Utterance
+from .channel import Channel, FrameClock, RenderPool, Tick, Utterance
 from .speech import resample
 
 __all__ = ["LipforceVideoService"]
@@ -140,8 +140,7 @@ class LipforceVideoService(FrameProcessor):
         self._pace_task: asyncio.Task | None = None
         self._last_tick: Tick | None = None
         self.frames_pushed = 0
-        self.clock_restarts = 0  # times the clock fell > 0.5 s behind and started afresh (frames skipped)
-        self.clock_skipped_s = 0.0  # the time those restarts skipped
+        self._clock: FrameClock | None = None
 
     # ---- what it shows ----
     @property
@@ -363,10 +362,18 @@ class LipforceVideoService(FrameProcessor):
             for f in tail:
                 await self.push_frame(f)
 
+    @property
+    def clock_restarts(self) -> int:
+        """Times the clock fell > 0.5 s behind and started afresh (frames skipped)."""
+        return 0 if self._clock is None else self._clock.restarts
+
+    @property
+    def clock_skipped_s(self) -> float:
+        """The time those restarts skipped."""
+        return 0.0 if self._clock is None else self._clock.skipped_s
+
     async def _pace(self) -> None:
-        loop = asyncio.get_running_loop()
-        period = 1.0 / self.channel.fps
-        t0, n = loop.time(), 0
+        self._clock = clock = FrameClock(self.channel.fps)
         while True:
             try:
                 async with self._lock:
@@ -381,13 +388,7 @@ class LipforceVideoService(FrameProcessor):
                 logger.exception(f"{self}: the avatar's clock stopped")
                 await self.push_error(f"lipforce: the avatar's clock stopped: {type(e).__name__}: {e}", exception=e)
                 return
-            n += 1
-            delay = t0 + n * period - loop.time()
-            if delay < -0.5:  # the loop was held up: start the clock afresh rather than burst
-                self.clock_restarts += 1
-                self.clock_skipped_s += -delay
-                t0, n, delay = loop.time(), 0, 0.0
-            await asyncio.sleep(max(0.0, delay))
+            await clock.next()
 
     async def _push_tick(self, tick: Tick) -> None:
         r = self._active

@@ -34,7 +34,7 @@ from importlib import resources
 
 import numpy as np
 
-from .channel import Channel, RenderPool, Tick
+from .channel import Channel, FrameClock, RenderPool, Tick
 from .speech import SpeechInputError, decode_wav, speak
 
 __all__ = ["ServeLimits", "AvatarServer", "ServerThread", "stamp_frame", "read_stamp"]
@@ -94,8 +94,7 @@ class _Peer:
         self.video, self.audio = video(self), audio(self)
         self.created = time.monotonic()
         self.connected = False
-        self.frames_sent = 0
-        self._fps_window: list[float] = []
+        self._ticks: collections.deque = collections.deque(maxlen=2 * int(self.channel.fps))
         self._task: asyncio.Task | None = None
         self._stamp = 0
         self.closed = False
@@ -104,9 +103,7 @@ class _Peer:
         self._task = asyncio.get_running_loop().create_task(self._pace())
 
     async def _pace(self) -> None:
-        loop = asyncio.get_running_loop()
-        fps = self.channel.fps
-        t0, n = loop.time(), 0
+        clock = FrameClock(self.channel.fps)
         while not self.closed:
             tick = self.channel.tick()
             if self.server.stamp:  # a stall holds the picture: it keeps that frame's number
@@ -116,21 +113,8 @@ class _Peer:
                 tick = dataclasses.replace(tick, image=stamp_frame(img, (tick.utterance or 0) & 0xFFFF, row=2))
             self.video.put(tick)
             self.audio.put(tick)
-            n += 1
-            now = loop.time()
-            self._fps_window.append(now)
-            if len(self._fps_window) > 2 * fps:
-                del self._fps_window[: len(self._fps_window) - 2 * int(fps)]
-            delay = t0 + n / fps - now
-            if delay < -0.5:  # the loop was held up: start the clock afresh rather than burst
-                t0, n = now, 0
-                delay = 0.0
-            await asyncio.sleep(max(0.0, delay))
-
-    @property
-    def fps(self) -> float | None:
-        w = self._fps_window
-        return None if len(w) < 2 else (len(w) - 1) / max(w[-1] - w[0], 1e-6)
+            self._ticks.append(time.monotonic())
+            await clock.next()
 
     async def close(self) -> None:
         if self.closed:
@@ -149,7 +133,7 @@ class _Peer:
                  "latency_ms": None if u.latency_ms is None else round(u.latency_ms, 1),
                  "cancelled": u.cancelled, "error": u.error} for u in self.channel.history]
         return {"session": self.id, "connected": self.connected, "speaking": self.channel.speaking,
-                "fps": None if self.fps is None else round(self.fps, 2), "frames_sent": self.video.sent,
+                "fps": _rate(self._ticks), "frames_sent": self.video.sent,
                 "sent_fps": _rate(self.video.sent_times), "frames_dropped": self.video.dropped,
                 "utterances": utts[-8:]}
 
@@ -165,6 +149,7 @@ def _tracks():
 
         def __init__(self, peer: _Peer):
             super().__init__()
+            self.fps = peer.channel.fps
             self.q: asyncio.Queue = asyncio.Queue(maxsize=8)
             self.sent = 0
             self.dropped = 0
@@ -183,7 +168,7 @@ def _tracks():
                 due, tick = self.q.get_nowait()
                 self.dropped += 1
             f = av.VideoFrame.from_ndarray(tick.image, format="rgb24")
-            f.pts, f.time_base = tick.index * (VIDEO_CLOCK // 25), fractions.Fraction(1, VIDEO_CLOCK)
+            f.pts, f.time_base = round(tick.index * VIDEO_CLOCK / self.fps), fractions.Fraction(1, VIDEO_CLOCK)
             self.sent += 1
             self.sent_times.append(time.monotonic())
             return f
@@ -242,7 +227,6 @@ class AvatarServer:
         pad, (h, w) = 0.25 * (x1 - x0), avatar.frame_hw
         self.mouth_box = [int(max(0, x0 - pad)), int(max(0, y0 - pad)), int(min(w, x1 + pad)), int(min(h, y1 + pad))]
         self.peers: dict[str, _Peer] = {}
-        self.started = time.monotonic()
 
     # ---- helpers ----
     def _authorized(self, request) -> bool:

@@ -25,16 +25,7 @@ def espeak_path() -> str | None:
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Mono float32 ``x`` from ``sr_in`` to ``sr_out`` Hz with FFmpeg's resampler."""
-    x = np.asarray(x, np.float32).reshape(-1)
-    if sr_in == sr_out or x.size == 0:
-        return x
-    import av
-
-    r = av.AudioResampler(format="flt", layout="mono", rate=int(sr_out))
-    f = av.AudioFrame.from_ndarray(x[None, :], format="flt", layout="mono")
-    f.sample_rate, f.pts, f.time_base = int(sr_in), 0, Fraction(1, int(sr_in))
-    parts = [g.to_ndarray().reshape(-1) for g in r.resample(f)] + [g.to_ndarray().reshape(-1) for g in r.resample(None)]
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+    return StreamResampler(sr_in, sr_out).push(x, end=True)
 
 
 def decode_wav(data: bytes, sample_rate: int, max_seconds: float) -> np.ndarray:
