@@ -62,7 +62,7 @@ def drain(ch, n, wait_s=0.0):
             u = ch._current
             t_end = time.monotonic() + 10
             while u is not None and (u.start is None or ch._loop_pos >= u.start) and not u.done_rendering \
-                    and len(u.frames) < (ch.pool.preroll(u, ch._last_image.nbytes, 640) if u.shown == 0 else 1) \
+                    and len(u.frames) < (ch.pool.preroll(u, 640) if u.shown == 0 else 1) \
                     and time.monotonic() < t_end:
                 time.sleep(0.002)
         out.append(ch.tick())

@@ -155,14 +155,14 @@ class RenderPool:
             return None
         return 1.0 / (max(1, len(self._jobs)) * self._sec_per_frame)
 
-    def preroll(self, utt: Utterance, frame_bytes: int, samples_per_frame: int) -> int:
+    def preroll(self, utt: Utterance, samples_per_frame: int) -> int:
         """Frames ``utt`` should have rendered before its first is shown: enough that at the
         measured rate it plays through (``n (1 - rate / fps)``), within the memory cap."""
         n = utt.n_frames(samples_per_frame)
         r = self.rate()
         if n is None or r is None or r >= self.fps:
             return 1
-        cap = max(1, int(self.max_buffer_mb * 2**20 / max(frame_bytes, 1)) // max(1, len(self._jobs)))
+        cap = max(1, int(self.max_buffer_mb * 2**20 / max(utt.frame_bytes, 1)) // max(1, len(self._jobs)))
         return max(1, min(n, cap, math.ceil(n * (1.0 - r / self.fps)) + 2))
 
     def _buffer_limit(self, utt: Utterance) -> int:
@@ -362,7 +362,7 @@ class Channel:
                 u = None
             if u is not None and u.start is not None and self._loop_pos >= u.start:
                 if u.shown == 0 and not u.done_rendering:  # about to start: rendering slower than real time
-                    u.preroll = self.pool.preroll(u, self._last_image.nbytes, self.samples_per_frame)
+                    u.preroll = self.pool.preroll(u, self.samples_per_frame)
                     if len(u.frames) < u.preroll:  # wait here rather than pause mid-sentence
                         u.stalls += 1
                         u.waited += 1
