@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lipforce_sdk.backends.base import BackendError
+from lipforce_sdk.contract import BackendError
 
 __all__ = ["EngineError"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lipforce_sdk.backends.base import state_out_name
+from lipforce_sdk.contract import state_out_name
 from lipforce_sdk.manifest import sha256_file, write_manifest
 from lipforce_sdk.model import LipSyncModel
 
