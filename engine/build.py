@@ -50,8 +50,13 @@ def _parse_errors(parser, onnx_path: Path) -> str:
     return f"TensorRT could not parse {onnx_path}:\n" + "\n".join(lines)
 
 
-def _static_profile(builder, config, network, shapes: Mapping[str, Sequence[int]] | None, onnx_path: Path) -> dict:
-    """One optimization profile pinning every dynamic input to its static shape; returns them."""
+def _static_profile(builder, config, network, shapes: Mapping[str, Sequence[int]] | None, onnx_path: Path,
+                    batch: tuple[int, int, int] | None = None) -> dict:
+    """One optimization profile pinning every dynamic input to its static shape; returns them.
+
+    ``batch = (min, opt, max)``: a leading axis given as -1 in ``shapes`` is the batch axis of a
+    batched model; the profile spans it from min to max (tuned at opt) and it stays dynamic in
+    the engine (not returned as pinned)."""
     pinned = {}
     dynamic = []
     for i in range(network.num_inputs):
@@ -73,6 +78,14 @@ def _static_profile(builder, config, network, shapes: Mapping[str, Sequence[int]
         if t.is_shape_tensor:
             raise EngineError(f"input {t.name!r} of {onnx_path.name} is a shape tensor; the lipforce graphs have "
                               "static shapes: re-export without dynamic axes")
+        if batch is not None and want and want[0] < 0 and all(d >= 0 for d in want[1:]):
+            lo, opt, hi = batch
+            profile.set_shape(t.name, (lo, *want[1:]), (opt, *want[1:]), (hi, *want[1:]))
+            continue
+        if any(d < 0 for d in want):
+            raise EngineError(f"input {t.name!r} of {onnx_path.name} has the dynamic shape {list(want)}: the engines "
+                              "are static except for the batch axis of a model exported with max_batch > 1; "
+                              "re-export the model (`lipforce export`)")
         profile.set_shape(t.name, want, want, want)
         pinned[t.name] = list(want)
     config.add_optimization_profile(profile)
@@ -83,7 +96,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
                  timing_cache: str | Path | None = None, plugin_libraries: Sequence[str | Path] = (),
                  target=None, progress: bool | BuildProgress = True, workspace: int | None = None,
                  flavour: str | TensorRTFlavour | None = None, shapes: Mapping[str, Sequence[int]] | None = None,
-                 state: Mapping[str, str] | None = None) -> dict:
+                 state: Mapping[str, str] | None = None, max_batch: int = 1, opt_batch: int | None = None) -> dict:
     """Build one TensorRT engine from one ONNX graph; returns its engine manifest entry.
 
     ``precision``: ``"fp32"``, ``"fp16"``, ``"bf16"`` (must be the graph's own precision: the network is
@@ -95,11 +108,20 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     ``workspace``: builder workspace limit in bytes. ``flavour``: ``"tensorrt_rtx"``/``"tensorrt"``
     (default: what imports). ``shapes``: static shapes for dynamic inputs. ``state``: state input ->
     output names (default: inferred from the ``<name>_<i>`` -> ``<name>_out_<i>`` convention).
+    ``max_batch``: > 1 for a batched graph (``lipforce export --max-batch``): inputs whose leading
+    axis is -1 in ``shapes`` get the optimization profile 1 / ``opt_batch`` (default ``max_batch``)
+    / ``max_batch`` on it.
     """
     t0 = time.perf_counter()
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if precision not in PRECISIONS:
         raise EngineError(f"precision={precision!r} is not supported; expected one of {', '.join(PRECISIONS)}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise EngineError(f"max_batch={max_batch!r} must be an integer >= 1")
+    opt_batch = max_batch if opt_batch is None else opt_batch
+    if not 1 <= opt_batch <= max_batch:
+        raise EngineError(f"opt_batch={opt_batch} must lie in 1..max_batch={max_batch}")
+    batch = (1, opt_batch, max_batch) if max_batch > 1 else None
     if not onnx_path.is_file():
         raise EngineError(f"ONNX file {onnx_path} does not exist; export the model first (lipforce export)")
     fl = detect_tensorrt(flavour)
@@ -140,7 +162,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
     target_rec = fl.configure_target(config, target, precision=precision, gpu=gpu)
     preview = fl.enable_plugin_features(config) if loaded_libs else []
-    pinned = _static_profile(builder, config, network, shapes, onnx_path)
+    pinned = _static_profile(builder, config, network, shapes, onnx_path, batch)
     cache_path = Path(timing_cache) if timing_cache is not None else None
     cache_loaded = 0
     if cache_path is not None and cache_path.is_file() and fl.supports_timing_cache:
@@ -215,6 +237,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
         "timing_cache": cache_rec,
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
+    if batch is not None:
+        entry["max_batch"] = max_batch
+        entry["batch_profile"] = {"min": batch[0], "opt": batch[1], "max": batch[2]}
     log.info("built %s (%s, %s, %d bytes) in %.2f s", engine_path, fl, precision, len(blob), entry["build_seconds"])
     return entry
 
@@ -237,7 +262,7 @@ def _compare_io(graph: str, what: str, want: list, got: list) -> None:
 def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | None = None,
                 flavour: str | TensorRTFlavour | None = None, target=None, timing_cache: str | Path | None = None,
                 plugin_libraries: Sequence[str | Path] | None = None, graphs: Sequence[str] | None = None,
-                progress: bool = True, workspace: int | None = None) -> dict:
+                progress: bool = True, workspace: int | None = None, opt_batch: int | None = None) -> dict:
     """Build an engine per graph of the model directory ``model_dir`` into ``out_dir``.
 
     Writes ``out_dir/<graph>.engine`` and ``out_dir/manifest.json`` (the model manifest plus
@@ -245,7 +270,8 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
     the engine directory is all the TensorRT backend reads. ``precision`` defaults to the model's;
     ``plugin_libraries`` defaults, for a ``"plugin"``-flavour model under full TensorRT, to
     ``lipforce_sdk/lib/liblipforce_trt_plugins.so``. ``graphs`` builds a subset (default: all).
-    Other options as in ``build_engine``.
+    A model exported with ``max_batch`` B > 1 gets engines with the profile 1 / ``opt_batch``
+    (default B) / B on the batch axis. Other options as in ``build_engine``.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = read_model_manifest(model_dir)
@@ -308,7 +334,8 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
         shapes = {t["name"]: t["shape"] for t in gm["inputs"]}
         entry = build_engine(onnx_path, out_dir / f"{g}.engine", precision=precision, timing_cache=timing_cache,
                              plugin_libraries=libs, target=target, progress=progress, workspace=workspace,
-                             flavour=fl, shapes=shapes, state=gm.get("state") or None)
+                             flavour=fl, shapes=shapes, state=gm.get("state") or None,
+                             max_batch=int(manifest.get("max_batch", 1)), opt_batch=opt_batch)
         _compare_io(g, "inputs", gm["inputs"], entry["inputs"])
         _compare_io(g, "outputs", gm["outputs"], entry["outputs"])
         engines[g] = entry

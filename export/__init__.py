@@ -12,6 +12,11 @@ Flavours of the DiT step's attention:
   TensorRT-RTX map it to a fused attention layer (fp16/bf16).
 * ``plugin``: one ``lipforce::KVCacheAttention`` node per layer (cache write + RoPE + attention),
   for the lipforce TensorRT plugin (JetPack 6's TensorRT 10.3).
+
+``max_batch`` (default 1): with ``B > 1`` every tensor gets a dynamic leading batch axis 1..B and the
+DiT's cache plan is per element (``lipforce_sdk.contract``), so that ``Engine.load(...,
+max_batch=B)`` runs several sessions' calls at once (``lipforce_sdk.batching``). The portable
+flavours take it; the plugin is batch 1 only.
 """
 
 from .exporter import (

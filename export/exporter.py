@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -72,8 +74,15 @@ class DiTStepGraph(nn.Module):
 
 
 # ---------------------------------------------------------------- example inputs (static shapes)
-def example_inputs(model: LipSyncModel, graph: str, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """``(names, tensors, output_names, state_map)`` for ``graph`` at the model's configured shapes."""
+def example_inputs(model: LipSyncModel, graph: str, dtype: torch.dtype = torch.float32, seed: int = 0,
+                   batch: int | None = None):
+    """``(names, tensors, output_names, state_map)`` for ``graph`` at the model's configured shapes.
+
+    ``batch=None``: one stream (the batch-1 contract: the DiT's plan is ``[C]``/``[M]``). ``batch=b``:
+    ``b`` streams, every tensor with a leading batch axis of ``b`` and the DiT's plan per element
+    (``[b, C]``/``[b, M]``, element ``i`` ``i`` chunks further into its stream than element 0)."""
+    if batch is not None:
+        return _batched_example_inputs(model, graph, dtype, seed, batch)
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
     C, tc = cfg.stream.chunk_frames, cfg.vae.temporal_compression
@@ -117,17 +126,58 @@ def example_inputs(model: LipSyncModel, graph: str, dtype: torch.dtype = torch.f
     raise ExportError(f"unknown graph {graph!r}; expected audio_encoder, vae_encoder, dit_step or vae_decoder")
 
 
+def _batched_example_inputs(model: LipSyncModel, graph: str, dtype: torch.dtype, seed: int, batch: int):
+    from lipforce_sdk.cache_plan import RingCachePlanner
+    from lipforce_sdk.contract import PLAN_INPUTS
+
+    names, tensors, out_names, state = example_inputs(model, graph, dtype, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    out = []
+    for name, x in zip(names, tensors):
+        if name in PLAN_INPUTS:
+            continue
+        if x.is_floating_point() and name not in ("t", "mask"):
+            x = torch.cat([x, torch.randn(batch - 1, *x.shape[1:], generator=g).to(dtype)])
+        else:
+            x = torch.cat([x] * batch)
+        out.append(x)
+    if graph == "dit_step":
+        plans = []
+        pl = RingCachePlanner.for_stream(model.cfg.stream)
+        for _ in range(batch):  # streams at different positions: their slots and positions differ
+            plans.append(pl.plan())
+            pl.commit()
+        plan = [torch.from_numpy(np.stack([getattr(p, n) for p in plans])) for n in PLAN_INPUTS]
+        k = names.index(PLAN_INPUTS[0])
+        out = out[:k] + plan + out[k:]
+    return names, out, out_names, state
+
+
 _WRAPPERS = {"audio_encoder": AudioEncoderGraph, "vae_encoder": VAEEncoderGraph, "dit_step": DiTStepGraph,
              "vae_decoder": VAEDecoderGraph}
 
 
 def _io_spec(values) -> list[dict]:
+    """Name, shape and dtype of each graph input/output; a dynamic (batch) axis is written as -1."""
     out = []
     for v in values:
         tt = v.type.tensor_type
-        out.append({"name": v.name, "shape": [d.dim_value for d in tt.shape.dim],
+        out.append({"name": v.name, "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim],
                     "dtype": _ONNX_DTYPE_NAMES.get(tt.elem_type, str(tt.elem_type))})
     return out
+
+
+def _batch_dynamic_shapes(wrapper: nn.Module, tensors: list, max_batch: int) -> tuple:
+    """``dynamic_shapes`` for ``torch.onnx.export``: axis 0 of every input is the batch, 1..max_batch.
+    The graph wrappers take their state tensors as ``*args``, which ``torch.export`` sees as one
+    tuple after the named inputs; hence the nesting."""
+    import inspect
+
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    named = sum(p.kind == p.POSITIONAL_OR_KEYWORD for p in inspect.signature(wrapper.forward).parameters.values())
+    head = tuple({0: batch} for _ in tensors[:named])
+    rest = tuple({0: batch} for _ in tensors[named:])
+    return head + ((rest,) if rest else ())
 
 
 @contextlib.contextmanager
@@ -139,21 +189,35 @@ def _quiet():
         yield
 
 
-def _export(model: LipSyncModel, graph: str, path: Path, precision: str, attention: str) -> dict:
+def _check_max_batch(max_batch, attention: str) -> int:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ExportError(f"max_batch={max_batch!r} must be an integer >= 1 (1: one stream per call, the default)")
+    if max_batch > 1 and attention == "plugin":
+        raise ExportError(f"max_batch={max_batch} with attention='plugin': the lipforce KV-cache attention plugin "
+                          "runs one stream per call (batch 1). Export the portable flavour for batching "
+                          f"(attention='decomposed' or 'onnx_attention', `lipforce export --max-batch {max_batch}`), "
+                          "or max_batch=1 for the plugin")
+    return max_batch
+
+
+def _export(model: LipSyncModel, graph: str, path: Path, precision: str, attention: str, max_batch: int = 1) -> dict:
     import onnx
 
     if attention not in ATTENTION_FLAVOURS:
         raise ExportError(f"attention={attention!r} is not one of {sorted(ATTENTION_FLAVOURS)}")
     if precision not in _DTYPES:
         raise ExportError(f"precision={precision!r} is not one of {sorted(_DTYPES)}")
+    max_batch = _check_max_batch(max_batch, attention)
     dtype = _DTYPES[precision]
     if next(model.parameters()).dtype != dtype:
         import copy
 
         model = copy.deepcopy(model).to(dtype)  # never cast the caller's weights in place
     was_training = model.training
-    names, tensors, out_names, state = example_inputs(model, graph, dtype)
+    # a batched graph is traced at batch 2 (a batch of 1 would be specialised to a constant)
+    names, tensors, out_names, state = example_inputs(model, graph, dtype, batch=2 if max_batch > 1 else None)
     wrapper = _WRAPPERS[graph](model).eval()
+    dynamic = _batch_dynamic_shapes(wrapper, tensors, max_batch) if max_batch > 1 else None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nbytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
@@ -170,7 +234,7 @@ def _export(model: LipSyncModel, graph: str, path: Path, precision: str, attenti
         with _quiet(), torch.no_grad():
             prog = torch.onnx.export(wrapper, tuple(tensors), dynamo=True, opset_version=ATTENTION_FLAVOURS[attention],
                                      input_names=names, output_names=out_names, custom_translation_table=table,
-                                     optimize=True, verbose=False)
+                                     dynamic_shapes=dynamic, optimize=True, verbose=False)
             prog.save(str(path), external_data=nbytes > _EXTERNAL_DATA_BYTES)
     except Exception as e:  # the exporter's own errors are long; keep the cause
         raise ExportError(f"exporting {graph} ({precision}, attention={attention}) failed: {e}") from e
@@ -183,34 +247,56 @@ def _export(model: LipSyncModel, graph: str, path: Path, precision: str, attenti
     got_out = [o.name for o in m.graph.output]
     if got_in != names or got_out != out_names:
         raise ExportError(f"{graph}: exported I/O names {got_in} -> {got_out} differ from the contract {names} -> {out_names}")
-    return {"file": path.name, "sha256": sha256_file(path), "inputs": _io_spec(m.graph.input),
+    spec = {"file": path.name, "sha256": sha256_file(path), "inputs": _io_spec(m.graph.input),
             "outputs": _io_spec(m.graph.output), "state": state, "export_seconds": round(time.perf_counter() - t0, 2)}
+    odd = [t["name"] for t in spec["inputs"] + spec["outputs"] if max_batch > 1 and t["shape"][:1] != [-1]]
+    if odd:
+        raise ExportError(f"{graph}: tensors {odd} have no dynamic batch axis in front after tracing with "
+                          f"max_batch={max_batch}; the model code specialised the batch size")
+    return spec
 
 
-def export_audio_encoder(model: LipSyncModel, path, precision: str = "fp32") -> dict:
-    return _export(model, "audio_encoder", Path(path), precision, "decomposed")
+def _drop_stale_max_batch(out: Path) -> None:
+    """A batch-1 export into a directory that held a batched one: its manifest must not keep ``max_batch``
+    (``write_manifest`` updates the manifest it finds)."""
+    p = out / "manifest.json"
+    if p.is_file():
+        m = json.loads(p.read_text())
+        if m.pop("max_batch", None) is not None:
+            p.write_text(json.dumps(m, indent=2, sort_keys=False) + "\n")
 
 
-def export_vae_encoder(model: LipSyncModel, path, precision: str = "fp32") -> dict:
-    return _export(model, "vae_encoder", Path(path), precision, "decomposed")
+def export_audio_encoder(model: LipSyncModel, path, precision: str = "fp32", max_batch: int = 1) -> dict:
+    return _export(model, "audio_encoder", Path(path), precision, "decomposed", max_batch)
 
 
-def export_vae_decoder(model: LipSyncModel, path, precision: str = "fp32") -> dict:
-    return _export(model, "vae_decoder", Path(path), precision, "decomposed")
+def export_vae_encoder(model: LipSyncModel, path, precision: str = "fp32", max_batch: int = 1) -> dict:
+    return _export(model, "vae_encoder", Path(path), precision, "decomposed", max_batch)
 
 
-def export_dit_step(model: LipSyncModel, path, precision: str = "fp32", attention: str = "decomposed") -> dict:
-    return _export(model, "dit_step", Path(path), precision, attention)
+def export_vae_decoder(model: LipSyncModel, path, precision: str = "fp32", max_batch: int = 1) -> dict:
+    return _export(model, "vae_decoder", Path(path), precision, "decomposed", max_batch)
+
+
+def export_dit_step(model: LipSyncModel, path, precision: str = "fp32", attention: str = "decomposed",
+                    max_batch: int = 1) -> dict:
+    return _export(model, "dit_step", Path(path), precision, attention, max_batch)
 
 
 def export_model(model: LipSyncModel, out_dir, precision: str = "fp32", attention: str = "decomposed",
-                 progress: bool = True) -> dict:
+                 progress: bool = True, max_batch: int = 1) -> dict:
     """Export all four graphs of ``model`` into ``out_dir`` and write its manifest. ``model`` itself
-    is left as it was (the export casts a copy)."""
+    is left as it was (the export casts a copy).
+
+    ``max_batch``: 1 (the default) writes the batch-1 graphs; ``B > 1`` gives every tensor a dynamic
+    leading batch axis 1..B and the DiT a cache plan per element (``lipforce_sdk.contract``), for
+    ``Engine.load(..., max_batch=B)``; the manifest records ``"max_batch": B``. The plugin flavour
+    is batch 1 only."""
     import copy
 
     from tqdm import tqdm
 
+    _check_max_batch(max_batch, attention)
     out = Path(out_dir)
     model = copy.deepcopy(model).to(_DTYPES[precision]).eval()
     graphs = {}
@@ -220,7 +306,10 @@ def export_model(model: LipSyncModel, out_dir, precision: str = "fp32", attentio
     for name, fn in bar:
         bar.set_postfix_str(name)
         kw = {"attention": attention} if name == "dit_step" else {}
-        graphs[name] = fn(model, out / f"{name}.onnx", precision=precision, **kw)
+        graphs[name] = fn(model, out / f"{name}.onnx", precision=precision, max_batch=max_batch, **kw)
     flavour = "plugin" if attention == "plugin" else "portable"
+    batch = {"max_batch": max_batch} if max_batch > 1 else {}  # absent: batch 1 (manifests written before)
+    if max_batch == 1:
+        _drop_stale_max_batch(out)
     return write_manifest(out, model.cfg, flavour=flavour, attention=attention, opset=ATTENTION_FLAVOURS[attention],
-                          precision=precision, graphs=graphs)
+                          precision=precision, graphs=graphs, **batch)

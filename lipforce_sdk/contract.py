@@ -18,14 +18,51 @@ vae_decoder    latents [1, z, C, h, w] -> frames [1, 3, Fv, H, W]            dec
 
 Fv = C * Tc video frames per chunk (Tc = temporal compression), frames are float32 RGB in [-1, 1].
 State tensors start at zero (``reset``) and every graph call returns the next state.
+
+**Batched graphs** (``export_model(..., max_batch=B)`` with ``B > 1``; the manifest records
+``"max_batch": B`` and each tensor's batch axis as ``-1``): the same names, and every input, output
+and state tensor has a leading batch axis ``b`` in ``1..B`` (element ``i`` is one stream). The
+leading ``1`` above becomes ``b``, and the DiT's cache plan is per element, since streams in one
+call are at different positions (their ring-buffer slots, positions and valid slots differ):
+
+=============  ============================================================
+dit_step       t [b], write_idx [b, C], q_pos [b, C], k_pos [b, M], k_valid [b, M]
+=============  ============================================================
+
+Element ``i`` of a batched call computes exactly what a batch-1 call of stream ``i`` computes
+(each writes its own cache slots, is rotated at its own positions and masked by its own valid
+slots). A batch-1 model directory (``max_batch`` absent, the default) has the table above as it is.
 """
 
 from __future__ import annotations
 
-__all__ = ["GRAPHS", "STATE_OUT_SUFFIX", "state_out_name", "BackendError"]
+__all__ = ["GRAPHS", "STATE_OUT_SUFFIX", "PLAN_INPUTS", "state_out_name", "feed_shapes", "BackendError"]
 
 GRAPHS = ("audio_encoder", "vae_encoder", "dit_step", "vae_decoder")
 STATE_OUT_SUFFIX = "_out_"
+PLAN_INPUTS = ("write_idx", "q_pos", "k_pos", "k_valid")  # the DiT's cache plan (int32)
+
+
+def feed_shapes(cfg, graph: str, batched: bool = False) -> dict[str, tuple[int, ...]]:
+    """One stream's non-state inputs of ``graph`` and their shapes, from a ``ModelConfig``.
+
+    ``batched=False``: the batch-1 graphs (the plan ``[C]``/``[M]``). ``batched=True``: one element
+    of a batched graph (every tensor with its batch axis of 1, the plan ``[1, C]``/``[1, M]``)."""
+    c, tc = cfg.stream.chunk_frames, cfg.vae.temporal_compression
+    fv, z, (h, w), a = c * tc, cfg.latent_channels, cfg.latent_hw, cfg.audio
+    if graph == "audio_encoder":
+        return {"mel": (1, fv, a.window_video_frames() * a.mels_per_video_frame(cfg.stream.fps), a.n_mels)}
+    if graph == "vae_encoder":
+        return {"frames": (1, 3, fv, cfg.stream.resolution, cfg.stream.resolution)}
+    if graph == "vae_decoder":
+        return {"latents": (1, z, c, h, w)}
+    if graph == "dit_step":
+        lead = (1,) if batched else ()
+        m = cfg.num_slots
+        return {"x_t": (1, z, c, h, w), "t": (1,), "cond": (1, z, c, h, w), "mask": (1, cfg.mask_channels, c, h, w),
+                "audio_tokens": (1, fv, a.tokens_per_frame, a.token_dim), "write_idx": lead + (c,),
+                "q_pos": lead + (c,), "k_pos": lead + (m,), "k_valid": lead + (m,)}
+    raise ValueError(f"unknown graph {graph!r}; expected one of {GRAPHS}")
 
 
 def state_out_name(name: str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .audio import LogMelStream
 from .backends.base import Backend, BackendError, host_array
+from .batching import stream_scope
 from .cache_plan import RingCachePlanner
 from .config import ModelConfig
 from .face import FaceBox, FaceNotFoundError, FaceTracker
@@ -104,31 +105,54 @@ class SessionStats:
 
 
 class Engine:
-    """A loaded model shared by any number of sessions (it holds no per-stream state)."""
+    """A loaded model shared by any number of sessions (it holds no per-stream state).
 
-    def __init__(self, backend: Backend, model_dir: Path | None = None):
+    With ``max_batch > 1`` the engine owns a ``lipforce_sdk.batching.BatchScheduler``
+    (``engine.batching``; its ``stats`` count the calls per batch size): sessions pushed from
+    different threads have their calls of the same graph run together, up to ``max_batch`` per
+    call; a call waits at most ``max_wait_ms`` for others to join it (plus the time its thread
+    takes to wake), and not at all where no other session could join."""
+
+    def __init__(self, backend: Backend, model_dir: Path | None = None, max_batch: int = 1,
+                 max_wait_ms: float = 2.0):
         self.backend = backend
         self.config: ModelConfig = backend.config
         self.model_dir = model_dir
+        self.batching = None
+        if max_batch != 1:
+            from .batching import BatchScheduler
+
+            if getattr(backend, "batcher", None) is not None:
+                raise BackendError("this backend already batches for another Engine; load the model again")
+            self.batching = BatchScheduler(backend, max_batch, max_wait_ms)
+            backend.batcher = self.batching
 
     @classmethod
-    def load(cls, path: str | Path | None = None, backend: str = "torch", **backend_options) -> "Engine":
+    def load(cls, path: str | Path | None = None, backend: str = "torch", max_batch: int = 1,
+             max_wait_ms: float = 2.0, **backend_options) -> "Engine":
         """Load a model directory (default: the bundled ``tiny`` model) with a backend:
-        ``torch`` (weights), ``onnxruntime`` (exported graphs) or ``tensorrt`` (built engines)."""
+        ``torch`` (weights), ``onnxruntime`` (exported graphs) or ``tensorrt`` (built engines).
+
+        ``max_batch``: run the graph calls of up to this many concurrent sessions in one call
+        (``lipforce_sdk.batching``; ONNX Runtime and TensorRT need a model exported with
+        ``lipforce export --max-batch N``, N >= max_batch); ``max_wait_ms``: the longest a call
+        waits for others to join it."""
         model_dir = Path(path) if path is not None else default_model_dir()
         if backend not in BACKENDS:
             raise BackendError(f"backend={backend!r} is not one of {BACKENDS}")
         if backend == "torch":
             from .backends.torch_backend import TorchBackend
 
-            return cls(TorchBackend.load(model_dir, **backend_options), model_dir)
-        if backend == "onnxruntime":
+            be = TorchBackend.load(model_dir, **backend_options)
+        elif backend == "onnxruntime":
             from .backends.onnxruntime_backend import OnnxRuntimeBackend
 
-            return cls(OnnxRuntimeBackend.load(model_dir, **backend_options), model_dir)
-        from .backends.tensorrt_backend import TensorRTBackend
+            be = OnnxRuntimeBackend.load(model_dir, **backend_options)
+        else:
+            from .backends.tensorrt_backend import TensorRTBackend
 
-        return cls(TensorRTBackend.load(model_dir, **backend_options), model_dir)
+            be = TensorRTBackend.load(model_dir, **backend_options)
+        return cls(be, model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
@@ -174,7 +198,8 @@ class Engine:
         return Session(self, face_source=face_source, seed=seed, reference=reference, silence=silence)
 
     def __repr__(self) -> str:
-        return f"Engine({self.config.name!r}, backend={self.backend.name!r}, dir={str(self.model_dir)!r})"
+        batch = f", max_batch={self.batching.max_batch}" if self.batching is not None else ""
+        return f"Engine({self.config.name!r}, backend={self.backend.name!r}, dir={str(self.model_dir)!r}{batch})"
 
 
 @dataclass(frozen=True)
@@ -509,8 +534,11 @@ class Session:
 
     def _drain(self) -> list[OutputFrame]:
         out: list[OutputFrame] = []
-        while self._ready():
-            out += self._run_chunk()
+        if not self._ready():
+            return out
+        with stream_scope(self.backend):  # a batching engine may run these chunks' calls with other sessions'
+            while self._ready():
+                out += self._run_chunk()
         return out
 
     def _write_reference(self) -> None:

@@ -58,6 +58,7 @@ class FakeDevice:
         self.launches = 0
         self.d2h_bytes = 0
         self.h2d_bytes = 0
+        self.d2d_bytes = 0
         self.stream = 7
 
     def _alloc(self, n):
@@ -66,8 +67,15 @@ class FakeDevice:
         self.mem[ptr] = np.zeros(n, np.uint8)
         return ptr
 
+    def _buf(self, ptr, n):
+        """``n`` bytes at ``ptr``, which may point inside an allocation (a stream's slot in a batch buffer)."""
+        base = max(b for b in self.mem if b <= ptr)
+        off = ptr - base
+        assert off + n <= self.mem[base].size, f"{n} bytes at +{off} overrun the allocation at {base:#x}"
+        return self.mem[base][off:off + n]
+
     def view(self, ptr, n):
-        return self.mem[ptr][:n]
+        return self._buf(ptr, n)
 
     def malloc(self, n):
         return self._alloc(n)
@@ -100,7 +108,7 @@ class FakeDevice:
 
         def run():
             self.h2d_bytes += n
-            self.mem[dst][:n] = self.mem[src][:n]
+            self._buf(dst, n)[:] = self._buf(src, n)
         self._op(run)
 
     def copy_d2h_async(self, dst, src, n):
@@ -108,7 +116,13 @@ class FakeDevice:
 
         def run():
             self.d2h_bytes += n
-            self.mem[dst][:n] = self.mem[src][:n]
+            self._buf(dst, n)[:] = self._buf(src, n)
+        self._op(run)
+
+    def copy_d2d_async(self, dst, src, n):
+        def run():
+            self.d2d_bytes += n
+            self._buf(dst, n)[:] = self._buf(src, n)
         self._op(run)
 
     def synchronize(self):
@@ -439,3 +453,140 @@ def test_cuda_device_round_trip():
     assert not host[: n // 2].any() and (host[n // 2:] == np.arange(n // 2, n, dtype=np.uint8)).all()
     dev.free(d)
     dev.host_free(hp)
+
+
+# ------------------------------------------------------------------------------------------------
+# batched engines (a model exported with max_batch > 1): run_batch over the fake device
+# ------------------------------------------------------------------------------------------------
+MAX_B = 3
+BATCHED_ENTRY = {  # the same step with a batch axis (-1) in front of every tensor, profile 1..MAX_B
+    "max_batch": MAX_B,
+    "inputs": [dict(t, shape=[-1, *t["shape"]]) for t in ENTRY["inputs"]],
+    "outputs": [dict(t, shape=[-1, *t["shape"]]) for t in ENTRY["outputs"]],
+    "state": ENTRY["state"],
+}
+
+
+class BatchedFakeContext(FakeContext):
+    """``reference_step`` per batch element, at the batch size set by ``set_input_shape``."""
+
+    def __init__(self, device):
+        super().__init__(device, BATCHED_ENTRY)
+        self.shapes: dict[str, tuple] = {}
+
+    def set_input_shape(self, name, shape):
+        spec = self.specs[name]
+        assert name in {t["name"] for t in BATCHED_ENTRY["inputs"]}, f"{name} is not an input"
+        assert len(shape) == len(spec["shape"]) and list(shape[1:]) == spec["shape"][1:], (name, shape)
+        if not 1 <= shape[0] <= MAX_B:
+            return False
+        self.shapes[name] = tuple(shape)
+        return True
+
+    def _arr(self, name, ptr):
+        t = self.specs[name]
+        b = {s[0] for s in self.shapes.values()}
+        assert len(b) == 1, f"inputs set to different batch sizes {self.shapes}"
+        shape = [b.pop(), *t["shape"][1:]]
+        dt = numpy_dtype(t["dtype"])
+        return self.dev.view(ptr, int(np.prod(shape)) * dt.itemsize).view(dt).reshape(shape)
+
+    def execute_async_v3(self, stream):
+        bound, shapes = dict(self.addr), dict(self.shapes)
+        assert set(shapes) == {t["name"] for t in BATCHED_ENTRY["inputs"]}, "input shapes not set"
+
+        def run():
+            self.executes += 1
+            a = {n: self._arr(n, p) for n, p in bound.items()}
+            for i in range(a["x"].shape[0]):
+                y, k0, k1 = reference_step(a["x"][i], a["write_idx"][i], a["kv_0"][i], a["kv_1"][i])
+                a["kv_out_0"][i], a["kv_out_1"][i], a["y"][i] = k0, k1, y
+        self.dev._op(run)
+        return True
+
+
+def make_batched_runner(aliased=(), **kw):
+    dev = FakeDevice()
+    plan = IOPlan.from_entry("dit_step", BATCHED_ENTRY, aliased=aliased)
+    return TensorRTGraphRunner(plan, BatchedFakeContext(dev), dev, **kw), dev
+
+
+def batched_feeds(step, rng):
+    return {k: v[None] for k, v in feeds_for(step, rng).items()}
+
+
+def test_batched_plan_holds_one_streams_shapes():
+    plan = IOPlan.from_entry("dit_step", BATCHED_ENTRY)
+    assert plan.max_batch == MAX_B and plan.batched
+    assert [s.shape for s in plan.feeds] == [(1, CHUNK, WIDTH), (1, CHUNK)]
+    assert plan.state[0][0].shape == (1, SLOTS, WIDTH)
+    flat = dict(BATCHED_ENTRY, inputs=[ENTRY["inputs"][0]] + BATCHED_ENTRY["inputs"][1:])
+    with pytest.raises(BackendError, match=r"max_batch=3 but tensors \['x'\] have no batch axis"):
+        IOPlan.from_entry("dit_step", flat)
+
+
+@pytest.mark.parametrize("aliased", [(), ("kv_0", "kv_1")])
+def test_run_batch_equals_each_stream_alone(aliased):
+    """Streams at different steps batched in one call, in changing groups and orders, mixed with
+    single calls: every result and every state equals the stream run alone."""
+    runner, dev = make_batched_runner(aliased=aliased, cuda_graph=True)
+    assert not runner.cuda_graph, "no CUDA graph for an engine whose shapes change"
+    n = 3
+    states = [runner.new_state() for _ in range(n)]
+    rngs = [np.random.default_rng(20 + i) for i in range(n)]
+    refs = [[np.zeros((SLOTS, WIDTH), np.float32), np.zeros((SLOTS, WIDTH), np.float16)] for _ in range(n)]
+    steps = [0, 3, 5]  # different positions in their streams: different slots
+    groups = [[0, 1, 2], [2, 0], [1], [0, 1, 2], [1, 2], [0], [2, 1, 0]]
+    for g in groups:
+        feeds = [batched_feeds(steps[i], rngs[i]) for i in g]
+        outs = runner.run_batch([(f, states[i]) for f, i in zip(feeds, g)]) if len(g) > 1 else \
+            [runner.run(feeds[0], states[g[0]])]
+        for f, i, out in zip(feeds, g, outs):
+            y, refs[i][0], refs[i][1] = reference_step(f["x"][0], f["write_idx"][0], refs[i][0], refs[i][1])
+            np.testing.assert_array_equal(out["y"], y[None], err_msg=f"group {g}, stream {i}, step {steps[i]}")
+            steps[i] += 1
+    for i, st in enumerate(states):  # the latest state is where the stream's next call reads it
+        pp = st.pingpong
+        k0 = dev.view(pp.current("kv_0"), SLOTS * WIDTH * 4).view(np.float32).reshape(SLOTS, WIDTH)
+        np.testing.assert_array_equal(k0, refs[i][0], err_msg=f"stream {i}")
+
+
+def test_run_batch_moves_state_on_the_device_only():
+    runner, dev = make_batched_runner()
+    states = [runner.new_state() for _ in range(2)]
+    rng = np.random.default_rng(30)
+    runner.run_batch([(batched_feeds(0, rng), s) for s in states])
+    per_stream_state = SLOTS * WIDTH * (4 + 2)
+    assert dev.d2d_bytes == 2 * 2 * per_stream_state  # gathered in, scattered back, two streams
+    assert dev.h2d_bytes == 2 * (CHUNK * WIDTH * 4 + CHUNK * 4) and dev.d2h_bytes == 2 * WIDTH * 4
+
+
+def test_run_batch_refuses_what_it_cannot_run():
+    runner, _ = make_batched_runner()
+    rng = np.random.default_rng(31)
+    s = runner.new_state()
+    with pytest.raises(BackendError, match="one state appears twice"):
+        runner.run_batch([(batched_feeds(0, rng), s), (batched_feeds(0, rng), s)])
+    with pytest.raises(BackendError, match=r"a batch of 4 streams; this engine takes 1\.\.3"):
+        runner.run_batch([(batched_feeds(0, rng), runner.new_state()) for _ in range(4)])
+    bad = {"x": np.zeros((2, CHUNK, WIDTH), np.float32), "write_idx": np.zeros((1, CHUNK), np.int32)}
+    with pytest.raises(BackendError, match=r"feed 'x' has shape \[2, 2, 3\], the engine takes \[1, 2, 3\]"):
+        runner.run_batch([(bad, s), (batched_feeds(0, rng), runner.new_state())])
+    other, _ = make_batched_runner()
+    with pytest.raises(BackendError, match="not made by this runner"):
+        runner.run_batch([(batched_feeds(0, rng), s), (batched_feeds(0, rng), other.new_state())])
+
+
+def test_batched_engine_memory_is_flat():
+    runner, dev = make_batched_runner()
+    states = [runner.new_state() for _ in range(3)]
+    rng = np.random.default_rng(32)
+    runner.run_batch([(batched_feeds(0, rng), s) for s in states])
+    allocated = {p: a.nbytes for p, a in dev.mem.items()}
+    for step in range(1, 30):
+        runner.run_batch([(batched_feeds(step, rng), s) for s in states[: 1 + step % 3]])
+    assert {p: a.nbytes for p, a in dev.mem.items()} == allocated
+    for st in states:
+        st.close()
+    runner.close()
+    assert dev.mem == {}

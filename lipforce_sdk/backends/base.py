@@ -4,7 +4,7 @@ contract in ``lipforce_sdk.contract``."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -28,13 +28,24 @@ class GraphRunner(Protocol):
         """Run with the non-state ``feeds``; update ``state`` (state inputs -> outputs); return the
         non-state outputs as host arrays."""
 
+    # A runner of a batched graph (``max_batch > 1`` in the manifest) also has
+    # ``run_batch(calls: Sequence[tuple[feeds, state]]) -> list[outputs]``: one call for several
+    # streams, each feed and state with its batch axis of 1; each state is updated as ``run`` would.
+
 
 class Backend(ABC):
     """One loaded model. Shared by many sessions: it holds no per-stream data; ``new_state``
-    returns everything a stream owns (caches)."""
+    returns everything a stream owns (caches).
+
+    Each of the four graph methods builds the graph's feeds (``lipforce_sdk.contract`` names) and
+    runs them through ``run_graph`` (one stream), or, where the engine batches
+    (``lipforce_sdk.batching``: ``batcher`` is set), hands them to the scheduler, which runs the
+    calls of several streams as one ``run_batch``."""
 
     name: str = "?"
     config: ModelConfig
+    max_batch: int | None = 1  # the most streams one run_batch takes; None: any number
+    batcher: Any = None  # a lipforce_sdk.batching.BatchScheduler, set by Engine.load(max_batch > 1)
 
     @abstractmethod
     def new_state(self) -> Any: ...
@@ -63,6 +74,29 @@ class Backend(ABC):
     @abstractmethod
     def asarray(self, x: np.ndarray) -> Any:
         """Host array -> the backend's array type (for noise and the mask)."""
+
+    # ---- one graph call, or several streams' calls at once (the scheduler's entry points) ----
+    def feed_specs(self, graph: str) -> dict[str, tuple[tuple[int, ...], str]]:
+        """One stream's non-state feeds of ``graph``: name -> (shape, dtype name)."""
+        raise BackendError(f"backend {self.name!r} does not describe its feeds, so it cannot batch; "
+                           "load the engine with max_batch=1")
+
+    def run_graph(self, graph: str, feeds: Mapping[str, Any], state: Any) -> dict[str, Any]:
+        """Run ``graph`` for one stream (``state``: the stream's ``new_state()``, or None for the
+        audio encoder); returns the non-state outputs by name."""
+        raise BackendError(f"backend {self.name!r} runs its graphs only through encode_audio/encode_video/"
+                           "dit_step/decode; load the engine with max_batch=1")
+
+    def run_batch(self, graph: str, calls: Sequence[tuple[Mapping[str, Any], Any]]) -> list[dict[str, Any]]:
+        """Run ``graph`` once for several streams: ``calls`` holds each stream's (feeds, state) as
+        ``run_graph`` takes them. The states are gathered along the batch axis and each stream's
+        next state is written back into its own state; returns each stream's outputs, in order."""
+        raise BackendError(f"backend {self.name!r} cannot run a batch; load the engine with max_batch=1")
+
+    def _dispatch(self, graph: str, feeds: dict[str, Any], state: Any) -> dict[str, Any]:
+        if self.batcher is not None:
+            return self.batcher.submit(graph, feeds, state)
+        return self.run_graph(graph, feeds, state)
 
     def close(self) -> None:  # pragma: no cover - optional
         pass

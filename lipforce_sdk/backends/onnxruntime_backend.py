@@ -39,7 +39,9 @@ class OrtGraphRunner:
         self._state_outs = set(self.state_map.values())
 
     def new_state(self) -> dict[str, np.ndarray]:
-        return {n: np.zeros(self._inputs[n]["shape"], _DT[self._inputs[n]["dtype"]]) for n in self.state_map}
+        """One stream's state (a batched graph's batch axis, -1 in the manifest, is 1 here)."""
+        return {n: np.zeros([1 if d < 0 else d for d in self._inputs[n]["shape"]], _DT[self._inputs[n]["dtype"]])
+                for n in self.state_map}
 
     def reset_state(self, state: dict[str, np.ndarray] | None) -> None:
         for a in (state or {}).values():
@@ -53,6 +55,21 @@ class OrtGraphRunner:
         for sin, sout in self.state_map.items():
             state[sin] = outs[sout]
         return {k: v for k, v in outs.items() if k not in self._state_outs}
+
+    def run_batch(self, calls: Sequence[tuple[Mapping[str, np.ndarray], dict | None]]) -> list[dict[str, np.ndarray]]:
+        """Several streams in one call of a batched graph: feeds and states concatenated along the
+        batch axis, each stream's next state and outputs its own slice of the results (the states
+        are replaced only once the call has succeeded)."""
+        inputs = {n: np.concatenate([f[n] for f, _ in calls]) for n in calls[0][0]}
+        for sin in self.state_map:
+            inputs[sin] = np.concatenate([s[sin] for _, s in calls])
+        outs = dict(zip(self._out_names, self.sess.run(self._out_names, inputs)))
+        results = []
+        for i, (_, state) in enumerate(calls):
+            for sin, sout in self.state_map.items():
+                state[sin] = outs[sout][i:i + 1]
+            results.append({k: v[i:i + 1] for k, v in outs.items() if k not in self._state_outs})
+        return results
 
 
 class OnnxRuntimeBackend(GraphBackend):

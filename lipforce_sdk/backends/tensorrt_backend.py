@@ -19,6 +19,14 @@ How a call runs (``TensorRTGraphRunner.run``):
   each state keeps one graph per parity; ``reset_state`` zeroes the buffers in place (memset), so
   the graphs stay valid.
 
+Batched engines (a model exported with ``max_batch > 1``; built with an optimization profile
+1 / opt / max on the batch axis): every call sets its input shapes (batch 1 for ``run``, ``b`` for
+``run_batch``). ``run_batch`` gathers the streams' states into runner-owned batch buffers with
+device-to-device copies, runs once, and copies each stream's slice of the new state back into that
+stream's own next buffer (the state never leaves the device; each stream keeps its buffers). These
+copies move each stream's state twice more per call (``samples/batch_bench.py`` counts the bytes).
+No CUDA graph is captured for a batched engine (its shapes change from call to call).
+
 The host-side logic (``IOPlan``, ``PingPong``, the runner's call sequence) is plain Python over a
 small device interface (``CudaDevice`` here; a fake in the tests), so it is tested without a GPU.
 Runs on one runner are serialized by a lock; sessions share a runner and own their states.
@@ -96,11 +104,15 @@ class TensorSpec:
         return prod(self.shape) * self.np_dtype.itemsize
 
     @classmethod
-    def from_dict(cls, d: Mapping, graph: str) -> "TensorSpec":
+    def from_dict(cls, d: Mapping, graph: str, batched: bool = False) -> "TensorSpec":
+        """``batched``: the leading axis is the batch (-1); the spec is one stream's (batch 1)."""
         shape = tuple(int(x) for x in d["shape"])
+        if batched and shape and shape[0] < 0:
+            shape = (1,) + shape[1:]
         if any(x < 0 for x in shape):
             raise BackendError(f"graph {graph!r}: tensor {d['name']!r} has a dynamic shape {list(shape)}; the "
-                               "lipforce engines are static per resolution: rebuild with `lipforce build`")
+                               "lipforce engines are static per resolution (with a batch axis only where the model "
+                               "was exported with max_batch > 1): rebuild with `lipforce build`")
         return cls(name=str(d["name"]), shape=shape, dtype=str(d["dtype"]))
 
 
@@ -113,12 +125,21 @@ class IOPlan:
     results: tuple[TensorSpec, ...]  # non-state outputs
     state: tuple[tuple[TensorSpec, TensorSpec], ...]  # (state input, state output)
     aliased: frozenset = frozenset()  # state inputs the engine updates in place (output aliases input)
+    max_batch: int = 1  # > 1: every tensor has a leading batch axis 1..max_batch; specs are one stream's
 
     @classmethod
     def from_entry(cls, graph: str, entry: Mapping, aliased: Sequence[str] = ()) -> "IOPlan":
-        """Build the plan from an engine manifest entry (``inputs``, ``outputs``, ``state``)."""
-        inputs = {d["name"]: TensorSpec.from_dict(d, graph) for d in entry["inputs"]}
-        outputs = {d["name"]: TensorSpec.from_dict(d, graph) for d in entry["outputs"]}
+        """Build the plan from an engine manifest entry (``inputs``, ``outputs``, ``state``, and
+        ``max_batch`` for an engine with a batch axis)."""
+        max_batch = int(entry.get("max_batch", 1))
+        batched = max_batch > 1
+        inputs = {d["name"]: TensorSpec.from_dict(d, graph, batched) for d in entry["inputs"]}
+        outputs = {d["name"]: TensorSpec.from_dict(d, graph, batched) for d in entry["outputs"]}
+        if batched:
+            flat = [d["name"] for d in entry["inputs"] + entry["outputs"] if list(d["shape"])[:1] != [-1]]
+            if flat:
+                raise BackendError(f"graph {graph!r}: the engine has max_batch={max_batch} but tensors {flat} have no "
+                                   "batch axis (-1) in front; re-export the model and rebuild with `lipforce build`")
         mapping = dict(entry.get("state") or {})
         pairs = []
         for s_in, s_out in mapping.items():
@@ -139,7 +160,11 @@ class IOPlan:
         return cls(graph=graph,
                    feeds=tuple(s for n, s in inputs.items() if n not in mapping),
                    results=tuple(s for n, s in outputs.items() if n not in outs),
-                   state=tuple(pairs), aliased=frozenset(aliased))
+                   state=tuple(pairs), aliased=frozenset(aliased), max_batch=max_batch)
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch > 1
 
     @property
     def state_bytes(self) -> int:
@@ -269,6 +294,9 @@ class TensorRTGraphRunner:
         if warmup_calls < 1:
             raise BackendError(f"warmup_calls={warmup_calls} must be >= 1: TensorRT needs a plain call before capture")
         self.plan = plan
+        if cuda_graph and plan.batched:
+            log.info("%s: a batched engine's shapes change between calls; running it without CUDA graphs", plan.graph)
+            cuda_graph = False
         self.cuda_graph = cuda_graph
         self.warmup_calls = warmup_calls
         self._ctx = context
@@ -277,15 +305,18 @@ class TensorRTGraphRunner:
         self._lock = threading.Lock()
         self._dbuf: dict[str, int] = {}
         self._hptr: dict[str, int] = {}
-        self._host: dict[str, np.ndarray] = {}
+        self._host: dict[str, np.ndarray] = {}  # [max_batch * stream shape[0], ...] staging per feed/result
+        mb = plan.max_batch
         for spec in plan.feeds + plan.results:
-            n = max(spec.nbytes, 1)
+            n = max(spec.nbytes * mb, 1)
             self._dbuf[spec.name] = device.malloc(n)
             ptr, raw = device.host_alloc(n)
             self._hptr[spec.name] = ptr
-            self._host[spec.name] = raw[:spec.nbytes].view(spec.np_dtype).reshape(spec.shape)
-        self._finalizer = weakref.finalize(self, _free_runner, device, list(self._dbuf.values()),
-                                           list(self._hptr.values()))
+            self._host[spec.name] = raw[:spec.nbytes * mb].view(spec.np_dtype).reshape(
+                (spec.shape[0] * mb,) + spec.shape[1:])
+        self._batch_state: dict[str, tuple[int, int]] = {}  # state input -> (in, out) buffers for max_batch streams
+        self._dptrs = list(self._dbuf.values())  # freed with the runner (the batch state buffers join it)
+        self._finalizer = weakref.finalize(self, _free_runner, device, self._dptrs, list(self._hptr.values()))
         self._stateless: TensorRTState | None = None  # used when a graph without state is run with state=None
         self.on_close: list = []  # callbacks run by close() (e.g. saving the TensorRT-RTX runtime cache)
 
@@ -369,7 +400,9 @@ class TensorRTGraphRunner:
         dev = self._dev
         with self._lock:
             for name, arr in arrays.items():
-                np.copyto(self._host[name], arr)
+                np.copyto(self._host[name][:arr.shape[0]], arr)
+            if self.plan.batched:
+                self._set_batch(1)
             p = state.parity
             graph = state.graphs.get(p)
             if (graph is None and self.cuda_graph and not state.capture_failed
@@ -382,7 +415,51 @@ class TensorRTGraphRunner:
             dev.synchronize()
             state.calls[p] += 1
             state.pingpong.swap()
-            return {s.name: self._host[s.name].copy() for s in self.plan.results}
+            return {s.name: self._host[s.name][:s.shape[0]].copy() for s in self.plan.results}
+
+    def run_batch(self, calls: Sequence[tuple[Mapping[str, np.ndarray], "TensorRTState | None"]]
+                  ) -> list[dict[str, np.ndarray]]:
+        """Several streams in one call of a batched engine (``IOPlan.max_batch`` > 1): each feed
+        is one stream's (batch 1), each state that stream's own; returns each stream's results."""
+        plan, dev = self.plan, self._dev
+        b = len(calls)
+        if not 1 <= b <= plan.max_batch:
+            raise BackendError(f"{plan.graph}: a batch of {b} streams; this engine takes 1..{plan.max_batch} "
+                               "(export with a larger --max-batch and rebuild for more)")
+        arrays = [plan.validate_feeds(f) for f, _ in calls]
+        states = []
+        for _, st in calls:
+            if st is None and plan.state:
+                raise BackendError(f"{plan.graph} keeps state: pass each stream's new_state()")
+            if st is not None:
+                self._own(st)
+            states.append(st)
+        if plan.state and len({id(st) for st in states}) != b:
+            raise BackendError(f"{plan.graph}: one state appears twice in a batch; each stream runs once per call")
+        with self._lock:
+            for spec in plan.feeds:
+                n0 = spec.shape[0]
+                for i, arr in enumerate(arrays):
+                    np.copyto(self._host[spec.name][i * n0:(i + 1) * n0], arr[spec.name])
+            if plan.batched:
+                self._set_batch(b)
+            buf = self._batch_buffers()
+            for a, _ in plan.state:  # gather: each stream's current state into the batch buffer
+                for i, st in enumerate(states):
+                    dev.copy_d2d_async(buf[a.name][0] + i * a.nbytes, st.pingpong.current(a.name), a.nbytes)
+            self._enqueue_bound(b, {**{a.name: buf[a.name][0] for a, _ in plan.state},
+                                    **{o.name: buf[a.name][1] for a, o in plan.state}})
+            for a, _ in plan.state:  # scatter: each stream's slice into the buffer its next call reads
+                for i, st in enumerate(states):
+                    pp = st.pingpong
+                    dst = pp.buffers[a.name][0 if a.name in plan.aliased else 1 - pp.parity]
+                    dev.copy_d2d_async(dst, buf[a.name][1] + i * a.nbytes, a.nbytes)
+            dev.synchronize()
+            for st in states:
+                if st is not None:
+                    st.pingpong.swap()
+            return [{s.name: self._host[s.name][i * s.shape[0]:(i + 1) * s.shape[0]].copy() for s in plan.results}
+                    for i in range(b)]
 
     def close(self) -> None:
         """Save caches and free the runner's buffers (states free their own)."""
@@ -410,18 +487,41 @@ class TensorRTGraphRunner:
         self._dev.synchronize()
 
     def _enqueue(self, state: TensorRTState) -> None:
+        self._enqueue_bound(1, state.pingpong.bindings())
+
+    def _enqueue_bound(self, b: int, state_bindings: Mapping[str, int]) -> None:
+        """Copy ``b`` streams' feeds in, run with the state tensors at ``state_bindings``, copy the results out."""
         dev, ctx = self._dev, self._ctx
         for s in self.plan.feeds:
-            dev.copy_h2d_async(self._dbuf[s.name], self._hptr[s.name], s.nbytes)
+            dev.copy_h2d_async(self._dbuf[s.name], self._hptr[s.name], s.nbytes * b)
         for s in self.plan.feeds + self.plan.results:
             ctx.set_tensor_address(s.name, self._dbuf[s.name])
-        for name, ptr in state.pingpong.bindings().items():
+        for name, ptr in state_bindings.items():
             ctx.set_tensor_address(name, ptr)
         if not ctx.execute_async_v3(dev.stream):
             raise BackendError(f"{self.plan.graph}: TensorRT failed to enqueue the engine (see the TensorRT log); "
                                "run `lipforce doctor`")
         for s in self.plan.results:
-            dev.copy_d2h_async(self._hptr[s.name], self._dbuf[s.name], s.nbytes)
+            dev.copy_d2h_async(self._hptr[s.name], self._dbuf[s.name], s.nbytes * b)
+
+    def _set_batch(self, b: int) -> None:
+        """A batched engine's input shapes for a call of ``b`` streams."""
+        for s in self.plan.feeds + tuple(a for a, _ in self.plan.state):
+            if not self._ctx.set_input_shape(s.name, (s.shape[0] * b,) + s.shape[1:]):
+                raise BackendError(f"{self.plan.graph}: TensorRT refused the shape of {s.name!r} for a batch of {b} "
+                                   f"(the engine's profile takes 1..{self.plan.max_batch}); rebuild with `lipforce build`")
+
+    def _batch_buffers(self) -> dict[str, tuple[int, int]]:
+        """State input -> (input, output) device buffers for ``max_batch`` streams, allocated at the
+        first batched call (one buffer where the engine updates the state in place)."""
+        if not self._batch_state and self.plan.state:
+            for a, _ in self.plan.state:
+                n = max(a.nbytes * self.plan.max_batch, 1)
+                p_in = self._dev.malloc(n)
+                p_out = p_in if a.name in self.plan.aliased else self._dev.malloc(n)
+                self._batch_state[a.name] = (p_in, p_out)
+                self._dptrs.extend({p_in, p_out})
+        return self._batch_state
 
     def _capture(self, state: TensorRTState):
         dev, ctx = self._dev, self._ctx
@@ -501,6 +601,10 @@ class CudaDevice:
     def copy_d2h_async(self, dst: int, src: int, nbytes: int) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._call(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream), "cudaMemcpyAsync(D2H)")
+
+    def copy_d2d_async(self, dst: int, src: int, nbytes: int) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self._call(self._rt.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream), "cudaMemcpyAsync(D2D)")
 
     def synchronize(self) -> None:
         self._call(self._rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")

@@ -181,8 +181,10 @@ class WanDiT(nn.Module):
         """One denoising pass of a chunk.
 
         x_t/cond [B, z, C, h, w], mask [B, Tc, C, h, w], t [B], audio_tokens [B, C*Tc, A, Da],
-        plan tensors int32 (see cache_plan.py), caches: list of (k_cache, v_cache) [B, T, H, D]
-        per layer. Returns ``(x0, new_caches)``; with ``inplace`` the caches are written in place
+        plan tensors int32 (see cache_plan.py): one stream's (write_idx/q_pos [C], k_pos/k_valid
+        [M], shared by the batch) or one per element (write_idx/q_pos [B, C], k_pos/k_valid [B, M]:
+        streams at different positions in one call), caches: list of (k_cache, v_cache)
+        [B, T, H, D] per layer. Returns ``(x0, new_caches)``; with ``inplace`` the caches are written in place
         and returned as the same tensors.
         """
         new = [None] * len(self.blocks)
