@@ -1,4 +1,4 @@
-"""``lipforce`` command line: run, enroll, export, build, doctor."""
+"""``lipforce`` command line: run, enroll, export, build, serve, triton, doctor."""
 
 from __future__ import annotations
 
@@ -201,11 +201,34 @@ def _face_choice(v: str):
 
 
 def _cmd_run(a) -> int:
+    if a.server is not None:
+        return _run_remote(a)
     from .session import Engine
 
-    engine = Engine.load(a.model, backend=a.backend)
+    engine = Engine.load(a.model, backend=a.backend or "torch")
     if a.avatar is not None:
         return _run_avatar(a, engine)
+    return _run_video(a, engine)
+
+
+def _run_remote(a) -> int:
+    """``lipforce run --server URL``: the same clip, streamed through a Triton server's model."""
+    from .triton.client import RemoteEngine
+
+    local = [f for f, v in (("--model", a.model), ("--backend", a.backend)) if v is not None]
+    if local:
+        raise ValueError(f"{'/'.join(local)} choose the model where the server runs (lipforce triton --model DIR "
+                         f"--backend B); drop them with --server")
+    if a.avatar is not None:
+        raise ValueError("--avatar streams a prepared avatar with a local engine; drop --server")
+    with RemoteEngine(a.server) as engine:
+        code = _run_video(a, engine)
+    print("  (through the server: a chunk's latency is from sending the push that completes it to its frames being "
+          "back, queued behind the clip's earlier pushes: a file goes as fast as the server takes it)")
+    return code
+
+
+def _run_video(a, engine) -> int:
     a.video = a.video or str(SAMPLE_DIR / "face.mp4")
     stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress, silence=a.silence,
                      frame_memory_mb=a.frame_memory, face=a.face)
@@ -287,7 +310,8 @@ def _cmd_export(a) -> int:
         model.load_state_dict(state)
     if a.attention == "auto":
         a.attention = _auto_attention(a.precision)
-    man = export_model(model, a.out, precision=a.precision, attention=a.attention, progress=not a.no_progress)
+    man = export_model(model, a.out, precision=a.precision, attention=a.attention, progress=not a.no_progress,
+                       max_batch=a.max_batch)
     print(f"exported {model.cfg.name} ({man['flavour']}, attention={a.attention}, opset {man['opset']}, "
           f"{a.precision}) to {a.out}")
     for g, spec in man["graphs"].items():
@@ -319,6 +343,12 @@ def _cmd_serve(a) -> int:
     return serve.run_args(a)
 
 
+def _cmd_triton(a) -> int:
+    from .triton import server
+
+    return server.run_args(a)
+
+
 def _cmd_doctor(a) -> int:
     from .engine import format_doctor
 
@@ -335,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--audio", default=str(SAMPLE_DIR / "speech.wav"), help="driving speech (default: bundled sample)")
     r.add_argument("--out", default="out.mp4", help="output MP4 (video + audio)")
     r.add_argument("--model", default=None, help="model directory (default: the bundled tiny model)")
-    r.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    r.add_argument("--backend", default=None, choices=["torch", "onnxruntime", "tensorrt"], help="default: torch")
+    r.add_argument("--server", default=None, metavar="HOST:PORT",
+                   help="stream through the lipforce model of a Triton server (lipforce triton) at this gRPC address, "
+                        "e.g. localhost:8001, instead of a local engine; the output is the same")
     r.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"),
                    help="fixed face-crop box (skip the face mesh; a mean face is placed in it)")
     r.add_argument("--avatar", nargs="?", const="", default=None, metavar="DIR",
@@ -371,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "TensorRT 10.3 / JetPack 6), or auto (chosen by the TensorRT found here)")
     e.add_argument("--resolution", type=int, default=None, help="face crop size (default: the model's)")
     e.add_argument("--chunk-frames", type=int, default=None, help="latent frames per chunk (default: the model's)")
+    e.add_argument("--max-batch", type=int, default=1, help="streams one engine call may batch: a batch axis 1..N "
+                   "on every tensor, for Engine.load(..., max_batch=N) (default 1: the batch-1 graphs; plugin: 1)")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=_cmd_export)
 
@@ -392,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve.add_arguments(v)
     v.set_defaults(fn=_cmd_serve)
+
+    t = sub.add_parser("triton", help="serve many streams: start Triton Inference Server with the lipforce model "
+                                      "repository (deploy/triton; needs nvidia-pytriton)")
+    from .triton import server as triton_server
+
+    triton_server.add_arguments(t)
+    t.set_defaults(fn=_cmd_triton)
 
     d = sub.add_parser("doctor", help="print Python, torch, ONNX Runtime, TensorRT, CUDA, GPU, plugin library")
     d.set_defaults(fn=_cmd_doctor)

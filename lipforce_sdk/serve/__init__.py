@@ -96,8 +96,9 @@ def load_engine(model: str | os.PathLike | None, backend: str = "onnxruntime"):
     return Engine.load(exported_graphs(src), backend="onnxruntime")
 
 
-def exported_graphs(model_dir: Path) -> Path:
-    """``model_dir``'s ONNX graphs, exported once into ``$LIPFORCE_CACHE/onnx/<hash>``."""
+def exported_graphs(model_dir: Path, max_batch: int = 1) -> Path:
+    """``model_dir``'s ONNX graphs, exported once into ``$LIPFORCE_CACHE/onnx/<hash>`` (``max_batch``
+    > 1: the batched graphs, ``lipforce export --max-batch``, cached apart)."""
     import hashlib
     import shutil
     import tempfile
@@ -108,7 +109,7 @@ def exported_graphs(model_dir: Path) -> Path:
             h.update(f.name.encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
     root = Path(os.environ.get("LIPFORCE_CACHE") or Path.home() / ".cache" / "lipforce") / "onnx"
-    out = root / h.hexdigest()[:20]
+    out = root / (h.hexdigest()[:20] + (f"-b{max_batch}" if max_batch > 1 else ""))
     if (out / "manifest.json").is_file():
         return out
     try:
@@ -123,7 +124,7 @@ def exported_graphs(model_dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".export.", dir=root))
     try:
         print(f"exporting {model_dir} to ONNX (once; cached in {out})", flush=True)
-        export_model(load_model(model_dir), tmp, progress=False)
+        export_model(load_model(model_dir), tmp, progress=False, max_batch=max_batch)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
