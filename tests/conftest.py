@@ -42,6 +42,18 @@ def corrupted_copy(src, dst, name: str, at: float = 0.5, mask: int = 0xFF):
 
 
 @pytest.fixture(scope="session")
+def batched_tiny(tmp_path_factory):
+    """The bundled default exported once with a batch axis (max_batch=4; portable, opset 18): (out_dir, manifest)."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'lipforce[onnx]')")
+    from lipforce_sdk import default_model_dir
+    from lipforce_sdk.export import export_model
+    from lipforce_sdk.model import load_model
+
+    out = tmp_path_factory.mktemp("tiny_b4")
+    return out, export_model(load_model(default_model_dir()), out, progress=False, max_batch=4)
+
+
+@pytest.fixture(scope="session")
 def exported_tiny(tmp_path_factory):
     """The bundled default exported once (portable, opset 18): (model, out_dir, manifest)."""
     pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'lipforce[onnx]')")

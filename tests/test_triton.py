@@ -195,6 +195,47 @@ def test_eight_streams_at_once_give_each_its_solo_frames(server, remote, local):
 
 
 @needs_triton
+def test_a_batching_engine_on_the_server_batches_the_streams_and_keeps_their_frames(batched_tiny, local,
+                                                                                  tmp_path_factory):
+    """The batched export and ``engine_options: {"max_batch": 4}``: four streams at once run
+    their graph calls together in the server (its lipforce_graph_requests over lipforce_engine_calls
+    > 1) and each stream's frames equal its solo local run (batch-1 graphs) within the batched
+    tolerance of tests/test_batching.py (1 level on at most 1e-4 of the values)."""
+    from lipforce_sdk.triton.client import RemoteEngine
+
+    root = tmp_path_factory.mktemp("triton_batched")
+    repo = prepare_repository(REPOSITORY, root / "repository", model_dir=batched_tiny[0], backend="onnxruntime",
+                              engine_options={**OPTIONS, "max_batch": 4, "max_wait_ms": 20.0})
+    n = 4
+    clips = [make_clip(12, seed=50 + k) for k in range(n)]
+    got, errors = [None] * n, []
+    with TritonServer(repo) as srv, RemoteEngine(srv.grpc_url) as remote:
+        sessions = [remote.session(box=BOX, seed=200 + k) for k in range(n)]
+        go = threading.Barrier(n)
+
+        def run(k):
+            try:
+                go.wait()
+                got[k] = stream(sessions[k], *clips[k])
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append((k, e))
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        requests, calls = metric(srv, "lipforce_graph_requests"), metric(srv, "lipforce_engine_calls")
+    assert calls > 0 and requests / calls > 1.0, f"{requests:.0f} graph calls ran in {calls:.0f} engine calls"
+    for k in range(n):
+        want = solo(local, *clips[k], seed=200 + k)
+        assert [f.index for f in got[k]] == [f.index for f in want]
+        d = np.stack([np.abs(g.image.astype(np.int16) - w.image.astype(np.int16)) for g, w in zip(got[k], want)])
+        assert d.max() <= 1 and (d > 0).mean() <= 1e-4, f"stream {k}: max {d.max()}, {(d > 0).mean():.2e} differ"
+
+
+@needs_triton
 def test_end_frees_the_stream_and_a_new_start_with_its_id_is_a_fresh_stream(server, remote, local):
     ended = metric(server, "lipforce_sessions_ended_total", reason="end")
     live = metric(server, "lipforce_live_sessions")

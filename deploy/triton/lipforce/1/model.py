@@ -99,10 +99,20 @@ class _Metrics:
                       for r in ("end", "idle", "restart")}
         self.frames = metric("lipforce_frames_out_total", "frames returned", fam.COUNTER)
         self.errors = metric("lipforce_request_errors_total", "requests answered with an error", fam.COUNTER)
+        # a batching engine (engine_options max_batch > 1): graph calls of the streams, and the engine
+        # calls they ran in (mean batch = requests / calls)
+        self.graph_requests = metric("lipforce_graph_requests", "graph calls of the streams (batching engine)",
+                                     fam.GAUGE)
+        self.engine_calls = metric("lipforce_engine_calls", "engine calls they ran in (batching engine)", fam.GAUGE)
 
     def set_live(self, n: int) -> None:
         if self.enabled:
             self.live.set(n)
+
+    def set_batching(self, stats) -> None:
+        if self.enabled:
+            self.graph_requests.set(stats.requests)
+            self.engine_calls.set(stats.engine_calls)
 
     def count(self, name: str, n: int = 1, reason: str | None = None) -> None:
         if self.enabled and n:
@@ -253,6 +263,8 @@ class TritonPythonModel:
             f.result()
         with self.pb_lock:
             self.notes.publish(self.metrics)  # first: a client that has its answer sees the metrics it changed
+            if self.engine.batching is not None:
+                self.metrics.set_batching(self.engine.batching.stats)
             for j in jobs:
                 self._answer(j)
         return None
