@@ -3,6 +3,7 @@
     python samples/batch_bench.py                                  # bundled model, ONNX Runtime CPU, 1,2,4,8 streams
     python samples/batch_bench.py --streams 1,4 --seconds 4 --max-wait-ms 2,20
     python samples/batch_bench.py --costs-only                     # the FLOPs/bytes tables only
+    python samples/batch_bench.py --backend torch --device cuda    # on a GPU: torch backend, no export
 
 Part 1 (measured): N sessions, each in its own thread, push their own clip (synthetic frames at
 a fixed box, so face tracking is not timed; each its own seed) frame by frame as fast as they can,
@@ -238,16 +239,23 @@ def measure(args) -> None:
     from lipforce_sdk import Engine
     from lipforce_sdk.batching import BatchStats
 
-    workdir = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lipforce_batch_bench_"))
-    b1_dir, bb_dir = export_both(workdir, args.max_batch)
+    if args.backend == "torch":  # the weights themselves: the torch backend batches without an export
+        from lipforce_sdk import default_model_dir
+
+        b1_dir = bb_dir = default_model_dir()
+        opts = {"device": args.device}
+    else:
+        workdir = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lipforce_batch_bench_"))
+        b1_dir, bb_dir = export_both(workdir, args.max_batch)
+        opts = {}
     streams = [int(x) for x in args.streams.split(",")]
     waits = [float(x) for x in args.max_wait_ms.split(",")]
     n_frames = int(round(args.seconds * 25))
     clips = [make_clip(n_frames, seed=1000 + i) for i in range(max(streams))]
-    unbatched = Engine.load(b1_dir, backend="onnxruntime")
+    unbatched = Engine.load(b1_dir, backend=args.backend, **opts)
     run_streams(unbatched, clips[:1])  # warm-up (first calls allocate)
     # each stream alone on the batched export, no scheduler: what a batched run must reproduce
-    alone_engine = Engine.load(bb_dir, backend="onnxruntime")
+    alone_engine = Engine.load(bb_dir, backend=args.backend, **opts)
     alone = [run_streams(alone_engine, [c])[2][0] for c in clips]
     rows = [("streams", "mode", "aggregate FPS", "x unbatched", "chunk p50 ms", "chunk p95 ms", "mean batch",
              "calls by batch size", "waited: calls, p99 ms", "diff vs alone", "diff vs batch-1 export")]
@@ -258,7 +266,7 @@ def measure(args) -> None:
         rows.append((n, "unbatched", f"{base_fps:.1f}", "1.00", f"{np.percentile(lat, 50):.1f}",
                      f"{np.percentile(lat, 95):.1f}", "1.00", "-", "-", "-", "-"))
         for w in waits:
-            eng = Engine.load(bb_dir, backend="onnxruntime", max_batch=args.max_batch, max_wait_ms=w)
+            eng = Engine.load(bb_dir, backend=args.backend, max_batch=args.max_batch, max_wait_ms=w, **opts)
             run_streams(eng, clips[:1])
             eng.batching.stats = BatchStats()  # count the measured run only
             wall, stats, outs = run_streams(eng, clips[:n])
@@ -271,9 +279,16 @@ def measure(args) -> None:
                          f"{np.percentile(lat, 50):.1f}", f"{np.percentile(lat, 95):.1f}", f"{st.mean_batch:.2f}",
                          sizes, f"{st.waited}, {np.percentile(waited, 99):.1f}", _diff(outs, alone[:n]),
                          _diff(outs, ref)))
-    import onnxruntime
+    if args.backend == "torch":
+        import torch
 
-    print(f"\nONNX Runtime {onnxruntime.__version__} CPU, {platform.processor() or platform.machine()}, "
+        where = (f"torch {torch.__version__} on {args.device}"
+                 + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    else:
+        import onnxruntime
+
+        where = f"ONNX Runtime {onnxruntime.__version__} CPU"
+    print(f"\n{where}, {platform.processor() or platform.machine()}, "
           f"{_cpus()} cores; bundled tiny model, fp32; {n_frames} frames per stream; max_batch={args.max_batch}")
     _table(rows)
     print("diff = the largest difference of any output pixel (uint8 levels) and the share of pixels that differ; "
@@ -310,6 +325,10 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait-ms", default="2", help="scheduler waits to compare (comma-separated)")
     ap.add_argument("--work", default=None, help="folder for the two exports (kept; reused when present)")
     ap.add_argument("--costs-only", action="store_true", help="print the computed FLOPs/bytes tables only")
+    ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"],
+                    help="onnxruntime (exported graphs, CPU) or torch (the weights, on --device)")
+    ap.add_argument("--device", default="cpu", help="torch backend: cpu or cuda (a GPU: python samples/batch_bench.py "
+                                                    "--backend torch --device cuda)")
     args = ap.parse_args(argv)
     if not args.costs_only:
         measure(args)
