@@ -75,6 +75,27 @@ def stream(session, frames, audio):
     return out + session.flush()
 
 
+def stream_concurrently(sessions, clips):
+    """Each clip through its session, all in their own threads released together; the frames per session."""
+    got, errors = [None] * len(sessions), []
+    go = threading.Barrier(len(sessions))
+
+    def run(k):
+        try:
+            go.wait()
+            got[k] = stream(sessions[k], *clips[k])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append((k, e))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(sessions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    return got
+
+
 def assert_same_frames(got, want, what):
     assert [f.index for f in got] == [f.index for f in want], f"{what}: frame indices differ"
     assert [f.timestamp for f in got] == [f.timestamp for f in want], f"{what}: timestamps differ"
@@ -164,24 +185,9 @@ def test_eight_streams_at_once_give_each_its_solo_frames(server, remote, local):
     n = 8
     clips = [make_clip(8 + k % 3, seed=10 + k, hw=(96, 80) if k % 2 else (80, 96)) for k in range(n)]
     boxes = [BOX if k % 2 else (12.0, 6.0, 76.0, 70.0) for k in range(n)]
-    got, errors = [None] * n, []
     sessions = [remote.session(box=boxes[k], seed=100 + k) for k in range(n)]
     assert metric(server, "lipforce_live_sessions") == n
-    go = threading.Barrier(n)
-
-    def run(k):
-        try:
-            go.wait()
-            got[k] = stream(sessions[k], *clips[k])
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append((k, e))
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    got = stream_concurrently(sessions, clips)
     for k in range(n):
         want = solo(local, *clips[k], seed=100 + k, box=boxes[k])
         assert len(want) == len(clips[k][0])
@@ -208,24 +214,8 @@ def test_a_batching_engine_on_the_server_batches_the_streams_and_keeps_their_fra
                               engine_options={**OPTIONS, "max_batch": 4, "max_wait_ms": 20.0})
     n = 4
     clips = [make_clip(12, seed=50 + k) for k in range(n)]
-    got, errors = [None] * n, []
     with TritonServer(repo) as srv, RemoteEngine(srv.grpc_url) as remote:
-        sessions = [remote.session(box=BOX, seed=200 + k) for k in range(n)]
-        go = threading.Barrier(n)
-
-        def run(k):
-            try:
-                go.wait()
-                got[k] = stream(sessions[k], *clips[k])
-            except Exception as e:  # pragma: no cover - reported below
-                errors.append((k, e))
-
-        threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        got = stream_concurrently([remote.session(box=BOX, seed=200 + k) for k in range(n)], clips)
         requests, calls = metric(srv, "lipforce_graph_requests"), metric(srv, "lipforce_engine_calls")
     assert calls > 0 and requests / calls > 1.0, f"{requests:.0f} graph calls ran in {calls:.0f} engine calls"
     for k in range(n):
@@ -437,3 +427,45 @@ def test_lipforce_run_server_writes_the_local_runs_mp4(server, local, tmp_path, 
     assert media.probe(tmp_path / "remote.mp4").has_audio
     # the model and backend are the server's
     assert main(["run", "--server", server.grpc_url, "--backend", "torch", "--out", str(tmp_path / "x.mp4")]) == 2
+
+
+@needs_triton
+def test_lipforce_triton_serves_a_batched_model_until_sigterm(batched_tiny, tmp_path):
+    """The ``lipforce triton`` command: a batched export served with --max-batch, described over
+    gRPC, a stream through it, then SIGTERM stops the server and its backend processes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from lipforce_sdk.triton.client import RemoteEngine
+    from lipforce_sdk.triton.server import _free_port
+
+    ports = [_free_port("127.0.0.1") for _ in range(3)]
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "lipforce_sdk.cli", "triton", "--model", str(batched_tiny[0]), "--backend",
+           "onnxruntime", "--threads", "1", "--max-batch", "4", "--port", str(ports[0]), "--http-port",
+           str(ports[1]), "--metrics-port", str(ports[2]), "--log", str(log)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # until the server says it is ready (or the command ends)
+            lines.append(line)
+            if "Ctrl-C stops it" in line:
+                break
+        assert proc.poll() is None, "lipforce triton ended:\n" + "".join(lines)
+        assert f"127.0.0.1:{ports[0]}" in "".join(lines)
+        with RemoteEngine(f"127.0.0.1:{ports[0]}") as remote:
+            assert remote.config.name == "tiny" and remote.info["backend"] == "onnxruntime"
+            frames, audio = make_clip(8, seed=3)
+            got = stream(remote.session(box=BOX, seed=5), frames, audio)
+        assert [f.index for f in got] == list(range(len(frames)))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) in (0, 128 + signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    left = subprocess.run(["pgrep", "-f", f"--grpc-port={ports[0]}"], capture_output=True, text=True).stdout.split()
+    assert not left, f"tritonserver still running after SIGTERM: pids {left}"
+    assert "max_batch=4" in log.read_text(), "the server's engine is not the batched one (its log has no max_batch=4)"

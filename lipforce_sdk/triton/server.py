@@ -36,7 +36,10 @@ __all__ = ["TritonServer", "TritonNotInstalledError", "TritonServerError", "Trit
            "prepare_repository", "set_parameter", "MODEL_NAME", "REPOSITORY"]
 
 MODEL_NAME = "lipforce"
-REPOSITORY = Path(__file__).resolve().parents[2] / "deploy" / "triton"  # in a checkout
+_HERE = Path(__file__).resolve().parent
+# deploy/triton of a checkout (an editable install), else the copy installed with the package
+REPOSITORY = next((d for d in (_HERE.parents[1] / "deploy" / "triton", _HERE.parent / "deploy" / "triton")
+                   if (d / MODEL_NAME / "config.pbtxt").is_file()), _HERE.parents[1] / "deploy" / "triton")
 INSTALL_HINT = "pip install --no-deps nvidia-pytriton==0.7.0"
 
 
@@ -421,6 +424,11 @@ def add_arguments(p) -> None:
     p.add_argument("--backend", default=None, choices=["onnxruntime", "tensorrt", "torch"],
                    help="instead of the repository's backend parameter")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (engine_options)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="run the graph calls of up to N streams as one engine call (engine_options; the model must "
+                        "be exported with lipforce export --max-batch N or more, or served with --backend torch)")
+    p.add_argument("--max-wait-ms", type=float, default=None,
+                   help="with --max-batch: the longest a call waits for others to join it (default 2)")
     p.add_argument("--instances", type=int, default=None,
                    help="model instances (processes, each with its own engine; default: the repository's, 1)")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
@@ -436,8 +444,12 @@ def run_args(a) -> int:
         raise FileNotFoundError(f"{str(repo)!r} has no {MODEL_NAME}/config.pbtxt; pass --repository DIR (deploy/triton "
                                 "of a lipforce checkout, or your copy of it)")
     tmp = None
+    if a.max_wait_ms is not None and a.max_batch is None:
+        raise ValueError("--max-wait-ms goes with --max-batch N (it is how long a call waits for others to batch with)")
+    opts = {k: v for k, v in (("threads", a.threads), ("max_batch", a.max_batch), ("max_wait_ms", a.max_wait_ms))
+            if v is not None}
     over = {"model_dir": a.model, "backend": a.backend, "idle_timeout_s": a.idle_timeout, "instances": a.instances,
-            "engine_options": {"threads": a.threads} if a.threads else None}
+            "engine_options": opts or None}
     if any(v is not None for v in over.values()):
         tmp = tempfile.TemporaryDirectory(prefix="lipforce-repository-")
         repo = prepare_repository(repo, Path(tmp.name) / "repository", **over)
