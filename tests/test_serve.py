@@ -390,3 +390,39 @@ def test_page_in_chromium_plays_the_avatar_in_sync(engine):
     assert m["fps"] >= 24.0, m
     assert m["mouth_speaking"] > 4.0 * m["mouth_idle"] and m["mouth_speaking"] > 1.0, m
     assert len(m["av_offset_ms"]) == 4 and abs(float(np.median(m["av_offset_ms"]))) <= 40.0, m
+
+
+def _fake_chromium(tmp_path, monkeypatch, fail_times: int):
+    """A chromium that exits at start ``fail_times`` times (saying why on stderr), then is the real one."""
+    import lipforce_sdk.serve.browser as browser
+
+    real = chromium_path()
+    exe = tmp_path / "chromium"
+    exe.write_text(f"""#!/bin/sh
+n=$(cat {tmp_path}/count 2>/dev/null || echo 0)
+echo $((n + 1)) > {tmp_path}/count
+if [ "$n" -lt {fail_times} ]; then echo "boom: no display" >&2; exit 3; fi
+exec {real} "$@"
+""")
+    exe.chmod(0o755)
+    monkeypatch.setattr(browser, "chromium_path", lambda: str(exe))
+    return browser
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="no Chromium here (apt-get install chromium)")
+def test_a_chromium_that_exits_at_start_is_started_again(tmp_path, monkeypatch):
+    browser = _fake_chromium(tmp_path, monkeypatch, fail_times=1)
+
+    async def go():
+        async with browser.Browser() as b:
+            return b.port, await b.eval("1 + 1")
+
+    port, two = asyncio.run(go())
+    assert port > 0 and two == 2 and (tmp_path / "count").read_text().strip() == "2"
+
+
+def test_a_chromium_that_keeps_failing_says_how(tmp_path, monkeypatch):
+    browser = _fake_chromium(tmp_path, monkeypatch, fail_times=99)  # never reaches the real one
+    with pytest.raises(RuntimeError, match=r"(?s)exit code 3.*boom: no display"):
+        asyncio.run(browser.Browser().__aenter__())
+    assert (tmp_path / "count").read_text().strip() == "2"

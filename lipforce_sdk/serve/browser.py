@@ -118,15 +118,24 @@ class Browser:
         exe = chromium_path()
         if exe is None:
             raise RuntimeError("no Chromium found; apt-get install chromium")
-        self._profile = tempfile.mkdtemp(prefix="lipforce_chromium_")
-        args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                "--autoplay-policy=no-user-gesture-required", "--disable-background-timer-throttling",
-                "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
-                f"--window-size={self.size[0]},{self.size[1]}",
-                "--remote-debugging-port=0", f"--user-data-dir={self._profile}", "about:blank"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.port = await asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
+        flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--autoplay-policy=no-user-gesture-required", "--disable-background-timer-throttling",
+                 "--disable-renderer-backgrounding", "--disable-backgrounding-occluded-windows",
+                 f"--window-size={self.size[0]},{self.size[1]}", "--remote-debugging-port=0"]
+        for attempt in range(2):  # a Chromium that exits at start (seen once in a loaded CI run) is started again,
+            self._profile = tempfile.mkdtemp(prefix="lipforce_chromium_")  # with a fresh profile
+            self.proc = subprocess.Popen([exe, *flags, f"--user-data-dir={self._profile}", "about:blank"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                self.port = await asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
+                break
+            except RuntimeError:
+                self.proc.kill()
+                self.proc.wait()
+                shutil.rmtree(self._profile, ignore_errors=True)
+                if attempt:
+                    raise
         self.http = aiohttp.ClientSession()
         async with self.http.get(f"http://127.0.0.1:{self.port}/json") as r:
             targets = await r.json()
@@ -159,13 +168,18 @@ class Browser:
 
     def _devtools_port(self) -> int:
         t_end = time.monotonic() + 30
+        seen = []
         for line in self.proc.stderr:
             m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
             if m:
                 return int(m.group(1))
+            seen = (seen + [line.rstrip()])[-8:]
             if time.monotonic() > t_end:
                 break
-        raise RuntimeError("Chromium did not start its DevTools endpoint")
+        code = self.proc.poll()
+        raise RuntimeError("Chromium did not start its DevTools endpoint ("
+                           + ("still running after 30 s" if code is None else f"exit code {code}")
+                           + "); its last output:\n" + "\n".join(seen))
 
     # the first tab's methods
     async def eval(self, expr: str):
