@@ -167,7 +167,7 @@ class Browser:
         return page
 
     def _devtools_port(self) -> int:
-        t_end = time.monotonic() + 30
+        t_end = time.monotonic() + 60  # a loaded 2-core machine can take tens of seconds
         seen = []
         for line in self.proc.stderr:
             m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
@@ -178,7 +178,7 @@ class Browser:
                 break
         code = self.proc.poll()
         raise RuntimeError("Chromium did not start its DevTools endpoint ("
-                           + ("still running after 30 s" if code is None else f"exit code {code}")
+                           + ("still running after 60 s" if code is None else f"exit code {code}")
                            + "); its last output:\n" + "\n".join(seen))
 
     # the first tab's methods
