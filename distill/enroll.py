@@ -103,6 +103,7 @@ class EnrollConfig:
     dit_lr: float | None = None  # None: the kind's; 1e-4 barely moved the loss in 700 steps (mouth +1.3 dB vs +3.5 at 1e-3)
     tune_audio: bool = True  # also adapt the audio encoder
     sync_weight: float = 0.0  # weight of the SyncNet reward (distill.student.SyncReward); 0: off
+    exemplars: int = 600  # mouth exemplars kept for the runtime (lipforce_sdk.exemplars); 0: none
     mouth_weight: float = 4.0
     loop_seconds: float = 6.0  # the avatar's loop (the source's calmest stretch)
     max_seconds: float = 120.0  # a longer source is cut (more than the training steps can use)
@@ -115,7 +116,7 @@ class EnrollConfig:
     seed: int = 0
 
     def validate(self) -> "EnrollConfig":
-        for name in ("decoder_steps", "dit_steps", "sentences", "val_sentences"):
+        for name in ("decoder_steps", "dit_steps", "sentences", "val_sentences", "exemplars"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EnrollError(f"EnrollConfig.{name}={getattr(self, name)} must be >= 0")
         for name in ("decoder_batch", "dit_batch", "dit_video_frames", "window_frames"):
@@ -412,6 +413,8 @@ class _Enrollment:
         w = self.work
         self.stage("track", w / "track.npz", self.track)
         self.stage("data", w / "data.npz", self.data)
+        if self.cfg.exemplars > 0:
+            self.stage("exemplars", w / "exemplars.npz", self.exemplars)
         self.stage("latents", w / "latents.pt", self.latents)
         self.stage("dit", w / "dit.pt", self.dit)
         self.stage("decoder", w / "decoder.pt", self.decoder)
@@ -1000,6 +1003,16 @@ class _Enrollment:
         av.save(tmp)
         os.replace(tmp, self.work / "avatar")
 
+    # ---- the mouth exemplars (after data; cheap) ----
+    def exemplars(self) -> None:
+        """The training crops' sample that the runtime takes fine mouth detail from
+        (``lipforce_sdk.exemplars``); the held-out part is not in it."""
+        from lipforce_sdk.exemplars import MouthExemplars
+
+        z = np.load(self.work / "data.npz", allow_pickle=False)
+        ex = MouthExemplars.build(z["target"], max_items=self.cfg.exemplars)
+        _atomic(self.work / "exemplars.npz", ex.save)
+
     # ---- stage 8: the model directory ----
     def write_model(self, key: dict, t_start: float) -> dict:
         from lipforce_sdk.avatar import AVATAR_DIR
@@ -1024,8 +1037,15 @@ class _Enrollment:
             "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         training = json.loads((self.model_dir / "manifest.json").read_text()).get("training")
-        save_model(model, self.final, enrollment=enrollment, avatar=AVATAR_DIR,
-                   **({"training": training} if training else {}))
+        extra = {"training": training} if training else {}
+        if self.cfg.exemplars > 0:
+            from lipforce_sdk.exemplars import EXEMPLARS_FILE, MouthExemplars
+
+            ex = MouthExemplars.load(self.work / "exemplars.npz")
+            extra["exemplars"] = {"file": EXEMPLARS_FILE, "count": len(ex.images), "k": ex.k, "cutoff": ex.cutoff}
+        save_model(model, self.final, enrollment=enrollment, avatar=AVATAR_DIR, **extra)
+        if self.cfg.exemplars > 0:
+            shutil.copyfile(self.work / "exemplars.npz", self.final / EXEMPLARS_FILE)
         shutil.copytree(self.work / "avatar", self.final / AVATAR_DIR)
         (self.final / "MODEL_CARD.md").write_text(_card(enrollment, self.out.name))
         return enrollment

@@ -266,8 +266,9 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
     """Build an engine per graph of the model directory ``model_dir`` into ``out_dir``.
 
     Writes ``out_dir/<graph>.engine`` and ``out_dir/manifest.json`` (the model manifest plus
-    ``"backend": "tensorrt"`` and ``"engines"``) and returns that manifest. Nothing else is copied:
-    the engine directory is all the TensorRT backend reads. ``precision`` defaults to the model's;
+    ``"backend": "tensorrt"`` and ``"engines"``) and returns that manifest; an enrolled avatar's
+    mouth exemplars (``lipforce_sdk.exemplars``) are copied along. Nothing else is copied: the
+    engine directory is all the TensorRT backend reads. ``precision`` defaults to the model's;
     ``plugin_libraries`` defaults, for a ``"plugin"``-flavour model under full TensorRT, to
     ``lipforce_sdk/lib/liblipforce_trt_plugins.so``. ``graphs`` builds a subset (default: all).
     A model exported with ``max_batch`` B > 1 gets engines with the profile 1 / ``opt_batch``
@@ -346,4 +347,8 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
     out["backend"] = "tensorrt"
     out["engines"] = engines
     write_json_atomic(out_dir / MANIFEST_NAME, out)
+    from lipforce_sdk.exemplars import carry_exemplars
+
+    if carry_exemplars(model_dir, out_dir):  # an enrolled avatar's mouth exemplars travel with it
+        out["exemplars"] = manifest["exemplars"]
     return out

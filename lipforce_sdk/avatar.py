@@ -457,7 +457,7 @@ class AvatarSession(Session):
     audio has arrived (``flush`` ends the stream after the last frame that has audio)."""
 
     def __init__(self, engine: Engine, avatar, seed: int | None = None, silence: str | None = None,
-                 start: int = 0):
+                 start: int = 0, exemplars: bool = True):
         """``start``: the loop position of the stream's frame 0 (stream frame ``i`` is the loop's
         ``pingpong(N, start + i)``), a whole number of chunks, so that a stream can begin where a
         player showing the idle loop has got to (``lipforce_sdk.serve``)."""
@@ -469,7 +469,7 @@ class AvatarSession(Session):
         self.avatar = avatar
         self.table = avatar.latents_for(engine)
         self.start = int(start)
-        super().__init__(engine, face_source=_LoopFaces(), seed=seed, silence=silence)
+        super().__init__(engine, face_source=_LoopFaces(), seed=seed, silence=silence, exemplars=exemplars)
         self._views = avatar.views()
 
     def push(self, audio=None, frame: np.ndarray | None = None, sample_rate: int | None = None) -> list[OutputFrame]:

@@ -89,7 +89,8 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S, 
 
 
 def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True,
-             silence: str | None = None, frame_memory_mb: int | None = None, face="largest"):
+             silence: str | None = None, frame_memory_mb: int | None = None, face="largest",
+             exemplars: bool = True):
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed; it appears only once complete) and
     return the session stats. The video is decoded as it goes (``video_source.VideoFrames``:
@@ -107,7 +108,7 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
         order = _video_schedule(len(src), src.fps, fps, n_out, times=src.times, end=src.duration)
         spf = cfg.samples_per_video_frame
         ref = None if box is not None else closed_mouth_reference(engine, src.frames_in_order(order), face=face)
-        session = engine.session(box=box, reference=ref, silence=silence, face=face)
+        session = engine.session(box=box, reference=ref, silence=silence, face=face, exemplars=exemplars)
         pushes = ((samples[i * spf:(i + 1) * spf], f) for i, f in enumerate(src.frames_in_order(order)))
 
         def face_seen(stats):
@@ -124,7 +125,7 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
 
 
 def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: bool = True,
-               silence: str | None = None):
+               silence: str | None = None, exemplars: bool = True):
     """Stream a prepared avatar (``lipforce_sdk.avatar``) from ``audio`` alone as a kiosk would
     (640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
     from .media import read_audio
@@ -132,7 +133,7 @@ def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: boo
     cfg = engine.config
     spf = cfg.samples_per_video_frame
     samples = read_audio(audio, sample_rate=cfg.audio.sample_rate)
-    session = engine.session(avatar=avatar, silence=silence)
+    session = engine.session(avatar=avatar, silence=silence, exemplars=exemplars)
     n_out = max(1, math.ceil(samples.size / spf))
     pushes = ((samples[i:i + spf],) for i in range(0, samples.size, spf))
     return _write_stream(session, pushes, samples, out, cfg.stream.fps, n_out, "avatar", progress)
@@ -231,7 +232,7 @@ def _run_remote(a) -> int:
 def _run_video(a, engine) -> int:
     a.video = a.video or str(SAMPLE_DIR / "face.mp4")
     stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress, silence=a.silence,
-                     frame_memory_mb=a.frame_memory, face=a.face)
+                     frame_memory_mb=a.frame_memory, face=a.face, exemplars=not a.no_exemplars)
     print(f"wrote {a.out}  ({engine!r})")
     print(format_stats(stats, engine.config))
     if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav"):
@@ -248,7 +249,8 @@ def _run_avatar(a, engine) -> int:
                          "(a directory written by `lipforce enroll`), or --avatar DIR")
     if a.video is not None or a.box is not None:
         raise ValueError("--avatar streams the avatar's own loop: drop --video/--box")
-    stats = run_avatar(engine, Avatar.load(where), a.audio, a.out, progress=not a.no_progress, silence=a.silence)
+    stats = run_avatar(engine, Avatar.load(where), a.audio, a.out, progress=not a.no_progress, silence=a.silence,
+                       exemplars=not a.no_exemplars)
     print(f"wrote {a.out}  ({engine!r}, avatar {where})")
     print(format_stats(stats, engine.config))
     return 0
@@ -312,6 +314,10 @@ def _cmd_export(a) -> int:
         a.attention = _auto_attention(a.precision)
     man = export_model(model, a.out, precision=a.precision, attention=a.attention, progress=not a.no_progress,
                        max_batch=a.max_batch)
+    if not a.preset:  # an enrolled avatar's mouth exemplars travel with its graphs
+        from .exemplars import carry_exemplars
+
+        carry_exemplars(a.checkpoint or default_model_dir(), a.out)
     print(f"exported {model.cfg.name} ({man['flavour']}, attention={a.attention}, opset {man['opset']}, "
           f"{a.precision}) to {a.out}")
     for g, spec in man["graphs"].items():
@@ -381,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="still: hold the mouth still while the audio is silent (the model's own mouth at the start "
                         "of each silence); model: the model's output throughout (default: still for models whose "
                         "condition carries a reference mouth, the bundled one)")
+    r.add_argument("--no-exemplars", action="store_true",
+                   help="paste the model's mouth as it is, not through an enrolled avatar's mouth exemplars (its "
+                        "own frames' fine detail; lipforce_sdk.exemplars)")
     r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
                    help="where the video shows several faces: the one to lip-sync (default: the largest; "
                         "center: nearest the frame's centre; X,Y: nearest that pixel)")

@@ -20,13 +20,13 @@ __all__ = ["render_offline"]
 
 def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=None, seed: int | None = None,
                    keypoints: Sequence[FaceKeypoints] | None = None, silence: str | None = None,
-                   face_source: FaceSource | None = None) -> np.ndarray:
+                   face_source: FaceSource | None = None, exemplars: bool = True) -> np.ndarray:
     """audio: float32 mono at the model's rate; frames [F, H, W, 3] uint8 -> [F, H, W, 3] uint8.
 
     The face comes from ``face_source``, else ``keypoints`` (per frame), else a fixed ``box``,
     else the face mesh; the sink's reference (models with ``stream.sink == "reference"``) is the
     first frames of the first chunk with a face.
-    ``silence``: as ``Engine.session``. Frames where the face is lost pass through unchanged, and
+    ``silence``, ``exemplars``: as ``Engine.session``. Frames where the face is lost pass through unchanged, and
     lip sync starts afresh where it comes back, as in a ``Session``. ``FaceNotFoundError``: no
     frame has a face."""
     cfg, be = engine.config, engine.backend
@@ -45,7 +45,8 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
     if all(v is None for v in views):
         raise FaceNotFoundError(f"no face found in any of the {n} frames; pass box= or keypoints=")
     mel = log_mel_clip(np.asarray(audio, np.float32), cfg.audio, cfg.stream.fps, n_pad)
-    renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed, silence=silence)
+    renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed, silence=silence,
+                             exemplars=getattr(engine, "exemplars", None) if exemplars else None)
     planner = RingCachePlanner.for_stream(cfg.stream)
     state = be.new_state()
     n_ref = reference_frames_needed(cfg)

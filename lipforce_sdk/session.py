@@ -119,6 +119,10 @@ class Engine:
         self.config: ModelConfig = backend.config
         self.model_dir = model_dir
         self.batching = None
+        from .exemplars import load_exemplars
+
+        # an enrolled avatar's own mouths (lipforce_sdk.exemplars); None for a general model
+        self.exemplars = load_exemplars(model_dir)
         if max_batch != 1:
             from .batching import BatchScheduler
 
@@ -157,7 +161,8 @@ class Engine:
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
                 keypoints: Sequence[FaceKeypoints] | None = None, reference: Sequence[np.ndarray] | None = None,
-                avatar=None, silence: str | None = None, face: str | tuple[float, float] = "largest") -> "Session":
+                avatar=None, silence: str | None = None, face: str | tuple[float, float] = "largest",
+                exemplars: bool = True) -> "Session":
         """A new stream.
 
         ``avatar``: a prepared avatar (``lipforce_sdk.avatar.Avatar``, or its directory, or a model
@@ -179,6 +184,10 @@ class Engine:
         mouth at the start of the silence, with a short fade at each end; ``lipforce_sdk.silence``),
         ``"model"`` shows the model's output throughout; default ``"still"`` for the models it
         was measured on (``stream.fill == "reference"``, the bundled one), else ``"model"``.
+
+        ``exemplars``: paste through the model's mouth exemplars where it has them (an enrolled
+        avatar: the generated mouth's fine detail from the person's own frames,
+        ``lipforce_sdk.exemplars``); ``False`` pastes the model's crop as it is.
         """
         if avatar is not None:
             from .avatar import AvatarSession
@@ -187,7 +196,7 @@ class Engine:
                                     ("keypoints", keypoints), ("reference", reference)) if v is not None]
             if given:
                 raise InputError(f"avatar= streams the avatar's own frames; drop {', '.join(given)}=")
-            return AvatarSession(self, avatar, seed=seed, silence=silence)
+            return AvatarSession(self, avatar, seed=seed, silence=silence, exemplars=exemplars)
         if face_source is None:
             if keypoints is not None:
                 face_source = KeypointsFaceSource(keypoints)
@@ -195,7 +204,8 @@ class Engine:
                 face_source = HaarFaceSource(tracker)
             else:
                 face_source = default_face_source(box=box, select=face)
-        return Session(self, face_source=face_source, seed=seed, reference=reference, silence=silence)
+        return Session(self, face_source=face_source, seed=seed, reference=reference, silence=silence,
+                       exemplars=exemplars)
 
     def __repr__(self) -> str:
         batch = f", max_batch={self.batching.max_batch}" if self.batching is not None else ""
@@ -243,8 +253,10 @@ class ChunkRenderer:
     """The computation of one chunk, shared by ``Session`` and the offline causal pass: mask the
     source mouth, encode audio and video, two-step sample with the cache, decode, composite."""
 
-    def __init__(self, backend: Backend, cfg: ModelConfig, seed: int, silence: str | None = None):
+    def __init__(self, backend: Backend, cfg: ModelConfig, seed: int, silence: str | None = None,
+                 exemplars=None):
         self.backend, self.cfg, self.seed = backend, cfg, seed
+        self.exemplars = exemplars  # lipforce_sdk.exemplars.MouthExemplars, or None
         self.silence = silence_mode(cfg, silence)
         self.gate = SilenceGate(cfg.audio, cfg.stream.fps) if self.silence == "still" else None
         a = cfg.audio
@@ -387,6 +399,10 @@ class ChunkRenderer:
             self.gate.reset()
 
     def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
+        """The generated crop pasted into the frame with the mouth mask's soft weights (through
+        the mouth exemplars first, where the renderer has them)."""
+        if self.exemplars is not None:
+            gen = self.exemplars.refine(gen)
         return view.crop.paste(frame, gen, view.mask.soft)
 
 
@@ -417,7 +433,7 @@ class Session:
 
     def __init__(self, engine: Engine, face_source: FaceSource | None = None, seed: int | None = None,
                  reference: Sequence[np.ndarray] | None = None, preparer: FramePreparer | None = None,
-                 silence: str | None = None):
+                 silence: str | None = None, exemplars: bool = True):
         cfg = engine.config
         self.engine, self.cfg, self.backend = engine, cfg, engine.backend
         self.sample_rate = cfg.audio.sample_rate
@@ -430,7 +446,8 @@ class Session:
         self.state = self.backend.new_state()
         self.planner = RingCachePlanner.for_stream(cfg.stream)
         self.mel = LogMelStream(cfg.audio, self.fps)
-        self.renderer = ChunkRenderer(self.backend, cfg, self.seed, silence=silence)
+        self.renderer = ChunkRenderer(self.backend, cfg, self.seed, silence=silence,
+                                      exemplars=getattr(engine, "exemplars", None) if exemplars else None)
         self._reset_stream()
         self._reference_frames = None if reference is None else self._check_reference(reference)
 

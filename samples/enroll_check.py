@@ -138,7 +138,11 @@ def main(argv=None) -> int:
     report["enrollment"] = json.loads((out / "manifest.json").read_text())["enrollment"]
     base = Engine.load(base_dir)
     enrolled = Engine.load(out)
-    rows, outs, labels = [], [], ["base", "enrolled"]
+    # the enrolled model with and without its mouth exemplars (lipforce_sdk.exemplars), where it has them
+    runs = [("base", base, True), ("enrolled", enrolled, True)]
+    if enrolled.exemplars is not None:
+        runs.append(("enrolled, no exemplars", enrolled, False))
+    rows, outs, labels = [], [], [name.replace("enrolled, no exemplars", "no exemplars") for name, _, _ in runs]
     if a.kind == "talking":
         frames, fps = read_video(a.source)
         if abs(fps - 25.0) > 1e-3:
@@ -153,10 +157,11 @@ def main(argv=None) -> int:
         write_video(inp, held, 25, audio=held_audio)
         write_wav(wav, held_audio)
         inputs = read_video(inp)[0]
-        for name, eng in (("base", base), ("enrolled", enrolled)):
-            o = work / f"{name}.mp4"
-            run_clip(eng, inp, wav, o)
-            q = _quality(inp, o, wav, True, work / f"sheet_{name}.png")
+        for name, eng, ex in runs:
+            tag = name.replace(", no ", "_no_")
+            o = work / f"{tag}.mp4"
+            run_clip(eng, inp, wav, o, exemplars=ex)
+            q = _quality(inp, o, wav, True, work / f"sheet_{tag}.png")
             rows.append(_row(name, q, True))
             outs.append(read_video(o)[0])
         ctl = _quality(inp, inp, wav, True, None)
@@ -171,10 +176,11 @@ def main(argv=None) -> int:
         write_wav(wav, speech)
         write_video(inp, av.stream_frames(n), 25)
         inputs = read_video(inp)[0]
-        for name, eng in (("base", base), ("enrolled", enrolled)):
-            o = work / f"{name}.mp4"
-            run_avatar(eng, Avatar.load(out), wav, o)
-            q = _quality(inp, o, wav, False, work / f"sheet_{name}.png")
+        for name, eng, ex in runs:
+            tag = name.replace(", no ", "_no_")
+            o = work / f"{tag}.mp4"
+            run_avatar(eng, Avatar.load(out), wav, o, exemplars=ex)
+            q = _quality(inp, o, wav, False, work / f"sheet_{tag}.png")
             rows.append(_row(name, q, False))
             outs.append(read_video(o)[0])
     own = a.kind == "talking"

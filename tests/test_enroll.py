@@ -82,6 +82,11 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
     card = (out / "MODEL_CARD.md").read_text()
     assert "talking.mp4" in card and "How it scored" in card
     eng = Engine.load(out)  # an ordinary model directory
+    # the avatar's own mouths, from its training crops, for the runtime's paste (lipforce_sdk.exemplars)
+    assert m["exemplars"]["file"] == "exemplars.npz" and (out / "exemplars.npz").is_file()
+    assert eng.exemplars is not None and len(eng.exemplars.images) == m["exemplars"]["count"] >= eng.exemplars.k
+    assert eng.session(box=(16, 16, 144, 144)).renderer.exemplars is eng.exemplars
+    assert eng.session(box=(16, 16, 144, 144), exemplars=False).renderer.exemplars is None
     av = Avatar.load(out)
     assert av.info["kind"] == "talking" and 1 <= av.num_frames <= 15
     s = eng.session(avatar=av)  # the saved torch latents are this engine's
@@ -97,11 +102,14 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
     assert main(["run", "--model", str(out), "--video", str(SAMPLE), "--audio", str(speech), "--out", str(video),
                  "--no-progress"]) == 0
     assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "onnx"), "--no-progress"]) == 0
+    assert Engine.load(tmp_path / "onnx", backend="onnxruntime").exemplars is not None  # the export carries them
     import importlib.util
 
     if importlib.util.find_spec("tensorrt_rtx") is not None:  # builds ahead of time, even without a GPU
         assert main(["build", str(tmp_path / "onnx"), "--out", str(tmp_path / "trt"), "--target", "8.6",
                      "--no-progress"]) == 0
+        assert json.loads((tmp_path / "trt" / "manifest.json").read_text())["exemplars"]["file"] == "exemplars.npz"
+        assert (tmp_path / "trt" / "exemplars.npz").read_bytes() == (out / "exemplars.npz").read_bytes()
 
 
 @pytest.mark.parametrize("what", ["idle", "photo"])

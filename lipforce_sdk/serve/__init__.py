@@ -103,9 +103,11 @@ def exported_graphs(model_dir: Path, max_batch: int = 1) -> Path:
     import shutil
     import tempfile
 
+    from ..exemplars import EXEMPLARS_FILE, carry_exemplars
+
     h = hashlib.sha256()
     for f in sorted(Path(model_dir).iterdir()):  # what the graphs are made of (not the card)
-        if f.is_file() and (f.name == "manifest.json" or f.suffix == ".safetensors"):
+        if f.is_file() and (f.name in ("manifest.json", EXEMPLARS_FILE) or f.suffix == ".safetensors"):
             h.update(f.name.encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
     root = Path(os.environ.get("LIPFORCE_CACHE") or Path.home() / ".cache" / "lipforce") / "onnx"
@@ -125,6 +127,7 @@ def exported_graphs(model_dir: Path, max_batch: int = 1) -> Path:
     try:
         print(f"exporting {model_dir} to ONNX (once; cached in {out})", flush=True)
         export_model(load_model(model_dir), tmp, progress=False, max_batch=max_batch)
+        carry_exemplars(model_dir, tmp)  # an enrolled avatar's mouth exemplars
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

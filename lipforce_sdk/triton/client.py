@@ -178,7 +178,7 @@ class RemoteEngine:
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 reference: Sequence[np.ndarray] | None = None, silence: str | None = None,
                 face: str | tuple[float, float] = "largest", sequence_id: int | None = None,
-                **local_only) -> "RemoteSession":
+                exemplars: bool = True, **local_only) -> "RemoteSession":
         """A new stream on the server (its START is answered before this returns, so a bad option
         raises here). Arguments as ``Engine.session``; ``tracker``, ``face_source``, ``keypoints``
         and ``avatar`` need the frames or the avatar where the engine is, so they are local only.
@@ -191,6 +191,9 @@ class RemoteEngine:
         if given:
             raise InputError(f"{', '.join(given)}= cannot be sent to a Triton server; use a local Engine for them "
                              "(box=, seed=, reference=, silence= and face= are sent)")
+        if not exemplars:
+            raise InputError("exemplars=False is not sent to a Triton server: its sessions paste through the mouth "
+                             "exemplars of the model it serves, where that model has them; use a local Engine")
         if sequence_id is not None and not 0 < int(sequence_id) < 2 ** 64:
             raise ValueError(f"sequence_id={sequence_id}: a correlation ID is an integer in [1, 2**64)")
         sid = self._new_id() if sequence_id is None else int(sequence_id)

@@ -1,0 +1,223 @@
+"""An enrolled avatar's own mouths: fine detail from its real frames, chosen by the model's mouth.
+
+The DiT's mouth is right in its coarse shape and soft in its detail: a regression target averages
+what the audio leaves open (BENCHMARKS.md section 8). An enrolled avatar has what a general model
+lacks: hundreds of crops of this one face. ``MouthExemplars`` keeps a sample of them (the crops the
+avatar was enrolled on, aligned as the runtime aligns them) and, per generated crop:
+
+1. looks up the ``k`` exemplars whose mouth region, low-passed, is nearest the generated crop's
+   (the key: the crop's mouth box blurred and shrunk to 24 x 16 colour pixels);
+2. takes their per-pixel median (a mouth of this person that the model's mouth looks like; a
+   median, not a mean, so that lip lines and teeth edges stay edges);
+3. keeps the generated crop's band below ``cutoff`` (a Gaussian of ``cutoff * S`` pixels: where
+   the mouth is, how open, its shading) and takes the band above it from that median.
+
+The model still chooses the mouth (the lookup is by its output); the texture at the lips, teeth
+and skin is the person's own. Where no exemplar is near (a generated mouth unlike any the avatar
+showed), the generated crop is kept: the replacement fades out between ``near`` and ``far``
+(RMS key distance, 0-255 levels). Exemplar retrieval of this kind is how per-person talking heads
+got their teeth and lip texture before end-to-end models (candidate frames of the subject,
+weighted median, composite), and works for the same reason here: one face, many frames of it.
+
+``lipforce enroll`` writes ``exemplars.npz`` into the model directory and names it in the
+manifest (``"exemplars"``); ``Engine.load`` reads it and every session pastes through it (``engine
+.session(exemplars=False)`` turns it off). NumPy and OpenCV only: no torch on the runtime path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .geometry import CropSpec
+
+__all__ = ["MouthExemplars", "EXEMPLARS_FILE", "load_exemplars", "carry_exemplars"]
+
+EXEMPLARS_FILE = "exemplars.npz"
+KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
+KEY_BLUR = 3.0 / 128  # the key's blur, in crop sides: the generated mouth is softer than the real ones, and a
+# blur well above its softness keeps the lookup from taking the soft mouth for a smaller one
+JPEG_QUALITY = 95
+
+
+def _key_box(size: int) -> tuple[int, int, int, int]:
+    y0, y1, x0, x1 = CropSpec().mouth_box()
+    return int(y0 * size), int(round(y1 * size)), int(x0 * size), int(round(x1 * size))
+
+
+def mouth_key(crop: np.ndarray) -> np.ndarray:
+    """The lookup key of one crop ``[S, S, 3]`` uint8: its mouth box (``CropSpec.mouth_box``),
+    blurred and shrunk to ``KEY_HW``, flattened, float32 (0-255 levels)."""
+    s = crop.shape[0]
+    g = cv2.GaussianBlur(np.asarray(crop, np.float32), (0, 0), KEY_BLUR * s)
+    y0, y1, x0, x1 = _key_box(s)
+    return cv2.resize(g[y0:y1, x0:x1], KEY_HW[::-1], interpolation=cv2.INTER_AREA).reshape(-1)
+
+
+@dataclass
+class MouthExemplars:
+    """``images`` ``[N, S, S, 3]`` uint8: the avatar's crops; ``keys`` ``[N, K]`` their
+    ``mouth_key``; ``k`` exemplars per lookup; ``cutoff`` (crop sides) the Gaussian splitting
+    the model's band from the exemplars'; ``near``/``far`` the key distances (RMS, levels)
+    between which the exemplars' band fades out."""
+
+    images: np.ndarray
+    keys: np.ndarray
+    k: int = 5
+    cutoff: float = 1.0 / 16
+    near: float = 12.0
+    far: float = 24.0
+
+    def __post_init__(self):
+        im = np.asarray(self.images)
+        if im.ndim != 4 or im.shape[1] != im.shape[2] or im.shape[3] != 3 or im.dtype != np.uint8 or len(im) < 1:
+            raise ValueError(f"images must be uint8 [N >= 1, S, S, 3], got {im.dtype} {im.shape}")
+        if self.keys.shape[0] != len(im):
+            raise ValueError(f"{len(im)} images but {self.keys.shape[0]} keys")
+        if not 1 <= self.k <= len(im):
+            raise ValueError(f"k={self.k} must be in [1, {len(im)}] (the exemplars held)")
+        if not 0.0 < self.cutoff < 0.5:
+            raise ValueError(f"cutoff={self.cutoff} must be in (0, 0.5) crop sides")
+        if not 0.0 <= self.near < self.far:
+            raise ValueError(f"near={self.near} must be >= 0 and below far={self.far}")
+        self.keys = np.ascontiguousarray(self.keys, np.float32)
+        # distances in float64: |a|^2 - 2ab + |b|^2 cancels to a few levels in float32 at these norms
+        self._keys64 = self.keys.astype(np.float64)
+        self._norms = (self._keys64 * self._keys64).sum(1)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @classmethod
+    def build(cls, crops: np.ndarray, max_items: int = 600, **kw) -> "MouthExemplars":
+        """From the avatar's aligned crops ``[F, S, S, 3]`` uint8 (repeats dropped, then at most
+        ``max_items`` spread evenly over them)."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.dtype != np.uint8:
+            raise ValueError(f"crops must be uint8 [F, S, S, 3], got {crops.dtype} {crops.shape}")
+        seen, keep = set(), []
+        for i, c in enumerate(crops):
+            h = hash(c.tobytes())
+            if h not in seen:
+                seen.add(h)
+                keep.append(i)
+        if len(keep) > max_items:
+            keep = [keep[j] for j in np.linspace(0, len(keep) - 1, max_items).round().astype(int)]
+        if not keep:
+            raise ValueError("no crops to keep exemplars of")
+        images = np.ascontiguousarray(crops[keep])
+        kw["k"] = min(kw.get("k", cls.k), len(images))
+        return cls(images, np.stack([mouth_key(c) for c in images]), **kw)
+
+    # ---- the lookup ----
+    def nearest(self, key: np.ndarray) -> tuple[np.ndarray, float]:
+        """(indices of the ``k`` nearest exemplars, RMS key distance of the nearest)."""
+        key = np.asarray(key, np.float64)
+        d = self._norms - 2.0 * (self._keys64 @ key) + float(key @ key)
+        k = self.k
+        idx = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
+        return idx, float(np.sqrt(max(d[idx].min(), 0.0) / key.size))
+
+    def weight(self, distance: float) -> float:
+        """How much of the exemplars' band is used at this key distance: 1 up to ``near``, 0 from ``far``."""
+        return float(np.clip((self.far - distance) / (self.far - self.near), 0.0, 1.0))
+
+    def refine(self, gen: np.ndarray) -> np.ndarray:
+        """A generated crop ``[S, S, 3]`` uint8 with its band above ``cutoff`` taken from the
+        median of its ``k`` nearest exemplars; uint8, same shape."""
+        g = np.asarray(gen)
+        if g.shape != self.images.shape[1:] or g.dtype != np.uint8:
+            raise ValueError(f"gen must be uint8 {self.images.shape[1:]} (the exemplars' crop), got {g.dtype} {g.shape}")
+        idx, dist = self.nearest(mouth_key(g))
+        w = self.weight(dist)
+        if w <= 0.0:
+            return g.copy()
+        med = np.median(self.images[idx], axis=0).astype(np.float32) if len(idx) > 1 else self.images[idx[0]].astype(np.float32)
+        sig = self.cutoff * self.size
+        gf = g.astype(np.float32)
+        out = cv2.GaussianBlur(gf, (0, 0), sig) + (med - cv2.GaussianBlur(med, (0, 0), sig))
+        if w < 1.0:
+            out = gf + np.float32(w) * (out - gf)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    # ---- the file ----
+    def save(self, path: str | Path) -> None:
+        """``path`` (.npz): the crops as JPEG (quality 95) and the settings; the keys are recomputed on load."""
+        blobs = []
+        for im in self.images:
+            ok, buf = cv2.imencode(".jpg", im[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+            if not ok:
+                raise RuntimeError("OpenCV could not encode an exemplar as JPEG")
+            blobs.append(buf.reshape(-1))
+        sizes = np.array([b.size for b in blobs], np.int64)
+        meta = json.dumps({"k": self.k, "cutoff": self.cutoff, "near": self.near, "far": self.far,
+                           "size": self.size, "count": len(self.images)})
+        with open(path, "wb") as f:
+            np.savez(f, jpeg=np.concatenate(blobs), sizes=sizes, meta=np.array(meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MouthExemplars":
+        p = Path(path)
+        try:
+            z = np.load(p, allow_pickle=False)
+            meta = json.loads(str(z["meta"]))
+            blob, sizes = z["jpeg"], z["sizes"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{str(p)!r} is not a mouth exemplar file ({e}); enroll the avatar again") from e
+        ends = np.cumsum(sizes)
+        images = []
+        for a, b in zip(ends - sizes, ends):
+            im = cv2.imdecode(blob[a:b], cv2.IMREAD_COLOR)
+            if im is None or im.shape != (meta["size"], meta["size"], 3):
+                raise ValueError(f"{str(p)!r}: an exemplar does not decode to a {meta['size']} px crop; enroll again")
+            images.append(im[..., ::-1])
+        images = np.ascontiguousarray(np.stack(images))
+        return cls(images, np.stack([mouth_key(c) for c in images]), k=int(meta["k"]), cutoff=float(meta["cutoff"]),
+                   near=float(meta["near"]), far=float(meta["far"]))
+
+
+def load_exemplars(model_dir: str | Path | None, manifest: dict | None = None) -> MouthExemplars | None:
+    """The model directory's exemplars (its manifest's ``"exemplars"``), or ``None`` where it has none."""
+    if model_dir is None:
+        return None
+    d = Path(model_dir)
+    if manifest is None:
+        p = d / "manifest.json"
+        if not p.is_file():
+            return None
+        manifest = json.loads(p.read_text())
+    spec = manifest.get("exemplars")
+    if not spec:
+        return None
+    f = d / spec["file"]
+    if not f.is_file():
+        raise FileNotFoundError(f"{str(d)!r}'s manifest names mouth exemplars {spec['file']!r}, which is missing; "
+                                "copy the whole model directory, or enroll the avatar again")
+    return MouthExemplars.load(f)
+
+
+def carry_exemplars(src_dir: str | Path, out_dir: str | Path) -> bool:
+    """An export or engine build ``out_dir`` of the model in ``src_dir`` takes its mouth exemplars
+    along: the file is copied and ``out_dir/manifest.json`` (written already) names it. ``False``
+    where ``src_dir`` has none (nothing is changed)."""
+    import shutil
+
+    src, out = Path(src_dir), Path(out_dir)
+    p = src / "manifest.json"
+    spec = json.loads(p.read_text()).get("exemplars") if p.is_file() else None
+    if not spec:
+        return False
+    if (src / spec["file"]).resolve() != (out / spec["file"]).resolve():
+        shutil.copyfile(src / spec["file"], out / spec["file"])
+    mp = out / "manifest.json"
+    m = json.loads(mp.read_text())
+    m["exemplars"] = spec
+    tmp = mp.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(m, indent=2, sort_keys=False) + "\n")
+    tmp.replace(mp)
+    return True

@@ -1,0 +1,150 @@
+"""An enrolled avatar's mouth exemplars (lipforce_sdk.exemplars): lookup, band split, file, paste."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from lipforce_sdk.exemplars import EXEMPLARS_FILE, MouthExemplars, carry_exemplars, load_exemplars, mouth_key
+
+S = 64
+
+
+def mouths(n: int = 10, seed: int = 0) -> np.ndarray:
+    """Crops of one made-up face: skin with fine texture (fixed), a dark mouth opening 1, 2, ... n pixels."""
+    rng = np.random.default_rng(seed)
+    base = np.empty((S, S, 3), np.float32)
+    base[:] = (200, 150, 130)
+    base += rng.normal(0, 12, (S, S, 1)).astype(np.float32)  # pores: the detail a soft model loses
+    out = []
+    for i in range(n):
+        im = base.copy()
+        h = i + 1  # the opening
+        cv2.ellipse(im, (S // 2, int(0.42 * S)), (14, h), 0, 0, 360, (60, 20, 30), -1)
+        cv2.line(im, (S // 2 - 14, int(0.42 * S)), (S // 2 + 14, int(0.42 * S)), (120, 40, 50), 1)
+        out.append(np.clip(im, 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+def lap_var(im: np.ndarray) -> float:
+    return float(cv2.Laplacian(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F).var())
+
+
+def test_a_soft_mouth_gets_the_persons_detail_and_keeps_its_own_shape():
+    crops = mouths()
+    ex = MouthExemplars.build(crops[::2], k=1)
+    j = 5  # a mouth between two exemplars' openings (5 and 7 px), not in the bank
+    gen = cv2.GaussianBlur(crops[j], (0, 0), 1.5)  # what a regression model draws: the shape, soft
+    out = ex.refine(gen)
+    assert lap_var(out) > 3.0 * lap_var(gen)  # the fine band is back
+    assert lap_var(out) > 0.7 * lap_var(crops[j])
+    sig = ex.cutoff * S
+    low = [cv2.GaussianBlur(x.astype(np.float32), (0, 0), sig) for x in (out, gen)]
+    assert np.abs(low[0] - low[1]).mean() < 1.5  # below the cut-off the picture is the model's
+    # closer to the real crop than the soft one is, by the texture it got back
+    err = [np.abs(x.astype(np.float32) - crops[j]).mean() for x in (out, gen)]
+    assert err[0] < 0.6 * err[1]
+
+
+def test_an_exemplar_refines_to_itself_and_far_keys_leave_the_crop_alone():
+    crops = mouths()
+    ex = MouthExemplars.build(crops, k=1)
+    for j in (0, 4, 9):
+        assert np.abs(ex.refine(crops[j]).astype(int) - crops[j]).max() <= 1
+    noise = np.random.default_rng(1).integers(0, 256, (S, S, 3), dtype=np.uint8)
+    idx, dist = ex.nearest(mouth_key(noise))
+    assert dist > ex.far
+    assert np.array_equal(ex.refine(noise), noise)  # unlike every exemplar: the model's crop as it is
+    assert ex.weight(ex.near) == 1.0 and ex.weight(ex.far) == 0.0 and 0.0 < ex.weight(0.5 * (ex.near + ex.far)) < 1.0
+
+
+def test_k_nearest_are_the_nearest_openings_and_their_median_keeps_the_detail():
+    crops = mouths()
+    ex = MouthExemplars.build(crops, k=3)
+    idx, _ = ex.nearest(mouth_key(crops[5]))
+    assert sorted(idx.tolist()) == [4, 5, 6]
+    gen = cv2.GaussianBlur(crops[5], (0, 0), 1.5)
+    out = ex.refine(gen)
+    assert lap_var(out) > 0.8 * lap_var(crops[5]) and lap_var(out) > 3.0 * lap_var(gen)
+
+
+def test_build_drops_repeats_and_keeps_at_most_max_items():
+    crops = mouths(10)
+    ex = MouthExemplars.build(np.concatenate([crops, crops[:4]]))
+    assert len(ex.images) == 10 and ex.keys.shape == (10, 16 * 24 * 3)
+    assert len(MouthExemplars.build(crops, max_items=4).images) == 4
+    assert MouthExemplars.build(crops[:2]).k == 2  # fewer than k: all of them
+    with pytest.raises(ValueError, match="uint8"):
+        MouthExemplars.build(crops.astype(np.float32))
+    with pytest.raises(ValueError, match="cutoff"):
+        MouthExemplars(crops, np.stack([mouth_key(c) for c in crops]), cutoff=0.7)
+    with pytest.raises(ValueError, match="gen must be"):
+        MouthExemplars.build(crops).refine(crops[0][:32])
+
+
+def test_the_file_round_trips_within_jpeg_error(tmp_path):
+    crops = mouths()
+    ex = MouthExemplars.build(crops, k=4, cutoff=0.05)
+    ex.save(tmp_path / "ex.npz")
+    back = MouthExemplars.load(tmp_path / "ex.npz")
+    assert (back.k, back.cutoff, back.near, back.far) == (4, 0.05, ex.near, ex.far)
+    assert back.images.shape == ex.images.shape
+    assert np.abs(back.images.astype(int) - ex.images).mean() < 2.0
+    assert np.abs(back.keys - ex.keys).mean() < 1.0  # recomputed from the decoded crops
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a mouth exemplar file"):
+        MouthExemplars.load(tmp_path / "bad.npz")
+
+
+def _model_dir(path, exemplars: bool):
+    path.mkdir()
+    m = {"format": "lipforce-model"}
+    if exemplars:
+        MouthExemplars.build(mouths()).save(path / EXEMPLARS_FILE)
+        m["exemplars"] = {"file": EXEMPLARS_FILE, "count": 10}
+    (path / "manifest.json").write_text(json.dumps(m))
+    return path
+
+
+def test_exports_and_builds_carry_the_exemplars(tmp_path):
+    src = _model_dir(tmp_path / "enrolled", True)
+    out = tmp_path / "onnx"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": "lipforce-model", "graphs": {}}))
+    assert carry_exemplars(src, out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["exemplars"]["file"] == EXEMPLARS_FILE and "graphs" in m
+    assert (out / EXEMPLARS_FILE).read_bytes() == (src / EXEMPLARS_FILE).read_bytes()
+    assert load_exemplars(out) is not None
+    plain = _model_dir(tmp_path / "general", False)
+    before = (out / "manifest.json").read_text()
+    assert not carry_exemplars(plain, out) and (out / "manifest.json").read_text() == before
+    assert load_exemplars(plain) is None and load_exemplars(None) is None
+    (src / EXEMPLARS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="copy the whole model directory"):
+        load_exemplars(src)
+
+
+def test_paste_through_exemplars_changes_nothing_outside_the_mask():
+    """The composite with exemplars differs from the plain one inside the mask only; outside it
+    every pixel is the frame's own."""
+    from lipforce_sdk.config import from_name
+    from lipforce_sdk.geometry import FaceKeypoints
+    from lipforce_sdk.session import ChunkRenderer, FramePreparer
+
+    cfg = from_name("tiny")
+    size = cfg.stream.resolution
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (240, 200, 3), dtype=np.uint8)
+    view = FramePreparer(cfg)(frame, FaceKeypoints.template((40, 30, 170, 160)))
+    big = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC) for m in mouths()])
+    ex = MouthExemplars.build(big, k=1, far=1e4)  # every key near enough: the band is always replaced
+    gen = cv2.GaussianBlur(big[5], (0, 0), 2.0)
+    plain = ChunkRenderer(None, cfg, 0).composite(frame, view, gen)
+    refined = ChunkRenderer(None, cfg, 0, exemplars=ex).composite(frame, view, gen)
+    w = view.crop.frame_weight(view.mask.soft, frame.shape[:2])
+    outside = w == 0
+    assert np.array_equal(refined[outside], frame[outside]) and np.array_equal(plain[outside], frame[outside])
+    inside = w > 0.5
+    assert np.abs(refined[inside].astype(int) - plain[inside]).mean() > 1.0
