@@ -185,36 +185,51 @@ def make_clip(n_frames: int, seed: int):
     return frames, audio, seed
 
 
-def run_streams(engine, clips, barrier_timeout: float = 120.0):
-    """Each clip pushed in its own thread, all released together. Returns (wall s, stats, frames)."""
-    n = len(clips)
+def run_threads(work, n: int, barrier_timeout: float = 120.0) -> float:
+    """``work(i)`` for i < n, each in its own thread, all released together by a barrier; the
+    wall seconds from the release to the last one's end. The first error raised is re-raised."""
     start = threading.Barrier(n + 1)
-    stats, outs, errors = [None] * n, [None] * n, []
+    errors = []
 
-    def worker(i):
+    def one(i):
         try:
-            frames, audio, seed = clips[i]
-            s = engine.session(box=BOX, seed=seed)
             start.wait(barrier_timeout)
-            got = []
-            for k, f in enumerate(frames):
-                got += s.push(audio[k * 640:(k + 1) * 640], f)
-            got += s.flush()
-            stats[i], outs[i] = s.stats, np.stack([o.image for o in got])
+            work(i)
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
             start.abort()
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
-    start.wait(barrier_timeout)
+    try:
+        start.wait(barrier_timeout)
+    except threading.BrokenBarrierError:
+        pass  # a worker failed before the release: its error is raised below
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
     if errors:
         raise errors[0]
+    return wall
+
+
+def run_streams(engine, clips, barrier_timeout: float = 120.0):
+    """Each clip pushed in its own thread, all released together. Returns (wall s, stats, frames)."""
+    n = len(clips)
+    stats, outs = [None] * n, [None] * n
+    sessions = [engine.session(box=BOX, seed=seed) for _, _, seed in clips]
+
+    def work(i):
+        frames, audio, _ = clips[i]
+        s, got = sessions[i], []
+        for k, f in enumerate(frames):
+            got += s.push(audio[k * 640:(k + 1) * 640], f)
+        got += s.flush()
+        stats[i], outs[i] = s.stats, np.stack([o.image for o in got])
+
+    wall = run_threads(work, n, barrier_timeout)
     return wall, stats, outs
 
 

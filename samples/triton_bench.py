@@ -34,7 +34,6 @@ import argparse
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -58,37 +57,25 @@ def clip(frames: int):
 
 def run_streams(open_session, n: int, frames, audio, latency_of) -> tuple[float, list[float], int]:
     """``n`` threads, each streaming the clip through its own session; (wall s, chunk ms, frames)."""
+    sys.path.insert(0, str(REPO / "samples"))
+    from batch_bench import run_threads
+
     sessions = [open_session(k) for k in range(n)]
     lat: list[list[float]] = [[] for _ in range(n)]
     out = [0] * n
-    errors = []
-    go = threading.Barrier(n + 1)
 
     def one(k):
         s = sessions[k]
-        try:
-            go.wait()
-            for i, f in enumerate(frames):
-                t0 = time.perf_counter()
-                got = s.push(audio[i * 640:(i + 1) * 640], f)
-                if got:
-                    lat[k].append((time.perf_counter() - t0) * 1000.0)
-                out[k] += len(got)
-            out[k] += len(s.flush())
-            latency_of(s, lat[k])
-        except Exception as e:  # reported after the join
-            errors.append(e)
+        for i, f in enumerate(frames):
+            t0 = time.perf_counter()
+            got = s.push(audio[i * 640:(i + 1) * 640], f)
+            if got:
+                lat[k].append((time.perf_counter() - t0) * 1000.0)
+            out[k] += len(got)
+        out[k] += len(s.flush())
+        latency_of(s, lat[k])
 
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    go.wait()
-    t0 = time.perf_counter()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
+    wall = run_threads(one, n)
     return wall, [x for xs in lat for x in xs], sum(out)
 
 
