@@ -1047,7 +1047,7 @@ class _Enrollment:
         if self.cfg.exemplars > 0:
             shutil.copyfile(self.work / "exemplars.npz", self.final / EXEMPLARS_FILE)
         shutil.copytree(self.work / "avatar", self.final / AVATAR_DIR)
-        (self.final / "MODEL_CARD.md").write_text(_card(enrollment, self.out.name))
+        (self.final / "MODEL_CARD.md").write_text(_card(enrollment, self.out.name, extra.get("exemplars", {}).get("count", 0)))
         return enrollment
 
 
@@ -1151,7 +1151,15 @@ def _fmt(v, f=".2f"):
     return "-" if v is None else format(v, f)
 
 
-def _card(e: dict, name: str) -> str:
+def _exemplar_line(n: int) -> str:
+    if not n:
+        return ""
+    return (f"\n- **Mouth exemplars:** {n} of its training crops (`exemplars.npz`): the runtime keeps the model's "
+            "mouth below 1/16 of the crop and takes the finer detail from the median of the 5 exemplars nearest it "
+            "(`lipforce_sdk.exemplars`; `--no-exemplars` turns it off). The scores below are the model's alone.")
+
+
+def _card(e: dict, name: str, exemplars: int = 0) -> str:
     s = e.get("scores") or {}
     b, a = s.get("base", {}), s.get("enrolled", {})
     kind_text = {"talking": "a talking clip with its own sound (self-supervised: mouth masked, own audio as the "
@@ -1186,7 +1194,7 @@ A model adapted to one face by `lipforce enroll`, with the face's idle loop prep
 - **Adapted:** the VAE decoder ({cfg['decoder_steps']} steps; encoder frozen) and the DiT
   {'and the audio encoder ' if cfg['tune_audio'] else ''}({cfg['dit_steps']} steps, supervised through the
   runtime's two-step cached rollout).
-- **Loop:** {e['loop']['frames']} frames from {e['loop']['start_s']:.2f} s, played back and forth.
+- **Loop:** {e['loop']['frames']} frames from {e['loop']['start_s']:.2f} s, played back and forth.{_exemplar_line(exemplars)}
 - **Time:** {total / 60:.1f} min on `{e['device']}` ({', '.join(f'{k} {v:.0f} s' for k, v in secs.items())}).
 
 ## How it scored
@@ -1306,6 +1314,53 @@ def enroll(source, out, *, kind: str = "auto", model=None, device: str = "cpu", 
     return EnrollResult(out, info.kind, info.path, secs, enrollment["seconds"], enrollment["scores"], resumed)
 
 
+def add_exemplars(model_dir, source, *, max_items: int | None = None, progress: bool = True,
+                  log: Callable[[str], None] = print) -> int:
+    """Give a model enrolled before mouth exemplars existed (or with ``exemplars=0``) its exemplars
+    (``lipforce_sdk.exemplars``): ``source`` (the file it was enrolled from: its sha256 is
+    checked) tracked and cropped as its enrollment did, the crops' sample written into
+    ``model_dir``. The weights are not touched. Returns the number of exemplars."""
+    from lipforce_sdk.exemplars import EXEMPLARS_FILE
+
+    d = Path(model_dir)
+    mp = d / "manifest.json"
+    if not mp.is_file():
+        raise EnrollError(f"{str(d)!r} is not a model directory (no manifest.json)")
+    m = json.loads(mp.read_text())
+    e = m.get("enrollment")
+    if not e:
+        raise EnrollError(f"{str(d)!r} is not an enrolled model (its manifest has no enrollment); exemplars are of "
+                          "one avatar: enroll it (lipforce enroll SOURCE --out DIR)")
+    if not Path(source).is_file():
+        raise EnrollError(f"{str(source)!r} does not exist; pass the file {str(d)!r} was enrolled from "
+                          f"({e['source']!r})")
+    if _sha256(source) != e["source_sha256"]:
+        raise EnrollError(f"{str(source)!r} is not the file {str(d)!r} was enrolled from ({e['source']!r}, sha256 "
+                          f"{e['source_sha256'][:16]}...): its exemplars must be that face's crops")
+    names = {f.name for f in dataclasses.fields(EnrollConfig)}
+    cfg = EnrollConfig(**{k: v for k, v in e["config"].items() if k in names})
+    cfg = dataclasses.replace(cfg, exemplars=max_items or EnrollConfig.exemplars).for_kind(e["kind"]).validate()
+    span = (None, None) if e["kind"] == "photo" else (e["span_s"][0], e["span_s"][1])
+    info = inspect_source(source, e["kind"], *span, min_talking_seconds=0.0)
+    job = _Enrollment(info, d.with_name(f".{d.name}.exemplars"), d, cfg, "cpu", progress, log)
+    shutil.rmtree(job.partial, ignore_errors=True)
+    job.work.mkdir(parents=True)
+    try:
+        job.track()
+        job.data()
+        job.exemplars()
+        from lipforce_sdk.exemplars import MouthExemplars
+
+        ex = MouthExemplars.load(job.work / "exemplars.npz")
+        os.replace(job.work / "exemplars.npz", d / EXEMPLARS_FILE)
+        m["exemplars"] = {"file": EXEMPLARS_FILE, "count": len(ex.images), "k": ex.k, "cutoff": ex.cutoff}
+        _atomic(mp, lambda t: t.write_text(json.dumps(m, indent=2, sort_keys=False) + "\n"))
+    finally:
+        shutil.rmtree(job.partial, ignore_errors=True)
+    log(f"wrote {len(ex.images)} mouth exemplars into {d}")
+    return len(ex.images)
+
+
 # --------------------------------------------------------------------------------------
 # Command line (``lipforce enroll`` calls ``main``)
 # --------------------------------------------------------------------------------------
@@ -1332,10 +1387,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="discard an unfinished enrollment of --out")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
+    p.add_argument("--add-exemplars", action="store_true",
+                   help="--out is a model already enrolled from SOURCE: only add its mouth exemplars (the fine detail "
+                        "of its own mouths the runtime pastes through; models enrolled before they existed lack "
+                        "them); its weights are not touched")
     p.add_argument("--no-progress", action="store_true")
 
 
-def run_args(a) -> EnrollResult:
+def run_args(a) -> EnrollResult | int:
+    if a.add_exemplars:
+        return add_exemplars(a.out, a.source, progress=not a.no_progress)
     over = {k: v for k, v in (("loop_seconds", a.loop_seconds), ("decoder_steps", a.decoder_steps),
                               ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr)) if v is not None}
     try:

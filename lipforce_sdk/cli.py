@@ -270,6 +270,9 @@ def _cmd_enroll(a) -> int:
         r = _enroll_module().run_args(a)
     except KeyboardInterrupt:
         return 130
+    if isinstance(r, int):  # --add-exemplars: the count written
+        print(f"  next: lipforce run --model {a.out} --avatar --audio SPEECH.wav --out out.mp4")
+        return 0
     sc = r.scores or {}
     if sc.get("enrolled"):
         b, e = sc["base"], sc["enrolled"]

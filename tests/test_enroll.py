@@ -123,6 +123,31 @@ def test_idle_loop_and_photo_smoke(what, photo_png, tmp_path):
     assert r.scores["held_out_frames"] > 0
 
 
+def test_exemplars_can_be_added_to_a_model_enrolled_without_them(photo_png, tmp_path):
+    from lipforce_sdk.cli import main
+    from lipforce_sdk.distill.enroll import add_exemplars
+
+    out = tmp_path / "photo"
+    run(photo_png[0], out, config=quick(exemplars=0))
+    assert "exemplars" not in json.loads((out / "manifest.json").read_text())
+    assert Engine.load(out).exemplars is None
+    weights = {f.name: f.read_bytes() for f in out.glob("*.safetensors")}
+    other = tmp_path / "other.png"
+    import cv2
+
+    cv2.imwrite(str(other), np.ascontiguousarray(photo_png[1][::-1, :, ::-1]))
+    with pytest.raises(EnrollError, match="is not the file"):
+        add_exemplars(out, other, progress=False, log=lambda m: None)
+    with pytest.raises(EnrollError, match="not an enrolled model"):
+        add_exemplars(Path(Engine.load().model_dir), photo_png[0], progress=False, log=lambda m: None)
+    assert main(["enroll", str(photo_png[0]), "--out", str(out), "--add-exemplars", "--no-progress"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    eng = Engine.load(out)
+    assert eng.exemplars is not None and len(eng.exemplars.images) == m["exemplars"]["count"] > 1
+    assert {f.name: f.read_bytes() for f in out.glob("*.safetensors")} == weights  # the weights are not touched
+    assert not list(tmp_path.glob(".photo.exemplars*"))  # its work folder is gone
+
+
 def test_dit_settings_default_per_source_kind():
     got = [(c.dit_steps, c.dit_lr) for c in (EnrollConfig().for_kind(k) for k in ("talking", "idle", "photo"))]
     assert got == [(1000, 2e-3), (700, 1e-3), (1200, 1e-3)]
