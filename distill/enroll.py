@@ -77,11 +77,11 @@ class EnrollError(ValueError):
 
 
 # The DiT's steps and learning rate per source kind where EnrollConfig leaves them None
-# (BENCHMARKS.md section 8). A talking clip: 1000 steps at 2e-3 keep a 60 s clip within 20 minutes on
-# a 2-core CPU (16.4 min) and beat 700 at 1e-3 on every held-out measure (lip PSNR 24.8 vs 24.4 dB);
-# one photo's made-up visemes need more steps to follow the speech (lip r 0.41 at 700, 0.53 at 1200);
-# an idle loop passes at 700.
-KIND_DEFAULTS = {"talking": {"dit_steps": 1000, "dit_lr": 2e-3},
+# (BENCHMARKS.md section 8). A talking clip: 1400 steps at 2e-3 keep a 60 s clip within 20 minutes on
+# a 2-core CPU (14.0 min) and beat 1000 on the held-out lip box (25.2 vs 24.9 dB with the exemplars),
+# as 1000 beat 700 at 1e-3 (24.8 vs 24.4 dB); one photo's made-up visemes need more steps to follow
+# the speech (lip r 0.41 at 700, 0.53 at 1200); an idle loop passes at 700.
+KIND_DEFAULTS = {"talking": {"dit_steps": 1400, "dit_lr": 2e-3},
                  "idle": {"dit_steps": 700, "dit_lr": 1e-3},
                  "photo": {"dit_steps": 1200, "dit_lr": 1e-3}}
 

@@ -150,9 +150,9 @@ def test_exemplars_can_be_added_to_a_model_enrolled_without_them(photo_png, tmp_
 
 def test_dit_settings_default_per_source_kind():
     got = [(c.dit_steps, c.dit_lr) for c in (EnrollConfig().for_kind(k) for k in ("talking", "idle", "photo"))]
-    assert got == [(1000, 2e-3), (700, 1e-3), (1200, 1e-3)]
+    assert got == [(1400, 2e-3), (700, 1e-3), (1200, 1e-3)]
     assert EnrollConfig(dit_steps=5).for_kind("photo").dit_steps == 5
-    assert EnrollConfig(dit_lr=5e-4).for_kind("talking") == EnrollConfig(dit_steps=1000, dit_lr=5e-4)
+    assert EnrollConfig(dit_lr=5e-4).for_kind("talking") == EnrollConfig(dit_steps=1400, dit_lr=5e-4)
     with pytest.raises(EnrollError, match="dit_steps"):
         EnrollConfig(dit_steps=-1).validate()
 
