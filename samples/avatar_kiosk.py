@@ -88,6 +88,9 @@ def main(argv=None) -> int:
 
                 onnx = tempfile.mkdtemp(prefix="lipforce_onnx_")
                 export_model(load_model(model_dir), onnx, progress=False)
+                from lipforce_sdk.exemplars import carry_exemplars
+
+                carry_exemplars(model_dir, onnx)  # an enrolled model's mouth exemplars, as `lipforce export` does
             engine = Engine.load(onnx, backend="onnxruntime", threads=a.threads)
         else:
             if a.threads:
