@@ -558,8 +558,7 @@ class _Enrollment:
 
     def _talking_clips(self, cfg, points, opening):
         """Self-supervised windows of the real clip: source = target = the real crops."""
-        from lipforce_sdk.geometry import FaceKeypoints
-        from lipforce_sdk.session import FramePreparer, reference_frames_needed
+        from lipforce_sdk.session import reference_frames_needed
 
         from .crops import CropClip
 
@@ -568,19 +567,10 @@ class _Enrollment:
         hard = self._rest(cfg, points, opening, found)
         size = cfg.stream.resolution
         crops = np.zeros((n, size, size, 3), np.uint8)
-        prep = FramePreparer(cfg)
-        prev = False
-        with self.bar(n, "crop frames", "frame") as bar:
-            for i, f in _iter_frames(self.info):
-                if found[i]:
-                    if not prev:
-                        prep.reset()
-                    crops[i] = prep(f, FaceKeypoints.from_mediapipe(points[i])).image
-                prev = bool(found[i])
-                bar.update(1)
+        for i, _, view in self._views(cfg, points, n, "crop frames"):
+            crops[i] = view.image
         audio = _read_span_audio(Path(self.info.path), self.info.start, n)
-        n_val = min(int(round(self.cfg.val_share * n)), int(10 * FPS))  # at most 10 s held out
-        n_val = n_val if n_val >= 2 * cfg.video_frames_per_chunk else 0
+        n_val = self._val_frames(cfg, n)
         r = reference_frames_needed(cfg)
         rng = np.random.default_rng(self.cfg.seed)
         w = self.cfg.window_frames
@@ -612,6 +602,31 @@ class _Enrollment:
                               "give a clip where the face stays visible")
         val = clips(n - n_val, n, w, "val") if n_val else []
         return train, val
+
+    def _views(self, cfg, points, stop: int, what: str):
+        """``(i, frame, FrameView)`` of the span's frames before ``stop`` where the face was
+        tracked, as a session prepares them (the crop's smoothing restarts after a gap)."""
+        from lipforce_sdk.geometry import FaceKeypoints
+        from lipforce_sdk.session import FramePreparer
+
+        found = np.isfinite(points[:, 0, 0])
+        prep = FramePreparer(cfg)
+        prev = False
+        with self.bar(stop, what, "frame") as bar:
+            for i, f in _iter_frames(self.info):
+                if i >= stop:
+                    break
+                if found[i]:
+                    if not prev:
+                        prep.reset()
+                    yield i, f, prep(f, FaceKeypoints.from_mediapipe(points[i]))
+                prev = bool(found[i])
+                bar.update(1)
+
+    def _val_frames(self, cfg, n: int) -> int:
+        """Talking: the frames at the span's end held out for the card's scores."""
+        n_val = min(int(round(self.cfg.val_share * n)), int(10 * FPS))  # at most 10 s held out
+        return n_val if n_val >= 2 * cfg.video_frames_per_chunk else 0
 
     def _photo_faces(self, frames, points):
         """A ``PhotoFace`` per loop frame, cut to a square around the face (its offset returned)."""
@@ -1005,12 +1020,21 @@ class _Enrollment:
 
     # ---- the mouth exemplars (after data; cheap) ----
     def exemplars(self) -> None:
-        """The training crops' sample that the runtime takes fine mouth detail from
-        (``lipforce_sdk.exemplars``); the held-out part is not in it."""
+        """The training frames' crops that the runtime takes fine mouth detail from
+        (``lipforce_sdk.exemplars``); the held-out part is not among them."""
+        import cv2
+
         from lipforce_sdk.exemplars import MouthExemplars
 
-        z = np.load(self.work / "data.npz", allow_pickle=False)
-        ex = MouthExemplars.build(z["target"], max_items=self.cfg.exemplars)
+        if self.info.kind == "talking":  # the real frames, cut again with cubic interpolation: their detail
+            cfg = self.cfg_model()
+            points, _, n = self.load_track()
+            stop = n - self._val_frames(cfg, n)
+            crops = np.stack([v.crop.crop(f, interpolation=cv2.INTER_CUBIC)
+                              for _, f, v in self._views(cfg, points, stop, "exemplar crops")])
+        else:  # the made-up speaking frames on the face (its own lips, warped)
+            crops = np.load(self.work / "data.npz", allow_pickle=False)["target"]
+        ex = MouthExemplars.build(crops, max_items=self.cfg.exemplars)
         _atomic(self.work / "exemplars.npz", ex.save)
 
     # ---- stage 8: the model directory ----

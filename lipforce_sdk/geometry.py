@@ -252,9 +252,10 @@ class AlignedCrop:
         m[:, 2] = a[:, 2] + a[:, :2] @ np.array([0.5, 0.5]) - 0.5 - np.array([x0, y0])
         return m
 
-    def crop(self, frame: np.ndarray) -> np.ndarray:
-        """The crop ``[S, S, 3]`` uint8: bilinear, low-passed first when the face is larger than
-        the crop; replicated border pixels where the crop leaves the frame."""
+    def crop(self, frame: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        """The crop ``[S, S, 3]`` uint8: bilinear (what the model sees; ``interpolation`` e.g.
+        ``cv2.INTER_CUBIC`` for crops kept for their detail), low-passed first when the face is
+        larger than the crop; replicated border pixels where the crop leaves the frame."""
         f = _check_frame(frame)
         b = self.bbox()
         pad = 2 + int(math.ceil(1.5 * self.scale))
@@ -264,7 +265,7 @@ class AlignedCrop:
         a = self.to_frame_affine()
         a = np.column_stack([a[:, :2], a[:, 2] - np.array([rx0, ry0])])
         m = self._index_affine(a)
-        return cv2.warpAffine(roi, m, (self.size, self.size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        return cv2.warpAffine(roi, m, (self.size, self.size), flags=interpolation | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
 
     def frame_weight(self, weight: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
