@@ -1063,10 +1063,9 @@ class _Enrollment:
         training = json.loads((self.model_dir / "manifest.json").read_text()).get("training")
         extra = {"training": training} if training else {}
         if self.cfg.exemplars > 0:
-            from lipforce_sdk.exemplars import EXEMPLARS_FILE, MouthExemplars
+            from lipforce_sdk.exemplars import EXEMPLARS_FILE, manifest_entry
 
-            ex = MouthExemplars.load(self.work / "exemplars.npz")
-            extra["exemplars"] = {"file": EXEMPLARS_FILE, "count": len(ex.images), "k": ex.k, "cutoff": ex.cutoff}
+            extra["exemplars"] = manifest_entry(self.work / EXEMPLARS_FILE)
         save_model(model, self.final, enrollment=enrollment, avatar=AVATAR_DIR, **extra)
         if self.cfg.exemplars > 0:
             shutil.copyfile(self.work / "exemplars.npz", self.final / EXEMPLARS_FILE)
@@ -1344,7 +1343,7 @@ def add_exemplars(model_dir, source, *, max_items: int | None = None, progress: 
     (``lipforce_sdk.exemplars``): ``source`` (the file it was enrolled from: its sha256 is
     checked) tracked and cropped as its enrollment did, the crops' sample written into
     ``model_dir``. The weights are not touched. Returns the number of exemplars."""
-    from lipforce_sdk.exemplars import EXEMPLARS_FILE
+    from lipforce_sdk.exemplars import EXEMPLARS_FILE, manifest_entry
 
     d = Path(model_dir)
     mp = d / "manifest.json"
@@ -1373,16 +1372,13 @@ def add_exemplars(model_dir, source, *, max_items: int | None = None, progress: 
         job.track()
         job.data()
         job.exemplars()
-        from lipforce_sdk.exemplars import MouthExemplars
-
-        ex = MouthExemplars.load(job.work / "exemplars.npz")
         os.replace(job.work / "exemplars.npz", d / EXEMPLARS_FILE)
-        m["exemplars"] = {"file": EXEMPLARS_FILE, "count": len(ex.images), "k": ex.k, "cutoff": ex.cutoff}
+        m["exemplars"] = manifest_entry(d / EXEMPLARS_FILE)
         _atomic(mp, lambda t: t.write_text(json.dumps(m, indent=2, sort_keys=False) + "\n"))
     finally:
         shutil.rmtree(job.partial, ignore_errors=True)
-    log(f"wrote {len(ex.images)} mouth exemplars into {d}")
-    return len(ex.images)
+    log(f"wrote {m['exemplars']['count']} mouth exemplars into {d}")
+    return m["exemplars"]["count"]
 
 
 # --------------------------------------------------------------------------------------

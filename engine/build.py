@@ -346,9 +346,8 @@ def build_model(model_dir: str | Path, out_dir: str | Path, *, precision: str | 
         out["graphs"] = {g: manifest["graphs"][g] for g in names}
     out["backend"] = "tensorrt"
     out["engines"] = engines
-    write_json_atomic(out_dir / MANIFEST_NAME, out)
-    from lipforce_sdk.exemplars import carry_exemplars
+    from lipforce_sdk.exemplars import copy_exemplars
 
-    if carry_exemplars(model_dir, out_dir):  # an enrolled avatar's mouth exemplars travel with it
-        out["exemplars"] = manifest["exemplars"]
+    copy_exemplars(model_dir, out_dir)  # an enrolled avatar's mouth exemplars (out names them, as the model did)
+    write_json_atomic(out_dir / MANIFEST_NAME, out)
     return out

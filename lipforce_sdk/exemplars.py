@@ -35,7 +35,8 @@ import numpy as np
 
 from .geometry import CropSpec
 
-__all__ = ["MouthExemplars", "EXEMPLARS_FILE", "load_exemplars", "carry_exemplars"]
+__all__ = ["MouthExemplars", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
+           "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
 KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
@@ -201,20 +202,40 @@ def load_exemplars(model_dir: str | Path | None, manifest: dict | None = None) -
     return MouthExemplars.load(f)
 
 
-def carry_exemplars(src_dir: str | Path, out_dir: str | Path) -> bool:
-    """An export or engine build ``out_dir`` of the model in ``src_dir`` takes its mouth exemplars
-    along: the file is copied and ``out_dir/manifest.json`` (written already) names it. ``False``
-    where ``src_dir`` has none (nothing is changed)."""
+def manifest_entry(path: str | Path) -> dict:
+    """The model manifest's ``"exemplars"`` section for the exemplar file ``path`` (named by its
+    file name), from the file's settings alone (no crop is decoded)."""
+    p = Path(path)
+    try:
+        meta = json.loads(str(np.load(p, allow_pickle=False)["meta"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{str(p)!r} is not a mouth exemplar file ({e}); enroll the avatar again") from e
+    return {"file": p.name, "count": int(meta["count"]), "k": int(meta["k"]), "cutoff": float(meta["cutoff"])}
+
+
+def copy_exemplars(src_dir: str | Path, out_dir: str | Path) -> dict | None:
+    """Copy the exemplar file of the model in ``src_dir`` (if its manifest names one) into
+    ``out_dir``; its manifest section, or ``None`` where it has none (nothing is copied)."""
     import shutil
 
     src, out = Path(src_dir), Path(out_dir)
     p = src / "manifest.json"
     spec = json.loads(p.read_text()).get("exemplars") if p.is_file() else None
     if not spec:
-        return False
+        return None
     if (src / spec["file"]).resolve() != (out / spec["file"]).resolve():
         shutil.copyfile(src / spec["file"], out / spec["file"])
-    mp = out / "manifest.json"
+    return spec
+
+
+def carry_exemplars(src_dir: str | Path, out_dir: str | Path) -> bool:
+    """An export ``out_dir`` of the model in ``src_dir`` takes its mouth exemplars along: the file
+    is copied (``copy_exemplars``) and ``out_dir/manifest.json`` (written already) names it.
+    ``False`` where ``src_dir`` has none (nothing is changed)."""
+    spec = copy_exemplars(src_dir, out_dir)
+    if spec is None:
+        return False
+    mp = Path(out_dir) / "manifest.json"
     m = json.loads(mp.read_text())
     m["exemplars"] = spec
     tmp = mp.with_name(".manifest.json.tmp")

@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipforce_sdk.exemplars import EXEMPLARS_FILE, MouthExemplars, carry_exemplars, load_exemplars, mouth_key
+from lipforce_sdk.exemplars import (EXEMPLARS_FILE, MouthExemplars, carry_exemplars, load_exemplars, manifest_entry,
+                                    mouth_key)
 
 S = 64
 
@@ -92,9 +93,12 @@ def test_the_file_round_trips_within_jpeg_error(tmp_path):
     assert back.images.shape == ex.images.shape
     assert np.abs(back.images.astype(int) - ex.images).mean() < 2.0
     assert np.abs(back.keys - ex.keys).mean() < 1.0  # recomputed from the decoded crops
+    assert manifest_entry(tmp_path / "ex.npz") == {"file": "ex.npz", "count": 10, "k": 4, "cutoff": 0.05}
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a mouth exemplar file"):
         MouthExemplars.load(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="not a mouth exemplar file"):
+        manifest_entry(tmp_path / "bad.npz")
 
 
 def _model_dir(path, exemplars: bool):
