@@ -1343,7 +1343,7 @@ def add_exemplars(model_dir, source, *, max_items: int | None = None, progress: 
     (``lipforce_sdk.exemplars``): ``source`` (the file it was enrolled from: its sha256 is
     checked) tracked and cropped as its enrollment did, the crops' sample written into
     ``model_dir``. The weights are not touched. Returns the number of exemplars."""
-    from lipforce_sdk.exemplars import EXEMPLARS_FILE, manifest_entry
+    from lipforce_sdk.exemplars import EXEMPLARS_FILE, manifest_entry, name_exemplars
 
     d = Path(model_dir)
     mp = d / "manifest.json"
@@ -1373,12 +1373,12 @@ def add_exemplars(model_dir, source, *, max_items: int | None = None, progress: 
         job.data()
         job.exemplars()
         os.replace(job.work / "exemplars.npz", d / EXEMPLARS_FILE)
-        m["exemplars"] = manifest_entry(d / EXEMPLARS_FILE)
-        _atomic(mp, lambda t: t.write_text(json.dumps(m, indent=2, sort_keys=False) + "\n"))
+        spec = manifest_entry(d / EXEMPLARS_FILE)
+        name_exemplars(d, spec)
     finally:
         shutil.rmtree(job.partial, ignore_errors=True)
-    log(f"wrote {m['exemplars']['count']} mouth exemplars into {d}")
-    return m["exemplars"]["count"]
+    log(f"wrote {spec['count']} mouth exemplars into {d}")
+    return spec["count"]
 
 
 # --------------------------------------------------------------------------------------

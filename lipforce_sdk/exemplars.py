@@ -36,7 +36,7 @@ import numpy as np
 from .geometry import CropSpec
 
 __all__ = ["MouthExemplars", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
-           "carry_exemplars"]
+           "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
 KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
@@ -228,6 +228,17 @@ def copy_exemplars(src_dir: str | Path, out_dir: str | Path) -> dict | None:
     return spec
 
 
+def name_exemplars(model_dir: str | Path, spec: dict) -> None:
+    """Set the ``"exemplars"`` section of ``model_dir/manifest.json`` (written already) to
+    ``spec``, atomically (the manifest is replaced whole)."""
+    mp = Path(model_dir) / "manifest.json"
+    m = json.loads(mp.read_text())
+    m["exemplars"] = spec
+    tmp = mp.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(m, indent=2, sort_keys=False) + "\n")
+    tmp.replace(mp)
+
+
 def carry_exemplars(src_dir: str | Path, out_dir: str | Path) -> bool:
     """An export ``out_dir`` of the model in ``src_dir`` takes its mouth exemplars along: the file
     is copied (``copy_exemplars``) and ``out_dir/manifest.json`` (written already) names it.
@@ -235,10 +246,5 @@ def carry_exemplars(src_dir: str | Path, out_dir: str | Path) -> bool:
     spec = copy_exemplars(src_dir, out_dir)
     if spec is None:
         return False
-    mp = Path(out_dir) / "manifest.json"
-    m = json.loads(mp.read_text())
-    m["exemplars"] = spec
-    tmp = mp.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(m, indent=2, sort_keys=False) + "\n")
-    tmp.replace(mp)
+    name_exemplars(out_dir, spec)
     return True
