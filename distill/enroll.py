@@ -1370,7 +1370,8 @@ def add_exemplars(model_dir, source, *, max_items: int | None = None, progress: 
     job.work.mkdir(parents=True)
     try:
         job.track()
-        job.data()
+        if e["kind"] != "talking":  # a talking clip's exemplars are its frames cut again, not the training data
+            job.data()
         job.exemplars()
         os.replace(job.work / "exemplars.npz", d / EXEMPLARS_FILE)
         spec = manifest_entry(d / EXEMPLARS_FILE)

@@ -148,6 +148,26 @@ def test_exemplars_can_be_added_to_a_model_enrolled_without_them(photo_png, tmp_
     assert not list(tmp_path.glob(".photo.exemplars*"))  # its work folder is gone
 
 
+def test_exemplars_added_to_a_talking_model_are_those_its_enrollment_wrote(talking_enrolled, tmp_path):
+    import shutil
+
+    from lipforce_sdk.distill.enroll import add_exemplars
+
+    _, out = talking_enrolled
+    again = tmp_path / "again"
+    shutil.copytree(out, again)
+    (again / "exemplars.npz").unlink()
+    m = json.loads((again / "manifest.json").read_text())
+    del m["exemplars"]
+    (again / "manifest.json").write_text(json.dumps(m))
+    n = add_exemplars(again, SAMPLE, progress=False, log=lambda m: None)
+    assert n == json.loads((out / "manifest.json").read_text())["exemplars"]["count"]
+    assert json.loads((again / "manifest.json").read_text())["exemplars"] == \
+        json.loads((out / "manifest.json").read_text())["exemplars"]
+    a, b = Engine.load(out).exemplars, Engine.load(again).exemplars
+    assert np.array_equal(a.images, b.images)
+
+
 def test_dit_settings_default_per_source_kind():
     got = [(c.dit_steps, c.dit_lr) for c in (EnrollConfig().for_kind(k) for k in ("talking", "idle", "photo"))]
     assert got == [(1400, 2e-3), (700, 1e-3), (1200, 1e-3)]
