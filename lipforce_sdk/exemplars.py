@@ -35,7 +35,7 @@ import numpy as np
 
 from .geometry import CropSpec
 
-__all__ = ["MouthExemplars", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
+__all__ = ["MouthExemplars", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
            "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
@@ -57,6 +57,24 @@ def mouth_key(crop: np.ndarray) -> np.ndarray:
     g = cv2.GaussianBlur(np.asarray(crop, np.float32), (0, 0), KEY_BLUR * s)
     y0, y1, x0, x1 = _key_box(s)
     return cv2.resize(g[y0:y1, x0:x1], KEY_HW[::-1], interpolation=cv2.INTER_AREA).reshape(-1)
+
+
+def pixel_median(images: np.ndarray) -> np.ndarray:
+    """Per-pixel median of ``images`` ``[k, ...]`` uint8, as ``np.median(images, axis=0)`` gives it
+    (float32; for an even ``k`` the mean of the two middle values). An odd-even transposition sort
+    of the ``k`` planes with elementwise min/max: exact, and ~100x faster than ``np.median`` at
+    k = 5 on a 128 x 128 crop (which sorts each pixel's column in float64)."""
+    planes = [np.asarray(a) for a in images]
+    k = len(planes)
+    if k == 0:
+        raise ValueError("no images to take the median of")
+    for r in range(k):
+        for i in range(r % 2, k - 1, 2):
+            lo, hi = np.minimum(planes[i], planes[i + 1]), np.maximum(planes[i], planes[i + 1])
+            planes[i], planes[i + 1] = lo, hi
+    if k % 2:
+        return planes[k // 2].astype(np.float32)
+    return (planes[k // 2 - 1].astype(np.float32) + planes[k // 2].astype(np.float32)) * np.float32(0.5)
 
 
 @dataclass
@@ -119,7 +137,9 @@ class MouthExemplars:
     def nearest(self, key: np.ndarray) -> tuple[np.ndarray, float]:
         """(indices of the ``k`` nearest exemplars, RMS key distance of the nearest)."""
         key = np.asarray(key, np.float64)
-        d = self._norms - 2.0 * (self._keys64 @ key) + float(key @ key)
+        # einsum, not `@`: a matrix-vector product this size goes to a multithreaded BLAS whose
+        # idle threads then spin, taking ~20 ms of CPU per frame from the model (2-core CPU)
+        d = self._norms - 2.0 * np.einsum("ij,j->i", self._keys64, key) + float(np.einsum("i,i->", key, key))
         k = self.k
         idx = np.argpartition(d, k - 1)[:k] if k < len(d) else np.arange(len(d))
         return idx, float(np.sqrt(max(d[idx].min(), 0.0) / key.size))
@@ -138,10 +158,10 @@ class MouthExemplars:
         w = self.weight(dist)
         if w <= 0.0:
             return g.copy()
-        med = np.median(self.images[idx], axis=0).astype(np.float32) if len(idx) > 1 else self.images[idx[0]].astype(np.float32)
-        sig = self.cutoff * self.size
+        med = pixel_median(self.images[idx]).astype(np.float32)
         gf = g.astype(np.float32)
-        out = cv2.GaussianBlur(gf, (0, 0), sig) + (med - cv2.GaussianBlur(med, (0, 0), sig))
+        # blur(gen) + (med - blur(med)), with one blur: the Gaussian is linear
+        out = med + cv2.GaussianBlur(gf - med, (0, 0), self.cutoff * self.size)
         if w < 1.0:
             out = gf + np.float32(w) * (out - gf)
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)

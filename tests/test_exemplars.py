@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lipforce_sdk.exemplars import (EXEMPLARS_FILE, MouthExemplars, carry_exemplars, load_exemplars, manifest_entry,
-                                    mouth_key)
+                                    mouth_key, pixel_median)
 
 S = 64
 
@@ -152,3 +152,28 @@ def test_paste_through_exemplars_changes_nothing_outside_the_mask():
     assert np.array_equal(refined[outside], frame[outside]) and np.array_equal(plain[outside], frame[outside])
     inside = w > 0.5
     assert np.abs(refined[inside].astype(int) - plain[inside]).mean() > 1.0
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 7, 9])
+def test_pixel_median_is_numpys_median(k):
+    rng = np.random.default_rng(k)
+    images = rng.integers(0, 256, (k, 17, 13, 3), dtype=np.uint8)
+    images[:, 0] = 7  # ties
+    got = pixel_median(images)
+    assert got.dtype == np.float32 and got.shape == images.shape[1:]
+    assert np.array_equal(got, np.median(images, axis=0).astype(np.float32))
+
+
+def test_refine_is_the_band_split_it_documents():
+    """blur(gen) + (median - blur(median)) of the k nearest, computed here the long way (float64, two
+    blurs, numpy's median): within one level of the runtime's one-blur form."""
+    crops = mouths(12)
+    ex = MouthExemplars.build(crops, k=3)
+    gen = cv2.GaussianBlur(crops[4], (0, 0), 1.5)
+    idx, dist = ex.nearest(mouth_key(gen))
+    assert ex.weight(dist) == 1.0
+    med = np.median(ex.images[idx], axis=0)
+    sig = ex.cutoff * S
+    want = cv2.GaussianBlur(gen.astype(np.float64), (0, 0), sig) + med - cv2.GaussianBlur(med, (0, 0), sig)
+    want = np.clip(np.rint(want), 0, 255)
+    assert np.abs(ex.refine(gen).astype(np.float64) - want).max() <= 1.0
