@@ -46,7 +46,7 @@ def make_server(a, stamp: bool, max_sessions: int = 8):
     model = model_for(a.model, None)
     engine = load_engine(model, a.backend)
     avatar = load_avatar(engine, None, model)
-    server = AvatarServer(engine, avatar, stamp=stamp, token="check",
+    server = AvatarServer(engine, avatar, stamp=stamp, token="check", exemplars=not a.no_exemplars,
                           limits=ServeLimits(max_sessions=max_sessions))
     return ServerThread(server)
 
@@ -65,7 +65,8 @@ def cmd_latency(a) -> int:
         st.close()
     off = np.array([x for m in rows for x in m["av_offset_ms"]])
     pre = np.array([x for m in rows for x in m["av_offset_presented_ms"]])
-    print(f"\n{st.server.backend}, avatar one picture {st.server.avatar.frame_hw}, {a.runs} page visits")
+    ex = "off" if a.no_exemplars or getattr(st.server.engine, "exemplars", None) is None else "on"
+    print(f"\n{st.server.backend}, avatar one picture {st.server.avatar.frame_hw}, mouth exemplars {ex}, {a.runs} page visits")
     print("| measure | median | min | max |\n| --- | --- | --- | --- |")
     for name, key in (("frames displayed per second", "fps"), ("Say pressed -> first mouth frame displayed (ms)",
                                                                "text_to_frame_ms"),
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None, help="an enrolled model with its avatar (default: the bundled photo's)")
     ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-exemplars", action="store_true", help="as lipforce serve --no-exemplars")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--every", type=float, default=3.5, help="soak: one tab presses Say every this many seconds")

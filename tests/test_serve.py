@@ -203,6 +203,41 @@ def test_rendering_slower_than_real_time_waits_at_the_start_then_plays_through(e
         pool.close()
 
 
+def test_sound_the_sender_was_late_for_is_dropped_and_leaves_a_gap():
+    """A viewer's loop held up (a busy machine) makes its frames late: their sound, due on the
+    viewer's clock more than STALE_S ago, is dropped rather than sent in a burst (which the
+    browser would buffer, playing everything after it later than its picture), and the sound
+    after it keeps its place on that clock (the timestamps jump over the gap)."""
+    import types
+
+    from lipforce_sdk.serve.channel import FrameClock, Tick
+    from lipforce_sdk.serve.server import PLAYBACK_RATE, STALE_S, _tracks
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        clock = FrameClock(25.0)
+        assert abs(clock.due() - loop.time()) < 0.01  # before the first frame: now
+        await clock.next()
+        t0 = clock.due() - 1 / 25.0
+        time.sleep(0.15)  # the loop held up for almost 4 frames
+        await clock.next()  # no sleep: catching up
+        assert abs(clock.due() - (t0 + 2 / 25.0)) < 1e-9 and clock.due() < loop.time() - STALE_S
+
+        _, audio_track = _tracks()
+        peer = types.SimpleNamespace(channel=types.SimpleNamespace(playback_rate=PLAYBACK_RATE, fps=25.0))
+        track = audio_track(peer)
+        spf = PLAYBACK_RATE // 25
+        now = loop.time()
+        for i, due in enumerate([now - 0.5, now - 0.46, now, now + 0.04]):  # two frames late, two on time
+            track.put(Tick(i, np.zeros((4, 4, 3), np.uint8), np.full(spf, 0.1 * i, np.float32), None, None, 0), due)
+        got = [await track.recv() for _ in range(4)]
+        return [(f.pts, round(float(f.to_ndarray()[0, 0]) / 32767.0, 2)) for f in got]
+
+    got = asyncio.run(run())
+    spf = PLAYBACK_RATE // 25
+    assert got == [(2 * spf, 0.2), (2 * spf + spf // 2, 0.2), (3 * spf, 0.3), (3 * spf + spf // 2, 0.3)], got
+
+
 def test_stamp_survives_a_round_trip():
     img = np.full((64, 160, 3), 90, np.uint8)
     for v in (0, 1, 11, 4095, 65535):
@@ -380,7 +415,14 @@ from lipforce_sdk.serve.browser import chromium_path, measure_page  # noqa: E402
                     reason="no Chromium here (apt-get install chromium; the README's test command installs it)")
 def test_page_in_chromium_plays_the_avatar_in_sync(engine):
     """A visitor types a sentence on the page: frames at >= 24 fps, the mouth moves while the
-    speech plays and not while idle, and the sound is within one frame (40 ms) of its picture."""
+    speech plays and not while idle, and the sound is within one frame (40 ms) of its picture.
+
+    A headless Chromium plays sound through a stand-in output that, starved of CPU (a loaded
+    2-core machine), takes less than a second of sound per second: everything it plays after that
+    comes that much later, whatever the server sent (seen: 1% behind over a visit, the tone bursts
+    +100 ms; 9% behind, +300 ms; a sound card does not fall behind). So the sound may be late by
+    one frame plus what the page's own output lost over the visit (0 on a machine with CPU to
+    spare), and never early by more than a frame."""
     photo = default_avatar(engine, loop_seconds=0.04)  # one picture: an idle mouth does not move
     r = ServerThread(AvatarServer(engine, photo, stamp=True, token="tk"))
     try:
@@ -389,7 +431,9 @@ def test_page_in_chromium_plays_the_avatar_in_sync(engine):
         r.close()
     assert m["fps"] >= 24.0, m
     assert m["mouth_speaking"] > 4.0 * m["mouth_idle"] and m["mouth_speaking"] > 1.0, m
-    assert len(m["av_offset_ms"]) == 4 and abs(float(np.median(m["av_offset_ms"]))) <= 40.0, m
+    assert m["audio_output_lag_ms"] is not None, m  # the page reports how much sound its output played
+    lag = max(0.0, m["audio_output_lag_ms"])
+    assert len(m["av_offset_ms"]) == 4 and -40.0 <= float(np.median(m["av_offset_ms"])) <= 40.0 + lag, m
 
 
 def _fake_chromium(tmp_path, monkeypatch, fail_times: int):

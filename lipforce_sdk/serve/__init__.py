@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-text", type=int, default=500, help="longest text accepted, characters")
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest utterance accepted (text or WAV), s")
     p.add_argument("--max-wav-mb", type=float, default=4.0, help="largest WAV body accepted, MB")
+    p.add_argument("--no-exemplars", action="store_true",
+                   help="paste the model's mouth as it is, not through an enrolled avatar's mouth exemplars (about "
+                        "2 ms a frame on a CPU; lipforce_sdk.exemplars)")
     p.add_argument("--stamp", action="store_true", help="write each utterance frame's number into the picture's "
                                                         "top-left corner (for measuring audio/video offset)")
 
@@ -145,7 +148,8 @@ def run_args(a) -> int:
     token = secrets.token_urlsafe(16) if a.token == "auto" else a.token
     limits = ServeLimits(max_sessions=a.max_sessions, max_text_chars=a.max_text, max_seconds=a.max_seconds,
                          max_wav_bytes=int(a.max_wav_mb * (1 << 20)))
-    server = AvatarServer(engine, avatar, limits=limits, token=token, voice=a.voice, stamp=a.stamp)
+    server = AvatarServer(engine, avatar, limits=limits, token=token, voice=a.voice, stamp=a.stamp,
+                          exemplars=not a.no_exemplars)
     url = f"http://{a.host}:{a.port}/" + (f"?token={token}" if token else "")
     print(f"lipforce serve: {engine!r}, avatar {avatar.num_frames} frames; open {url}", flush=True)
     web.run_app(server.app(), host=a.host, port=a.port, print=None)

@@ -245,6 +245,18 @@ def tone_wav(sample_rate: int = 16000, fps: int = 25) -> bytes:
     return b.getvalue()
 
 
+# the page's received sound as played out so far (WebRTC stats): seconds of audio its output took, and when
+AUDIO_PLAYED_JS = """(async () => { let played = null;
+  (await window.lipforce.pc.getStats()).forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "audio") played = s.totalSamplesDuration; });
+  return JSON.stringify({ now: performance.now(), played }); })()"""
+
+
+async def _audio_played(b) -> tuple[float, float | None]:
+    d = json.loads(await b.eval(AUDIO_PLAYED_JS))
+    return d["now"] / 1000.0, d["played"]
+
+
 async def measure_page(url: str, token: str | None, text: str, screenshot: str | os.PathLike | None = None,
                        idle_s: float = 2.0) -> dict:
     """Open the page of a server started with ``--stamp`` (and an avatar whose loop is one
@@ -259,6 +271,10 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
       burst's frame (positive: sound later); ``av_offset_presented_ms``: the same between when the
       onset reaches the audio output (``getOutputTimestamp``) and the frame's expected display time
       (both include the browser's own output estimates, which a headless one makes up);
+    - ``audio_output_rate``: seconds of received sound the page's audio output played per second
+      over the visit (1.0 on a sound card; a headless browser's stand-in output, starved of CPU,
+      falls behind and its sound plays that much later, whatever the sender did);
+      ``audio_output_lag_ms``: how far it fell behind over the visit, (1 - rate) * the visit's length;
     - ``text_to_frame_ms``: Say pressed -> the utterance's first frame displayed;
       ``wav_to_frame_ms``: the WAV posted -> its first frame displayed;
     - ``sessions``, ``backend`` from the server.
@@ -270,6 +286,7 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     async with Browser(url.rstrip("/") + "/" + q) as b:
         await b.wait_for("window.lipforce && window.lipforce.session && window.lipforce.box && "
                          "window.lipforce.analyser && window.lipforce.frames > 25", 60)
+        t0, played0 = await _audio_played(b)
         await asyncio.sleep(idle_s)
         sid = await b.eval("window.lipforce.session")
         t_press = await b.type_and_say(text)
@@ -297,6 +314,7 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         if screenshot is not None:
             await b.eval("document.getElementById('text').value = " + json.dumps(text))
             await b.screenshot(screenshot)
+        t1, played1 = await _audio_played(b)
         data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, onsets: window.lipforce.onsets})"))
     log = data["log"]
     t = np.array([e["t"] for e in log])
@@ -340,6 +358,10 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         "mouth_speaking": float(np.nanmean(diff[first])),
         "av_offset_ms": offsets,
         "av_offset_presented_ms": presented,
+        "tone_onsets_heard": len(onsets), "tone_frames_shown": int(np.count_nonzero(ss)),
+        "audio_output_rate": None if played0 is None or played1 is None else float((played1 - played0) / (t1 - t0)),
+        "audio_output_lag_ms": None if played0 is None or played1 is None else
+        float(1000.0 * ((t1 - t0) - (played1 - played0))),
         "text_to_frame_ms": float(t[runs[0]] - t_press),
         "wav_to_frame_ms": float(t[runs[1]] - t_post),
         "sessions": stats["sessions"],

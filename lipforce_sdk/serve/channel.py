@@ -119,8 +119,10 @@ class RenderPool:
     ``preroll`` tells a channel how many frames to have before an utterance starts so that it then
     plays through without pausing."""
 
-    def __init__(self, engine, ahead: int = 50, silence: str | None = None, max_buffer_mb: float = 256.0):
-        self.engine, self.ahead, self.silence = engine, int(ahead), silence
+    def __init__(self, engine, ahead: int = 50, silence: str | None = None, max_buffer_mb: float = 256.0,
+                 exemplars: bool = True):
+        """``exemplars``: paste through an enrolled model's mouth exemplars (``Engine.session``)."""
+        self.engine, self.ahead, self.silence, self.exemplars = engine, int(ahead), silence, bool(exemplars)
         self.max_buffer_mb = float(max_buffer_mb)
         self.fps = engine.config.stream.fps
         self._sec_per_frame: float | None = None  # running mean of compute seconds per rendered frame
@@ -187,7 +189,7 @@ class RenderPool:
                 yield False
                 continue
             if session is None:  # the first audio is here: start on the loop's next chunk boundary
-                session = AvatarSession(self.engine, channel.avatar, silence=self.silence,
+                session = AvatarSession(self.engine, channel.avatar, silence=self.silence, exemplars=self.exemplars,
                                         start=channel._claim_start(utt))
             n = min(step, have - pos)
             t0 = time.perf_counter()
@@ -397,6 +399,13 @@ class FrameClock:
         self._t0: float | None = None
         self._n = 0
         self.restarts, self.skipped_s = 0, 0.0
+
+    def due(self) -> float:
+        """When the frame being made now was due on this clock (now, before the first ``next``): a
+        frame made late by a held-up loop carries its own time, so a sender can tell it is stale."""
+        if self._t0 is None:
+            return asyncio.get_running_loop().time()
+        return self._t0 + self._n * self.period
 
     async def next(self) -> None:
         now = asyncio.get_running_loop().time()

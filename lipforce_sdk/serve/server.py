@@ -111,8 +111,9 @@ class _Peer:
                     self._stamp = 0 if tick.position is None else tick.position + 1
                 img = stamp_frame(stamp_frame(tick.image, self._stamp), tick.loop_frame, row=1)
                 tick = dataclasses.replace(tick, image=stamp_frame(img, (tick.utterance or 0) & 0xFFFF, row=2))
-            self.video.put(tick)
-            self.audio.put(tick)
+            due = clock.due()
+            self.video.put(tick, due)
+            self.audio.put(tick, due)
             self._ticks.append(time.monotonic())
             await clock.next()
 
@@ -155,11 +156,12 @@ def _tracks():
             self.dropped = 0
             self.sent_times: collections.deque = collections.deque(maxlen=50)
 
-        def put(self, tick: Tick) -> None:
+        def put(self, tick: Tick, due: float) -> None:
+            """``due``: when the frame was due on the viewer's clock (``FrameClock.due``)."""
             if self.q.full():  # the sender is behind (encoder, network): show the newest
                 self.q.get_nowait()
                 self.dropped += 1
-            self.q.put_nowait((asyncio.get_running_loop().time(), tick))
+            self.q.put_nowait((due, tick))
 
         async def recv(self):
             loop = asyncio.get_running_loop()
@@ -179,31 +181,33 @@ def _tracks():
         def __init__(self, peer: _Peer):
             super().__init__()
             self.rate = peer.channel.playback_rate
+            self.fps = peer.channel.fps
             self.q: asyncio.Queue = asyncio.Queue(maxsize=64)
-            self.m = 0
 
-        def put(self, tick: Tick) -> None:
+        def put(self, tick: Tick, due: float) -> None:
             """Two 20 ms packets per frame (aiortc's Opus sender stamps one per packet), the second
-            sent 20 ms after the first: evenly paced sound keeps the browser's jitter buffer short."""
+            due 20 ms after the first: evenly paced sound keeps the browser's jitter buffer short.
+            Their timestamps are the frame's place on the viewer's clock (as the video's are), not a
+            count of the samples sent: sound dropped as stale leaves a gap that the browser fills
+            and plays on from, instead of playing everything after it that much later."""
             half = tick.audio.size // 2
-            now = asyncio.get_running_loop().time()
+            pts = round(tick.index * self.rate / self.fps)
             for k, part in enumerate((tick.audio[:half], tick.audio[half:])):
                 if self.q.full():
                     self.q.get_nowait()
-                self.q.put_nowait((now + 0.02 * k, part))
+                self.q.put_nowait((due + 0.02 * k, pts + k * half, part))
 
         async def recv(self):
             loop = asyncio.get_running_loop()
-            due, part = await self.q.get()
+            due, pts, part = await self.q.get()
             while due < loop.time() - STALE_S and not self.q.empty():
-                due, part = self.q.get_nowait()  # sound the sender was too late for: dropped, not bunched up
+                due, pts, part = self.q.get_nowait()  # sound the sender was too late for: dropped, not bunched up
             wait = due - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
             s16 = (np.clip(part, -1.0, 1.0) * 32767.0).astype(np.int16)[None, :]
             f = av.AudioFrame.from_ndarray(s16, format="s16", layout="mono")
-            f.sample_rate, f.pts, f.time_base = self.rate, self.m, fractions.Fraction(1, self.rate)
-            self.m += s16.shape[1]
+            f.sample_rate, f.pts, f.time_base = self.rate, pts, fractions.Fraction(1, self.rate)
             return f
 
     return VideoTrack, AudioTrack
@@ -213,7 +217,7 @@ class AvatarServer:
     """The app: ``AvatarServer(engine, avatar).app()`` is an ``aiohttp.web.Application``."""
 
     def __init__(self, engine, avatar, limits: ServeLimits | None = None, token: str | None = None,
-                 voice: str = "en-us", stamp: bool = False, silence: str | None = None):
+                 voice: str = "en-us", stamp: bool = False, silence: str | None = None, exemplars: bool = True):
         _tracks()  # aiortc present: fail here, not at the first viewer
         self.engine, self.avatar = engine, avatar
         self.limits = limits or ServeLimits()
@@ -221,7 +225,7 @@ class AvatarServer:
         self.voice, self.stamp = voice, stamp
         self.backend = getattr(engine.backend, "name", type(engine.backend).__name__)
         avatar.latents_for(engine)  # encode the loop once, before the first viewer
-        self.pool = RenderPool(engine, silence=silence)
+        self.pool = RenderPool(engine, silence=silence, exemplars=exemplars)
         lips = np.concatenate([avatar.face_keypoints(j).lips_outer for j in range(avatar.num_frames)])
         (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
         pad, (h, w) = 0.25 * (x1 - x0), avatar.frame_hw
