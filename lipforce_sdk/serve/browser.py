@@ -168,15 +168,19 @@ class Browser:
 
     def _devtools_port(self) -> int:
         t_end = time.monotonic() + 60  # a loaded 2-core machine can take tens of seconds
-        seen = []
+        seen, ended = [], True
         for line in self.proc.stderr:
             m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
             if m:
                 return int(m.group(1))
             seen = (seen + [line.rstrip()])[-8:]
             if time.monotonic() > t_end:
+                ended = False
                 break
-        code = self.proc.poll()
+        try:  # its output ended: it is exiting (not yet reaped on a loaded machine, so wait for it)
+            code = self.proc.wait(timeout=10) if ended else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
         raise RuntimeError("Chromium did not start its DevTools endpoint ("
                            + ("still running after 60 s" if code is None else f"exit code {code}")
                            + "); its last output:\n" + "\n".join(seen))
