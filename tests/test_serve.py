@@ -470,3 +470,20 @@ def test_a_chromium_that_keeps_failing_says_how(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"(?s)exit code 3.*boom: no display"):
         asyncio.run(browser.Browser().__aenter__())
     assert (tmp_path / "count").read_text().strip() == "2"
+
+
+def test_a_chromium_that_hangs_without_a_word_is_killed_and_says_how(tmp_path, monkeypatch):
+    """One that neither opens its DevTools endpoint nor prints nor exits is killed after
+    STARTUP_S, started once more, then reported (not waited on forever)."""
+    import lipforce_sdk.serve.browser as browser
+
+    exe = tmp_path / "chromium"
+    exe.write_text(f"#!/bin/sh\necho started >> {tmp_path}/count\nexec sleep 600\n")
+    exe.chmod(0o755)
+    monkeypatch.setattr(browser, "chromium_path", lambda: str(exe))
+    monkeypatch.setattr(browser, "STARTUP_S", 0.5)
+    t = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"still running after 0.5 s"):
+        asyncio.run(browser.Browser().__aenter__())
+    assert time.monotonic() - t < 30.0
+    assert (tmp_path / "count").read_text().split() == ["started", "started"]

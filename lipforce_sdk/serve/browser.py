@@ -21,6 +21,8 @@ import time
 
 __all__ = ["Browser", "Page", "chromium_path", "measure_page", "tone_wav"]
 
+STARTUP_S = 60.0  # how long Chromium may take to open its DevTools endpoint (tens of seconds on a loaded 2-core machine)
+
 
 def chromium_path() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
@@ -128,7 +130,12 @@ class Browser:
             self.proc = subprocess.Popen([exe, *flags, f"--user-data-dir={self._profile}", "about:blank"],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
-                self.port = await asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
+                read = asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
+                try:  # its reader gives up after 60 s, but only when a line comes: a silent one is killed here
+                    self.port = await asyncio.wait_for(asyncio.shield(read), STARTUP_S + 5)
+                except asyncio.TimeoutError:
+                    self.proc.kill()
+                    await read  # the pipe closed: its reader raises with what Chromium said
                 break
             except RuntimeError:
                 self.proc.kill()
@@ -167,7 +174,7 @@ class Browser:
         return page
 
     def _devtools_port(self) -> int:
-        t_end = time.monotonic() + 60  # a loaded 2-core machine can take tens of seconds
+        t_end = time.monotonic() + STARTUP_S  # a loaded 2-core machine can take tens of seconds
         seen, ended = [], True
         for line in self.proc.stderr:
             m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
@@ -182,7 +189,8 @@ class Browser:
         except subprocess.TimeoutExpired:
             code = None
         raise RuntimeError("Chromium did not start its DevTools endpoint ("
-                           + ("still running after 60 s" if code is None else f"exit code {code}")
+                           + (f"still running after {STARTUP_S:g} s" if code is None or code == -9
+                              else f"exit code {code}")
                            + "); its last output:\n" + "\n".join(seen))
 
     # the first tab's methods
