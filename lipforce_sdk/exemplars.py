@@ -158,7 +158,7 @@ class MouthExemplars:
         w = self.weight(dist)
         if w <= 0.0:
             return g.copy()
-        med = pixel_median(self.images[idx]).astype(np.float32)
+        med = pixel_median(self.images[idx])  # float32
         gf = g.astype(np.float32)
         # blur(gen) + (med - blur(med)), with one blur: the Gaussian is linear
         out = med + cv2.GaussianBlur(gf - med, (0, 0), self.cutoff * self.size)

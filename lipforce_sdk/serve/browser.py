@@ -131,7 +131,7 @@ class Browser:
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             try:
                 read = asyncio.get_running_loop().run_in_executor(None, self._devtools_port)
-                try:  # its reader gives up after 60 s, but only when a line comes: a silent one is killed here
+                try:  # its reader gives up after STARTUP_S, but only when a line comes: a silent one is killed here
                     self.port = await asyncio.wait_for(asyncio.shield(read), STARTUP_S + 5)
                 except asyncio.TimeoutError:
                     self.proc.kill()
@@ -287,6 +287,8 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
       over the visit (1.0 on a sound card; a headless browser's stand-in output, starved of CPU,
       falls behind and its sound plays that much later, whatever the sender did);
       ``audio_output_lag_ms``: how far it fell behind over the visit, (1 - rate) * the visit's length;
+    - ``tone_onsets_heard`` / ``tone_frames_shown``: tone onsets the page heard after the WAV was
+      posted, and frames it showed of that utterance (what the offsets could be matched from);
     - ``text_to_frame_ms``: Say pressed -> the utterance's first frame displayed;
       ``wav_to_frame_ms``: the WAV posted -> its first frame displayed;
     - ``sessions``, ``backend`` from the server.
@@ -354,6 +356,7 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         i, j = before[-1], after[0]
         return float(times[i] + (times[j] - times[i]) * (k + 1 - ss[i]) / (ss[j] - ss[i]))
 
+    played = None if played0 is None or played1 is None else played1 - played0  # seconds of sound output took
     offsets, presented = [], []
     for k in TONE_FRAMES:
         tv, dv = frame_time(tt, k), frame_time(dd, k)
@@ -371,9 +374,8 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         "av_offset_ms": offsets,
         "av_offset_presented_ms": presented,
         "tone_onsets_heard": len(onsets), "tone_frames_shown": int(np.count_nonzero(ss)),
-        "audio_output_rate": None if played0 is None or played1 is None else float((played1 - played0) / (t1 - t0)),
-        "audio_output_lag_ms": None if played0 is None or played1 is None else
-        float(1000.0 * ((t1 - t0) - (played1 - played0))),
+        "audio_output_rate": None if played is None else float(played / (t1 - t0)),
+        "audio_output_lag_ms": None if played is None else float(1000.0 * ((t1 - t0) - played)),
         "text_to_frame_ms": float(t[runs[0]] - t_press),
         "wav_to_frame_ms": float(t[runs[1]] - t_post),
         "sessions": stats["sessions"],
