@@ -11,7 +11,9 @@ Sources (``kind``; ``"auto"`` decides from the file):
 - ``talking``: a clip of the person speaking with its own sound (>= 30 s). Self-supervised, as
   lip-sync models are trained: the mouth masked (the clip's most closed mouth, the same mask in
   every crop), the clip's own audio as the condition, its real frames as the target
-  (``distill.crops`` conventions). The avatar's loop is the calmest ``loop_seconds`` of the clip.
+  (``distill.crops`` conventions); in half the DiT's windows the face around the mouth comes from up
+  to ``context_shift`` frames away, so that the sound, not the jaw and cheeks of the same frame, has
+  to tell the mouth. The avatar's loop is the calmest ``loop_seconds`` of the clip.
 - ``idle``: a silent (or not speaking) loop of the person. The loop's own frames are the source;
   the targets are the same frames with the face's own lips warped to the viseme parameters of
   espeak-ng sentences (``distill.photoreal.talk`` from each frame's landmarks): exact targets.
@@ -81,9 +83,13 @@ class EnrollError(ValueError):
 # a 2-core CPU (14.0 min) and beat 1000 on the held-out lip box (25.2 vs 24.9 dB with the exemplars),
 # as 1000 beat 700 at 1e-3 (24.8 vs 24.4 dB); one photo's made-up visemes need more steps to follow
 # the speech (lip r 0.41 at 700, 0.53 at 1200); an idle loop passes at 700.
-KIND_DEFAULTS = {"talking": {"dit_steps": 1400, "dit_lr": 2e-3},
-                 "idle": {"dit_steps": 700, "dit_lr": 1e-3},
-                 "photo": {"dit_steps": 1200, "dit_lr": 1e-3}}
+# A talking clip's DiT also sees the face around the mouth from up to 6 frames away in half its windows
+# (context_shift): trained on its own frames alone, the edtalk clip's model streamed on its avatar loop
+# with new speech moved the mouth with the loop, not the sound (lip r 0.05, null 0.12; 0.35 with the
+# shift), for 0.5 dB of lip box on the clip's own held-out footage (section 8).
+KIND_DEFAULTS = {"talking": {"dit_steps": 1400, "dit_lr": 2e-3, "context_shift": 6},
+                 "idle": {"dit_steps": 700, "dit_lr": 1e-3, "context_shift": 0},
+                 "photo": {"dit_steps": 1200, "dit_lr": 1e-3, "context_shift": 0}}
 
 
 @dataclass
@@ -102,6 +108,8 @@ class EnrollConfig:
     dit_video_frames: int = 8  # video frames per training window (rounded to whole chunks)
     dit_lr: float | None = None  # None: the kind's; 1e-4 barely moved the loss in 700 steps (mouth +1.3 dB vs +3.5 at 1e-3)
     tune_audio: bool = True  # also adapt the audio encoder
+    context_shift: int | None = None  # None: the kind's; talking: half the DiT's windows see the face around
+    # the mouth from up to this many latent frames earlier or later (_shift_condition)
     sync_weight: float = 0.0  # weight of the SyncNet reward (distill.student.SyncReward); 0: off
     exemplars: int = 600  # mouth exemplars kept for the runtime (lipforce_sdk.exemplars); 0: none
     mouth_weight: float = 4.0
@@ -116,7 +124,7 @@ class EnrollConfig:
     seed: int = 0
 
     def validate(self) -> "EnrollConfig":
-        for name in ("decoder_steps", "dit_steps", "sentences", "val_sentences", "exemplars"):
+        for name in ("decoder_steps", "dit_steps", "sentences", "val_sentences", "exemplars", "context_shift"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EnrollError(f"EnrollConfig.{name}={getattr(self, name)} must be >= 0")
         for name in ("decoder_batch", "dit_batch", "dit_video_frames", "window_frames"):
@@ -937,9 +945,13 @@ class _Enrollment:
             reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net.to(dev), cfg)
             crops = CropSet.load(self.work / "data.npz")
 
+        shift = self.cfg.context_shift if self.info.kind == "talking" else 0
+
         def step(it, rng, gen, opt, sched):
             picks = ls.pick(rng, self.cfg.dit_batch, frames)
             z, cond, mel, mask, ref = ls.gather(picks, frames)
+            if shift:
+                _shift_condition(ls, picks, frames, shift, rng, cond)
             noise = torch.randn(z.shape, generator=gen)
             eps2 = torch.randn(z.shape, generator=gen)
             grad_step = int(torch.randint(0, 2, (1,), generator=gen))
@@ -1074,6 +1086,26 @@ class _Enrollment:
         return enrollment
 
 
+def _shift_condition(ls, picks, frames: int, shift: int, rng: np.random.Generator, cond) -> list[int]:
+    """A talking clip's training windows with the face around the mouth from another moment: each
+    window of ``picks`` (``LatentSet.pick``) has, with probability 1/2, its condition (the masked
+    crops) replaced in ``cond`` by the same clip's from 1 to ``shift`` latent frames earlier or later
+    (kept inside the clip); the targets, sound and mask stay. On a clip's own frames the jaw, cheeks
+    and chin outside the mask show what the mouth does, and a DiT trained on them alone reads the
+    mouth from there: streamed on its avatar loop with new speech, its mouth followed the loop instead
+    of the sound (BENCHMARKS.md section 8). Returns each window's shift (0: as it was)."""
+    out = []
+    for b, (i, s0) in enumerate(picks):
+        d = 0
+        if rng.random() < 0.5:
+            d = int(rng.integers(1, shift + 1)) * (1 if rng.random() < 0.5 else -1)
+            s1 = int(np.clip(s0 + d, 0, ls.cond[i].shape[1] - frames))
+            d = s1 - s0
+            cond[b] = ls.cond[i][:, s1:s1 + frames]
+        out.append(d)
+    return out
+
+
 def _patch_discriminator(ch: int = 32):
     """The PatchGAN the recipe's decoder stage uses (``distill.decoder.patch_discriminator``)."""
     from .decoder import patch_discriminator
@@ -1170,6 +1202,11 @@ def _crop_scores(model, cs) -> dict:
     return {"mouth_psnr_db": psnr(pb, tb), "mouth_ssim": ssim(pb, tb), "sharpness_ratio": lap(pb) / max(lap(tb), 1e-9)}
 
 
+def _shift_text(cfg: dict) -> str:
+    n = cfg.get("context_shift") or 0
+    return f"; half its windows with the face around the mouth from up to {n} frames away" if n else ""
+
+
 def _fmt(v, f=".2f"):
     return "-" if v is None else format(v, f)
 
@@ -1216,7 +1253,7 @@ A model adapted to one face by `lipforce enroll`, with the face's idle loop prep
 - **Base model:** `{e['base_model']}`.
 - **Adapted:** the VAE decoder ({cfg['decoder_steps']} steps; encoder frozen) and the DiT
   {'and the audio encoder ' if cfg['tune_audio'] else ''}({cfg['dit_steps']} steps, supervised through the
-  runtime's two-step cached rollout).
+  runtime's two-step cached rollout{_shift_text(cfg)}).
 - **Loop:** {e['loop']['frames']} frames from {e['loop']['start_s']:.2f} s, played back and forth.{_exemplar_line(exemplars)}
 - **Time:** {total / 60:.1f} min on `{e['device']}` ({', '.join(f'{k} {v:.0f} s' for k, v in secs.items())}).
 
@@ -1405,6 +1442,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dit-lr", type=float, default=None,
                    help="DiT learning rate (default: " + ", ".join(f"{k} {v['dit_lr']:g}" for k, v in
                                                                   KIND_DEFAULTS.items()) + ")")
+    p.add_argument("--context-shift", type=int, default=None, metavar="N",
+                   help="talking: half the DiT's training windows see the face around the mouth from up to N frames "
+                        "earlier or later, so that the sound has to carry the mouth (default 6; 0: off)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="discard an unfinished enrollment of --out")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
@@ -1419,7 +1459,8 @@ def run_args(a) -> EnrollResult | int:
     if a.add_exemplars:
         return add_exemplars(a.out, a.source, progress=not a.no_progress)
     over = {k: v for k, v in (("loop_seconds", a.loop_seconds), ("decoder_steps", a.decoder_steps),
-                              ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr)) if v is not None}
+                              ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr), ("context_shift", a.context_shift))
+            if v is not None}
     try:
         return enroll(a.source, a.out, kind=a.kind, model=a.model, device=a.device, start=a.start, end=a.end,
                       config=EnrollConfig(**over), force=a.force, restart=a.restart, threads=a.threads,

@@ -11,7 +11,9 @@ Every score is ``lipforce_sdk.face_quality`` on full frames (the face mesh on in
 - talking: both models run the frame-pushing path (``lipforce run``: face mesh, crop, paste) on the
   held-out last 20 % of the clip with its own sound. Lip box PSNR / SSIM against the real frames,
   lower-face sharpness (Laplacian variance, nose tip to chin) over the real frames', landmark lip
-  opening vs the speech envelope (r, and its shifted-speech null).
+  opening vs the speech envelope (r, and its shifted-speech null). With ``--speech`` also the kiosk's
+  case, as for an idle loop below: the enrolled avatar's loop streamed from that new speech alone
+  (a second table; ``--sheet`` then also writes ``*_new_speech.png`` at the speech's loudest frames).
 - idle / photo: the enrolled model streams its prepared avatar from the new speech alone
   (``engine.session(avatar=...)``); the base model streams the same loop (prepared for it). The
   input is the loop as the avatar shows it (ping-pong). Sharpness over the input's, skin from the
@@ -97,10 +99,47 @@ def _mouth_sheet(path, inputs, outputs, labels, frames):
     cv2.imwrite(str(path), np.concatenate([pad, sheet], axis=1)[..., ::-1])
 
 
+def _loudest(audio, n: int, count: int = 6, apart: int = 60) -> np.ndarray:
+    """``count`` frames where the speech is loudest, at least ``apart`` frames from each other."""
+    from lipforce_sdk.sync_check import speech_envelope
+
+    env = np.asarray(speech_envelope(audio, 16000, 25.0, n))
+    picks: list[int] = []
+    for i in np.argsort(-env):
+        if 10 <= i < n - 10 and all(abs(int(i) - j) > apart for j in picks):
+            picks.append(int(i))
+        if len(picks) == count:
+            break
+    return np.array(sorted(picks), dtype=int)
+
+
+def _new_speech(speech_path, out, runs, work, prefix):
+    """Each model streams the enrolled avatar's loop from ``speech_path`` alone (the base model the
+    same loop, prepared for it): rows, outputs, the loop as shown, and the speech's loudest frames."""
+    from lipforce_sdk.avatar import Avatar
+    from lipforce_sdk.cli import run_avatar
+    from lipforce_sdk.media import read_audio, read_video, write_video, write_wav
+
+    av = Avatar.load(out)
+    speech = read_audio(speech_path)
+    n = -(-speech.size // 640)
+    inp, wav = work / f"{prefix}loop_input.mp4", work / "speech.wav"
+    write_wav(wav, speech)
+    write_video(inp, av.stream_frames(n), 25)
+    rows, outs = [], []
+    for name, eng, ex in runs:
+        tag = prefix + name.replace(", no ", "_no_")
+        o = work / f"{tag}.mp4"
+        run_avatar(eng, Avatar.load(out), wav, o, exemplars=ex)
+        q = _quality(inp, o, wav, False, work / f"sheet_{tag}.png")
+        rows.append(_row(name, q, False))
+        outs.append(read_video(o)[0])
+    return rows, outs, read_video(inp)[0], _loudest(speech, n)
+
+
 def main(argv=None) -> int:
     from lipforce_sdk import Engine
-    from lipforce_sdk.avatar import Avatar
-    from lipforce_sdk.cli import run_avatar, run_clip
+    from lipforce_sdk.cli import run_clip
     from lipforce_sdk.media import probe, read_audio, read_video, write_video, write_wav
 
     enroll_mod = _enroll_module()
@@ -108,13 +147,15 @@ def main(argv=None) -> int:
     ap.add_argument("kind", choices=("talking", "idle", "photo"))
     ap.add_argument("source")
     ap.add_argument("--work", required=True, help="folder for everything this writes")
-    ap.add_argument("--speech", default=None, help="idle / photo: the new speech that drives the avatar")
+    ap.add_argument("--speech", default=None, help="the new speech that drives the avatar (idle / photo: needed; "
+                    "talking: the enrolled avatar's loop is also streamed from it, the kiosk's case)")
     ap.add_argument("--base", default=None, help="the model to enroll from and compare with (default: bundled)")
     ap.add_argument("--share", type=float, default=0.8, help="talking: the share of the clip enrolled from")
     ap.add_argument("--decoder-steps", type=int, default=None)
     ap.add_argument("--dit-steps", type=int, default=None)
     ap.add_argument("--dit-lr", type=float, default=None)
     ap.add_argument("--sync-weight", type=float, default=None, help="weight of the SyncNet reward in the DiT's loss")
+    ap.add_argument("--context-shift", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep an enrolled model found in WORK/avatar")
     ap.add_argument("--sheet", default=None, help="also write a side-by-side PNG of the mouths here")
@@ -124,7 +165,7 @@ def main(argv=None) -> int:
     out = work / "avatar"
     base_dir = a.base
     over = {k: v for k, v in (("decoder_steps", a.decoder_steps), ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr),
-                              ("sync_weight", a.sync_weight)) if v is not None}
+                              ("sync_weight", a.sync_weight), ("context_shift", a.context_shift)) if v is not None}
     cfg = enroll_mod.EnrollConfig(**over)
     report = {"kind": a.kind, "source": a.source, "base": base_dir or "bundled default", "config": vars(a)}
     end = None
@@ -167,23 +208,15 @@ def main(argv=None) -> int:
             outs.append(read_video(o)[0])
         ctl = _quality(inp, inp, wav, True, None)
         report["held_out"] = {"start_s": end, "frames": n}
-    else:
-        if a.speech is None:
-            ap.error("idle / photo need --speech (the new speech that drives the avatar)")
-        av = Avatar.load(out)
-        speech = read_audio(a.speech)
-        n = -(-speech.size // 640)
-        inp, wav = work / "loop_input.mp4", work / "speech.wav"
-        write_wav(wav, speech)
-        write_video(inp, av.stream_frames(n), 25)
-        inputs = read_video(inp)[0]
-        for name, eng, ex in runs:
-            tag = name.replace(", no ", "_no_")
-            o = work / f"{tag}.mp4"
-            run_avatar(eng, Avatar.load(out), wav, o, exemplars=ex)
-            q = _quality(inp, o, wav, False, work / f"sheet_{tag}.png")
-            rows.append(_row(name, q, False))
-            outs.append(read_video(o)[0])
+    elif a.speech is None:
+        ap.error("idle / photo need --speech (the new speech that drives the avatar)")
+    if a.speech is not None:  # the kiosk's case: the prepared avatar streamed from new speech alone
+        prefix = "speech_" if a.kind == "talking" else ""
+        sp_rows, sp_outs, sp_inputs, peaks = _new_speech(a.speech, out, runs, work, prefix)
+        if a.kind == "talking":
+            report["new_speech_rows"] = sp_rows
+        else:
+            rows, outs, inputs = sp_rows, sp_outs, sp_inputs
     own = a.kind == "talking"
     report["rows"] = rows
     text = [f"# Enrollment check: {a.kind} `{Path(a.source).name}`", "",
@@ -195,12 +228,19 @@ def main(argv=None) -> int:
     if own:
         text.append(f"H.264 re-encode control of the held-out frames: lip {ctl.pixels.lip_psnr_db:.2f} dB / "
                     f"{ctl.pixels.lip_ssim:.4f}, sharpness {ctl.pixels.sharpness_ratio:.3f}")
+        if a.speech is not None:
+            text += ["", f"The avatar's loop streamed from new speech alone (`{Path(a.speech).name}`):", "",
+                     _table(sp_rows, False)]
     text.append("\ncommand: python samples/enroll_check.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     (work / "report.md").write_text("\n".join(text) + "\n")
     (work / "report.json").write_text(json.dumps(report, indent=1, default=str))
     if a.sheet:
         m = min(len(inputs), *(len(o) for o in outs))
         _mouth_sheet(a.sheet, inputs[:m], [o[:m] for o in outs], labels, np.linspace(10, m - 10, 6).astype(int))
+        if own and a.speech is not None:  # the new speech's loudest moments, where the mouth should open
+            m = min(len(sp_inputs), *(len(o) for o in sp_outs))
+            sheet2 = Path(a.sheet).with_name(Path(a.sheet).stem + "_new_speech.png")
+            _mouth_sheet(sheet2, sp_inputs[:m], [o[:m] for o in sp_outs], labels, peaks[peaks < m])
     print("\n".join(text))
     return 0
 

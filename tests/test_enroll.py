@@ -78,6 +78,7 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
     m = json.loads((out / "manifest.json").read_text())
     assert m["enrollment"]["kind"] == "talking" and m["avatar"] == "avatar"
     assert m["enrollment"]["config"]["dit_steps"] == 3
+    assert m["enrollment"]["config"]["context_shift"] == 6  # the talking default (the smoke's config leaves it)
     assert {"mouth_psnr_db", "mouth_ssim"} <= set(r.scores["enrolled"])
     card = (out / "MODEL_CARD.md").read_text()
     assert "talking.mp4" in card and "How it scored" in card
@@ -172,9 +173,39 @@ def test_dit_settings_default_per_source_kind():
     got = [(c.dit_steps, c.dit_lr) for c in (EnrollConfig().for_kind(k) for k in ("talking", "idle", "photo"))]
     assert got == [(1400, 2e-3), (700, 1e-3), (1200, 1e-3)]
     assert EnrollConfig(dit_steps=5).for_kind("photo").dit_steps == 5
-    assert EnrollConfig(dit_lr=5e-4).for_kind("talking") == EnrollConfig(dit_steps=1400, dit_lr=5e-4)
+    assert EnrollConfig(dit_lr=5e-4).for_kind("talking") == EnrollConfig(dit_steps=1400, dit_lr=5e-4, context_shift=6)
+    assert [EnrollConfig().for_kind(k).context_shift for k in ("talking", "idle", "photo")] == [6, 0, 0]
+    assert EnrollConfig(context_shift=0).for_kind("talking").context_shift == 0
+    with pytest.raises(EnrollError, match="context_shift"):
+        EnrollConfig(context_shift=-1).validate()
     with pytest.raises(EnrollError, match="dit_steps"):
         EnrollConfig(dit_steps=-1).validate()
+
+
+def test_context_shift_moves_half_the_windows_conditions_within_the_clip():
+    import torch
+
+    from distill.enroll import _shift_condition
+    from distill.teacher import LatentSet
+
+    lens = [12, 9]  # latent frames per clip; each frame's condition holds its own index
+    ls = LatentSet([torch.zeros(1, n, 2, 2) for n in lens],
+                   [torch.arange(n, dtype=torch.float32).view(1, n, 1, 1).expand(1, n, 2, 2) + 100 * i
+                    for i, n in enumerate(lens)], [], [], [], [], [], 1, 8)
+    rng = np.random.default_rng(0)
+    frames, shifts = 4, []
+    for _ in range(200):
+        picks = ls.pick(rng, 3, frames)
+        cond = torch.stack([ls.cond[i][:, s:s + frames] for i, s in picks])
+        d = _shift_condition(ls, picks, frames, 3, rng, cond)
+        for b, ((i, s0), dk) in enumerate(zip(picks, d)):
+            s1 = s0 + dk
+            assert abs(dk) <= 3 and 0 <= s1 <= lens[i] - frames  # from the same clip, inside it
+            assert torch.equal(cond[b, 0, :, 0, 0], torch.arange(s1, s1 + frames, dtype=torch.float32) + 100 * i)
+        shifts += d
+    moved = np.count_nonzero(shifts) / len(shifts)
+    assert 0.35 < moved < 0.5  # half are drawn to move; a few land back where they were at a clip's end
+    assert min(shifts) < 0 < max(shifts)
 
 
 @pytest.mark.parametrize("stage", ["dit", "decoder"])
