@@ -85,8 +85,9 @@ class EnrollError(ValueError):
 # the speech (lip r 0.41 at 700, 0.53 at 1200); an idle loop passes at 700.
 # A talking clip's DiT also sees the face around the mouth from up to 6 frames away in half its windows
 # (context_shift): trained on its own frames alone, the edtalk clip's model streamed on its avatar loop
-# with new speech moved the mouth with the loop, not the sound (lip r 0.05, null 0.12; 0.35 with the
-# shift), for 0.5 dB of lip box on the clip's own held-out footage (section 8).
+# with new speech moved the mouth with the loop, not the sound (lip r 0.05, null 0.12; 0.34 with the
+# shift), for 0.5 dB of lip box on the clip's own held-out footage; on the second clip it cost (new
+# speech r 0.24 -> 0.16, -0.3 dB): kept for the worst case and the mean of the two (section 8).
 KIND_DEFAULTS = {"talking": {"dit_steps": 1400, "dit_lr": 2e-3, "context_shift": 6},
                  "idle": {"dit_steps": 700, "dit_lr": 1e-3, "context_shift": 0},
                  "photo": {"dit_steps": 1200, "dit_lr": 1e-3, "context_shift": 0}}
