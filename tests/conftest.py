@@ -1,5 +1,21 @@
+import importlib.util
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_sample(name: str):
+    """``samples/NAME.py`` imported as a module (the samples are scripts, not a package)."""
+    mod_name = f"lipforce_sample_{name}_under_test"
+    spec = importlib.util.spec_from_file_location(mod_name, REPO / "samples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,64 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
         assert (tmp_path / "trt" / "exemplars.npz").read_bytes() == (out / "exemplars.npz").read_bytes()
 
 
+
+def _enroll_check():
+    from conftest import load_sample
+
+    return load_sample("enroll_check")
+
+
+def test_enroll_check_scores_base_and_enrolled_on_held_out_frames_and_new_speech(talking_enrolled, tmp_path):
+    """samples/enroll_check.py (issue 12's measurement) end to end on the smoke's model (``--reuse``):
+    a row per model on the held-out part and on the loop driven by new speech, and the mouth sheets
+    with a row per model under the input."""
+    import shutil
+
+    import cv2
+
+    from lipforce_sdk.media import read_audio, write_wav
+
+    _, model = talking_enrolled
+    ec = _enroll_check()
+    work = tmp_path / "check"
+    shutil.copytree(model, work / "avatar")  # --reuse takes the model found there
+    speech = tmp_path / "speech.wav"
+    write_wav(speech, read_audio(PHOTO_DIR / "speech.wav")[: 60 * 640])
+    sheet = tmp_path / "sheet.png"
+    assert ec.main(["talking", str(SAMPLE), "--work", str(work), "--reuse", "--speech", str(speech),
+                    "--sheet", str(sheet)]) == 0
+    rep = json.loads((work / "report.json").read_text())
+    names = ["base", "enrolled", "enrolled, no exemplars"]
+    assert "enroll_seconds" not in rep  # reused, not enrolled again
+    assert [r["model"] for r in rep["rows"]] == names and [r["model"] for r in rep["new_speech_rows"]] == names
+    held = rep["held_out"]["frames"]
+    for r in rep["rows"]:
+        assert r["frames"] == held and 10.0 < r["lip_psnr_db"] < 60.0 and 0.0 < r["lip_ssim"] <= 1.0
+        assert r["sharpness_ratio"] > 0.0 and -1.0 <= r["sync_r"] <= 1.0
+    for r in rep["new_speech_rows"]:
+        assert r["frames"] == 60 and "lip_psnr_db" not in r and r["skin_psnr_db"] > 10.0
+    # the exemplars are the only difference between the last two rows: their outputs differ
+    assert rep["rows"][1]["lip_psnr_db"] != rep["rows"][2]["lip_psnr_db"]
+    for p in (sheet, sheet.with_name("sheet_new_speech.png")):
+        im = cv2.imread(str(p))
+        assert im is not None and im.shape[0] == 256 * (1 + len(names))  # input, then one row per model
+        assert (im.shape[1] - 150) % 256 == 0 and im.shape[1] > 150
+    assert "| enrolled |" in (work / "report.md").read_text()
+
+
+def test_enroll_check_picks_the_loudest_frames_apart():
+    ec = _enroll_check()
+    n, sr = 200, 16000
+    t = np.arange(n * 640) / sr
+    audio = 0.001 * np.sin(2 * np.pi * 1000 * t)
+    for f0, amp in ((30, 0.5), (34, 0.6), (120, 0.3), (170, 0.4)):  # 1 kHz bursts, 3 frames each
+        audio[f0 * 640:(f0 + 3) * 640] = amp * np.sin(2 * np.pi * 1000 * t[f0 * 640:(f0 + 3) * 640])
+    picks = ec._loudest(audio.astype(np.float32), n, count=3, apart=20)
+    assert len(picks) == 3 and np.all(np.diff(picks) > 20)
+    # the loudest burst (34), then the next loudest at least 20 frames away from it (170, 120)
+    assert abs(picks[0] - 35) <= 2 and abs(picks[1] - 121) <= 2 and abs(picks[2] - 171) <= 2
+
+
 @pytest.mark.parametrize("what", ["idle", "photo"])
 def test_idle_loop_and_photo_smoke(what, photo_png, tmp_path):
     src = PHOTO_DIR / "face.mp4" if what == "idle" else photo_png[0]

@@ -6,7 +6,6 @@ run checks that a hung part is killed at its limit while the next part still run
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -16,21 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "samples" / "gpu_check.py"
 
 
-def _load_script():
-    name = "lipforce_gpu_check_under_test"
-    spec = importlib.util.spec_from_file_location(name, SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gc = _load_script()
+gc = load_sample("gpu_check")
 
 
 def _native_available() -> bool:
