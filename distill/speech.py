@@ -12,11 +12,11 @@ Determinism: inside one process espeak-ng carries state from one utterance to th
 same text comes out a few samples different the second time), so every utterance is
 synthesized by a small ctypes script in a fresh Python process (``_CHILD``, ~50 ms); the
 same (text, voice, rate) then gives the same samples every time, in any order, and the same
-phoneme times. Except for the breath noise of the variants that have it (``+f3`` and others with
-a ``breath`` line in espeak-ng-data/voices/!v): espeak-ng 1.51 (Debian 12) draws it from ``rand()``
-in code that upstream made deterministic only later (espeak-ng PR 1530), and a clean CI run once
-saw ``en+f3`` come out with other noise (same length and timing). The cache below keeps what was
-made, so one machine's training data does not change between runs.
+phoneme times. Except, once, for a variant with breath noise: a clean CI run saw ``en+f3`` (its
+variant file has a ``breath`` line) come out with other samples, same length and timing; not
+reproduced in about 50 tries here. espeak-ng 1.51 (Debian 12) makes that noise in code that upstream
+reworked later for determinism (espeak-ng issue 1528, PR 1530), the likely source. The cache below
+keeps what was made, so one machine's training data does not change between runs.
 
 Clock: sample 0 is time 0. The synthesizer runs at its own rate (22050 Hz for the voices
 used here); the audio is resampled to 16 kHz (polyphase, zero-phase, so no delay) and the
