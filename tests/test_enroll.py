@@ -14,6 +14,9 @@ from lipforce_sdk.cli import PHOTO_DIR  # noqa: E402
 
 enroll_mod = pytest.importorskip("lipforce_sdk.distill.enroll")
 from lipforce_sdk.distill.enroll import EnrollConfig, EnrollError, enroll  # noqa: E402
+from conftest import load_sample  # noqa: E402
+
+enroll_check = load_sample("enroll_check")  # samples/enroll_check.py
 
 SAMPLE = Path(enroll_mod.__file__).resolve().parents[1] / "lipforce_sdk" / "assets" / "avatar_sample" / "talking.mp4"
 if not SAMPLE.is_file():  # installed: the asset lives in the package
@@ -113,13 +116,6 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
         assert (tmp_path / "trt" / "exemplars.npz").read_bytes() == (out / "exemplars.npz").read_bytes()
 
 
-
-def _enroll_check():
-    from conftest import load_sample
-
-    return load_sample("enroll_check")
-
-
 def test_enroll_check_scores_base_and_enrolled_on_held_out_frames_and_new_speech(talking_enrolled, tmp_path):
     """samples/enroll_check.py (issue 12's measurement) end to end on the smoke's model (``--reuse``):
     a row per model on the held-out part and on the loop driven by new speech, and the mouth sheets
@@ -131,13 +127,12 @@ def test_enroll_check_scores_base_and_enrolled_on_held_out_frames_and_new_speech
     from lipforce_sdk.media import read_audio, write_wav
 
     _, model = talking_enrolled
-    ec = _enroll_check()
     work = tmp_path / "check"
     shutil.copytree(model, work / "avatar")  # --reuse takes the model found there
     speech = tmp_path / "speech.wav"
     write_wav(speech, read_audio(PHOTO_DIR / "speech.wav")[: 60 * 640])
     sheet = tmp_path / "sheet.png"
-    assert ec.main(["talking", str(SAMPLE), "--work", str(work), "--reuse", "--speech", str(speech),
+    assert enroll_check.main(["talking", str(SAMPLE), "--work", str(work), "--reuse", "--speech", str(speech),
                     "--sheet", str(sheet)]) == 0
     rep = json.loads((work / "report.json").read_text())
     names = ["base", "enrolled", "enrolled, no exemplars"]
@@ -159,13 +154,12 @@ def test_enroll_check_scores_base_and_enrolled_on_held_out_frames_and_new_speech
 
 
 def test_enroll_check_picks_the_loudest_frames_apart():
-    ec = _enroll_check()
     n, sr = 200, 16000
     t = np.arange(n * 640) / sr
     audio = 0.001 * np.sin(2 * np.pi * 1000 * t)
     for f0, amp in ((30, 0.5), (34, 0.6), (120, 0.3), (170, 0.4)):  # 1 kHz bursts, 3 frames each
         audio[f0 * 640:(f0 + 3) * 640] = amp * np.sin(2 * np.pi * 1000 * t[f0 * 640:(f0 + 3) * 640])
-    picks = ec._loudest(audio.astype(np.float32), n, count=3, apart=20)
+    picks = enroll_check._loudest(audio.astype(np.float32), n, count=3, apart=20)
     assert len(picks) == 3 and np.all(np.diff(picks) > 20)
     # the loudest burst (34), then the next loudest at least 20 frames away from it (170, 120)
     assert abs(picks[0] - 35) <= 2 and abs(picks[1] - 121) <= 2 and abs(picks[2] - 171) <= 2
