@@ -1058,6 +1058,8 @@ class _Enrollment:
         if self.final.exists():
             shutil.rmtree(self.final)
         model = self.enrolled_model()
+        if self.info.kind == "talking":  # its silences are the person's own pauses, learned (BENCHMARKS.md section 8)
+            model.cfg = model.cfg.replace(stream={"silence": "model"})
         times = json.loads((self.work / "times.json").read_text()) if (self.work / "times.json").is_file() else {}
         scores = json.loads((self.work / "scores.json").read_text())
         dec = _torch_info(self.work / "decoder.pt")
@@ -1255,13 +1257,20 @@ A model adapted to one face by `lipforce enroll`, with the face's idle loop prep
 - **Adapted:** the VAE decoder ({cfg['decoder_steps']} steps; encoder frozen) and the DiT
   {'and the audio encoder ' if cfg['tune_audio'] else ''}({cfg['dit_steps']} steps, supervised through the
   runtime's two-step cached rollout{_shift_text(cfg)}).
-- **Loop:** {e['loop']['frames']} frames from {e['loop']['start_s']:.2f} s, played back and forth.{_exemplar_line(exemplars)}
+- **Loop:** {e['loop']['frames']} frames from {e['loop']['start_s']:.2f} s, played back and forth.{_exemplar_line(exemplars)}{_silence_line(e['kind'])}
 - **Time:** {total / 60:.1f} min on `{e['device']}` ({', '.join(f'{k} {v:.0f} s' for k, v in secs.items())}).
 
 ## How it scored
 {rows or 'No held-out part (the source is too short to hold some out).'}
 Limits: a model for this face only; other faces get the base model's quality or worse.
 """
+
+
+def _silence_line(kind: str) -> str:
+    if kind != "talking":
+        return ""
+    return ("\n- **Silence:** the model's own mouth in pauses (`stream.silence = \"model\"`: trained on this "
+            "person's\n  pauses, it closes the mouth as they do); `--silence still` holds it instead.")
 
 
 def _resolve_model(model) -> Path:

@@ -388,8 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "decoded as it goes instead of read at once")
     r.add_argument("--silence", default=None, choices=["still", "model"],
                    help="still: hold the mouth still while the audio is silent (the model's own mouth at the start "
-                        "of each silence); model: the model's output throughout (default: still for models whose "
-                        "condition carries a reference mouth, the bundled one)")
+                        "of each silence); model: the model's output throughout (default: the model's own "
+                        "setting: model for one enrolled from a talking clip, still for the bundled one)")
     r.add_argument("--no-exemplars", action="store_true",
                    help="paste the model's mouth as it is, not through an enrolled avatar's mouth exemplars (its "
                         "own frames' fine detail; lipforce_sdk.exemplars)")

@@ -165,6 +165,12 @@ class StreamConfig:
     # latents; "reference" = the first reference frame's latents (a closed, sharp mouth of the same
     # person, eye-aligned like every crop), so that a "source" head corrects a real mouth
     fill: str = "none"
+    # what a session does while the audio is silent when the caller does not say (``Session``'s
+    # ``silence``): "still" = hold the mouth (``lipforce_sdk.silence``), "model" = the model's output
+    # throughout; None = "still" for models with fill "reference" (the general models it was measured
+    # on), else "model". A model enrolled from a talking clip learned its person's own pauses and says
+    # "model" (BENCHMARKS.md section 8).
+    silence: str | None = None
 
     def validate(self, vae: VAEConfig | None = None, dit: DiTConfig | None = None) -> "StreamConfig":
         w = "stream"
@@ -180,6 +186,7 @@ class StreamConfig:
         _check(self.fill in ("none", "reference"), w, "fill", self.fill, "must be 'none' or 'reference'")
         _check(self.fill == "none" or self.sink == "reference", w, "fill", self.fill,
                "'reference' needs sink='reference' (the fill is the sink's first reference frame)")
+        _check(self.silence in (None, "still", "model"), w, "silence", self.silence, "must be None, 'still' or 'model'")
         mult = 16
         if vae is not None and dit is not None:
             mult = vae.spatial_compression * dit.patch_size[1]

@@ -182,8 +182,10 @@ class Engine:
 
         ``silence``: ``"still"`` holds the mouth still while the audio is silent (the model's
         mouth at the start of the silence, with a short fade at each end; ``lipforce_sdk.silence``),
-        ``"model"`` shows the model's output throughout; default ``"still"`` for the models it
-        was measured on (``stream.fill == "reference"``, the bundled one), else ``"model"``.
+        ``"model"`` shows the model's output throughout; default: the model's own
+        ``stream.silence`` (``"model"`` for one enrolled from a talking clip, which learned its
+        person's pauses), else ``"still"`` for the models the gate was measured on
+        (``stream.fill == "reference"``, the bundled one), else ``"model"``.
 
         ``exemplars``: paste through the model's mouth exemplars where it has them (an enrolled
         avatar: the generated mouth's fine detail from the person's own frames,
@@ -408,8 +410,11 @@ class ChunkRenderer:
 
 def silence_mode(cfg: ModelConfig, silence: str | None) -> str:
     """``silence``: ``"still"`` (the gate holds the mouth while nobody speaks) or ``"model"`` (the
-    model's output throughout); ``None``: ``"still"`` for models with ``stream.fill ==
+    model's output throughout); ``None``: the model's own ``stream.silence`` (``"model"`` for a model
+    enrolled from a talking clip), where it has none ``"still"`` for models with ``stream.fill ==
     "reference"`` (where it was measured), else ``"model"``."""
+    if silence is None:
+        silence = cfg.stream.silence
     if silence is None:
         return "still" if cfg.stream.fill == "reference" else "model"
     if silence not in SILENCE_MODES:

@@ -94,6 +94,7 @@ def test_load_errors_name_the_problem(tmp_path):
     (lambda: from_name("tiny").replace(stream={"sink": "first"}), r"stream\.sink='first'"),
     (lambda: from_name("tiny").replace(dit={"output": "eps"}), r"dit\.output='eps' .*'flow' or 'source'"),
     (lambda: from_name("tiny").replace(stream={"fill": "mean"}), r"stream\.fill='mean'"),
+    (lambda: from_name("tiny").replace(stream={"silence": "quiet"}), r"stream\.silence='quiet' .*'still' or 'model'"),
     (lambda: from_name("tiny").replace(stream={"sink": "first_chunk"}), r"stream\.fill='reference' is invalid: 'reference' needs sink='reference'"),
 ])
 def test_config_validation_messages(make, match):
@@ -115,6 +116,6 @@ def test_presets_and_derived_sizes():
     assert (b13.dit.output, b13.stream.fill, t.dit.output, t.stream.fill) == ("flow", "none", "source", "reference")
     # a manifest written before these fields reads as the form it was trained in
     old = t.to_dict()
-    del old["dit"]["output"], old["stream"]["fill"]
+    del old["dit"]["output"], old["stream"]["fill"], old["stream"]["silence"]
     assert ModelConfig.from_dict(old).replace(dit={"output": "source"}, stream={"fill": "reference"}) == t
     assert (ModelConfig.from_dict(old).dit.output, ModelConfig.from_dict(old).stream.fill) == ("flow", "none")

@@ -91,6 +91,10 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
     assert eng.exemplars is not None and len(eng.exemplars.images) == m["exemplars"]["count"] >= eng.exemplars.k
     assert eng.session(box=(16, 16, 144, 144)).renderer.exemplars is eng.exemplars
     assert eng.session(box=(16, 16, 144, 144), exemplars=False).renderer.exemplars is None
+    # a talking clip's model learned the person's pauses: its sessions show its own mouth in silence
+    assert m["config"]["stream"]["silence"] == "model" and "**Silence:**" in card
+    assert eng.session(box=(16, 16, 144, 144)).renderer.gate is None
+    assert eng.session(box=(16, 16, 144, 144), silence="still").renderer.gate is not None
     av = Avatar.load(out)
     assert av.info["kind"] == "talking" and 1 <= av.num_frames <= 15
     s = eng.session(avatar=av)  # the saved torch latents are this engine's
@@ -174,6 +178,8 @@ def test_idle_loop_and_photo_smoke(what, photo_png, tmp_path):
     assert av.num_frames == (15 if what == "idle" else 1)
     assert av.frames.shape[1:] == (320, 320, 3)
     assert r.scores["held_out_frames"] > 0
+    eng = Engine.load(tmp_path / what)  # made-up visemes, no pauses of the person: the gate holds as for the base
+    assert eng.config.stream.silence is None and eng.session(avatar=av).renderer.gate is not None
 
 
 def test_exemplars_can_be_added_to_a_model_enrolled_without_them(photo_png, tmp_path):

@@ -125,3 +125,8 @@ def test_default_follows_the_model_and_still_works_on_a_flow_model():
     frames = np.repeat(frames, 10, axis=0)
     still = render_offline(eng, np.zeros(10 * SPF, np.float32), frames, box=BOX, silence="still")
     assert all(np.array_equal(still[1], f) for f in still[2:])
+    # a model's own setting (a talking enrollment's: "model") wins over the default; the caller's over both
+    own = Engine(TorchBackend(LipSyncModel.from_preset("tiny", seed=0, stream={"fill": "none", "silence": "still"},
+                                                       dit={"output": "flow"}), device="cpu"))
+    assert own.session(box=BOX).renderer.silence == "still"
+    assert own.session(box=BOX, silence="model").renderer.silence == "model"
