@@ -110,13 +110,15 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
     assert main(["run", "--model", str(out), "--video", str(SAMPLE), "--audio", str(speech), "--out", str(video),
                  "--no-progress"]) == 0
     assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "onnx"), "--no-progress"]) == 0
-    assert Engine.load(tmp_path / "onnx", backend="onnxruntime").exemplars is not None  # the export carries them
+    exported = Engine.load(tmp_path / "onnx", backend="onnxruntime")
+    assert exported.exemplars is not None and exported.config.stream.silence == "model"  # the export carries both
     import importlib.util
 
     if importlib.util.find_spec("tensorrt_rtx") is not None:  # builds ahead of time, even without a GPU
         assert main(["build", str(tmp_path / "onnx"), "--out", str(tmp_path / "trt"), "--target", "8.6",
                      "--no-progress"]) == 0
-        assert json.loads((tmp_path / "trt" / "manifest.json").read_text())["exemplars"]["file"] == "exemplars.npz"
+        built = json.loads((tmp_path / "trt" / "manifest.json").read_text())
+        assert built["exemplars"]["file"] == "exemplars.npz" and built["config"]["stream"]["silence"] == "model"
         assert (tmp_path / "trt" / "exemplars.npz").read_bytes() == (out / "exemplars.npz").read_bytes()
 
 
