@@ -1085,7 +1085,8 @@ class _Enrollment:
         if self.cfg.exemplars > 0:
             shutil.copyfile(self.work / "exemplars.npz", self.final / EXEMPLARS_FILE)
         shutil.copytree(self.work / "avatar", self.final / AVATAR_DIR)
-        (self.final / "MODEL_CARD.md").write_text(_card(enrollment, self.out.name, extra.get("exemplars", {}).get("count", 0)))
+        card = _card(enrollment, self.out.name, extra.get("exemplars", {}).get("count", 0), model.cfg.stream.silence)
+        (self.final / "MODEL_CARD.md").write_text(card)
         return enrollment
 
 
@@ -1222,7 +1223,7 @@ def _exemplar_line(n: int) -> str:
             "(`lipforce_sdk.exemplars`; `--no-exemplars` turns it off). The scores below are the model's alone.")
 
 
-def _card(e: dict, name: str, exemplars: int = 0) -> str:
+def _card(e: dict, name: str, exemplars: int = 0, silence: str | None = None) -> str:
     s = e.get("scores") or {}
     b, a = s.get("base", {}), s.get("enrolled", {})
     kind_text = {"talking": "a talking clip with its own sound (self-supervised: mouth masked, own audio as the "
@@ -1257,7 +1258,7 @@ A model adapted to one face by `lipforce enroll`, with the face's idle loop prep
 - **Adapted:** the VAE decoder ({cfg['decoder_steps']} steps; encoder frozen) and the DiT
   {'and the audio encoder ' if cfg['tune_audio'] else ''}({cfg['dit_steps']} steps, supervised through the
   runtime's two-step cached rollout{_shift_text(cfg)}).
-- **Loop:** {e['loop']['frames']} frames from {e['loop']['start_s']:.2f} s, played back and forth.{_exemplar_line(exemplars)}{_silence_line(e['kind'])}
+- **Loop:** {e['loop']['frames']} frames from {e['loop']['start_s']:.2f} s, played back and forth.{_exemplar_line(exemplars)}{_silence_line(silence)}
 - **Time:** {total / 60:.1f} min on `{e['device']}` ({', '.join(f'{k} {v:.0f} s' for k, v in secs.items())}).
 
 ## How it scored
@@ -1266,8 +1267,8 @@ Limits: a model for this face only; other faces get the base model's quality or 
 """
 
 
-def _silence_line(kind: str) -> str:
-    if kind != "talking":
+def _silence_line(silence: str | None) -> str:
+    if silence != "model":
         return ""
     return ("\n- **Silence:** the model's own mouth in pauses (`stream.silence = \"model\"`: trained on this "
             "person's\n  pauses, it closes the mouth as they do); `--silence still` holds it instead.")

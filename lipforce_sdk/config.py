@@ -148,6 +148,9 @@ class AudioConfig:
         return self.context_frames + 1 + self.lookahead_frames
 
 
+SILENCE_MODES = ("still", "model")  # what a session does while the audio is silent (lipforce_sdk.silence)
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """Chunking and cache sizes, in latent frames; resolution of the face crop in pixels."""
@@ -186,7 +189,8 @@ class StreamConfig:
         _check(self.fill in ("none", "reference"), w, "fill", self.fill, "must be 'none' or 'reference'")
         _check(self.fill == "none" or self.sink == "reference", w, "fill", self.fill,
                "'reference' needs sink='reference' (the fill is the sink's first reference frame)")
-        _check(self.silence in (None, "still", "model"), w, "silence", self.silence, "must be None, 'still' or 'model'")
+        _check(self.silence in (None, *SILENCE_MODES), w, "silence", self.silence,
+               f"must be None, {' or '.join(map(repr, SILENCE_MODES))}")
         mult = 16
         if vae is not None and dit is not None:
             mult = vae.spatial_compression * dit.patch_size[1]

@@ -39,12 +39,10 @@ import math
 import numpy as np
 
 from .audio import _LOG_FLOOR, LogMelFrontEnd, mel_filterbank
-from .config import AudioConfig
+from .config import SILENCE_MODES, AudioConfig
 from .sync_check import SPEECH_BAND
 
 __all__ = ["SilenceGate", "SILENCE_MODES", "band_level_dbfs"]
-
-SILENCE_MODES = ("still", "model")
 
 
 def _band_rows(cfg: AudioConfig, band: tuple[float, float]) -> np.ndarray:
