@@ -9,7 +9,8 @@ For every video of ``--clips`` (with its speech where it has some, as
 - **new speech**: ``lipforce run`` (``cli.run_clip``: streamed frame by frame, the video looped
   back and forth when shorter than the speech) with the first ``--seconds`` of ``--speech``;
 - **own speech** (unless ``--no-own-speech``; clips with speech only): the clip driven by its own
-  speech (its frames are then the ground truth);
+  speech (its frames are then the ground truth; the lip box is also given from the 2 s mark on,
+  past the frames a general model takes its mouth exemplars from, ``lipforce_sdk.exemplars``);
 
 then ``lipforce_sdk.face_quality`` on each output against its input: lower-face sharpness
 (Laplacian variance nose tip to chin, output / input), the skin between nose and upper lip
@@ -38,7 +39,7 @@ def _row(name: str, mode: str, q) -> dict:
     return {"clip": name, "mode": mode, "sharpness": p.sharpness_ratio, "skin_db": p.skin_psnr_db,
             "lip_r": None if s is None else s.r, "lip_lag": None if s is None else s.lag,
             "null_p95": None if s is None else s.null_p95, "null_max": None if s is None else s.null_max,
-            "lip_box_db": p.lip_psnr_db, "lip_box_ssim": p.lip_ssim,
+            "lip_box_db": p.lip_psnr_db, "lip_box_ssim": p.lip_ssim, "lip_box_after_db": None,
             "silence_ratio": None if sil is None else sil.still_ratio, "jump_ratio": None if sil is None else sil.jump_ratio,
             "motion_ratio": None if sil is None else sil.motion_ratio,
             "control_sharpness": None if q.control is None else q.control.sharpness_ratio,
@@ -55,19 +56,21 @@ def _f(v, fmt=".2f") -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | silence std ratio | boundary jump | mouth motion silent / speaking | control sharpness / skin dB |"
-    lines = [head, "|" + " --- |" * 11]
+    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio | boundary jump | mouth motion silent / speaking | control sharpness / skin dB |"
+    lines = [head, "|" + " --- |" * 12]
     for r in rows:
         lines.append(
             f"| {r['clip']} | {r['mode']} | {_f(r['sharpness'])} | {_f(r['skin_db'], '.1f')} | "
             f"{_f(r['lip_r'])} ({_f(r['lip_lag'], '+d') if r['lip_lag'] is not None else '-'}) | {_f(r['null_p95'])} | "
-            f"{_f(r['lip_box_db'], '.1f')} / {_f(r['lip_box_ssim'], '.3f')} | {_f(r['silence_ratio'])} | "
+            f"{_f(r['lip_box_db'], '.1f')} / {_f(r['lip_box_ssim'], '.3f')} | {_f(r.get('lip_box_after_db'), '.1f')} | "
+            f"{_f(r['silence_ratio'])} | "
             f"{_f(r['jump_ratio'])} | {_f(r.get('motion_ratio'))} | {_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out: str | Path, seconds: float = 10.0,
-                   own_speech: bool = True, progress: bool = True, log=print, silence: str | None = None) -> list[dict]:
+                   own_speech: bool = True, progress: bool = True, log=print, silence: str | None = None,
+                   exemplars: bool = True) -> list[dict]:
     import numpy as np
 
     from lipforce_sdk.cli import run_clip
@@ -100,15 +103,36 @@ def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out
             tag = "own" if is_own else "new"
             dst = out / f"{name}.{tag}.mp4"
             t0 = time.perf_counter()
-            run_clip(engine, video, wav, dst, progress=False, silence=silence)
+            run_clip(engine, video, wav, dst, progress=False, silence=silence, exemplars=exemplars)
             q = face_quality(video, dst, wav, own_speech=is_own, input_order="pingpong", control=True,
                              sheet=out / f"{name}.{tag}.png")
             rows.append(_row(name, mode, q))
+            if is_own:
+                rows[-1]["lip_box_after_db"] = _lip_box_after(engine, video, dst, wav)
             log(f"{name} ({mode}): {json.dumps({k: v for k, v in rows[-1].items() if k not in ('clip', 'mode')}, default=str)}"
                 f"  [{time.perf_counter() - t0:.0f} s]")
     (out / "results.json").write_text(json.dumps(rows, indent=1, default=lambda v: None if v != v else str(v)))
     (out / "results.md").write_text(to_markdown(rows))
     return rows
+
+
+def _lip_box_after(engine, video, out, wav) -> float | None:
+    """The own-speech lip box PSNR from ``STREAM_SECONDS`` on: past the frames whose mouths a
+    general model's stream exemplars hold (each of them the ground truth of its own frame)."""
+    from lipforce_sdk.cli import _video_schedule
+    from lipforce_sdk.exemplars import STREAM_SECONDS
+    from lipforce_sdk.face_quality import face_quality
+    from lipforce_sdk.media import read_audio, read_video
+
+    fps, sr = engine.config.stream.fps, 16000
+    k = int(round(STREAM_SECONDS * fps))
+    fin, in_fps = read_video(video)
+    fout, _ = read_video(out)
+    if len(fout) <= k + 1:
+        return None
+    sched = _video_schedule(len(fin), in_fps or fps, fps, len(fout))
+    q = face_quality(fin[sched][k:], fout[k:], read_audio(wav, sr)[int(k * sr / fps):], own_speech=True, fps=fps)
+    return q.pixels.lip_psnr_db
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,12 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=10.0, help="speech length per run")
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
     ap.add_argument("--silence", default=None, choices=["still", "model"], help="as `lipforce run --silence`")
+    ap.add_argument("--no-exemplars", action="store_true", help="as `lipforce run --no-exemplars`")
     a = ap.parse_args(argv)
     from lipforce_sdk.session import Engine
 
     engine = Engine.load(a.model, backend=a.backend)
     rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech,
-                          silence=a.silence)
+                          silence=a.silence, exemplars=not a.no_exemplars)
     print(to_markdown(rows))
     return 0
 

@@ -391,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of each silence); model: the model's output throughout (default: the model's own "
                         "setting: model for one enrolled from a talking clip, still for the bundled one)")
     r.add_argument("--no-exemplars", action="store_true",
-                   help="paste the model's mouth as it is, not through an enrolled avatar's mouth exemplars (its "
-                        "own frames' fine detail; lipforce_sdk.exemplars)")
+                   help="paste the model's mouth as it is, not through mouth exemplars (fine detail from an "
+                        "enrolled avatar's own frames, or for a general model from the video's first 2 s; "
+                        "lipforce_sdk.exemplars)")
     r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
                    help="where the video shows several faces: the one to lip-sync (default: the largest; "
                         "center: nearest the frame's centre; X,Y: nearest that pixel)")

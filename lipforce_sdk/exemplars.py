@@ -21,7 +21,15 @@ weighted median, composite), and works for the same reason here: one face, many 
 
 ``lipforce enroll`` writes ``exemplars.npz`` into the model directory and names it in the
 manifest (``"exemplars"``); ``Engine.load`` reads it and every session pastes through it (``engine
-.session(exemplars=False)`` turns it off). NumPy and OpenCV only: no torch on the runtime path.
+.session(exemplars=False)`` turns it off).
+
+A general model (no exemplar file) takes them from the stream itself (``StreamExemplars``): the
+crops of the first ``STREAM_SECONDS`` of frames it pastes, each added after its own frame is shown
+(a frame never finds itself; the first frame finds nothing). Those seconds show a few mouth shapes
+of the person, not hundreds, so only the finest band is taken from them (``STREAM_CUTOFF``, a
+quarter of the enrolled cut-off: skin, lip edges and teeth texture, not where the lips are); the
+model keeps the shape. Measured in BENCHMARKS.md section 6. NumPy and OpenCV only: no torch on the
+runtime path.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import numpy as np
 
 from .geometry import CropSpec
 
-__all__ = ["MouthExemplars", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
+__all__ = ["MouthExemplars", "StreamExemplars", "STREAM_SECONDS", "STREAM_CUTOFF", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
            "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
@@ -43,6 +51,8 @@ KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
 KEY_BLUR = 3.0 / 128  # the key's blur, in crop sides: the generated mouth is softer than the real ones, and a
 # blur well above its softness keeps the lookup from taking the soft mouth for a smaller one
 JPEG_QUALITY = 95
+STREAM_SECONDS = 2.0  # a general model's exemplars: the crops of the stream's first seconds with a face
+STREAM_CUTOFF = 1.0 / 64  # ... of which only the band above this (crop sides) is used
 
 
 def _key_box(size: int) -> tuple[int, int, int, int]:
@@ -200,6 +210,66 @@ class MouthExemplars:
         images = np.ascontiguousarray(np.stack(images))
         return cls(images, np.stack([mouth_key(c) for c in images]), k=int(meta["k"]), cutoff=float(meta["cutoff"]),
                    near=float(meta["near"]), far=float(meta["far"]))
+
+
+class StreamExemplars:
+    """A general model's mouth exemplars, gathered from the stream it renders: ``add`` the frame
+    just pasted (its crop cut again with cubic interpolation, as an enrollment cuts its exemplars)
+    until ``frames`` distinct crops are held; ``refine`` as ``MouthExemplars.refine`` over what is
+    held so far (``k`` shrinks to the count while fewer are held; with none, the crop as it is).
+    ``reset`` forgets them (a new stream, or the face came back and may be someone else's)."""
+
+    def __init__(self, frames: int, k: int = MouthExemplars.k, cutoff: float = STREAM_CUTOFF,
+                 near: float = MouthExemplars.near, far: float = MouthExemplars.far):
+        if frames < 1:
+            raise ValueError(f"frames={frames} must be >= 1")
+        self.frames, self.settings = int(frames), {"k": int(k), "cutoff": float(cutoff), "near": float(near),
+                                                   "far": float(far)}
+        self.reset()
+
+    @classmethod
+    def for_fps(cls, fps: float, seconds: float = STREAM_SECONDS, **kw) -> "StreamExemplars":
+        return cls(max(1, int(round(seconds * fps))), **kw)
+
+    def reset(self) -> None:
+        self._images: list[np.ndarray] = []
+        self._keys: list[np.ndarray] = []
+        self._seen: set[int] = set()
+        self._bank: MouthExemplars | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._images)
+
+    @property
+    def full(self) -> bool:
+        return len(self._images) >= self.frames
+
+    def add(self, frame: np.ndarray, crop) -> bool:
+        """Keep ``crop`` (a ``geometry.AlignedCrop``) of ``frame`` while fewer than ``frames`` are
+        held; a crop seen before is not kept twice. True where it was kept."""
+        if self.full:
+            return False
+        image = crop.crop(frame, interpolation=cv2.INTER_CUBIC)
+        h = hash(image.tobytes())
+        if h in self._seen:
+            return False
+        self._seen.add(h)
+        self._images.append(image)
+        self._keys.append(mouth_key(image))
+        self._bank = None
+        return True
+
+    def bank(self) -> MouthExemplars | None:
+        """What is held as a ``MouthExemplars`` (``None`` while empty)."""
+        if self._bank is None and self._images:
+            kw = dict(self.settings, k=min(self.settings["k"], len(self._images)))
+            self._bank = MouthExemplars(np.stack(self._images), np.stack(self._keys), **kw)
+        return self._bank
+
+    def refine(self, gen: np.ndarray) -> np.ndarray:
+        b = self.bank()
+        return np.asarray(gen).copy() if b is None else b.refine(gen)
 
 
 def load_exemplars(model_dir: str | Path | None, manifest: dict | None = None) -> MouthExemplars | None:

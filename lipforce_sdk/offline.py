@@ -12,7 +12,7 @@ from .audio import log_mel_clip
 from .cache_plan import RingCachePlanner
 from .face import FaceNotFoundError
 from .geometry import FaceKeypoints
-from .session import ChunkRenderer, Engine, FramePreparer, fill_lost, reference_frames_needed
+from .session import ChunkRenderer, Engine, FramePreparer, fill_lost, reference_frames_needed, session_exemplars
 from .tracking import FaceSource, default_face_source
 
 __all__ = ["render_offline"]
@@ -46,7 +46,7 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
         raise FaceNotFoundError(f"no face found in any of the {n} frames; pass box= or keypoints=")
     mel = log_mel_clip(np.asarray(audio, np.float32), cfg.audio, cfg.stream.fps, n_pad)
     renderer = ChunkRenderer(be, cfg, cfg.schedule.seed if seed is None else seed, silence=silence,
-                             exemplars=getattr(engine, "exemplars", None) if exemplars else None)
+                             exemplars=session_exemplars(engine, exemplars))
     planner = RingCachePlanner.for_stream(cfg.stream)
     state = be.new_state()
     n_ref = reference_frames_needed(cfg)

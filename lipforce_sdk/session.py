@@ -22,6 +22,7 @@ from .backends.base import Backend, BackendError, host_array
 from .batching import stream_scope
 from .cache_plan import RingCachePlanner
 from .config import ModelConfig
+from .exemplars import StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
 from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, mouth_mask_for
 from .sampler import fill_hole, hole_of, two_step_sample
@@ -187,9 +188,11 @@ class Engine:
         person's pauses), else ``"still"`` for the models the gate was measured on
         (``stream.fill == "reference"``, the bundled one), else ``"model"``.
 
-        ``exemplars``: paste through the model's mouth exemplars where it has them (an enrolled
-        avatar: the generated mouth's fine detail from the person's own frames,
-        ``lipforce_sdk.exemplars``); ``False`` pastes the model's crop as it is.
+        ``exemplars``: paste through mouth exemplars (``lipforce_sdk.exemplars``): an enrolled
+        avatar's (the generated mouth's fine detail from the person's own frames), else, for a
+        general model, the finest detail of the stream's own first 2 s of frames with a face
+        (each frame's crop kept once that frame is shown); ``False`` pastes the model's crop as
+        it is.
         """
         if avatar is not None:
             from .avatar import AvatarSession
@@ -395,17 +398,34 @@ class ChunkRenderer:
             self.write_reference(reference, planner, state)
 
     def reset(self) -> None:
-        """A new stream: the silence gate forgets its history (the fill is rewritten with the reference)."""
+        """A new stream: the silence gate forgets its history (the fill is rewritten with the
+        reference), exemplars gathered from the stream are dropped."""
         self._held = None  # the silence gate's held mouth latents [1, z, h, w]
         if self.gate is not None:
             self.gate.reset()
+        if isinstance(self.exemplars, StreamExemplars):
+            self.exemplars.reset()
 
     def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
         """The generated crop pasted into the frame with the mouth mask's soft weights (through
-        the mouth exemplars first, where the renderer has them)."""
+        the mouth exemplars first, where the renderer has them). Exemplars gathered from the
+        stream take this frame's crop after it is pasted: a frame never finds its own mouth."""
         if self.exemplars is not None:
             gen = self.exemplars.refine(gen)
-        return view.crop.paste(frame, gen, view.mask.soft)
+        out = view.crop.paste(frame, gen, view.mask.soft)
+        if isinstance(self.exemplars, StreamExemplars):
+            self.exemplars.add(frame, view.crop)
+        return out
+
+
+def session_exemplars(engine, exemplars: bool = True):
+    """The mouth exemplars a new stream of ``engine`` pastes through: the model's own (an enrolled
+    avatar's, ``lipforce_sdk.exemplars``), else the stream's own first seconds (``StreamExemplars``,
+    one per stream); ``None`` with ``exemplars=False``."""
+    if not exemplars:
+        return None
+    own = getattr(engine, "exemplars", None)
+    return own if own is not None else StreamExemplars.for_fps(engine.config.stream.fps)
 
 
 def silence_mode(cfg: ModelConfig, silence: str | None) -> str:
@@ -452,7 +472,7 @@ class Session:
         self.planner = RingCachePlanner.for_stream(cfg.stream)
         self.mel = LogMelStream(cfg.audio, self.fps)
         self.renderer = ChunkRenderer(self.backend, cfg, self.seed, silence=silence,
-                                      exemplars=getattr(engine, "exemplars", None) if exemplars else None)
+                                      exemplars=session_exemplars(engine, exemplars))
         self._reset_stream()
         self._reference_frames = None if reference is None else self._check_reference(reference)
 

@@ -65,7 +65,8 @@ def cmd_latency(a) -> int:
         st.close()
     off = np.array([x for m in rows for x in m["av_offset_ms"]])
     pre = np.array([x for m in rows for x in m["av_offset_presented_ms"]])
-    ex = "off" if a.no_exemplars or getattr(st.server.engine, "exemplars", None) is None else "on"
+    ex = "off" if a.no_exemplars else ("the model's" if getattr(st.server.engine, "exemplars", None) is not None
+                                       else "the loop's first 2 s")
     print(f"\n{st.server.backend}, avatar one picture {st.server.avatar.frame_hw}, mouth exemplars {ex}, {a.runs} page visits")
     print("| measure | median | min | max |\n| --- | --- | --- | --- |")
     for name, key in (("frames displayed per second", "fps"), ("Say pressed -> first mouth frame displayed (ms)",

@@ -1,4 +1,4 @@
-"""An enrolled avatar's mouth exemplars (lipforce_sdk.exemplars): lookup, band split, file, paste."""
+"""Mouth exemplars (lipforce_sdk.exemplars): an enrolled avatar's and a stream's own; lookup, band split, file, paste."""
 
 import json
 
@@ -177,3 +177,86 @@ def test_refine_is_the_band_split_it_documents():
     want = cv2.GaussianBlur(gen.astype(np.float64), (0, 0), sig) + med - cv2.GaussianBlur(med, (0, 0), sig)
     want = np.clip(np.rint(want), 0, 255)
     assert np.abs(ex.refine(gen).astype(np.float64) - want).max() <= 1.0
+
+
+# ---- a general model's exemplars: the stream's own first seconds ----
+
+def _stream_setup(n: int = 6):
+    """Frames of one made-up face whose mouth opens 1..n px, each with its view (template keypoints)."""
+    from lipforce_sdk.config import from_name
+    from lipforce_sdk.geometry import FaceKeypoints
+    from lipforce_sdk.session import FramePreparer
+
+    cfg = from_name("tiny")
+    size = cfg.stream.resolution
+    big = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC) for m in mouths(n)])
+    frames, views = [], []
+    prep = FramePreparer(cfg)
+    for m in big:
+        frame = np.full((240, 200, 3), 90, np.uint8)
+        view = prep(frame, FaceKeypoints.template((40, 30, 170, 160)))
+        frame = view.crop.paste(frame, m, np.ones((size, size), np.float32))  # the face drawn into the frame
+        frames.append(frame)
+        views.append(prep(frame, FaceKeypoints.template((40, 30, 170, 160))))
+    return cfg, frames, views
+
+
+def test_stream_exemplars_hold_only_frames_already_shown_and_stop_at_their_count():
+    from lipforce_sdk.exemplars import STREAM_CUTOFF, StreamExemplars
+    from lipforce_sdk.session import ChunkRenderer
+
+    cfg, frames, views = _stream_setup(6)
+    ex = StreamExemplars(frames=4)
+    r = ChunkRenderer(None, cfg, 0, exemplars=ex)
+    gen = cv2.GaussianBlur(views[5].image, (0, 0), 2.0)
+    first = r.composite(frames[0], views[0], gen)  # nothing held yet: the plain paste
+    assert np.array_equal(first, ChunkRenderer(None, cfg, 0).composite(frames[0], views[0], gen))
+    assert ex.count == 1  # the frame just shown, kept after it was pasted
+    assert ex.bank().k == 1 and ex.bank().cutoff == STREAM_CUTOFF
+    r.composite(frames[0], views[0], gen)  # the same crop again: not kept twice
+    assert ex.count == 1
+    for f, v in zip(frames[1:], views[1:]):
+        r.composite(f, v, gen)
+    assert ex.count == 4 and ex.full  # no more than asked
+    assert ex.bank().k == 4
+    held = np.stack(ex._images)
+    assert all(np.array_equal(h, v.crop.crop(f, interpolation=cv2.INTER_CUBIC)) for h, f, v in zip(held, frames, views))
+    r.reset()  # a new stream: nothing carries over
+    assert ex.count == 0 and ex.bank() is None
+    with pytest.raises(ValueError, match="frames=0"):
+        StreamExemplars(frames=0)
+
+
+def test_stream_exemplars_give_a_soft_mouth_the_streams_fine_detail_only_inside_the_mask():
+    from lipforce_sdk.exemplars import StreamExemplars
+    from lipforce_sdk.session import ChunkRenderer
+
+    cfg, frames, views = _stream_setup(6)
+    ex = StreamExemplars(frames=50)
+    r = ChunkRenderer(None, cfg, 0, exemplars=ex)
+    for f, v in zip(frames[:5], views[:5]):
+        r.composite(f, v, v.image)
+    gen = cv2.GaussianBlur(views[5].image, (0, 0), 1.5)  # the sixth mouth, soft, not held
+    out = ex.refine(gen)
+    assert lap_var(out) > 2.0 * lap_var(gen)  # the fine band is back from the stream's crops
+    sig = ex.settings["cutoff"] * cfg.stream.resolution
+    low = [cv2.GaussianBlur(x.astype(np.float32), (0, 0), sig) for x in (out, gen)]
+    assert np.abs(low[0] - low[1]).mean() < 1.5  # below the (fine) cut-off the picture is the model's
+    pasted, plain = r.composite(frames[5], views[5], gen), ChunkRenderer(None, cfg, 0).composite(frames[5], views[5], gen)
+    w = views[5].crop.frame_weight(views[5].mask.soft, frames[5].shape[:2])
+    assert np.array_equal(pasted[w == 0], frames[5][w == 0])
+    assert np.abs(pasted[w > 0.5].astype(int) - plain[w > 0.5]).mean() > 1.0
+
+
+def test_sessions_take_the_models_exemplars_else_the_streams_own():
+    from lipforce_sdk.exemplars import StreamExemplars
+    from lipforce_sdk.session import Engine, session_exemplars
+
+    eng = Engine.load(None, backend="torch")  # the bundled general model: no exemplar file
+    assert eng.exemplars is None
+    s1, s2 = eng.session(box=(16, 16, 144, 144)), eng.session(box=(16, 16, 144, 144))
+    assert isinstance(s1.renderer.exemplars, StreamExemplars) and s1.renderer.exemplars is not s2.renderer.exemplars
+    assert s1.renderer.exemplars.frames == round(2.0 * eng.config.stream.fps)
+    assert eng.session(box=(16, 16, 144, 144), exemplars=False).renderer.exemplars is None
+    eng.exemplars = own = MouthExemplars.build(mouths(), k=1)
+    assert session_exemplars(eng) is own and session_exemplars(eng, False) is None

@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=30.0, help="longest utterance accepted (text or WAV), s")
     p.add_argument("--max-wav-mb", type=float, default=4.0, help="largest WAV body accepted, MB")
     p.add_argument("--no-exemplars", action="store_true",
-                   help="paste the model's mouth as it is, not through an enrolled avatar's mouth exemplars (about "
-                        "2 ms a frame on a CPU; lipforce_sdk.exemplars)")
+                   help="paste the model's mouth as it is, not through mouth exemplars (an enrolled avatar's, or for "
+                        "a general model the avatar loop's first 2 s; about 2 ms a frame on a CPU; lipforce_sdk.exemplars)")
     p.add_argument("--stamp", action="store_true", help="write each utterance frame's number into the picture's "
                                                         "top-left corner (for measuring audio/video offset)")
 

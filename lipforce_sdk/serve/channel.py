@@ -121,7 +121,7 @@ class RenderPool:
 
     def __init__(self, engine, ahead: int = 50, silence: str | None = None, max_buffer_mb: float = 256.0,
                  exemplars: bool = True):
-        """``exemplars``: paste through an enrolled model's mouth exemplars (``Engine.session``)."""
+        """``exemplars``: paste through mouth exemplars (``Engine.session``)."""
         self.engine, self.ahead, self.silence, self.exemplars = engine, int(ahead), silence, bool(exemplars)
         self.max_buffer_mb = float(max_buffer_mb)
         self.fps = engine.config.stream.fps

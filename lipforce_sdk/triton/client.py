@@ -192,8 +192,8 @@ class RemoteEngine:
             raise InputError(f"{', '.join(given)}= cannot be sent to a Triton server; use a local Engine for them "
                              "(box=, seed=, reference=, silence= and face= are sent)")
         if not exemplars:
-            raise InputError("exemplars=False is not sent to a Triton server: its sessions paste through the mouth "
-                             "exemplars of the model it serves, where that model has them; use a local Engine")
+            raise InputError("exemplars=False is not sent to a Triton server: its sessions paste through mouth "
+                             "exemplars (the served model's own, else the stream's first seconds); use a local Engine")
         if sequence_id is not None and not 0 < int(sequence_id) < 2 ** 64:
             raise ValueError(f"sequence_id={sequence_id}: a correlation ID is an integer in [1, 2**64)")
         sid = self._new_id() if sequence_id is None else int(sequence_id)
