@@ -260,6 +260,14 @@ class FaceQuality:
     def ms_per_frame(self) -> float:
         return 1000.0 * self.seconds / max(self.frames, 1)
 
+    def sync_score(self):
+        """The lip opening against the speech as ``sync_check.score_series`` scores it (frames
+        without an opening filled from their neighbours, as ``sync`` was measured), for
+        ``null_correlations`` or ``bootstrap_correlations``; ``None`` where ``sync`` is."""
+        if self.sync is None:
+            return None
+        return score_series(_filled(self.opening), self.envelope, fps=self.fps, max_lag=MAX_LAG)
+
     def to_dict(self) -> dict:
         """Plain JSON-ready values (non-finite numbers as the strings ``"inf"``, ``"nan"``)."""
         from dataclasses import asdict
@@ -867,6 +875,13 @@ def face_quality(
         notes=tuple(notes))
 
 
+def _filled(op: np.ndarray) -> np.ndarray:
+    """``op`` with its NaNs (frames without a measurement) interpolated from their neighbours."""
+    ok = np.isfinite(op)
+    t = np.arange(op.size)
+    return np.interp(t, t[ok], op[ok])
+
+
 def _lip_sync(op: np.ndarray, env: np.ndarray, fps: float, notes: list[str]) -> LipSync | None:
     n = op.size
     ok = np.isfinite(op)
@@ -875,9 +890,7 @@ def _lip_sync(op: np.ndarray, env: np.ndarray, fps: float, notes: list[str]) -> 
         notes.append(f"lip opening vs speech not measured: {int(ok.sum())} of {n} frames have an output opening "
                      f"(need {need})")
         return None
-    t = np.arange(n)
-    filled = np.interp(t, t[ok], op[ok])
-    score = score_series(filled, env, fps=fps, max_lag=MAX_LAG)
+    score = score_series(_filled(op), env, fps=fps, max_lag=MAX_LAG)
     p95 = mx = None
     count = 0
     if n > 2 * math.ceil(NULL_SHIFT_S * fps):

@@ -41,6 +41,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -54,6 +55,7 @@ __all__ = [
     "lip_sync_correlation",
     "score_series",
     "null_correlations",
+    "bootstrap_correlations",
     "pearson",
     "read_face_boxes",
     "track_mouth",
@@ -468,3 +470,42 @@ def null_correlations(score: SyncScore, min_shift_s: float = 1.0) -> np.ndarray:
                          f"for {n} frames at {score.fps} fps")
     op, ev = _detrended(score.opening, score.envelope, score.fps, score.detrend_s)
     return np.array([max(_by_lag(op, np.roll(ev, k), score.max_lag).values()) for k in range(k0, n - k0 + 1)])
+
+
+def bootstrap_correlations(scores: Sequence[SyncScore], block_s: float = 1.0, resamples: int = 2000,
+                           seed: int = 0) -> np.ndarray:
+    """How much each score's statistic moves with the moments it happened to be measured on:
+    ``float64 [resamples, len(scores)]``, a paired moving-block bootstrap.
+
+    Each resample draws blocks of ``block_s`` seconds (whole frames, start anywhere a block and
+    its lags fit) until it holds as many frames as the clip, and scores every series on the same
+    frames: the trend removed over the whole clip as ``score_series`` does, then the best Pearson
+    correlation over the same lags (``opening[t]`` against ``envelope[t - lag]``). Paired, so the
+    differences of two columns (two models' outputs of one clip, one speech) give the spread of
+    their difference, which is narrower than either's where both follow the same speech. Blocks
+    keep a second of the series together (speech and mouth movement are correlated over tens of
+    frames; frames drawn one by one would understate the spread)."""
+    scores = list(scores)
+    if not scores:
+        raise ValueError("no scores to resample")
+    n, fps, lag = scores[0].opening.size, scores[0].fps, scores[0].max_lag
+    for sc in scores[1:]:
+        if (sc.opening.size, sc.fps, sc.max_lag) != (n, fps, lag):
+            raise ValueError("paired scores need the same frame count, fps and lags, got "
+                             f"{(sc.opening.size, sc.fps, sc.max_lag)} and {(n, fps, lag)}")
+    b = int(round(block_s * fps))
+    if not (isinstance(resamples, (int, np.integer)) and resamples >= 1):
+        raise ValueError(f"resamples must be an int >= 1, got {resamples!r}")
+    if not (b >= 3 and n - 2 * lag >= b):
+        raise ValueError(f"block_s={block_s} s is {b} frames: need >= 3 and at most the {n - 2 * lag} frames "
+                         f"a {n}-frame clip has inside its lags")
+    series = [_detrended(sc.opening, sc.envelope, sc.fps, sc.detrend_s) for sc in scores]
+    rng = np.random.default_rng(seed)
+    blocks = -(-(n - 2 * lag) // b)
+    offs = np.arange(b)
+    out = np.empty((resamples, len(scores)))
+    for r in range(resamples):
+        idx = (rng.integers(lag, n - lag - b + 1, blocks)[:, None] + offs).reshape(-1)
+        for j, (op, ev) in enumerate(series):
+            out[r, j] = max(pearson(op[idx], ev[idx - k]) for k in range(-lag, lag + 1))
+    return out

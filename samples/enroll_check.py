@@ -19,6 +19,10 @@ Every score is ``lipforce_sdk.face_quality`` on full frames (the face mesh on in
   input is the loop as the avatar shows it (ping-pong). Sharpness over the input's, skin from the
   nose tip to the upper lip (PSNR against the input), lip opening vs speech (r, null).
 
+Under each table, every model's lip r minus the base's with its spread: a paired moving-block
+bootstrap of the frames (1 s blocks, ``--bootstrap`` resamples; ``sync_check.bootstrap_correlations``),
+so that a difference of a few hundredths on 12 s of speech can be told from noise.
+
 It writes ``WORK/report.md`` (the tables and the commands), ``WORK/report.json``, the videos and a
 contact sheet per model (``WORK/sheet_*.png``; ``--sheet PATH`` also writes one picture of input,
 base and enrolled mouths side by side, for the README). Enrollment time is that of this machine.
@@ -74,6 +78,25 @@ def _table(rows, own) -> str:
     return "\n".join(lines)
 
 
+def _r_spread(rows, scores, resamples: int) -> str:
+    """One line per model: its lip r minus the base's over a paired moving-block bootstrap of the
+    frames (``sync_check.bootstrap_correlations``: 1 s blocks), median, 95 % interval, and how often
+    it falls below 0. Empty where r was not measured."""
+    from lipforce_sdk.sync_check import bootstrap_correlations
+
+    if resamples <= 0 or any(sc is None for sc in scores):
+        return ""
+    boot = bootstrap_correlations(scores, resamples=resamples)
+    parts = []
+    for j in range(1, len(rows)):
+        d = boot[:, j] - boot[:, 0]
+        lo, med, hi = np.percentile(d, [2.5, 50, 97.5])
+        parts.append(f"{rows[j]['model']} {rows[j]['sync_r'] - rows[0]['sync_r']:+.3f} (resampled: median {med:+.3f}, "
+                     f"95 % {lo:+.3f} .. {hi:+.3f}, below 0 in {100 * (d < 0).mean():.0f} %)")
+    return (f"Lip r minus the base's, paired block bootstrap of the frames (1 s blocks, {resamples} resamples): "
+            + "; ".join(parts))
+
+
 def _mouth_sheet(path, inputs, outputs, labels, frames):
     """One PNG: per picked frame a column; rows = input, then each model's output, as eye-aligned
     mouth crops (the input's face mesh), 2x."""
@@ -126,15 +149,16 @@ def _new_speech(speech_path, out, runs, work, prefix):
     inp, wav = work / f"{prefix}loop_input.mp4", work / "speech.wav"
     write_wav(wav, speech)
     write_video(inp, av.stream_frames(n), 25)
-    rows, outs = [], []
+    rows, outs, scores = [], [], []
     for name, eng, ex in runs:
         tag = prefix + name.replace(", no ", "_no_")
         o = work / f"{tag}.mp4"
         run_avatar(eng, Avatar.load(out), wav, o, exemplars=ex)
         q = _quality(inp, o, wav, False, work / f"sheet_{tag}.png")
         rows.append(_row(name, q, False))
+        scores.append(q.sync_score())
         outs.append(read_video(o)[0])
-    return rows, outs, read_video(inp)[0], _loudest(speech, n)
+    return rows, outs, read_video(inp)[0], _loudest(speech, n), scores
 
 
 def main(argv=None) -> int:
@@ -159,6 +183,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep an enrolled model found in WORK/avatar")
     ap.add_argument("--sheet", default=None, help="also write a side-by-side PNG of the mouths here")
+    ap.add_argument("--bootstrap", type=int, default=2000,
+                    help="resamples of the paired block bootstrap of lip r against the base's (0: none)")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -185,6 +211,7 @@ def main(argv=None) -> int:
     if enrolled.exemplars is not None:
         runs.append(("enrolled, no exemplars", enrolled, False))
     rows, outs, labels = [], [], [name.replace("enrolled, no exemplars", "no exemplars") for name, _, _ in runs]
+    scores = []
     if a.kind == "talking":
         frames, fps = read_video(a.source)
         if abs(fps - 25.0) > 1e-3:
@@ -205,6 +232,7 @@ def main(argv=None) -> int:
             run_clip(eng, inp, wav, o, exemplars=ex)
             q = _quality(inp, o, wav, True, work / f"sheet_{tag}.png")
             rows.append(_row(name, q, True))
+            scores.append(q.sync_score())
             outs.append(read_video(o)[0])
         ctl = _quality(inp, inp, wav, True, None)
         report["held_out"] = {"start_s": end, "frames": n}
@@ -212,11 +240,11 @@ def main(argv=None) -> int:
         ap.error("idle / photo need --speech (the new speech that drives the avatar)")
     if a.speech is not None:  # the kiosk's case: the prepared avatar streamed from new speech alone
         prefix = "speech_" if a.kind == "talking" else ""
-        sp_rows, sp_outs, sp_inputs, peaks = _new_speech(a.speech, out, runs, work, prefix)
+        sp_rows, sp_outs, sp_inputs, peaks, sp_scores = _new_speech(a.speech, out, runs, work, prefix)
         if a.kind == "talking":
             report["new_speech_rows"] = sp_rows
         else:
-            rows, outs, inputs = sp_rows, sp_outs, sp_inputs
+            rows, outs, inputs, scores = sp_rows, sp_outs, sp_inputs, sp_scores
     own = a.kind == "talking"
     report["rows"] = rows
     text = [f"# Enrollment check: {a.kind} `{Path(a.source).name}`", "",
@@ -224,13 +252,13 @@ def main(argv=None) -> int:
             f"({report['enrollment']['config']['decoder_steps']} decoder steps, "
             f"{report['enrollment']['config']['dit_steps']} DiT steps); enrollment "
             f"{sum(report['enrollment']['seconds'].values()) / 60:.1f} min on this machine", "",
-            _table(rows, own), ""]
+            _table(rows, own), "", _r_spread(rows, scores, a.bootstrap), ""]
     if own:
         text.append(f"H.264 re-encode control of the held-out frames: lip {ctl.pixels.lip_psnr_db:.2f} dB / "
                     f"{ctl.pixels.lip_ssim:.4f}, sharpness {ctl.pixels.sharpness_ratio:.3f}")
         if a.speech is not None:
             text += ["", f"The avatar's loop streamed from new speech alone (`{Path(a.speech).name}`):", "",
-                     _table(sp_rows, False)]
+                     _table(sp_rows, False), "", _r_spread(sp_rows, sp_scores, a.bootstrap)]
     text.append("\ncommand: python samples/enroll_check.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     (work / "report.md").write_text("\n".join(text) + "\n")
     (work / "report.json").write_text(json.dumps(report, indent=1, default=str))

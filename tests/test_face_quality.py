@@ -123,6 +123,9 @@ def test_identical_output_scores_perfect(clip, speech, models):
     # the photo's mouth does not move: its opening does not follow the speech
     assert q.sync is not None and q.sync.null_p95 is not None and q.sync.null_count > 0
     assert q.sync.r < 0.5, q.sync
+    sc = q.sync_score()  # the series behind q.sync, for the null or a bootstrap
+    assert sc.correlation == pytest.approx(q.sync.r, abs=1e-12) and sc.lag == q.sync.lag
+    assert sc.opening.size == N and np.all(np.isfinite(sc.opening))
 
 
 def test_blurred_lower_face_loses_sharpness_and_skin_psnr(clip, speech, models, points):

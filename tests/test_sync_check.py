@@ -260,3 +260,47 @@ def test_lipforce_run_output_moves_the_mouth_with_the_speech(sample, tmp_path, c
     assert r_gap > 0.5, f"output mouth opening vs exact target lip gap: r = {r_gap:.3f}"
     # and the command says so
     assert f"output {score.correlation:.2f}" in printed, printed
+
+
+def _speechlike(n: int, seed: int) -> np.ndarray:
+    """A smooth random envelope-like series (syllable-rate bumps)."""
+    rng = np.random.default_rng(seed)
+    return np.convolve(rng.normal(0, 1, n + 8), np.hanning(9), mode="valid")[:n]
+
+
+def test_bootstrap_spread_is_paired_and_narrows_with_length():
+    from lipforce_sdk.sync_check import bootstrap_correlations, score_series
+
+    env = _speechlike(300, 0)
+    rng = np.random.default_rng(1)
+    good = score_series(env + rng.normal(0, 0.8, 300), env)
+    same = score_series(good.opening.copy(), env)
+    weak = score_series(env + rng.normal(0, 3.0, 300), env)
+    boot = bootstrap_correlations([good, same, weak], resamples=400)
+    assert boot.shape == (400, 3)
+    assert np.array_equal(boot[:, 0], boot[:, 1])  # the same series on the same frames: difference 0 every time
+    assert abs(np.median(boot[:, 0]) - good.correlation) < 0.05  # centred on what the whole clip scores
+    assert np.percentile(boot[:, 0] - boot[:, 2], 2.5) > 0  # the clearly better mouth stays better
+    lo, hi = np.percentile(boot[:, 0], [2.5, 97.5])
+    assert lo < good.correlation < hi
+    assert np.array_equal(boot, bootstrap_correlations([good, same, weak], resamples=400))  # seeded
+    env4 = _speechlike(1200, 0)
+    long = score_series(env4 + np.random.default_rng(1).normal(0, 0.8, 1200), env4)
+    wide = np.subtract(*np.percentile(boot[:, 0], [97.5, 2.5]))
+    narrow = np.subtract(*np.percentile(bootstrap_correlations([long], resamples=400)[:, 0], [97.5, 2.5]))
+    assert narrow < 0.8 * wide  # four times the frames: a narrower interval
+
+
+def test_bootstrap_refuses_unpaired_series_and_bad_blocks():
+    from lipforce_sdk.sync_check import bootstrap_correlations, score_series
+
+    env = _speechlike(100, 0)
+    a, b = score_series(env, env), score_series(env[:90], env[:90])
+    with pytest.raises(ValueError, match="same frame count"):
+        bootstrap_correlations([a, b])
+    with pytest.raises(ValueError, match="block_s"):
+        bootstrap_correlations([a], block_s=5.0)
+    with pytest.raises(ValueError, match="resamples"):
+        bootstrap_correlations([a], resamples=0)
+    with pytest.raises(ValueError, match="no scores"):
+        bootstrap_correlations([])
