@@ -43,8 +43,8 @@ import numpy as np
 
 from .geometry import CropSpec
 
-__all__ = ["MouthExemplars", "StreamExemplars", "STREAM_SECONDS", "STREAM_CUTOFF", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
-           "name_exemplars", "carry_exemplars"]
+__all__ = ["MouthExemplars", "StreamExemplars", "STREAM_SECONDS", "STREAM_CUTOFF", "pixel_median", "EXEMPLARS_FILE",
+           "load_exemplars", "manifest_entry", "copy_exemplars", "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
 KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
