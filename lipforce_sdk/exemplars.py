@@ -35,6 +35,7 @@ runtime path.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,8 @@ import numpy as np
 
 from .geometry import CropSpec
 
-__all__ = ["MouthExemplars", "StreamExemplars", "STREAM_SECONDS", "STREAM_CUTOFF", "pixel_median", "EXEMPLARS_FILE",
-           "load_exemplars", "manifest_entry", "copy_exemplars", "name_exemplars", "carry_exemplars"]
+__all__ = ["MouthExemplars", "StreamExemplars", "STREAM_SECONDS", "STREAM_CUTOFF", "STREAM_MAX_SIZE", "pixel_median",
+           "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars", "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
 KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
@@ -53,6 +54,7 @@ KEY_BLUR = 3.0 / 128  # the key's blur, in crop sides: the generated mouth is so
 JPEG_QUALITY = 95
 STREAM_SECONDS = 2.0  # a general model's exemplars: the crops of the stream's first seconds with a face
 STREAM_CUTOFF = 1.0 / 64  # ... of which only the band above this (crop sides) is used
+STREAM_MAX_SIZE = 256  # ... cut at the face's own size in the frame, up to this many pixels
 
 
 def _key_box(size: int) -> tuple[int, int, int, int]:
@@ -121,6 +123,10 @@ class MouthExemplars:
     @property
     def size(self) -> int:
         return int(self.images.shape[1])
+
+    def size_for(self, crop) -> int:
+        """The side in pixels at which a generated crop is refined and pasted: the exemplars' own."""
+        return self.size
 
     @classmethod
     def build(cls, crops: np.ndarray, max_items: int = 600, **kw) -> "MouthExemplars":
@@ -217,14 +223,21 @@ class StreamExemplars:
     just pasted (its crop cut again with cubic interpolation, as an enrollment cuts its exemplars)
     until ``frames`` distinct crops are held; ``refine`` as ``MouthExemplars.refine`` over what is
     held so far (``k`` shrinks to the count while fewer are held; with none, the crop as it is).
-    ``reset`` forgets them (a new stream, or the face came back and may be someone else's)."""
+    ``reset`` forgets them (a new stream, or the face came back and may be someone else's).
+
+    Where the face is larger in the frame than the model's crop, the model's picture holds less
+    detail than the frame: the crops are then kept at the face's own size (``size_for``: the
+    aligned crop's side in frame pixels rounded up to 16, at most ``max_size``, fixed by the
+    stream's first frame), and the generated crop, enlarged to that size, takes its fine band from
+    them before it is pasted."""
 
     def __init__(self, frames: int, k: int = MouthExemplars.k, cutoff: float = STREAM_CUTOFF,
-                 near: float = MouthExemplars.near, far: float = MouthExemplars.far):
+                 near: float = MouthExemplars.near, far: float = MouthExemplars.far, max_size: int = STREAM_MAX_SIZE):
         if frames < 1:
             raise ValueError(f"frames={frames} must be >= 1")
         self.frames, self.settings = int(frames), {"k": int(k), "cutoff": float(cutoff), "near": float(near),
                                                    "far": float(far)}
+        self.max_size = int(max_size)
         self.reset()
 
     @classmethod
@@ -236,6 +249,16 @@ class StreamExemplars:
         self._keys: list[np.ndarray] = []
         self._seen: set[int] = set()
         self._bank: MouthExemplars | None = None
+        self._size: int | None = None
+
+    def size_for(self, crop) -> int:
+        """The side in pixels at which this stream's crops are kept, refined and pasted: ``crop``'s
+        (a ``geometry.AlignedCrop``) own where the face is no larger in the frame, else the face's
+        size in the frame (up to ``max_size``); set by the first crop after a reset."""
+        if self._size is None:
+            native = 16 * math.ceil(crop.side / 16 - 1e-6)
+            self._size = int(max(crop.size, min(self.max_size, native)))
+        return self._size
 
     @property
     def count(self) -> int:

@@ -220,6 +220,10 @@ class AlignedCrop:
         """Frame pixels per crop pixel."""
         return self.side / self.size
 
+    def at_size(self, size: int) -> "AlignedCrop":
+        """The same region of the frame, cut at ``size`` pixels."""
+        return replace(self, size=int(size))
+
     def to_frame_affine(self) -> np.ndarray:
         """2x3: crop continuous coordinates -> frame continuous coordinates."""
         s = self.scale
@@ -279,12 +283,14 @@ class AlignedCrop:
     def paste(self, frame: np.ndarray, crop_img: np.ndarray, weight: np.ndarray) -> np.ndarray:
         """``frame * (1 - w) + crop * w`` with ``w`` = ``weight`` ``[S, S]`` mapped into the frame;
         a new frame. Where the mapped weight is 0 (everywhere outside its support) the frame's
-        pixels are returned exactly as they were."""
+        pixels are returned exactly as they were. ``crop_img`` is this region cut at ``S`` pixels,
+        or at any other square size (``at_size``: a picture with more detail than the crop's
+        size holds); the weights map from ``S`` either way, so the pixels left alone are the same."""
         f = _check_frame(frame)
         c = _check_frame(crop_img, "crop_img")
         s = self.size
-        if c.shape[:2] != (s, s):
-            raise ValueError(f"crop_img must be [{s}, {s}, 3] like the crop, got shape {c.shape}")
+        if c.shape[0] != c.shape[1]:
+            raise ValueError(f"crop_img must be square [N, N, 3] (this crop at some size), got shape {c.shape}")
         w = np.asarray(weight, np.float32)
         if w.shape != (s, s):
             raise ValueError(f"weight must be [{s}, {s}] like the crop, got shape {w.shape}")
@@ -301,15 +307,18 @@ class AlignedCrop:
         rx1, ry1 = min(wd, int(math.ceil(p[:, 0].max()))), min(h, int(math.ceil(p[:, 1].max())))
         if rx1 <= rx0 or ry1 <= ry0:
             return out
-        # frame index (X, Y) of the region -> crop index
-        inv = self.to_crop_affine()
-        m = self._index_affine(inv)
-        m[:, 2] += m[:, :2] @ np.array([rx0, ry0])
+        # frame index (X, Y) of the region -> crop index (of the weights, and of the picture at its size)
+        def region_map(crop: "AlignedCrop") -> np.ndarray:
+            m = crop._index_affine(crop.to_crop_affine())
+            m[:, 2] += m[:, :2] @ np.array([rx0, ry0])
+            return m
+
+        pic = self if c.shape[0] == s else self.at_size(c.shape[0])
         size = (rx1 - rx0, ry1 - ry0)
-        src = _antialias(c, 1.0 / self.scale)
-        warped = cv2.warpAffine(src, m, size, flags=PASTE_INTERPOLATION | cv2.WARP_INVERSE_MAP,
+        src = _antialias(c, 1.0 / pic.scale)
+        warped = cv2.warpAffine(src, region_map(pic), size, flags=PASTE_INTERPOLATION | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
-        wgt = cv2.warpAffine(w, m, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        wgt = cv2.warpAffine(w, region_map(self), size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)[..., None]
         roi = out[ry0:ry1, rx0:rx1].astype(np.float32)
         blended = roi + (warped - roi) * wgt  # exactly roi where wgt == 0

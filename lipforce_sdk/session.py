@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 
 from .audio import LogMelStream
@@ -409,12 +410,18 @@ class ChunkRenderer:
     def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
         """The generated crop pasted into the frame with the mouth mask's soft weights (through
         the mouth exemplars first, where the renderer has them). Exemplars gathered from the
-        stream take this frame's crop after it is pasted: a frame never finds its own mouth."""
-        if self.exemplars is not None:
-            gen = self.exemplars.refine(gen)
-        out = view.crop.paste(frame, gen, view.mask.soft)
-        if isinstance(self.exemplars, StreamExemplars):
-            self.exemplars.add(frame, view.crop)
+        stream take this frame's crop after it is pasted: a frame never finds its own mouth.
+        Where they are kept at the face's own size in the frame (``StreamExemplars.size_for``), the
+        generated crop is enlarged to it (bicubic) and pasted from there."""
+        ex = self.exemplars
+        if ex is None:
+            return view.crop.paste(frame, gen, view.mask.soft)
+        size = ex.size_for(view.crop)
+        if size != gen.shape[0]:
+            gen = cv2.resize(gen, (size, size), interpolation=cv2.INTER_CUBIC)
+        out = view.crop.paste(frame, ex.refine(gen), view.mask.soft)
+        if isinstance(ex, StreamExemplars):
+            ex.add(frame, view.crop.at_size(size))
         return out
 
 

@@ -260,3 +260,89 @@ def test_sessions_take_the_models_exemplars_else_the_streams_own():
     assert eng.session(box=(16, 16, 144, 144), exemplars=False).renderer.exemplars is None
     eng.exemplars = own = MouthExemplars.build(mouths(), k=1)
     assert session_exemplars(eng) is own and session_exemplars(eng, False) is None
+
+
+@pytest.mark.parametrize("angle,size", [(0.0, 208), (0.3, 176), (-0.7, 256)])
+def test_a_picture_at_another_size_pastes_where_the_crops_own_weights_say(angle, size):
+    """``AlignedCrop.paste`` of a picture cut at another size than the weights: the frame pixels
+    it leaves alone are exactly those the weights' own paste leaves alone, and a picture that is
+    the crop enlarged pastes (almost) as the crop itself does."""
+    from lipforce_sdk.config import from_name
+    from lipforce_sdk.geometry import AlignedCrop, FaceKeypoints
+    from lipforce_sdk.session import FramePreparer
+
+    cfg = from_name("tiny")
+    s = cfg.stream.resolution
+    rng = np.random.default_rng(int(size))
+    frame = rng.integers(0, 256, (400, 360, 3), dtype=np.uint8)
+    view = FramePreparer(cfg)(frame, FaceKeypoints.template((20, 30, 320, 330)))
+    crop = AlignedCrop(view.crop.centre, view.crop.side, angle, s)
+    soft = view.mask.soft
+    w_frame = crop.frame_weight(soft, frame.shape[:2])
+    pic = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    out = crop.paste(frame, pic, soft)
+    assert np.array_equal(out[w_frame == 0], frame[w_frame == 0])
+    assert np.any(out != frame, axis=-1)[w_frame > 0.1].mean() > 0.9  # and it pastes where the mask is
+    smooth = cv2.GaussianBlur(rng.integers(0, 256, (s, s, 3), dtype=np.uint8), (0, 0), 3.0)
+    own = crop.paste(frame, smooth, soft)
+    enlarged = crop.paste(frame, cv2.resize(smooth, (size, size), interpolation=cv2.INTER_CUBIC), soft)
+    assert np.array_equal(own[w_frame == 0], enlarged[w_frame == 0])
+    assert np.abs(own.astype(int) - enlarged)[w_frame > 0].max() <= 3
+    with pytest.raises(ValueError, match="square"):
+        crop.paste(frame, pic[:, :-1], soft)
+
+
+def test_stream_exemplars_work_at_the_faces_own_size_where_it_is_larger_than_the_crop():
+    """A face twice the model's crop in the frame: the stream's crops are kept at its own size
+    (rounded up to 16, at most ``max_size``), the generated crop is enlarged to it and takes back
+    the frame's fine detail, which the model's size cannot hold; nothing outside the mask moves."""
+    from lipforce_sdk.config import from_name
+    from lipforce_sdk.exemplars import StreamExemplars
+    from lipforce_sdk.geometry import FaceKeypoints
+    from lipforce_sdk.session import ChunkRenderer, FramePreparer
+
+    cfg = from_name("tiny")
+    s = cfg.stream.resolution
+    prep = FramePreparer(cfg)
+    box = (30, 40, 530, 540)
+    probe = prep(np.zeros((600, 560, 3), np.uint8), FaceKeypoints.template(box))
+    native = 16 * int(np.ceil(probe.crop.side / 16))
+    assert probe.crop.side > 1.5 * s  # the face is larger in the frame than the model's crop
+    frames, views = [], []
+    for m in mouths(6):
+        face = cv2.resize(m, (native, native), interpolation=cv2.INTER_CUBIC)
+        rng = np.random.default_rng(0)
+        face = np.clip(face.astype(np.float32) + rng.normal(0, 10, face.shape[:2])[..., None], 0, 255).astype(np.uint8)
+        frame = probe.crop.at_size(native).paste(np.full((600, 560, 3), 90, np.uint8), face,
+                                                 np.ones((native, native), np.float32))
+        frames.append(frame)
+        views.append(prep(frame, FaceKeypoints.template(box)))
+    ex = StreamExemplars(frames=50)
+    r = ChunkRenderer(None, cfg, 0, exemplars=ex)
+    for f, v in zip(frames[:5], views[:5]):
+        r.composite(f, v, v.image)
+    assert ex.size_for(views[0].crop) == native and ex.bank().images.shape[1:3] == (native, native)
+    gen = views[5].image  # the model's crop of the sixth frame: all it can hold at its size
+    detailed = r.composite(frames[5], views[5], gen)
+    plain = ChunkRenderer(None, cfg, 0).composite(frames[5], views[5], gen)
+    w = views[5].crop.frame_weight(views[5].mask.soft, frames[5].shape[:2])
+    assert np.array_equal(detailed[w == 0], frames[5][w == 0])
+
+    def fine(img):  # the band a 128 px picture of this face cannot hold, inside the mask
+        g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return (g - cv2.GaussianBlur(g, (0, 0), 1.5))[w > 0.9]
+
+    truth = fine(frames[5])
+    corr = [np.corrcoef(fine(x), truth)[0, 1] for x in (detailed, plain)]
+    # twice the fine detail of the plain paste, no more than the frame has, and the frame's own
+    # (unrelated detail would lower the correlation with it)
+    assert 2.0 * fine(plain).var() < fine(detailed).var() < 1.2 * truth.var()
+    assert corr[0] > corr[1] > 0.5
+    small = StreamExemplars(frames=5, max_size=160)
+    assert small.size_for(views[0].crop) == 160
+    r2 = ChunkRenderer(None, cfg, 0, exemplars=small)
+    r2.composite(frames[0], views[0], gen)
+    r2.reset()
+    assert small._size is None and small.count == 0
+    tiny_face = prep(np.zeros((600, 560, 3), np.uint8), FaceKeypoints.template((100, 100, 300, 300)))
+    assert StreamExemplars(frames=5).size_for(tiny_face.crop) == s  # no larger than the crop: the crop's own size
