@@ -346,3 +346,19 @@ def test_stream_exemplars_work_at_the_faces_own_size_where_it_is_larger_than_the
     assert small._size is None and small.count == 0
     tiny_face = prep(np.zeros((600, 560, 3), np.uint8), FaceKeypoints.template((100, 100, 300, 300)))
     assert StreamExemplars(frames=5).size_for(tiny_face.crop) == s  # no larger than the crop: the crop's own size
+
+
+def test_exemplar_cost_sample_prints_its_table(capsys):
+    """``samples/exemplar_cost.py`` on the bundled photo clip (a face smaller than the crop: both
+    exemplar settings work at the crop's size) prints one row per paste, with the detail each
+    keeps; the exemplars give back detail that the plain paste of a softened crop lacks."""
+    from conftest import load_sample
+
+    mod = load_sample("exemplar_cost")
+    assert mod.main(["--frames", "6", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[1].strip().split(" (")[0] for r in rows] == ["plain paste", "exemplars at the crop", "exemplars at the face's size"]
+    assert [int(r[2]) for r in rows] == [128, 128, 128]
+    detail = [float(r[5]) for r in rows]
+    assert detail[1] > detail[0] + 0.1 and detail[2] > detail[0] + 0.1
