@@ -28,8 +28,11 @@ crops of the first ``STREAM_SECONDS`` of frames it pastes, each added after its 
 (a frame never finds itself; the first frame finds nothing). Those seconds show a few mouth shapes
 of the person, not hundreds, so only the finest band is taken from them (``STREAM_CUTOFF``, a
 quarter of the enrolled cut-off: skin, lip edges and teeth texture, not where the lips are); the
-model keeps the shape. Measured in BENCHMARKS.md section 6. NumPy and OpenCV only: no torch on the
-runtime path.
+model keeps the shape. Where the face is larger in the frame than the model's crop, they are kept
+at the face's own size, and the generated crop is enlarged to it before it takes their detail.
+An enrolled avatar's sessions use its own exemplars first and the stream's only for that detail
+above the crop's size (``LayeredExemplars``). Measured in BENCHMARKS.md sections 6 and 8. NumPy and
+OpenCV only: no torch on the runtime path.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ import numpy as np
 
 from .geometry import CropSpec
 
-__all__ = ["MouthExemplars", "StreamExemplars", "STREAM_SECONDS", "STREAM_CUTOFF", "STREAM_MAX_SIZE", "pixel_median",
-           "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars", "name_exemplars", "carry_exemplars"]
+__all__ = ["MouthExemplars", "StreamExemplars", "LayeredExemplars", "STREAM_SECONDS", "STREAM_CUTOFF",
+           "STREAM_MAX_SIZE", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
+           "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
 KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
@@ -127,6 +131,10 @@ class MouthExemplars:
     def size_for(self, crop) -> int:
         """The side in pixels at which a generated crop is refined and pasted: the exemplars' own."""
         return self.size
+
+    def detail(self, gen: np.ndarray, crop) -> np.ndarray:
+        """The picture a session pastes for the generated crop ``gen`` of ``crop``: ``refine(gen)``."""
+        return self.refine(gen)
 
     @classmethod
     def build(cls, crops: np.ndarray, max_items: int = 600, **kw) -> "MouthExemplars":
@@ -269,11 +277,11 @@ class StreamExemplars:
         return len(self._images) >= self.frames
 
     def add(self, frame: np.ndarray, crop) -> bool:
-        """Keep ``crop`` (a ``geometry.AlignedCrop``) of ``frame`` while fewer than ``frames`` are
-        held; a crop seen before is not kept twice. True where it was kept."""
+        """Keep ``crop`` (a ``geometry.AlignedCrop``) of ``frame``, cut at ``size_for(crop)``, while
+        fewer than ``frames`` are held; a crop seen before is not kept twice. True where it was kept."""
         if self.full:
             return False
-        image = crop.crop(frame, interpolation=cv2.INTER_CUBIC)
+        image = crop.at_size(self.size_for(crop)).crop(frame, interpolation=cv2.INTER_CUBIC)
         h = hash(image.tobytes())
         if h in self._seen:
             return False
@@ -293,6 +301,40 @@ class StreamExemplars:
     def refine(self, gen: np.ndarray) -> np.ndarray:
         b = self.bank()
         return np.asarray(gen).copy() if b is None else b.refine(gen)
+
+    def detail(self, gen: np.ndarray, crop) -> np.ndarray:
+        """The picture a session pastes for the generated crop ``gen`` of ``crop``: enlarged to
+        ``size_for(crop)`` (bicubic) where that is larger, then ``refine``d."""
+        size = self.size_for(crop)
+        if size != gen.shape[0]:
+            gen = cv2.resize(gen, (size, size), interpolation=cv2.INTER_CUBIC)
+        return self.refine(gen)
+
+
+class LayeredExemplars:
+    """An enrolled avatar's exemplars (``own``, at the model's crop size) and, where the face is
+    larger in the frame than that crop, the stream's (``stream``) for the detail above it: the
+    generated crop is refined by ``own``, then enlarged and refined by ``stream`` at the face's
+    size. Where the face is no larger than the crop, exactly ``own`` (the stream keeps nothing)."""
+
+    def __init__(self, own: MouthExemplars, stream: StreamExemplars):
+        self.own, self.stream = own, stream
+
+    def _larger(self, crop) -> bool:
+        return self.stream.size_for(crop) > self.own.size
+
+    def size_for(self, crop) -> int:
+        return self.stream.size_for(crop) if self._larger(crop) else self.own.size
+
+    def detail(self, gen: np.ndarray, crop) -> np.ndarray:
+        g = self.own.refine(gen)
+        return self.stream.detail(g, crop) if self._larger(crop) else g
+
+    def add(self, frame: np.ndarray, crop) -> bool:
+        return self._larger(crop) and self.stream.add(frame, crop)
+
+    def reset(self) -> None:
+        self.stream.reset()
 
 
 def load_exemplars(model_dir: str | Path | None, manifest: dict | None = None) -> MouthExemplars | None:

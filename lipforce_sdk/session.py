@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from .audio import LogMelStream
@@ -23,7 +22,7 @@ from .backends.base import Backend, BackendError, host_array
 from .batching import stream_scope
 from .cache_plan import RingCachePlanner
 from .config import ModelConfig
-from .exemplars import StreamExemplars
+from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
 from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, mouth_mask_for
 from .sampler import fill_hole, hole_of, two_step_sample
@@ -262,7 +261,7 @@ class ChunkRenderer:
     def __init__(self, backend: Backend, cfg: ModelConfig, seed: int, silence: str | None = None,
                  exemplars=None):
         self.backend, self.cfg, self.seed = backend, cfg, seed
-        self.exemplars = exemplars  # lipforce_sdk.exemplars.MouthExemplars, or None
+        self.exemplars = exemplars  # lipforce_sdk.exemplars: Mouth-, Stream- or LayeredExemplars, or None
         self.silence = silence_mode(cfg, silence)
         self.gate = SilenceGate(cfg.audio, cfg.stream.fps) if self.silence == "still" else None
         a = cfg.audio
@@ -404,7 +403,7 @@ class ChunkRenderer:
         self._held = None  # the silence gate's held mouth latents [1, z, h, w]
         if self.gate is not None:
             self.gate.reset()
-        if isinstance(self.exemplars, StreamExemplars):
+        if hasattr(self.exemplars, "reset"):  # gathered from the stream
             self.exemplars.reset()
 
     def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
@@ -412,27 +411,26 @@ class ChunkRenderer:
         the mouth exemplars first, where the renderer has them). Exemplars gathered from the
         stream take this frame's crop after it is pasted: a frame never finds its own mouth.
         Where they are kept at the face's own size in the frame (``StreamExemplars.size_for``), the
-        generated crop is enlarged to it (bicubic) and pasted from there."""
+        generated crop is enlarged to it (bicubic) and pasted from there (``detail``)."""
         ex = self.exemplars
         if ex is None:
             return view.crop.paste(frame, gen, view.mask.soft)
-        size = ex.size_for(view.crop)
-        if size != gen.shape[0]:
-            gen = cv2.resize(gen, (size, size), interpolation=cv2.INTER_CUBIC)
-        out = view.crop.paste(frame, ex.refine(gen), view.mask.soft)
-        if isinstance(ex, StreamExemplars):
-            ex.add(frame, view.crop.at_size(size))
+        out = view.crop.paste(frame, ex.detail(gen, view.crop), view.mask.soft)
+        if hasattr(ex, "add"):  # gathered from the stream
+            ex.add(frame, view.crop)
         return out
 
 
 def session_exemplars(engine, exemplars: bool = True):
-    """The mouth exemplars a new stream of ``engine`` pastes through: the model's own (an enrolled
-    avatar's, ``lipforce_sdk.exemplars``), else the stream's own first seconds (``StreamExemplars``,
-    one per stream); ``None`` with ``exemplars=False``."""
+    """The mouth exemplars a new stream of ``engine`` pastes through: the stream's own first seconds
+    (``StreamExemplars``, one per stream), after the model's own where it has them (an enrolled
+    avatar's, ``lipforce_sdk.exemplars``; ``LayeredExemplars``: the stream's then only add the
+    detail of a face larger than the crop); ``None`` with ``exemplars=False``."""
     if not exemplars:
         return None
     own = getattr(engine, "exemplars", None)
-    return own if own is not None else StreamExemplars.for_fps(engine.config.stream.fps)
+    stream = StreamExemplars.for_fps(engine.config.stream.fps)
+    return stream if own is None else LayeredExemplars(own, stream)
 
 
 def silence_mode(cfg: ModelConfig, silence: str | None) -> str:

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     bank = int(round(2.0 * cfg.stream.fps))
     frames = read_video(a.video)[0][:bank + a.frames]
     if len(frames) <= bank:
-        print(f"error: {a.video} has {len(frames)} frames; needs more than {bank} (2 s) to time anything", file=sys.stderr)
+        print(f"error: {a.video} has {len(frames)} frames; needs more than {bank} (2 s) to time anything",
+              file=sys.stderr)
         return 2
     src, prep = MeshFaceSource(), FramePreparer(cfg)
     views = []

@@ -89,7 +89,7 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
     # the avatar's own mouths, from its training crops, for the runtime's paste (lipforce_sdk.exemplars)
     assert m["exemplars"]["file"] == "exemplars.npz" and (out / "exemplars.npz").is_file()
     assert eng.exemplars is not None and len(eng.exemplars.images) == m["exemplars"]["count"] >= eng.exemplars.k
-    assert eng.session(box=(16, 16, 144, 144)).renderer.exemplars is eng.exemplars
+    assert eng.session(box=(16, 16, 144, 144)).renderer.exemplars.own is eng.exemplars  # then the stream's, for a large face
     assert eng.session(box=(16, 16, 144, 144), exemplars=False).renderer.exemplars is None
     # a talking clip's model learned the person's pauses: its sessions show its own mouth in silence
     assert m["config"]["stream"]["silence"] == "model" and "**Silence:**" in card

@@ -249,7 +249,7 @@ def test_stream_exemplars_give_a_soft_mouth_the_streams_fine_detail_only_inside_
 
 
 def test_sessions_take_the_models_exemplars_else_the_streams_own():
-    from lipforce_sdk.exemplars import StreamExemplars
+    from lipforce_sdk.exemplars import LayeredExemplars, StreamExemplars
     from lipforce_sdk.session import Engine, session_exemplars
 
     eng = Engine.load(None, backend="torch")  # the bundled general model: no exemplar file
@@ -259,7 +259,9 @@ def test_sessions_take_the_models_exemplars_else_the_streams_own():
     assert s1.renderer.exemplars.frames == round(2.0 * eng.config.stream.fps)
     assert eng.session(box=(16, 16, 144, 144), exemplars=False).renderer.exemplars is None
     eng.exemplars = own = MouthExemplars.build(mouths(), k=1)
-    assert session_exemplars(eng) is own and session_exemplars(eng, False) is None
+    layered = session_exemplars(eng)
+    assert isinstance(layered, LayeredExemplars) and layered.own is own and session_exemplars(eng, False) is None
+    assert isinstance(layered.stream, StreamExemplars) and layered.stream is not session_exemplars(eng).stream
 
 
 @pytest.mark.parametrize("angle,size", [(0.0, 208), (0.3, 176), (-0.7, 256)])
@@ -362,3 +364,49 @@ def test_exemplar_cost_sample_prints_its_table(capsys):
     assert [int(r[2]) for r in rows] == [128, 128, 128]
     detail = [float(r[5]) for r in rows]
     assert detail[1] > detail[0] + 0.1 and detail[2] > detail[0] + 0.1
+
+
+def test_an_enrolled_avatars_exemplars_take_the_streams_detail_only_where_the_face_is_larger():
+    """``LayeredExemplars``: where the face is no larger than the crop, the paste is exactly the
+    enrolled exemplars' (the stream keeps nothing); where it is larger, the enrolled exemplars'
+    picture is enlarged to the face's size and takes the stream's fine detail on top."""
+    from lipforce_sdk.config import from_name
+    from lipforce_sdk.exemplars import LayeredExemplars, StreamExemplars
+    from lipforce_sdk.geometry import FaceKeypoints
+    from lipforce_sdk.session import ChunkRenderer, FramePreparer
+
+    cfg = from_name("tiny")
+    s = cfg.stream.resolution
+    own = MouthExemplars.build(np.stack([cv2.resize(m, (s, s), interpolation=cv2.INTER_CUBIC) for m in mouths()]), k=1,
+                               far=1e4)
+    cfg_, frames, views = _stream_setup(6)  # a face no larger than the crop
+    lay = LayeredExemplars(own, StreamExemplars(frames=50))
+    r, r_own = ChunkRenderer(None, cfg, 0, exemplars=lay), ChunkRenderer(None, cfg, 0, exemplars=own)
+    for f, v in zip(frames, views):
+        gen = cv2.GaussianBlur(v.image, (0, 0), 1.5)
+        assert np.array_equal(r.composite(f, v, gen), r_own.composite(f, v, gen))
+    assert lay.stream.count == 0 and lay.size_for(views[0].crop) == s
+
+    prep = FramePreparer(cfg)
+    box = (30, 40, 530, 540)  # a face about 1.7x the crop
+    probe = prep(np.zeros((600, 560, 3), np.uint8), FaceKeypoints.template(box))
+    native = 16 * int(np.ceil(probe.crop.side / 16))
+    face = cv2.resize(mouths()[2], (native, native), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    face += np.random.default_rng(1).normal(0, 10, face.shape[:2])[..., None]  # detail finer than the crop holds
+    frame = probe.crop.at_size(native).paste(np.full((600, 560, 3), 90, np.uint8), np.clip(face, 0, 255).astype(np.uint8),
+                                             np.ones((native, native), np.float32))
+    view = prep(frame, FaceKeypoints.template(box))
+    lay = LayeredExemplars(own, StreamExemplars(frames=50))
+    r = ChunkRenderer(None, cfg, 0, exemplars=lay)
+    gen = cv2.GaussianBlur(view.image, (0, 0), 1.5)
+    first = r.composite(frame, view, gen)  # nothing held yet: the enrolled picture, enlarged
+    size = lay.size_for(view.crop)
+    assert size > s and lay.stream.count == 1
+    expect = view.crop.paste(frame, cv2.resize(own.refine(gen), (size, size), interpolation=cv2.INTER_CUBIC), view.mask.soft)
+    assert np.array_equal(first, expect)
+    second = r.composite(frame, view, gen)  # the same frame held: its fine detail comes back
+    w = view.crop.frame_weight(view.mask.soft, frame.shape[:2]) > 0.9
+    err = [np.abs(x.astype(float) - frame)[w].mean() for x in (second, first)]
+    assert err[0] < 0.8 * err[1]
+    r.reset()
+    assert lay.stream.count == 0
