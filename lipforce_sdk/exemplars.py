@@ -128,10 +128,6 @@ class MouthExemplars:
     def size(self) -> int:
         return int(self.images.shape[1])
 
-    def size_for(self, crop) -> int:
-        """The side in pixels at which a generated crop is refined and pasted: the exemplars' own."""
-        return self.size
-
     def detail(self, gen: np.ndarray, crop) -> np.ndarray:
         """The picture a session pastes for the generated crop ``gen`` of ``crop``: ``refine(gen)``."""
         return self.refine(gen)

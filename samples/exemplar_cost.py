@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
     cfg = read_manifest(a.model or default_model_dir())[1]
     s = cfg.stream.resolution
-    bank = int(round(2.0 * cfg.stream.fps))
+    bank = StreamExemplars.for_fps(cfg.stream.fps).frames  # the stream's first STREAM_SECONDS
     frames = read_video(a.video)[0][:bank + a.frames]
     if len(frames) <= bank:
         print(f"error: {a.video} has {len(frames)} frames; needs more than {bank} (2 s) to time anything",
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     for _ in range(a.repeats):
         for name, max_size in settings.items():
-            ex = None if max_size is None else StreamExemplars(frames=bank, max_size=max_size)
+            ex = None if max_size is None else StreamExemplars.for_fps(cfg.stream.fps, max_size=max_size)
             r = ChunkRenderer(None, cfg, 0, exemplars=ex)
             for f, v, g in zip(frames[:bank], views[:bank], soft[:bank]):
                 r.composite(f, v, g)

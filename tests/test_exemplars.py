@@ -181,23 +181,32 @@ def test_refine_is_the_band_split_it_documents():
 
 # ---- a general model's exemplars: the stream's own first seconds ----
 
-def _stream_setup(n: int = 6):
-    """Frames of one made-up face whose mouth opens 1..n px, each with its view (template keypoints)."""
+LARGE = {"box": (30, 40, 530, 540), "hw": (600, 560)}  # a face about 1.7x the model's crop across
+
+
+def _stream_setup(n: int = 6, box=(40, 30, 170, 160), hw=(240, 200), images=None, noise_seed=None):
+    """Frames of one made-up face (``images``, default: the mouth opening 1..n px), each with its
+    view (template keypoints of ``box``), drawn at the crop's size or, where the face is larger in
+    the frame, at its own size (rounded up to 16) with, given ``noise_seed``, fine texture that
+    the crop's size cannot hold (the same in every frame)."""
     from lipforce_sdk.config import from_name
     from lipforce_sdk.geometry import FaceKeypoints
     from lipforce_sdk.session import FramePreparer
 
     cfg = from_name("tiny")
-    size = cfg.stream.resolution
-    big = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC) for m in mouths(n)])
-    frames, views = [], []
     prep = FramePreparer(cfg)
-    for m in big:
-        frame = np.full((240, 200, 3), 90, np.uint8)
-        view = prep(frame, FaceKeypoints.template((40, 30, 170, 160)))
-        frame = view.crop.paste(frame, m, np.ones((size, size), np.float32))  # the face drawn into the frame
+    blank = np.full((*hw, 3), 90, np.uint8)
+    probe = prep(blank, FaceKeypoints.template(box)).crop
+    size = max(cfg.stream.resolution, 16 * int(np.ceil(probe.side / 16)))
+    frames, views = [], []
+    for m in mouths(n) if images is None else images:
+        face = cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC)
+        if noise_seed is not None:
+            grain = np.random.default_rng(noise_seed).normal(0, 10, face.shape[:2])[..., None]
+            face = np.clip(face.astype(np.float32) + grain, 0, 255).astype(np.uint8)
+        frame = probe.at_size(size).paste(blank, face, np.ones((size, size), np.float32))  # the face drawn into the frame
         frames.append(frame)
-        views.append(prep(frame, FaceKeypoints.template((40, 30, 170, 160))))
+        views.append(prep(frame, FaceKeypoints.template(box)))
     return cfg, frames, views
 
 
@@ -298,27 +307,15 @@ def test_stream_exemplars_work_at_the_faces_own_size_where_it_is_larger_than_the
     """A face twice the model's crop in the frame: the stream's crops are kept at its own size
     (rounded up to 16, at most ``max_size``), the generated crop is enlarged to it and takes back
     the frame's fine detail, which the model's size cannot hold; nothing outside the mask moves."""
-    from lipforce_sdk.config import from_name
     from lipforce_sdk.exemplars import StreamExemplars
     from lipforce_sdk.geometry import FaceKeypoints
     from lipforce_sdk.session import ChunkRenderer, FramePreparer
 
-    cfg = from_name("tiny")
+    cfg, frames, views = _stream_setup(6, noise_seed=0, **LARGE)
     s = cfg.stream.resolution
     prep = FramePreparer(cfg)
-    box = (30, 40, 530, 540)
-    probe = prep(np.zeros((600, 560, 3), np.uint8), FaceKeypoints.template(box))
-    native = 16 * int(np.ceil(probe.crop.side / 16))
-    assert probe.crop.side > 1.5 * s  # the face is larger in the frame than the model's crop
-    frames, views = [], []
-    for m in mouths(6):
-        face = cv2.resize(m, (native, native), interpolation=cv2.INTER_CUBIC)
-        rng = np.random.default_rng(0)
-        face = np.clip(face.astype(np.float32) + rng.normal(0, 10, face.shape[:2])[..., None], 0, 255).astype(np.uint8)
-        frame = probe.crop.at_size(native).paste(np.full((600, 560, 3), 90, np.uint8), face,
-                                                 np.ones((native, native), np.float32))
-        frames.append(frame)
-        views.append(prep(frame, FaceKeypoints.template(box)))
+    native = 16 * int(np.ceil(views[0].crop.side / 16))
+    assert views[0].crop.side > 1.5 * s  # the face is larger in the frame than the model's crop
     ex = StreamExemplars(frames=50)
     r = ChunkRenderer(None, cfg, 0, exemplars=ex)
     for f, v in zip(frames[:5], views[:5]):
@@ -370,16 +367,13 @@ def test_an_enrolled_avatars_exemplars_take_the_streams_detail_only_where_the_fa
     """``LayeredExemplars``: where the face is no larger than the crop, the paste is exactly the
     enrolled exemplars' (the stream keeps nothing); where it is larger, the enrolled exemplars'
     picture is enlarged to the face's size and takes the stream's fine detail on top."""
-    from lipforce_sdk.config import from_name
     from lipforce_sdk.exemplars import LayeredExemplars, StreamExemplars
-    from lipforce_sdk.geometry import FaceKeypoints
-    from lipforce_sdk.session import ChunkRenderer, FramePreparer
+    from lipforce_sdk.session import ChunkRenderer
 
-    cfg = from_name("tiny")
+    cfg, frames, views = _stream_setup(6)  # a face no larger than the crop
     s = cfg.stream.resolution
     own = MouthExemplars.build(np.stack([cv2.resize(m, (s, s), interpolation=cv2.INTER_CUBIC) for m in mouths()]), k=1,
                                far=1e4)
-    cfg_, frames, views = _stream_setup(6)  # a face no larger than the crop
     lay = LayeredExemplars(own, StreamExemplars(frames=50))
     r, r_own = ChunkRenderer(None, cfg, 0, exemplars=lay), ChunkRenderer(None, cfg, 0, exemplars=own)
     for f, v in zip(frames, views):
@@ -387,15 +381,7 @@ def test_an_enrolled_avatars_exemplars_take_the_streams_detail_only_where_the_fa
         assert np.array_equal(r.composite(f, v, gen), r_own.composite(f, v, gen))
     assert lay.stream.count == 0 and lay.size_for(views[0].crop) == s
 
-    prep = FramePreparer(cfg)
-    box = (30, 40, 530, 540)  # a face about 1.7x the crop
-    probe = prep(np.zeros((600, 560, 3), np.uint8), FaceKeypoints.template(box))
-    native = 16 * int(np.ceil(probe.crop.side / 16))
-    face = cv2.resize(mouths()[2], (native, native), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-    face += np.random.default_rng(1).normal(0, 10, face.shape[:2])[..., None]  # detail finer than the crop holds
-    frame = probe.crop.at_size(native).paste(np.full((600, 560, 3), 90, np.uint8), np.clip(face, 0, 255).astype(np.uint8),
-                                             np.ones((native, native), np.float32))
-    view = prep(frame, FaceKeypoints.template(box))
+    _, (frame,), (view,) = _stream_setup(images=mouths()[2:3], noise_seed=1, **LARGE)  # detail finer than the crop holds
     lay = LayeredExemplars(own, StreamExemplars(frames=50))
     r = ChunkRenderer(None, cfg, 0, exemplars=lay)
     gen = cv2.GaussianBlur(view.image, (0, 0), 1.5)
