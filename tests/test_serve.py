@@ -273,13 +273,23 @@ def served(engine, avatar):
 
 
 def test_viewer_gets_25_fps_and_the_mouth_moves_only_while_speaking(served, speech):
+    """Every frame of the utterance arrives, in order, except those the server's sender reports it
+    dropped as late (its clock more than ``STALE_S`` behind: a loaded machine); the viewer listens
+    until the server has shown the whole utterance (rendering slower than real time waits at the
+    start), then 1 s more."""
+    n = -(-speech.size // 640)
+
     async def main():
         async with Viewer(served.url, token="s3cret") as v:
             await v.wait_frames(30)
             n_idle = len(v.received.video)
             await asyncio.sleep(1.5)
             await v.say(wav=wav_bytes(speech))
-            await asyncio.sleep(speech.size / 16000 + 1.5)
+            await asyncio.sleep(speech.size / 16000)
+            t_end = time.monotonic() + 30  # a hang guard, not a timing check
+            while time.monotonic() < t_end and (await v.stats())["peers"][0]["utterances"][-1]["shown"] < n:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
             st = await v.stats()
             return v.received, n_idle, st
 
@@ -289,8 +299,9 @@ def test_viewer_gets_25_fps_and_the_mouth_moves_only_while_speaking(served, spee
     assert fps >= 24.0, f"{fps:.1f} fps"
     stamps = np.array([read_stamp(f) for f in rec.video])
     pos = stamps[stamps > 0] - 1
-    n = -(-speech.size // 640)
-    assert set(range(n)) <= set(pos.tolist()), "utterance frames missing"
+    missing, peer = sorted(set(range(n)) - set(pos.tolist())), st["peers"][0]
+    assert len(missing) <= peer["frames_dropped"], \
+        (f"utterance frames missing {missing}, the sender dropped {peer['frames_dropped']} as late", peer)
     assert (np.diff(pos) >= 0).all() and (np.diff(pos) <= 1).all(), "utterance frames out of order"
     # the mouth against the loop frame under it: codec noise while idle, the model's mouth while speaking
     loop_j = np.array([read_stamp(f, row=1) for f in rec.video])

@@ -310,19 +310,26 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
                 async with http.get(url.rstrip("/") + "/stats", params={"session": sid}) as r:
                     return (await r.json())["peers"][0]["utterances"]
 
-            t_end = time.monotonic() + 60
-            while time.monotonic() < t_end:
-                us = await utterances()
-                if us and us[-1]["shown"] >= us[-1]["frames"]:
-                    break
-                await asyncio.sleep(0.2)
+            async def shown(n_utterances: int):
+                """Until the server has shown the ``n_utterances``-th utterance whole (one that waits
+                at its start, rendering slower than real time, plays later than its length says)."""
+                t_end = time.monotonic() + 60
+                while time.monotonic() < t_end:
+                    us = await utterances()
+                    if len(us) >= n_utterances and us[-1]["shown"] >= us[-1]["frames"]:
+                        break
+                    await asyncio.sleep(0.2)
+
+            await shown(1)
             await asyncio.sleep(1.0)
             t_post = await b.eval("performance.now()")
             async with http.post(url.rstrip("/") + f"/say?session={sid}", data=tone_wav(),
                                  headers={"Content-Type": "audio/wav"}) as r:
                 if r.status != 200:
                     raise RuntimeError(f"/say: {r.status} {await r.text()}")
-            await asyncio.sleep(80 / 25 + 1.5)
+            await asyncio.sleep(80 / 25)
+            await shown(2)
+            await asyncio.sleep(1.5)
             async with http.get(url.rstrip("/") + "/stats", params={"session": sid}) as r:
                 stats = await r.json()
         if screenshot is not None:
