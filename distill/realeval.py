@@ -70,7 +70,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out: str | Path, seconds: float = 10.0,
                    own_speech: bool = True, progress: bool = True, log=print, silence: str | None = None,
-                   exemplars: bool = True) -> list[dict]:
+                   exemplars: bool = True, speech_gain: float | str = 1.0) -> list[dict]:
     import numpy as np
 
     from lipforce_sdk.cli import run_clip
@@ -103,7 +103,8 @@ def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out
             tag = "own" if is_own else "new"
             dst = out / f"{name}.{tag}.mp4"
             t0 = time.perf_counter()
-            run_clip(engine, video, wav, dst, progress=False, silence=silence, exemplars=exemplars)
+            run_clip(engine, video, wav, dst, progress=False, silence=silence, exemplars=exemplars,
+                     speech_gain=speech_gain)
             q = face_quality(video, dst, wav, own_speech=is_own, input_order="pingpong", control=True,
                              sheet=out / f"{name}.{tag}.png")
             rows.append(_row(name, mode, q))
@@ -146,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
     ap.add_argument("--silence", default=None, choices=["still", "model"], help="as `lipforce run --silence`")
     ap.add_argument("--no-exemplars", action="store_true", help="as `lipforce run --no-exemplars`")
+    ap.add_argument("--speech-gain", default="1", help="as `lipforce run --speech-gain` (auto or a number)")
     a = ap.parse_args(argv)
     from lipforce_sdk.session import Engine
 
     engine = Engine.load(a.model, backend=a.backend)
     rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech,
-                          silence=a.silence, exemplars=not a.no_exemplars)
+                          silence=a.silence, exemplars=not a.no_exemplars,
+                          speech_gain=a.speech_gain if a.speech_gain == "auto" else float(a.speech_gain))
     print(to_markdown(rows))
     return 0
 

@@ -16,9 +16,38 @@ import numpy as np
 
 from .config import AudioConfig
 
-__all__ = ["mel_filterbank", "LogMelFrontEnd", "LogMelStream", "log_mel_clip"]
+__all__ = ["mel_filterbank", "LogMelFrontEnd", "LogMelStream", "log_mel_clip", "speech_level", "speech_gain",
+           "SPEECH_LEVEL", "QUIET_SPEECH"]
 
 _LOG_FLOOR = 1e-6
+
+# How loud the bundled model's training speech is (``speech_level`` of espeak-ng's sentences: 0.15-0.19).
+# The model's mouth follows the level as well as the words: the same speech half as loud opens it
+# visibly less (BENCHMARKS.md section 6, "How loud the speech is").
+SPEECH_LEVEL = 0.17
+QUIET_SPEECH = 0.5  # speech under this share of SPEECH_LEVEL is quiet enough to say so
+
+
+def speech_level(samples: np.ndarray, piece: int = 640) -> float:
+    """How loud speech is: the 95th percentile of its RMS over consecutive ``piece``-sample pieces
+    (40 ms at 16 kHz), i.e. the level of its loud part, whatever the share of pauses."""
+    x = np.asarray(samples, np.float64).reshape(-1)
+    n = x.size // piece
+    if n == 0:
+        return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
+    return float(np.percentile(np.sqrt((x[:n * piece].reshape(n, piece) ** 2).mean(1)), 95))
+
+
+def speech_gain(samples: np.ndarray, target: float = SPEECH_LEVEL, max_gain: float = 8.0) -> float:
+    """The gain that brings quiet speech up to ``target`` (as ``speech_level`` measures it): at most
+    ``max_gain``, and never so much that a sample would pass full scale; 1 for speech at or above
+    ``target`` (louder speech is left as it is) and for digital silence."""
+    x = np.asarray(samples, np.float32).reshape(-1)
+    level = speech_level(x)
+    peak = float(np.abs(x).max()) if x.size else 0.0
+    if level <= 0.0 or level >= target:
+        return 1.0
+    return max(1.0, min(target / level, max_gain, 1.0 / peak))
 
 
 def _hz_to_mel(f):

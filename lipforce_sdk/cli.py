@@ -88,20 +88,48 @@ def closed_mouth_reference(engine, frames, seconds: float = REFERENCE_SEARCH_S, 
     return None if best is None else [best]
 
 
+def model_speech(samples: np.ndarray, speech_gain: float | str = 1.0, say=None) -> np.ndarray:
+    """The speech as the model hears it: ``samples`` times ``speech_gain`` (a number, or ``"auto"``:
+    quiet speech raised to the level of the model's training speech, ``audio.speech_gain``). Where
+    the gain is 1 and the speech is quiet, ``say`` (a callable, e.g. ``print``) is told so and how
+    to raise it; where a gain applies, what it is."""
+    from .audio import QUIET_SPEECH, SPEECH_LEVEL, speech_gain as auto_gain, speech_level
+
+    level = speech_level(samples)
+    g = auto_gain(samples) if speech_gain == "auto" else float(speech_gain)
+    if not (g > 0 and np.isfinite(g)):
+        raise ValueError(f"speech gain {speech_gain!r}: use a positive number or auto")
+    if say is not None:
+        if g != 1.0:
+            say(f"speech level {level:.3f} (the model's training speech: {SPEECH_LEVEL:g}): x{g:.2f} for the "
+                "model; the sound track is as given")
+        elif 0 < level < QUIET_SPEECH * SPEECH_LEVEL:
+            say(f"speech level {level:.3f} is quiet (the model's training speech: {SPEECH_LEVEL:g}); the mouth "
+                "opens less for quiet speech: --speech-gain auto raises it for the model (the sound track is "
+                "as given)")
+    return samples if g == 1.0 else np.clip(samples * np.float32(g), -1.0, 1.0).astype(np.float32)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=None, progress: bool = True,
              silence: str | None = None, frame_memory_mb: int | None = None, face="largest",
-             exemplars: bool = True):
+             exemplars: bool = True, speech_gain: float | str = 1.0):
     """Stream ``video`` + ``audio`` through a session as a live source would (one frame and its
     640 samples per push), write ``out`` (MP4, audio muxed; it appears only once complete) and
     return the session stats. The video is decoded as it goes (``video_source.VideoFrames``:
     at most ``frame_memory_mb`` of frames held; default 256); output frame ``k`` shows the source frame on
-    screen at ``k / fps`` by the video's timestamps (any frame rate, variable included)."""
+    screen at ``k / fps`` by the video's timestamps (any frame rate, variable included).
+    ``speech_gain``: see ``model_speech`` (the written sound track is the audio as given)."""
     from .media import read_audio
     from .video_source import DEFAULT_BUDGET_MB, VideoFrames
 
     cfg = engine.config
     sr, fps = cfg.audio.sample_rate, cfg.stream.fps
-    samples = read_audio(audio, sample_rate=sr)
+    sound = read_audio(audio, sample_rate=sr)
+    samples = model_speech(sound, speech_gain, say=_stderr if progress else None)
     src = VideoFrames(video, (frame_memory_mb or DEFAULT_BUDGET_MB) << 20)
     try:
         n_out = max(1, math.ceil(samples.size / sr * fps))
@@ -119,24 +147,26 @@ def run_clip(engine, video: str | Path, audio: str | Path, out: str | Path, box=
                     f"no face found in any of the {stats.frames_out} frames of {str(video)!r}; pass --box X0 Y0 X1 "
                     "Y1 (run_clip(box=...): the face-crop region in pixels), or a video that shows a face")
 
-        return _write_stream(session, pushes, samples, out, fps, n_out, "lip sync", progress, check=face_seen)
+        return _write_stream(session, pushes, sound, out, fps, n_out, "lip sync", progress, check=face_seen)
     finally:
         src.close()
 
 
 def run_avatar(engine, avatar, audio: str | Path, out: str | Path, progress: bool = True,
-               silence: str | None = None, exemplars: bool = True):
+               silence: str | None = None, exemplars: bool = True, speech_gain: float | str = 1.0):
     """Stream a prepared avatar (``lipforce_sdk.avatar``) from ``audio`` alone as a kiosk would
-    (640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats."""
+    (640 samples per push), write ``out`` (MP4, audio muxed) and return the session stats.
+    ``speech_gain``: see ``model_speech``."""
     from .media import read_audio
 
     cfg = engine.config
     spf = cfg.samples_per_video_frame
-    samples = read_audio(audio, sample_rate=cfg.audio.sample_rate)
+    sound = read_audio(audio, sample_rate=cfg.audio.sample_rate)
+    samples = model_speech(sound, speech_gain, say=_stderr if progress else None)
     session = engine.session(avatar=avatar, silence=silence, exemplars=exemplars)
     n_out = max(1, math.ceil(samples.size / spf))
     pushes = ((samples[i:i + spf],) for i in range(0, samples.size, spf))
-    return _write_stream(session, pushes, samples, out, cfg.stream.fps, n_out, "avatar", progress)
+    return _write_stream(session, pushes, sound, out, cfg.stream.fps, n_out, "avatar", progress)
 
 
 def _write_stream(session, pushes, samples, out, fps: float, n_out: int, desc: str, progress: bool, check=None):
@@ -191,6 +221,18 @@ def format_stats(stats, cfg) -> str:
     return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
 
 
+def _gain_choice(v: str):
+    if v == "auto":
+        return v
+    try:
+        g = float(v)
+    except ValueError:
+        g = float("nan")
+    if not (g > 0 and math.isfinite(g)):
+        raise argparse.ArgumentTypeError(f"{v!r}: use auto or a positive number (e.g. 2)")
+    return g
+
+
 def _face_choice(v: str):
     if v in ("largest", "center"):
         return v
@@ -232,7 +274,8 @@ def _run_remote(a) -> int:
 def _run_video(a, engine) -> int:
     a.video = a.video or str(SAMPLE_DIR / "face.mp4")
     stats = run_clip(engine, a.video, a.audio, a.out, box=a.box, progress=not a.no_progress, silence=a.silence,
-                     frame_memory_mb=a.frame_memory, face=a.face, exemplars=not a.no_exemplars)
+                     frame_memory_mb=a.frame_memory, face=a.face, exemplars=not a.no_exemplars,
+                     speech_gain=a.speech_gain)
     print(f"wrote {a.out}  ({engine!r})")
     print(format_stats(stats, engine.config))
     if _is_sample(a.video, "face.mp4") and _is_sample(a.audio, "speech.wav"):
@@ -250,7 +293,7 @@ def _run_avatar(a, engine) -> int:
     if a.video is not None or a.box is not None:
         raise ValueError("--avatar streams the avatar's own loop: drop --video/--box")
     stats = run_avatar(engine, Avatar.load(where), a.audio, a.out, progress=not a.no_progress, silence=a.silence,
-                       exemplars=not a.no_exemplars)
+                       exemplars=not a.no_exemplars, speech_gain=a.speech_gain)
     print(f"wrote {a.out}  ({engine!r}, avatar {where})")
     print(format_stats(stats, engine.config))
     return 0
@@ -394,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paste the model's mouth as it is, not through mouth exemplars (fine detail from an "
                         "enrolled avatar's own frames, or for a general model from the video's first 2 s; "
                         "lipforce_sdk.exemplars)")
+    r.add_argument("--speech-gain", type=_gain_choice, default=1.0, metavar="auto|G",
+                   help="the speech as the model hears it: G times as loud, or auto: quiet speech raised to the level "
+                        "of the model's training speech (never clipped); the mouth opens less for quiet speech. "
+                        "The sound track is written as given (default: 1, as given; a quiet one is named)")
     r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
                    help="where the video shows several faces: the one to lip-sync (default: the largest; "
                         "center: nearest the frame's centre; X,Y: nearest that pixel)")
