@@ -137,6 +137,8 @@ def _lip_box_after(engine, video, out, wav) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lipforce_sdk.cli import _gain_choice  # the same values as `lipforce run --speech-gain`
+
     ap = argparse.ArgumentParser(prog="python -m distill.realeval", description=__doc__.split("\n")[0])
     ap.add_argument("--clips", required=True, help="folder of talking-head clips (video + speech)")
     ap.add_argument("--speech", default=None, help="new speech to drive every clip with")
@@ -147,14 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
     ap.add_argument("--silence", default=None, choices=["still", "model"], help="as `lipforce run --silence`")
     ap.add_argument("--no-exemplars", action="store_true", help="as `lipforce run --no-exemplars`")
-    ap.add_argument("--speech-gain", default="1", help="as `lipforce run --speech-gain` (auto or a number)")
+    ap.add_argument("--speech-gain", type=_gain_choice, default=1.0, metavar="auto|G",
+                    help="as `lipforce run --speech-gain`")
     a = ap.parse_args(argv)
     from lipforce_sdk.session import Engine
 
     engine = Engine.load(a.model, backend=a.backend)
     rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech,
                           silence=a.silence, exemplars=not a.no_exemplars,
-                          speech_gain=a.speech_gain if a.speech_gain == "auto" else float(a.speech_gain))
+                          speech_gain=a.speech_gain)
     print(to_markdown(rows))
     return 0
 
