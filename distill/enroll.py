@@ -108,6 +108,8 @@ class EnrollConfig:
     dit_batch: int = 4
     dit_video_frames: int = 8  # video frames per training window (rounded to whole chunks)
     dit_lr: float | None = None  # None: the kind's; 1e-4 barely moved the loss in 700 steps (mouth +1.3 dB vs +3.5 at 1e-3)
+    dit_ema: float = 0.0  # the DiT (and audio encoder) kept as an exponential moving average of its weights
+    # with this decay per step (0: the last step's weights)
     tune_audio: bool = True  # also adapt the audio encoder
     context_shift: int | None = None  # None: the kind's; talking: half the DiT's windows see the face around
     # the mouth from up to this many latent frames earlier or later (_shift_condition)
@@ -133,6 +135,8 @@ class EnrollConfig:
                 raise EnrollError(f"EnrollConfig.{name}={getattr(self, name)} must be >= 1")
         if not 0.04 <= self.loop_seconds <= 60:
             raise EnrollError(f"EnrollConfig.loop_seconds={self.loop_seconds} must be in [0.04, 60] s")
+        if not 0.0 <= self.dit_ema < 1.0:
+            raise EnrollError(f"EnrollConfig.dit_ema={self.dit_ema} must be in [0, 1) (0: off)")
         if not 0.0 <= self.val_share < 0.5:
             raise EnrollError(f"EnrollConfig.val_share={self.val_share} must be in [0, 0.5)")
         return self
@@ -741,9 +745,11 @@ class _Enrollment:
 
     # ---- training (stages 4, 5) ----
     def _train(self, name: str, steps: int, modules: dict, params: list, lr: float, step_fn: Callable,
-               extra: dict | None = None) -> dict:
+               extra: dict | None = None, ema: float = 0.0) -> dict:
         """A resumable training loop: ``step_fn(it, rng, gen) -> loss`` (a float); checkpoints of
-        ``modules``, the optimizer, the schedule and both random states under ``work/NAME.pt``."""
+        ``modules``, the optimizer, the schedule and both random states under ``work/NAME.pt``.
+        ``ema`` > 0: an exponential moving average of ``params`` (decay ``min(ema, (1 + i) / (10 + i))``
+        at step i) is kept beside them, checkpointed with them, and copied into them at the end."""
         import torch
 
         from .optim import adamw_cosine
@@ -753,10 +759,14 @@ class _Enrollment:
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + zlib_crc(name) % 1000)
         ck = self.work / f"{name}.ckpt.pt"
         start, hist = 0, []
+        avg = [p.detach().clone() for p in params] if ema > 0 else None
         if ck.is_file():
             d = torch.load(ck, weights_only=True)
             for k, m in modules.items():
                 m.load_state_dict(d["modules"][k])
+            if avg is not None:
+                for a_, v in zip(avg, d["ema"]):
+                    a_.copy_(v)
             opt.load_state_dict(d["opt"])
             sched.load_state_dict(d["sched"])
             for k, o in (extra or {}).items():
@@ -770,7 +780,8 @@ class _Enrollment:
             _save_torch(ck, {"modules": {k: m.state_dict() for k, m in modules.items()}, "opt": opt.state_dict(),
                              "sched": sched.state_dict(), "np_rng": json.dumps(rng.bit_generator.state),
                              "extra": {k: o.state_dict() for k, o in (extra or {}).items()},
-                             "torch_rng": gen.get_state(), "step": step, "hist": hist})
+                             "torch_rng": gen.get_state(), "step": step, "hist": hist,
+                             "ema": avg or []})
 
         for m in modules.values():
             m.train()
@@ -779,6 +790,10 @@ class _Enrollment:
             for it in range(start, steps):
                 try:
                     loss = step_fn(it, rng, gen, opt, sched)
+                    if avg is not None:
+                        with torch.no_grad():
+                            d_ = min(ema, (1 + it) / (10 + it))
+                            torch._foreach_lerp_(avg, [p.detach() for p in params], 1.0 - d_)
                     hist.append(loss)
                     bar.update(1)
                     bar.set_postfix(loss=f"{np.mean(hist[-50:]):.4f}")
@@ -794,6 +809,10 @@ class _Enrollment:
                     save(it + 1)
                     t_last = time.monotonic()
         save(steps)
+        if avg is not None:
+            with torch.no_grad():
+                for p, a_ in zip(params, avg):
+                    p.copy_(a_)
         for m in modules.values():
             m.eval()
         return {"steps": steps, "final_loss": float(np.mean(hist[-50:])) if hist else None,
@@ -971,7 +990,7 @@ class _Enrollment:
             optimizer_step(loss, opt, sched, params)
             return float(loss.detach())
 
-        res = self._train("dit", self.cfg.dit_steps, mods, params, self.cfg.dit_lr, step)
+        res = self._train("dit", self.cfg.dit_steps, mods, params, self.cfg.dit_lr, step, ema=self.cfg.dit_ema)
         _save_torch(self.work / "dit.pt", {k: {n: v.cpu() for n, v in m.state_dict().items()} for k, m in mods.items()}
                     | {"info": res})
 
@@ -1456,6 +1475,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-shift", type=int, default=None, metavar="N",
                    help="talking: half the DiT's training windows see the face around the mouth from up to N frames "
                         "earlier or later, so that the sound has to carry the mouth (default 6; 0: off)")
+    p.add_argument("--dit-ema", type=float, default=None, metavar="DECAY",
+                   help="keep the DiT as a moving average of its weights with this decay per step "
+                        f"(default {EnrollConfig.dit_ema:g}; 0: the last step's weights)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="discard an unfinished enrollment of --out")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")
@@ -1470,8 +1492,8 @@ def run_args(a) -> EnrollResult | int:
     if a.add_exemplars:
         return add_exemplars(a.out, a.source, progress=not a.no_progress)
     over = {k: v for k, v in (("loop_seconds", a.loop_seconds), ("decoder_steps", a.decoder_steps),
-                              ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr), ("context_shift", a.context_shift))
-            if v is not None}
+                              ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr), ("context_shift", a.context_shift),
+                              ("dit_ema", a.dit_ema)) if v is not None}
     try:
         return enroll(a.source, a.out, kind=a.kind, model=a.model, device=a.device, start=a.start, end=a.end,
                       config=EnrollConfig(**over), force=a.force, restart=a.restart, threads=a.threads,

@@ -242,6 +242,51 @@ def test_dit_settings_default_per_source_kind():
         EnrollConfig(dit_steps=-1).validate()
 
 
+def test_dit_weight_average_is_kept_and_survives_a_resume(tmp_path, monkeypatch):
+    """``dit_ema``: the trained weights end as the moving average of every step's weights (decay
+    ``min(ema, (1 + i) / (10 + i))``), and a run stopped half-way and continued ends the same."""
+    import torch
+
+    def job(work):
+        j = enroll_mod._Enrollment.__new__(enroll_mod._Enrollment)
+        j.work, j.cfg, j.progress, j.log = work, EnrollConfig(checkpoint_seconds=0.0), False, lambda m: None
+        work.mkdir()
+        return j
+
+    def train(j, ema):
+        lin = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(lin.weight)
+
+        def step(it, rng, gen, opt, sched):  # stands in for an optimizer: step i leaves the weight at (i + 1)^2
+            with torch.no_grad():
+                lin.weight.fill_(float((it + 1) ** 2))
+            return 0.0
+
+        j._train("t", 8, {"lin": lin}, [lin.weight], 1e-3, step, ema=ema)
+        return float(lin.weight)
+
+    want = 0.0
+    for i in range(8):
+        d = min(0.9, (1 + i) / (10 + i))
+        want = d * want + (1 - d) * (i + 1) ** 2
+    assert train(job(tmp_path / "raw"), 0.0) == 64.0  # off: the last step's weights
+    assert train(job(tmp_path / "avg"), 0.9) == pytest.approx(want, rel=1e-6)
+    assert want < 60  # the average lags behind the last step's weights
+
+    def stop(name, step):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    j = job(tmp_path / "resumed")
+    monkeypatch.setattr(enroll_mod, "_on_step", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(j, 0.9)
+    monkeypatch.setattr(enroll_mod, "_on_step", lambda name, step: None)
+    assert train(j, 0.9) == pytest.approx(want, rel=1e-6)
+    with pytest.raises(EnrollError, match="dit_ema"):
+        EnrollConfig(dit_ema=1.0).validate()
+
+
 def test_context_shift_moves_half_the_windows_conditions_within_the_clip():
     import torch
 
