@@ -85,6 +85,7 @@ def test_talking_clip_smoke_writes_an_ordinary_model_with_its_avatar(talking_enr
     assert {"mouth_psnr_db", "mouth_ssim"} <= set(r.scores["enrolled"])
     card = (out / "MODEL_CARD.md").read_text()
     assert "talking.mp4" in card and "How it scored" in card
+    assert "moving average of its weights, decay 0.995" in card  # the talking kind's default
     eng = Engine.load(out)  # an ordinary model directory
     # the avatar's own mouths, from its training crops, for the runtime's paste (lipforce_sdk.exemplars)
     assert m["exemplars"]["file"] == "exemplars.npz" and (out / "exemplars.npz").is_file()
@@ -233,9 +234,12 @@ def test_dit_settings_default_per_source_kind():
     got = [(c.dit_steps, c.dit_lr) for c in (EnrollConfig().for_kind(k) for k in ("talking", "idle", "photo"))]
     assert got == [(1400, 2e-3), (700, 1e-3), (1200, 1e-3)]
     assert EnrollConfig(dit_steps=5).for_kind("photo").dit_steps == 5
-    assert EnrollConfig(dit_lr=5e-4).for_kind("talking") == EnrollConfig(dit_steps=1400, dit_lr=5e-4, context_shift=6)
+    assert EnrollConfig(dit_lr=5e-4).for_kind("talking") == EnrollConfig(dit_steps=1400, dit_lr=5e-4, context_shift=6,
+                                                                            dit_ema=0.995)
     assert [EnrollConfig().for_kind(k).context_shift for k in ("talking", "idle", "photo")] == [6, 0, 0]
     assert EnrollConfig(context_shift=0).for_kind("talking").context_shift == 0
+    assert [EnrollConfig().for_kind(k).dit_ema for k in ("talking", "idle", "photo")] == [0.995, 0.0, 0.0]
+    assert EnrollConfig(dit_ema=0.0).for_kind("talking").dit_ema == 0.0
     with pytest.raises(EnrollError, match="context_shift"):
         EnrollConfig(context_shift=-1).validate()
     with pytest.raises(EnrollError, match="dit_steps"):
