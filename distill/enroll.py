@@ -88,7 +88,8 @@ class EnrollError(ValueError):
 # with new speech moved the mouth with the loop, not the sound (lip r 0.05, null 0.12; 0.34 with the
 # shift), for 0.5 dB of lip box on the clip's own held-out footage; on the second clip it cost (new
 # speech r 0.24 -> 0.16, -0.3 dB): kept for the worst case and the mean of the two (section 8).
-# A talking clip's DiT ends as the moving average of its weights (decay 0.995): held-out lip box +0.05 /
+# A talking clip's DiT ends as the moving average of its weights (decay min(0.995, (1 + i) / (10 + i)) at
+# step i; at 1400 steps the second term is the smaller throughout): held-out lip box +0.05 /
 # +0.20 dB on the two clips, the rest within the runs' spread (section 8); idle and photo not measured.
 KIND_DEFAULTS = {"talking": {"dit_steps": 1400, "dit_lr": 2e-3, "context_shift": 6, "dit_ema": 0.995},
                  "idle": {"dit_steps": 700, "dit_lr": 1e-3, "context_shift": 0, "dit_ema": 0.0},
@@ -1229,7 +1230,8 @@ def _crop_scores(model, cs) -> dict:
 
 def _ema_text(cfg: dict) -> str:
     d = cfg.get("dit_ema") or 0.0
-    return f"; kept as the moving average of its weights, decay {d:g} per step" if d else ""
+    return (f"; kept as the moving average of its weights, decay {d:g} per step at most "
+            "(min(decay, (1 + i) / (10 + i)) at step i)") if d else ""
 
 
 def _shift_text(cfg: dict) -> str:
@@ -1483,7 +1485,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="talking: half the DiT's training windows see the face around the mouth from up to N frames "
                         "earlier or later, so that the sound has to carry the mouth (default 6; 0: off)")
     p.add_argument("--dit-ema", type=float, default=None, metavar="DECAY",
-                   help="keep the DiT as a moving average of its weights with this decay per step "
+                   help="keep the DiT as a moving average of its weights with at most this decay per step "
                         "(default: " + ", ".join(f"{k} {v['dit_ema']:g}" for k, v in KIND_DEFAULTS.items()) +
                         "; 0: the last step's weights)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
