@@ -139,7 +139,7 @@ def cmd_soak(a) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for i, (sid, log) in enumerate(zip(r["sids"], r["logs"])):
         t = np.array([e[0] for e in log])
-        seen = {e[2] for e in log if e[2]}
+        seen = {e[2] for e in log if e[2] > 0}  # -1: a stamp the coding damaged
         mine = {u & 0xFFFF for u in r["said"][i] if u is not None}
         stray = seen - mine
         st_i = r["stats"].get(sid, {})

@@ -338,6 +338,8 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         t1, played1 = await _audio_played(b)
         data = json.loads(await b.eval("JSON.stringify({log: window.lipforce.log, onsets: window.lipforce.onsets})"))
     log = data["log"]
+    t_all = np.array([e["t"] for e in log])
+    log = [e for e in log if e["stamp"] >= 0]  # a stamp the coding damaged (-1): that frame is left out below
     t = np.array([e["t"] for e in log])
     st = np.array([e["stamp"] for e in log])
     diff = np.array([np.nan if e["diff"] is None else e["diff"] for e in log])
@@ -357,7 +359,7 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         hit = np.flatnonzero(ss == k + 1)
         if hit.size:
             return float(times[hit[0]])
-        before, after = np.flatnonzero(ss < k + 1), np.flatnonzero(ss > k + 1)
+        before, after = np.flatnonzero((ss < k + 1) & (ss > 0)), np.flatnonzero(ss > k + 1)
         if not before.size or not after.size:
             return None
         i, j = before[-1], after[0]
@@ -374,13 +376,13 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         offsets.append(float(o["decoded"] - tv))
         presented.append(float(o["played"] - dv))
     return {
-        "fps": float(1000.0 * (len(t) - 1) / (t[-1] - t[0])),
-        "frames": int(len(t)),
+        "fps": float(1000.0 * (len(t_all) - 1) / (t_all[-1] - t_all[0])),
+        "frames": int(len(t_all)), "stamps_unreadable": int(len(t_all) - len(t)),
         "mouth_idle": float(np.nanmean(diff[idle])),
         "mouth_speaking": float(np.nanmean(diff[first])),
         "av_offset_ms": offsets,
         "av_offset_presented_ms": presented,
-        "tone_onsets_heard": len(onsets), "tone_frames_shown": int(np.count_nonzero(ss)),
+        "tone_onsets_heard": len(onsets), "tone_frames_shown": int(np.count_nonzero(ss > 0)),
         "audio_output_rate": None if played is None else float(played / (t1 - t0)),
         "audio_output_lag_ms": None if played is None else float(1000.0 * ((t1 - t0) - played)),
         "text_to_frame_ms": float(t[runs[0]] - t_press),

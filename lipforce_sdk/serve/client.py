@@ -17,6 +17,8 @@ __all__ = ["Viewer", "Received"]
 class Received:
     video_t: list = field(default_factory=list)  # arrival, time.monotonic()
     video: list = field(default_factory=list)  # [H, W, 3] uint8 RGB
+    video_pts: list = field(default_factory=list)  # the sender's timestamp (its time_base: video_clock)
+    video_clock: int = 90000
     audio_t: list = field(default_factory=list)
     audio: list = field(default_factory=list)  # mono float32 at audio_rate
     audio_rate: int = 48000
@@ -82,6 +84,8 @@ class Viewer:
                 t = time.monotonic()
                 if track.kind == "video":
                     rec.video_t.append(t)
+                    rec.video_pts.append(f.pts)
+                    rec.video_clock = round(1 / f.time_base) if f.time_base else rec.video_clock
                     if self.keep_video:
                         rec.video.append(f.to_ndarray(format="rgb24"))
                 else:

@@ -58,22 +58,30 @@ class ServeLimits:
 
 def stamp_frame(img: np.ndarray, value: int, row: int = 0) -> np.ndarray:
     """Write ``value`` (16 bits) into row ``row`` of the frame's top-left corner as black/white 8x8
-    cells (a measurement aid: with ``--stamp`` row 0 holds the utterance frame number + 1, 0 when
-    idle, row 1 the avatar's loop frame under the picture, row 2 the utterance's id, 0 when idle)."""
+    cells, then its complement in the 16 cells after them (a measurement aid: with ``--stamp`` row 0
+    holds the utterance frame number + 1, 0 when idle, row 1 the avatar's loop frame under the
+    picture, row 2 the utterance's id, 0 when idle). The frame must be at least 256 pixels wide."""
+    if img.shape[1] < 2 * STAMP_BITS * STAMP_CELL or img.shape[0] < (row + 1) * STAMP_CELL:
+        raise ValueError(f"a {img.shape[1]}x{img.shape[0]} frame is too small for stamp row {row} "
+                         f"(needs {2 * STAMP_BITS * STAMP_CELL} pixels wide)")
     out = img.copy()
     y = row * STAMP_CELL
-    for b in range(STAMP_BITS):
-        out[y:y + STAMP_CELL, b * STAMP_CELL:(b + 1) * STAMP_CELL] = 255 if (value >> b) & 1 else 0
+    bits = (value & 0xFFFF) | ((~value & 0xFFFF) << STAMP_BITS)
+    for b in range(2 * STAMP_BITS):
+        out[y:y + STAMP_CELL, b * STAMP_CELL:(b + 1) * STAMP_CELL] = 255 if (bits >> b) & 1 else 0
     return out
 
 
 def read_stamp(img: np.ndarray, row: int = 0) -> int:
-    """The value ``stamp_frame`` wrote (after lossy coding: each cell's mean against mid-grey)."""
-    v, y = 0, row * STAMP_CELL
-    for b in range(STAMP_BITS):
+    """The value ``stamp_frame`` wrote, or -1 where the lossy coding damaged it (a cell that does
+    not match its complement: a video encoder short of bits may leave part of a stamp from an
+    earlier frame). Each cell's mean against mid-grey."""
+    bits, y = 0, row * STAMP_CELL
+    for b in range(2 * STAMP_BITS):
         if img[y + 1:y + STAMP_CELL - 1, b * STAMP_CELL + 1:(b + 1) * STAMP_CELL - 1].mean() > 127:
-            v |= 1 << b
-    return v
+            bits |= 1 << b
+    v = bits & 0xFFFF
+    return v if (bits >> STAMP_BITS) == (~v & 0xFFFF) else -1
 
 
 def _rate(times) -> float | None:
@@ -224,6 +232,9 @@ class AvatarServer:
         self.token = token or None
         self.voice, self.stamp = voice, stamp
         self.backend = getattr(engine.backend, "name", type(engine.backend).__name__)
+        if stamp and avatar.frame_hw[1] < 2 * STAMP_BITS * STAMP_CELL:
+            raise ValueError(f"--stamp needs frames at least {2 * STAMP_BITS * STAMP_CELL} pixels wide; "
+                             f"this avatar's are {avatar.frame_hw[1]}")
         avatar.latents_for(engine)  # encode the loop once, before the first viewer
         self.pool = RenderPool(engine, silence=silence, exemplars=exemplars)
         lips = np.concatenate([avatar.face_keypoints(j).lips_outer for j in range(avatar.num_frames)])
