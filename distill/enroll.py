@@ -130,7 +130,8 @@ class EnrollConfig:
     seed: int = 0
 
     def validate(self) -> "EnrollConfig":
-        for name in ("decoder_steps", "dit_steps", "sentences", "val_sentences", "exemplars", "context_shift"):
+        for name in ("decoder_steps", "dit_steps", "sentences", "val_sentences", "exemplars", "context_shift",
+                     "mouth_weight"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EnrollError(f"EnrollConfig.{name}={getattr(self, name)} must be >= 0")
         for name in ("decoder_batch", "dit_batch", "dit_video_frames", "window_frames"):

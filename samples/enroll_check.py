@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sync-weight", type=float, default=None, help="weight of the SyncNet reward in the DiT's loss")
     ap.add_argument("--context-shift", type=int, default=None)
     ap.add_argument("--dit-ema", type=float, default=None, help="decay of the DiT's weight average (0: off)")
+    ap.add_argument("--mouth-weight", type=float, default=None, help="the DiT loss's extra weight where the mouth is re-rendered")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep an enrolled model found in WORK/avatar")
     ap.add_argument("--sheet", default=None, help="also write a side-by-side PNG of the mouths here")
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
     base_dir = a.base
     over = {k: v for k, v in (("decoder_steps", a.decoder_steps), ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr),
                               ("sync_weight", a.sync_weight), ("context_shift", a.context_shift),
-                              ("dit_ema", a.dit_ema)) if v is not None}
+                              ("dit_ema", a.dit_ema), ("mouth_weight", a.mouth_weight)) if v is not None}
     cfg = enroll_mod.EnrollConfig(**over)
     report = {"kind": a.kind, "source": a.source, "base": base_dir or "bundled default", "config": vars(a)}
     end = None

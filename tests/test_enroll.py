@@ -244,6 +244,8 @@ def test_dit_settings_default_per_source_kind():
         EnrollConfig(context_shift=-1).validate()
     with pytest.raises(EnrollError, match="dit_steps"):
         EnrollConfig(dit_steps=-1).validate()
+    with pytest.raises(EnrollError, match="mouth_weight"):
+        EnrollConfig(mouth_weight=-0.5).validate()
 
 
 def test_dit_weight_average_is_kept_and_survives_a_resume(tmp_path, monkeypatch):
