@@ -99,7 +99,9 @@ def _no_video(path: str) -> ValueError:
 
 def _display_transform(frame: "av.VideoFrame") -> tuple[bool, bool, bool] | None:
     """``(transpose, flip_x, flip_y)`` that shows ``frame`` upright, from its display matrix."""
-    for sd in frame.side_data:
+    side = frame.side_data
+    for item in side:
+        sd = item if hasattr(item, "type") else side[item]  # PyAV < 19 iterates the side data, 19 its types
         if getattr(sd.type, "name", str(sd.type)).endswith("DISPLAYMATRIX"):
             return _matrix_transform(np.frombuffer(bytes(sd), "<i4"))
     return None
