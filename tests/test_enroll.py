@@ -296,8 +296,8 @@ def test_dit_weight_average_is_kept_and_survives_a_resume(tmp_path, monkeypatch)
 def test_context_shift_moves_half_the_windows_conditions_within_the_clip():
     import torch
 
-    from distill.enroll import _shift_condition
-    from distill.teacher import LatentSet
+    from lipforce_sdk.distill.enroll import _shift_condition
+    from lipforce_sdk.distill.teacher import LatentSet
 
     lens = [12, 9]  # latent frames per clip; each frame's condition holds its own index
     ls = LatentSet([torch.zeros(1, n, 2, 2) for n in lens],
