@@ -145,6 +145,13 @@ class EnrollConfig:
             raise EnrollError(f"EnrollConfig.val_share={self.val_share} must be in [0, 0.5)")
         return self
 
+    @classmethod
+    def from_options(cls, ns: argparse.Namespace) -> "EnrollConfig":
+        """The config a parsed command line asks for: each field that ``ns`` holds and that was
+        given (not ``None``) replaces the default."""
+        return cls(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
+                      if getattr(ns, f.name, None) is not None})
+
     def for_kind(self, kind: str) -> "EnrollConfig":
         """This config with the settings left to the source kind (``None``) filled in."""
         fill = {k: v for k, v in KIND_DEFAULTS[kind].items() if getattr(self, k) is None}
@@ -1502,12 +1509,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_args(a) -> EnrollResult | int:
     if a.add_exemplars:
         return add_exemplars(a.out, a.source, progress=not a.no_progress)
-    over = {k: v for k, v in (("loop_seconds", a.loop_seconds), ("decoder_steps", a.decoder_steps),
-                              ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr), ("context_shift", a.context_shift),
-                              ("dit_ema", a.dit_ema)) if v is not None}
     try:
         return enroll(a.source, a.out, kind=a.kind, model=a.model, device=a.device, start=a.start, end=a.end,
-                      config=EnrollConfig(**over), force=a.force, restart=a.restart, threads=a.threads,
+                      config=EnrollConfig.from_options(a), force=a.force, restart=a.restart, threads=a.threads,
                       progress=not a.no_progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the work so far is in {a.out}.partial/; run the same command to continue",

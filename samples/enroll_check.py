@@ -192,10 +192,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out = work / "avatar"
     base_dir = a.base
-    over = {k: v for k, v in (("decoder_steps", a.decoder_steps), ("dit_steps", a.dit_steps), ("dit_lr", a.dit_lr),
-                              ("sync_weight", a.sync_weight), ("context_shift", a.context_shift),
-                              ("dit_ema", a.dit_ema), ("mouth_weight", a.mouth_weight)) if v is not None}
-    cfg = enroll_mod.EnrollConfig(**over)
+    cfg = enroll_mod.EnrollConfig.from_options(a)
     report = {"kind": a.kind, "source": a.source, "base": base_dir or "bundled default", "config": vars(a)}
     end = None
     if a.kind == "talking":

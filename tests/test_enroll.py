@@ -1,5 +1,6 @@
 """Avatar enrollment: the smoke on the bundled clips, resume, atomic output, bad sources."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -246,6 +247,9 @@ def test_dit_settings_default_per_source_kind():
         EnrollConfig(dit_steps=-1).validate()
     with pytest.raises(EnrollError, match="mouth_weight"):
         EnrollConfig(mouth_weight=-0.5).validate()
+    # a parsed command line: the fields it gives replace the defaults; the rest of it is not the config's
+    ns = argparse.Namespace(dit_steps=5, mouth_weight=None, loop_seconds=3.0, out="avatars/x", threads=2)
+    assert EnrollConfig.from_options(ns) == EnrollConfig(dit_steps=5, loop_seconds=3.0)
 
 
 def test_dit_weight_average_is_kept_and_survives_a_resume(tmp_path, monkeypatch):
