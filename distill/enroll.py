@@ -1496,6 +1496,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the DiT as a moving average of its weights with at most this decay per step "
                         "(default: " + ", ".join(f"{k} {v['dit_ema']:g}" for k, v in KIND_DEFAULTS.items()) +
                         "; 0: the last step's weights)")
+    p.add_argument("--mouth-weight", type=float, default=None, metavar="W",
+                   help=f"the DiT's loss weighs the re-rendered mouth 1 + W (default {EnrollConfig.mouth_weight:g})")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--restart", action="store_true", help="discard an unfinished enrollment of --out")
     p.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (default: PyTorch's choice)")

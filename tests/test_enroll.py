@@ -14,7 +14,7 @@ from lipforce_sdk.avatar import Avatar  # noqa: E402
 from lipforce_sdk.cli import PHOTO_DIR  # noqa: E402
 
 enroll_mod = pytest.importorskip("lipforce_sdk.distill.enroll")
-from lipforce_sdk.distill.enroll import EnrollConfig, EnrollError, enroll  # noqa: E402
+from lipforce_sdk.distill.enroll import EnrollConfig, EnrollError, add_arguments, enroll  # noqa: E402
 from conftest import load_sample  # noqa: E402
 
 enroll_check = load_sample("enroll_check")  # samples/enroll_check.py
@@ -250,6 +250,12 @@ def test_dit_settings_default_per_source_kind():
     # a parsed command line: the fields it gives replace the defaults; the rest of it is not the config's
     ns = argparse.Namespace(dit_steps=5, mouth_weight=None, loop_seconds=3.0, out="avatars/x", threads=2)
     assert EnrollConfig.from_options(ns) == EnrollConfig(dit_steps=5, loop_seconds=3.0)
+    # `lipforce enroll`'s own parser: what it is given reaches the config, what it is not keeps the default
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    a = p.parse_args(["clip.mp4", "--out", "avatars/x", "--mouth-weight", "12", "--dit-ema", "0"])
+    assert EnrollConfig.from_options(a) == EnrollConfig(mouth_weight=12.0, dit_ema=0.0)
+    assert EnrollConfig.from_options(p.parse_args(["clip.mp4", "--out", "avatars/x"])) == EnrollConfig()
 
 
 def test_dit_weight_average_is_kept_and_survives_a_resume(tmp_path, monkeypatch):
