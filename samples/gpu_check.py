@@ -37,6 +37,9 @@ stream          150 s  1.3b at 512x512 bf16, torch backend, seeded weights: TTFF
                        DiT step, both
 baseline        150 s  bidirectional 50-step CFG baseline (same scale) on 2 s (and 4 s if it fits), ratio
 sanitizer       120 s  compute-sanitizer memcheck and racecheck on small kernel cases (where it runs)
+profile         120 s  the eager stream of ``stream`` taken apart: each backend stage timed (synchronised),
+                       the host's share; then under torch.profiler: GPU busy share, kernels per chunk, the
+                       kernels by kind (GEMM, attention, conv, copies, the rest) and the top kernels
 ==============  =====  ==================================================================================
 
 **How lipforce is importable there, offline.** Nothing is installed: the ``build`` part configures the
@@ -112,6 +115,7 @@ PARTS = (
     PartSpec("stream", "Streaming on the torch backend: TTFF, chunk latency, FPS, memory", 150, 120, 45),
     PartSpec("baseline", "Bidirectional CFG baseline (same scale, whole clip) and the speed ratio", 150, 120, 40),
     PartSpec("sanitizer", "compute-sanitizer memcheck and racecheck on small kernel cases", 120, 60, 45),
+    PartSpec("profile", "Where a streamed chunk's time goes: stages, GPU busy share, kernels", 120, 60, 30),
 )
 PART_NAMES = tuple(p.name for p in PARTS)
 
@@ -1356,8 +1360,158 @@ def part_sanitizer(ctx: Ctx, res: PartResult):
     return "pass", "; ".join(f"{r['tool']}: {'; '.join(r['summary']) or r['result']}" for r in runs)
 
 
+# =============================================================================================================
+# part: profile
+# =============================================================================================================
+KERNEL_KINDS = (  # (kind, substrings of the lower-cased kernel name), first match wins
+    ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
+    ("GEMM", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "cublas", "wgmma", "splitk")),
+    ("convolution", ("conv", "implicit", "winograd", "cudnn")),
+    ("copies and fills", ("memcpy", "memset", "copy", "fill", "cat")),
+    ("normalisation", ("norm", "welford", "reduce")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    n = name.lower()
+    for kind, keys in KERNEL_KINDS:
+        if any(k in n for k in keys):
+            return kind
+    return "elementwise and other"
+
+
+def _stage_label(name: str, args, kwargs, t_land: float) -> str:
+    if name != "dit_step":
+        return {"encode_audio": "audio encoder", "encode_video": "VAE encoder (condition)",
+                "decode": "VAE decoder"}[name]
+    t = float(args[1] if len(args) > 1 else kwargs["t"])
+    return "DiT step 1 (t = 1)" if t == 1.0 else (f"DiT step 2 (t = {t_land:g})" if t == t_land else
+                                                    "DiT cache pass (t = 0; reference writes too)")
+
+
+def part_profile(ctx: Ctx, res: PartResult):
+    ctx.need_cuda()
+    torch = ctx.torch
+    import latency
+
+    from lipforce_sdk import Engine
+    from lipforce_sdk.backends.torch_backend import TorchBackend
+    from lipforce_sdk.cli import SAMPLE_DIR
+
+    cfg = ctx.stream_config()
+    resolution, precision, dev = cfg.stream.resolution, ctx.args.precision, ctx.device
+    seconds = min(2.0, ctx.args.stream_seconds)
+    speech = read_speech(SAMPLE_DIR / "speech.wav")
+    frames, audio = latency.make_clip(speech, seconds, resolution, cfg.audio.sample_rate, cfg.stream.fps)
+    t0 = time.perf_counter()
+    model = seeded_model(ctx, cfg.name, resolution)
+    be = TorchBackend(model, device=dev, precision=precision)
+    engine = Engine(be)
+    latency.stream_once(engine, frames[:2 * cfg.video_frames_per_chunk], audio)  # warm-up
+    ctx.sync()
+    shapes = (f"{cfg.name}: dim {cfg.dit.dim}, {cfg.dit.num_layers} layers; {resolution}x{resolution} crop, "
+              f"chunk {cfg.video_frames_per_chunk} video frames; clip {seconds:g} s ({len(frames)} frames)")
+    context = dict(gpu=ctx.gpu, precision=precision, shapes=shapes, command=ctx.command("profile"))
+
+    # 1. each backend stage timed with a synchronisation around it (the stages then cannot overlap the host)
+    stages: dict[str, list] = {}
+    t_land = cfg.schedule.t_land
+
+    def timed(name, fn):
+        def run(*a, **k):
+            ctx.sync()
+            s0 = time.perf_counter()
+            out = fn(*a, **k)
+            ctx.sync()
+            st = stages.setdefault(_stage_label(name, a, k, t_land), [0.0, 0])
+            st[0] += time.perf_counter() - s0
+            st[1] += 1
+            return out
+        return run
+
+    names = ("encode_audio", "encode_video", "dit_step", "decode")
+    for n in names:
+        setattr(be, n, timed(n, getattr(be, n)))
+    try:
+        stats, wall = latency.stream_once(engine, frames, audio)
+        ctx.sync()
+    finally:
+        for n in names:
+            delattr(be, n)  # the class's methods again
+    chunks = max(1, stats.chunks)
+    rows = [[k, v[1], v[0] * 1e3, v[0] * 1e3 / chunks, 100 * v[0] / wall] for k, v in sorted(stages.items())]
+    host = wall - sum(v[0] for v in stages.values())
+    rows.append(["host: crops, mel, paste, transfers, Python (the rest)", "-", host * 1e3, host * 1e3 / chunks,
+                 100 * host / wall])
+    rows.append(["whole stream", chunks, wall * 1e3, wall * 1e3 / chunks, 100.0])
+    res.put("stages", {k: {"calls": v[1], "s": v[0]} for k, v in stages.items()} | {"host_s": host, "wall_s": wall,
+                                                                                     "chunks": chunks})
+    res.table("A chunk's stages (each synchronised)", ["stage", "calls", "total ms", "ms per chunk", "% of wall"],
+              rows, **context, wall_s=round(time.perf_counter() - t0, 1),
+              timing="synchronised around every backend call, so stage times add up; the stream runs slower "
+                     "than unsynchronised (the stream part's figures)")
+
+    # 2. the same stream under torch.profiler, no synchronisation added
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
+    with profile(activities=acts) as prof:
+        p0 = time.perf_counter()
+        stats2, _ = latency.stream_once(engine, frames, audio)
+        ctx.sync()
+        pwall = time.perf_counter() - p0
+    chunks2 = max(1, stats2.chunks)
+    events = prof.key_averages()
+
+    def self_dev_us(e):
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+
+    dev_type = getattr(torch.autograd, "DeviceType", None)
+    kernels = [e for e in events if dev_type is not None and getattr(e, "device_type", None) == dev_type.CUDA
+               and self_dev_us(e) > 0]
+    gpu_us = sum(self_dev_us(e) for e in kernels)
+    launches = sum(int(e.count) for e in kernels)
+    kinds: dict[str, list] = {}
+    for e in kernels:
+        k = kinds.setdefault(kernel_kind(e.key), [0.0, 0])
+        k[0] += self_dev_us(e)
+        k[1] += int(e.count)
+    krows = [[k, v[1] / chunks2, v[0] / 1e3 / chunks2, 100 * v[0] / gpu_us if gpu_us else None]
+             for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][0])]
+    krows.append(["all kernels", launches / chunks2, gpu_us / 1e3 / chunks2, 100.0 if gpu_us else None])
+    busy = 100 * gpu_us / 1e6 / pwall if ctx.cuda else None
+    res.put("profile", {"wall_s": pwall, "chunks": chunks2, "gpu_kernel_s": gpu_us / 1e6, "launches": launches,
+                        "gpu_busy_pct": busy, "kinds": kinds})
+    res.table("Kernels by kind (under torch.profiler)", ["kind", "launches per chunk", "GPU ms per chunk",
+                                                         "% of kernel time"], krows, **context,
+              wall_s=round(time.perf_counter() - t0, 1),
+              timing=(f"profiled stream {pwall * 1e3 / chunks2:.1f} ms per chunk of wall (profiler on); kernels "
+                      f"{gpu_us / 1e3 / chunks2:.1f} ms per chunk: the GPU busy "
+                      f"{'-' if busy is None else f'{busy:.0f}'} % of the wall" if ctx.cuda else
+                      "no CUDA: no kernels (the CPU ops are in the next table)"))
+    top = sorted(kernels, key=self_dev_us, reverse=True)[:12]
+    trows = [[e.key[:70], int(e.count) / chunks2, self_dev_us(e) / 1e3 / chunks2,
+              100 * self_dev_us(e) / gpu_us, kernel_kind(e.key)] for e in top]
+    if trows:
+        res.table("Top kernels", ["kernel", "launches per chunk", "GPU ms per chunk", "% of kernel time", "kind"],
+                  trows, **context, wall_s=round(time.perf_counter() - t0, 1))
+    cpu = sorted((e for e in events if getattr(e, "self_cpu_time_total", 0) > 0),
+                 key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    crows = [[e.key[:70], int(e.count) / chunks2, e.self_cpu_time_total / 1e3 / chunks2,
+              100 * e.self_cpu_time_total / 1e6 / pwall] for e in cpu]
+    res.table("Top host ops (self CPU time)", ["op", "calls per chunk", "CPU ms per chunk", "% of wall"], crows,
+              **context, wall_s=round(time.perf_counter() - t0, 1))
+    if not stages or (ctx.cuda and not kernels):
+        return "fail", "the profiled stream recorded no stages or no kernels"
+    dit = sum(v[0] for k, v in stages.items() if k.startswith("DiT"))
+    return "pass", (f"{wall * 1e3 / chunks:.0f} ms per chunk synchronised: DiT {100 * dit / wall:.0f} %, host "
+                    f"{100 * host / wall:.0f} %" + (f"; profiled: kernels {gpu_us / 1e3 / chunks2:.0f} ms per chunk, "
+                                                    f"GPU busy {busy:.0f} %, {launches / chunks2:.0f} launches per chunk"
+                                                    if ctx.cuda else ""))
+
+
 PART_FUNCS = {"env": part_env, "build": part_build, "kernels": part_kernels, "kernel_timing": part_kernel_timing,
-              "stream": part_stream, "baseline": part_baseline, "sanitizer": part_sanitizer}
+              "stream": part_stream, "baseline": part_baseline, "sanitizer": part_sanitizer, "profile": part_profile}
 
 
 def child_main(args) -> int:
@@ -1545,6 +1699,7 @@ def render_markdown(rep: dict) -> str:
                       "|" + "---|" * len(t["columns"])]
             for r in t["rows"]:
                 lines.append("| " + " | ".join(str(v).replace("|", "/").replace("\n", " ") for v in r) + " |")
+            lines.append("")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in rep["notes"]]
     return "\n".join(lines) + "\n"
 

@@ -96,6 +96,7 @@ def test_every_part_is_reported_in_order_with_status_time_and_reason(dry_run):
         "stream": "pass",
         "baseline": "pass",
         "sanitizer": "skip",
+        "profile": "pass",
     }
     got = {name: parts[name]["status"] for name in expected}
     assert got == expected, {n: (parts[n]["status"], parts[n]["reason"]) for n in expected}
@@ -216,3 +217,25 @@ def test_docs_name_the_device_command():
         text = (REPO / doc).read_text()
         assert gc.DEVICE_COMMAND in text, f"{doc} does not name the GPU check's command `{gc.DEVICE_COMMAND}`"
     assert gc.DEVICE_COMMAND in SCRIPT.read_text()
+
+
+@pytest.mark.slow
+def test_profile_takes_a_chunk_apart_into_stages_that_add_up(dry_run):
+    """The profile part: every chunk runs DiT step 1 and step 2 once and at least one cache pass, and the
+    synchronised stages plus the host's rest are the stream's wall time."""
+    proc, _, report, _ = dry_run
+    assert report is not None, _explain(proc)
+    p = _parts(report)["profile"]
+    assert p["status"] == "pass", p["reason"]
+    st = p["results"]["stages"]
+    chunks = st["chunks"]
+    assert chunks >= 2
+    assert st["DiT step 1 (t = 1)"]["calls"] == st["DiT step 2 (t = 0.5)"]["calls"] == chunks
+    assert st["DiT cache pass (t = 0; reference writes too)"]["calls"] >= chunks
+    assert st["VAE decoder"]["calls"] == chunks and st["audio encoder"]["calls"] == chunks
+    staged = sum(v["s"] for k, v in st.items() if isinstance(v, dict))
+    assert 0 <= st["host_s"] < st["wall_s"]
+    assert staged + st["host_s"] == pytest.approx(st["wall_s"], rel=1e-9)
+    assert gc.kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32") == "GEMM"
+    assert gc.kernel_kind("pytorch_flash::flash_fwd_kernel") == "attention"
+    assert gc.kernel_kind("vectorized_elementwise_kernel<4, silu>") == "elementwise and other"
