@@ -66,13 +66,31 @@ def _key_box(size: int) -> tuple[int, int, int, int]:
     return int(y0 * size), int(round(y1 * size)), int(x0 * size), int(round(x1 * size))
 
 
+def _blur_window(region: tuple[int, int, int, int], sigma: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``region`` (y0, y1, x0, x1) grown by the radius of the kernel ``cv2.GaussianBlur`` takes for
+    ``sigma`` on a float image (size ``round(8 sigma + 1) | 1``) and one pixel more, clipped to the
+    image: blurred alone, the window gives ``region`` exactly the values the whole image gives it
+    (inside, every tap is a real pixel; at the image's edges the same reflection)."""
+    r = (int(round(8.0 * sigma + 1.0)) | 1) // 2 + 1
+    y0, y1, x0, x1 = region
+    return max(0, y0 - r), min(shape[0], y1 + r), max(0, x0 - r), min(shape[1], x1 + r)
+
+
+def _blurred(img: np.ndarray, sigma: float, region: tuple[int, int, int, int]) -> np.ndarray:
+    """``cv2.GaussianBlur(img, sigma)[region]`` (float32), computed over the region's window only."""
+    wy0, wy1, wx0, wx1 = _blur_window(region, sigma, img.shape)
+    y0, y1, x0, x1 = region
+    g = cv2.GaussianBlur(np.asarray(img[wy0:wy1, wx0:wx1], np.float32), (0, 0), sigma)
+    return g[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
+
+
 def mouth_key(crop: np.ndarray) -> np.ndarray:
     """The lookup key of one crop ``[S, S, 3]`` uint8: its mouth box (``CropSpec.mouth_box``),
-    blurred and shrunk to ``KEY_HW``, flattened, float32 (0-255 levels)."""
+    blurred and shrunk to ``KEY_HW``, flattened, float32 (0-255 levels). Only the box's window
+    is blurred (the same values as blurring the whole crop)."""
     s = crop.shape[0]
-    g = cv2.GaussianBlur(np.asarray(crop, np.float32), (0, 0), KEY_BLUR * s)
-    y0, y1, x0, x1 = _key_box(s)
-    return cv2.resize(g[y0:y1, x0:x1], KEY_HW[::-1], interpolation=cv2.INTER_AREA).reshape(-1)
+    g = _blurred(crop, KEY_BLUR * s, _key_box(s))
+    return cv2.resize(g, KEY_HW[::-1], interpolation=cv2.INTER_AREA).reshape(-1)
 
 
 def pixel_median(images: np.ndarray) -> np.ndarray:
@@ -128,9 +146,10 @@ class MouthExemplars:
     def size(self) -> int:
         return int(self.images.shape[1])
 
-    def detail(self, gen: np.ndarray, crop) -> np.ndarray:
-        """The picture a session pastes for the generated crop ``gen`` of ``crop``: ``refine(gen)``."""
-        return self.refine(gen)
+    def detail(self, gen: np.ndarray, crop, weight: np.ndarray | None = None) -> np.ndarray:
+        """The picture a session pastes for the generated crop ``gen`` of ``crop``: ``refine(gen)``;
+        with the paste's ``weight``, refined only where the paste reads it (``AlignedCrop.paste_footprint``)."""
+        return self.refine(gen, None if weight is None else _footprint(crop, weight, self.size))
 
     @classmethod
     def build(cls, crops: np.ndarray, max_items: int = 600, **kw) -> "MouthExemplars":
@@ -168,9 +187,10 @@ class MouthExemplars:
         """How much of the exemplars' band is used at this key distance: 1 up to ``near``, 0 from ``far``."""
         return float(np.clip((self.far - distance) / (self.far - self.near), 0.0, 1.0))
 
-    def refine(self, gen: np.ndarray) -> np.ndarray:
+    def refine(self, gen: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """A generated crop ``[S, S, 3]`` uint8 with its band above ``cutoff`` taken from the
-        median of its ``k`` nearest exemplars; uint8, same shape."""
+        median of its ``k`` nearest exemplars; uint8, same shape. ``region`` (y0, y1, x0, x1): only
+        there (the rest is ``gen`` as it is), with the values the whole crop's refinement gives it."""
         g = np.asarray(gen)
         if g.shape != self.images.shape[1:] or g.dtype != np.uint8:
             raise ValueError(f"gen must be uint8 {self.images.shape[1:]} (the exemplars' crop), got {g.dtype} {g.shape}")
@@ -178,13 +198,21 @@ class MouthExemplars:
         w = self.weight(dist)
         if w <= 0.0:
             return g.copy()
-        med = pixel_median(self.images[idx])  # float32
-        gf = g.astype(np.float32)
+        s = self.size
+        y0, y1, x0, x1 = (0, s, 0, s) if region is None else region
+        if y1 <= y0 or x1 <= x0:
+            return g.copy()
+        sigma = self.cutoff * s
+        wy0, wy1, wx0, wx1 = _blur_window((y0, y1, x0, x1), sigma, g.shape)
+        med = pixel_median(self.images[idx, wy0:wy1, wx0:wx1])  # float32
+        gf = g[wy0:wy1, wx0:wx1].astype(np.float32)
         # blur(gen) + (med - blur(med)), with one blur: the Gaussian is linear
-        out = med + cv2.GaussianBlur(gf - med, (0, 0), self.cutoff * self.size)
+        o = med + cv2.GaussianBlur(gf - med, (0, 0), sigma)
         if w < 1.0:
-            out = gf + np.float32(w) * (out - gf)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+            o = gf + np.float32(w) * (o - gf)
+        out = g.copy()
+        out[y0:y1, x0:x1] = np.clip(np.rint(o[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]), 0, 255).astype(np.uint8)
+        return out
 
     # ---- the file ----
     def save(self, path: str | Path) -> None:
@@ -294,17 +322,18 @@ class StreamExemplars:
             self._bank = MouthExemplars(np.stack(self._images), np.stack(self._keys), **kw)
         return self._bank
 
-    def refine(self, gen: np.ndarray) -> np.ndarray:
+    def refine(self, gen: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
         b = self.bank()
-        return np.asarray(gen).copy() if b is None else b.refine(gen)
+        return np.asarray(gen).copy() if b is None else b.refine(gen, region)
 
-    def detail(self, gen: np.ndarray, crop) -> np.ndarray:
+    def detail(self, gen: np.ndarray, crop, weight: np.ndarray | None = None) -> np.ndarray:
         """The picture a session pastes for the generated crop ``gen`` of ``crop``: enlarged to
-        ``size_for(crop)`` (bicubic) where that is larger, then ``refine``d."""
+        ``size_for(crop)`` (bicubic) where that is larger, then ``refine``d (with the paste's
+        ``weight``: only where the paste reads it)."""
         size = self.size_for(crop)
         if size != gen.shape[0]:
             gen = cv2.resize(gen, (size, size), interpolation=cv2.INTER_CUBIC)
-        return self.refine(gen)
+        return self.refine(gen, None if weight is None else _footprint(crop, weight, size))
 
 
 class LayeredExemplars:
@@ -322,15 +351,23 @@ class LayeredExemplars:
     def size_for(self, crop) -> int:
         return self.stream.size_for(crop) if self._larger(crop) else self.own.size
 
-    def detail(self, gen: np.ndarray, crop) -> np.ndarray:
-        g = self.own.refine(gen)
-        return self.stream.detail(g, crop) if self._larger(crop) else g
+    def detail(self, gen: np.ndarray, crop, weight: np.ndarray | None = None) -> np.ndarray:
+        if self._larger(crop):  # the stream's stage reads all of the enlarged crop's key box: refine it whole
+            return self.stream.detail(self.own.refine(gen), crop, weight)
+        return self.own.detail(gen, crop, weight)
 
     def add(self, frame: np.ndarray, crop) -> bool:
         return self._larger(crop) and self.stream.add(frame, crop)
 
     def reset(self) -> None:
         self.stream.reset()
+
+
+def _footprint(crop, weight: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """What ``paste`` reads of a picture at ``size`` (``AlignedCrop.paste_footprint``); an empty region
+    where the weight is 0 everywhere."""
+    r = crop.paste_footprint(weight, size)
+    return (0, 0, 0, 0) if r is None else r
 
 
 def load_exemplars(model_dir: str | Path | None, manifest: dict | None = None) -> MouthExemplars | None:

@@ -280,6 +280,30 @@ class AlignedCrop:
         return cv2.warpAffine(np.asarray(weight, np.float32), m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
 
+    def paste_footprint(self, weight: np.ndarray, size: int | None = None) -> tuple[int, int, int, int] | None:
+        """``(y0, y1, x0, x1)``, end exclusive: the pixels of a picture of this crop at ``size`` (default
+        the crop's own) that ``paste`` reads with ``weight``. Two pictures equal inside it paste to the
+        same frame, so work on the picture (the mouth exemplars' detail) can stop at it. ``None``
+        where ``weight`` is 0 everywhere (``paste`` reads nothing)."""
+        w = np.asarray(weight)
+        rows, cols = np.flatnonzero(w.any(axis=1)), np.flatnonzero(w.any(axis=0))
+        if rows.size == 0:
+            return None
+        p = self.size if size is None else int(size)
+        f = p / self.size
+        shrink = 1.0 / self.at_size(p).scale  # paste low-passes a picture finer than the frame (_antialias)
+        aa = 0 if shrink <= 1.25 else int(math.ceil(3.0 * 0.5 * math.sqrt(shrink * shrink - 1.0))) + 1
+        # a frame pixel has weight where the bilinear weight map, at its crop index u, touches a nonzero
+        # weight: r0 - 1 < u < r1 + 1; the picture is sampled at (u + 0.5) f - 0.5, bicubic: 2 pixels each side
+        m = 3 + aa
+
+        def span(lo, hi):
+            return (max(0, int(math.floor((lo - 0.5) * f - 0.5)) - m),
+                    min(p, int(math.floor((hi + 1.5) * f - 0.5)) + m + 1))
+
+        (y0, y1), (x0, x1) = span(rows[0], rows[-1]), span(cols[0], cols[-1])
+        return y0, y1, x0, x1
+
     def paste(self, frame: np.ndarray, crop_img: np.ndarray, weight: np.ndarray) -> np.ndarray:
         """``frame * (1 - w) + crop * w`` with ``w`` = ``weight`` ``[S, S]`` mapped into the frame;
         a new frame. Where the mapped weight is 0 (everywhere outside its support) the frame's

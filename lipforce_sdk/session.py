@@ -415,7 +415,7 @@ class ChunkRenderer:
         ex = self.exemplars
         if ex is None:
             return view.crop.paste(frame, gen, view.mask.soft)
-        out = view.crop.paste(frame, ex.detail(gen, view.crop), view.mask.soft)
+        out = view.crop.paste(frame, ex.detail(gen, view.crop, view.mask.soft), view.mask.soft)
         if hasattr(ex, "add"):  # gathered from the stream
             ex.add(frame, view.crop)
         return out

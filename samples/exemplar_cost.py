@@ -7,8 +7,11 @@ Only the paste is timed (``ChunkRenderer.composite``; no model): the face mesh f
 the first frames, the stream's exemplars take the first 2 s, then every later frame's own crop,
 softened as the model's is, is pasted back: plainly (no exemplars), through exemplars kept at the
 model's crop size (``max_size`` = the crop), and at the face's own size in the frame (the default,
-up to ``STREAM_MAX_SIZE``). Prints milliseconds per frame (best and median of the repeats, the
-three settings alternated in each) and each setting's lower-face detail against the input's.
+up to ``STREAM_MAX_SIZE``); the last again with the whole picture refined (the exemplars not told
+the paste's weights, so not stopped at what the paste reads: the frames must come out the same).
+Prints milliseconds per frame (best and median of the repeats, the settings alternated in each)
+and each setting's lower-face detail against the input's. ``--preset 1.3b`` takes that preset's
+crop (512 px) instead of a model directory's.
 """
 
 from __future__ import annotations
@@ -33,11 +36,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--video", default=str(PHOTO_DIR / "face.mp4"))
     ap.add_argument("--model", default=None, help="model directory whose config sets the crop (default: bundled)")
+    ap.add_argument("--preset", default=None, help="take the crop of this preset (e.g. 1.3b: 512 px) instead")
     ap.add_argument("--frames", type=int, default=100, help="frames pasted after the exemplars' 2 s")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
 
-    cfg = read_manifest(a.model or default_model_dir())[1]
+    if a.preset:
+        from lipforce_sdk.config import from_name
+
+        cfg = from_name(a.preset)
+    else:
+        cfg = read_manifest(a.model or default_model_dir())[1]
     s = cfg.stream.resolution
     bank = StreamExemplars.for_fps(cfg.stream.fps).frames  # the stream's first STREAM_SECONDS
     frames = read_video(a.video)[0][:bank + a.frames]
@@ -55,8 +64,10 @@ def main(argv=None) -> int:
         views.append(prep(f, kp))
     soft = [cv2.GaussianBlur(v.image, (0, 0), 1.0) for v in views]  # a model's crop: softer than the frame's
     side = views[0].crop.side
+    whole = "the same, the whole picture refined"
     settings = {"plain paste (no exemplars)": None, f"exemplars at the crop ({s} px)": s,
-                f"exemplars at the face's size (<= {STREAM_MAX_SIZE} px)": STREAM_MAX_SIZE}
+                f"exemplars at the face's size (<= {STREAM_MAX_SIZE} px)": STREAM_MAX_SIZE, whole: STREAM_MAX_SIZE}
+    outs: dict[str, list] = {}
     times: dict[str, list[float]] = {k: [] for k in settings}
     detail: dict[str, float] = {}
     sizes: dict[str, int] = {}
@@ -69,7 +80,7 @@ def main(argv=None) -> int:
     for _ in range(a.repeats):
         for name, max_size in settings.items():
             ex = None if max_size is None else StreamExemplars.for_fps(cfg.stream.fps, max_size=max_size)
-            r = ChunkRenderer(None, cfg, 0, exemplars=ex)
+            r = ChunkRenderer(None, cfg, 0, exemplars=WholePicture(ex) if name == whole else ex)
             for f, v, g in zip(frames[:bank], views[:bank], soft[:bank]):
                 r.composite(f, v, g)
             t0 = time.perf_counter()
@@ -78,6 +89,7 @@ def main(argv=None) -> int:
             sizes[name] = s if ex is None else ex.size_for(views[0].crop)
             detail[name] = float(np.median([lap(o, v) / max(lap(f, v), 1e-6)
                                             for o, f, v in zip(out, frames[bank:], views[bank:])]))
+            outs[name] = out
     print(f"# {a.video}: face {side:.0f} px across in the frame, model crop {s} px, "
           f"{len(frames) - bank} frames pasted after {bank}, {a.repeats} repeats")
     print("| paste | size (px) | ms / frame best | median | detail in the mask / input's |")
@@ -85,7 +97,26 @@ def main(argv=None) -> int:
     for name in settings:
         t = times[name]
         print(f"| {name} | {sizes[name]} | {min(t):.2f} | {float(np.median(t)):.2f} | {detail[name]:.2f} |")
-    return 0
+    face = f"exemplars at the face's size (<= {STREAM_MAX_SIZE} px)"
+    same = all(np.array_equal(x, y) for x, y in zip(outs[face], outs[whole]))
+    print(f"frames pasted through the exemplars the same with and without the paste's footprint: {'yes' if same else 'NO'}")
+    return 0 if same else 1
+
+
+class WholePicture:
+    """Stream exemplars that are not told the paste's weights: they refine the whole picture."""
+
+    def __init__(self, ex):
+        self.ex = ex
+
+    def detail(self, gen, crop, weight=None):
+        return self.ex.detail(gen, crop)
+
+    def add(self, frame, crop):
+        return self.ex.add(frame, crop)
+
+    def reset(self):
+        self.ex.reset()
 
 
 if __name__ == "__main__":

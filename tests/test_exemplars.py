@@ -357,8 +357,10 @@ def test_exemplar_cost_sample_prints_its_table(capsys):
     assert mod.main(["--frames", "6", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r[1].strip().split(" (")[0] for r in rows] == ["plain paste", "exemplars at the crop", "exemplars at the face's size"]
-    assert [int(r[2]) for r in rows] == [128, 128, 128]
+    assert [r[1].strip().split(" (")[0] for r in rows] == ["plain paste", "exemplars at the crop", "exemplars at the face's size",
+                                                           "the same, the whole picture refined"]
+    assert [int(r[2]) for r in rows] == [128, 128, 128, 128]
+    assert "the paste's footprint: yes" in out
     detail = [float(r[5]) for r in rows]
     assert detail[1] > detail[0] + 0.1 and detail[2] > detail[0] + 0.1
 
@@ -396,3 +398,97 @@ def test_an_enrolled_avatars_exemplars_take_the_streams_detail_only_where_the_fa
     assert err[0] < 0.8 * err[1]
     r.reset()
     assert lay.stream.count == 0
+
+
+def _key_whole(crop):
+    """``mouth_key`` as it was first written: the whole crop blurred, then the box cut."""
+    from lipforce_sdk.exemplars import KEY_BLUR, KEY_HW, _key_box
+
+    s = crop.shape[0]
+    g = cv2.GaussianBlur(np.asarray(crop, np.float32), (0, 0), KEY_BLUR * s)
+    y0, y1, x0, x1 = _key_box(s)
+    return cv2.resize(g[y0:y1, x0:x1], KEY_HW[::-1], interpolation=cv2.INTER_AREA).reshape(-1)
+
+
+@pytest.mark.parametrize("size", [64, 128, 208, 512])
+def test_the_key_and_the_refinement_of_a_window_equal_the_whole_crops(size):
+    """Only the key box's window is blurred for the key, and ``refine(gen, region)`` works on the region's
+    window: bit for bit the values of the whole crop's, the rest of the crop is ``gen`` untouched."""
+    rng = np.random.default_rng(size)
+    crops = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_CUBIC) for m in mouths()])
+    crops = np.clip(crops.astype(np.int16) + rng.integers(-20, 21, crops.shape), 0, 255).astype(np.uint8)
+    for c in crops[:3]:
+        assert np.array_equal(mouth_key(c), _key_whole(c))
+    ex = MouthExemplars.build(crops[1:], k=3, far=1e4)
+    gen = cv2.GaussianBlur(crops[0], (0, 0), 1.5)
+    whole = ex.refine(gen)
+    assert not np.array_equal(whole, gen)
+    for region in [(0, size, 0, size), (size // 3, size // 2, size // 4, 3 * size // 4), (0, 5, size - 7, size),
+                   (size // 2, size, 0, size // 3), (3, 3, 0, size)]:
+        y0, y1, x0, x1 = region
+        part = ex.refine(gen, region)
+        inside = np.zeros((size, size), bool)
+        inside[y0:y1, x0:x1] = True
+        assert np.array_equal(part[inside], whole[inside]), region
+        assert np.array_equal(part[~inside], gen[~inside]), region
+
+
+def test_the_paste_footprint_holds_every_pixel_the_paste_reads():
+    """``AlignedCrop.paste_footprint``: a picture changed anywhere outside it pastes to the same frame,
+    at the crop's size and at others, for faces smaller and larger than the crop, rolled, at the frame's edge."""
+    from lipforce_sdk.geometry import AlignedCrop
+
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (300, 320, 3), dtype=np.uint8)
+    s = 64
+    yy, xx = np.mgrid[0:s, 0:s]
+    checked = 0
+    for centre, side, angle, pic_size in [((160, 150), 60.0, 0.0, 64), ((160, 150), 30.0, 0.3, 64),
+                                          ((150, 140), 140.0, -0.2, 144), ((150, 140), 140.0, 0.5, 256),
+                                          ((10, 290), 90.0, 0.1, 96), ((300, 20), 20.0, -0.6, 80),
+                                          ((160, 150), 250.0, 0.05, 64)]:
+        crop = AlignedCrop(centre, side, angle, s)
+        for cy, cx, ry, rx in [(40, 32, 9, 14), (5, 60, 6, 6), (32, 32, 40, 40)]:
+            w = np.clip(1.5 - np.hypot((yy - cy) / ry, (xx - cx) / rx), 0, 1).astype(np.float32)
+            fp = crop.paste_footprint(w, pic_size)
+            y0, y1, x0, x1 = fp
+            assert 0 <= y0 < y1 <= pic_size and 0 <= x0 < x1 <= pic_size
+            pic = rng.integers(0, 256, (pic_size, pic_size, 3), dtype=np.uint8)
+            other = rng.integers(0, 256, pic.shape, dtype=np.uint8)
+            other[y0:y1, x0:x1] = pic[y0:y1, x0:x1]
+            assert np.array_equal(crop.paste(frame, pic, w), crop.paste(frame, other, w)), (centre, side, angle, fp)
+            checked += 1
+    assert crop.paste_footprint(np.zeros((s, s), np.float32)) is None
+    assert checked == 21
+
+
+@pytest.mark.parametrize("case", ["enrolled", "stream", "stream, large face", "layered", "layered, large face"])
+def test_sessions_paste_the_same_frames_when_the_exemplars_stop_at_the_paste_footprint(case):
+    """``composite`` hands the mask's weights to the exemplars, which then refine only what the paste
+    reads: every frame equals the one pasted from the whole crop's refinement."""
+    from lipforce_sdk.exemplars import LayeredExemplars, StreamExemplars
+    from lipforce_sdk.session import ChunkRenderer
+
+    large = "large" in case
+    cfg, frames, views = (_stream_setup(images=mouths(6), noise_seed=1, **LARGE) if large else _stream_setup(6))
+    s = cfg.stream.resolution
+    own = MouthExemplars.build(np.stack([cv2.resize(m, (s, s), interpolation=cv2.INTER_CUBIC) for m in mouths()]), k=3,
+                               far=1e4)
+
+    def make():
+        if case == "enrolled":
+            return own
+        stream = StreamExemplars(frames=50)
+        return stream if case.startswith("stream") else LayeredExemplars(own, stream)
+
+    ex_w, ex_whole = make(), make()
+    r = ChunkRenderer(None, cfg, 0, exemplars=ex_w)
+    for i, (f, v) in enumerate(zip(frames, views)):
+        gen = cv2.GaussianBlur(views[(i + 2) % len(views)].image, (0, 0), 1.5)
+        got = r.composite(f, v, gen)
+        want = v.crop.paste(f, ex_whole.detail(gen, v.crop), v.mask.soft)
+        if hasattr(ex_whole, "add"):
+            ex_whole.add(f, v.crop)
+        assert np.array_equal(got, want), (case, i)
+    if case != "enrolled":
+        assert (ex_w.stream if hasattr(ex_w, "stream") else ex_w).count == (0 if case == "layered" else 6)
