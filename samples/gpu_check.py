@@ -2,7 +2,7 @@
 
 On a machine with one H100 or H200 (SM90), from the repository root::
 
-    python samples/gpu_check.py --out OUT_DIR          # 216 s on an H200 (2026-12-04); stops itself at 390 s
+    python samples/gpu_check.py --out OUT_DIR          # 216 s on an H200 (2026-12-04) + ~100 s profile; stops at 390 s
 
 Here, without a GPU, the same code paths at the ``tiny`` preset's sizes on the CPU (what needs CUDA is
 skipped with its reason)::
