@@ -194,13 +194,13 @@ class MouthExemplars:
         g = np.asarray(gen)
         if g.shape != self.images.shape[1:] or g.dtype != np.uint8:
             raise ValueError(f"gen must be uint8 {self.images.shape[1:]} (the exemplars' crop), got {g.dtype} {g.shape}")
-        idx, dist = self.nearest(mouth_key(g))
-        w = self.weight(dist)
-        if w <= 0.0:
-            return g.copy()
         s = self.size
         y0, y1, x0, x1 = (0, s, 0, s) if region is None else region
         if y1 <= y0 or x1 <= x0:
+            return g.copy()
+        idx, dist = self.nearest(mouth_key(g))
+        w = self.weight(dist)
+        if w <= 0.0:
             return g.copy()
         sigma = self.cutoff * s
         wy0, wy1, wx0, wx1 = _blur_window((y0, y1, x0, x1), sigma, g.shape)

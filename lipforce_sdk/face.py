@@ -424,11 +424,16 @@ def _gather(img: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     return img[ys[:, None], xs[None, :]]
 
 
+def _antialias_sigma(shrink: float) -> float:
+    """The Gaussian ``_antialias`` low-passes with before shrinking by ``shrink``; 0: none."""
+    return 0.0 if shrink <= 1.25 else 0.5 * math.sqrt(shrink * shrink - 1.0)
+
+
 def _antialias(img: np.ndarray, shrink: float) -> np.ndarray:
     """Low-pass before a resampling that shrinks by ``shrink`` (> 1) to avoid aliasing."""
-    if shrink <= 1.25:
+    sigma = _antialias_sigma(shrink)
+    if sigma == 0.0:
         return img
-    sigma = 0.5 * math.sqrt(shrink * shrink - 1.0)
     return cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, sigmaY=sigma)
 
 

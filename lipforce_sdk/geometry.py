@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from .face import FaceBox, _antialias, _as_box, _check_frame, _gather
+from .face import FaceBox, _antialias, _antialias_sigma, _as_box, _check_frame, _gather
 
 __all__ = [
     "FaceKeypoints",
@@ -291,8 +291,9 @@ class AlignedCrop:
             return None
         p = self.size if size is None else int(size)
         f = p / self.size
-        shrink = 1.0 / self.at_size(p).scale  # paste low-passes a picture finer than the frame (_antialias)
-        aa = 0 if shrink <= 1.25 else int(math.ceil(3.0 * 0.5 * math.sqrt(shrink * shrink - 1.0))) + 1
+        # paste low-passes a picture finer than the frame (_antialias): uint8, so a kernel of radius ~3 sigma
+        sigma = _antialias_sigma(1.0 / self.at_size(p).scale)
+        aa = 0 if sigma == 0.0 else int(math.ceil(3.0 * sigma)) + 1
         # a frame pixel has weight where the bilinear weight map, at its crop index u, touches a nonzero
         # weight: r0 - 1 < u < r1 + 1; the picture is sampled at (u + 0.5) f - 0.5, bicubic: 2 pixels each side
         m = 3 + aa
