@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,6 +271,7 @@ class StreamExemplars:
         self.frames, self.settings = int(frames), {"k": int(k), "cutoff": float(cutoff), "near": float(near),
                                                    "far": float(far)}
         self.max_size = int(max_size)
+        self._lock = threading.Lock()
         self.reset()
 
     @classmethod
@@ -277,8 +279,11 @@ class StreamExemplars:
         return cls(max(1, int(round(seconds * fps))), **kw)
 
     def reset(self) -> None:
-        self._images: list[np.ndarray] = []
-        self._keys: list[np.ndarray] = []
+        # what is held: the first ``_count`` rows of arrays for ``frames`` crops, allocated at the first add
+        # (a bank is then a view of them: nothing is copied as the exemplars grow)
+        self._images: np.ndarray | None = None
+        self._keys: np.ndarray | None = None
+        self._count = 0
         self._seen: set[int] = set()
         self._bank: MouthExemplars | None = None
         self._size: int | None = None
@@ -294,11 +299,17 @@ class StreamExemplars:
 
     @property
     def count(self) -> int:
-        return len(self._images)
+        return self._count
 
     @property
     def full(self) -> bool:
-        return len(self._images) >= self.frames
+        return self._count >= self.frames
+
+    @property
+    def gathering(self) -> bool:
+        """Whether a frame's paste may still add to what is held (so a chunk's frames depend on the
+        ones before them); False once full: the held bank no longer changes."""
+        return not self.full
 
     def add(self, frame: np.ndarray, crop) -> bool:
         """Keep ``crop`` (a ``geometry.AlignedCrop``) of ``frame``, cut at ``size_for(crop)``, while
@@ -310,17 +321,30 @@ class StreamExemplars:
         if h in self._seen:
             return False
         self._seen.add(h)
-        self._images.append(image)
-        self._keys.append(mouth_key(image))
+        key = mouth_key(image)
+        if self._images is None:
+            self._images = np.empty((self.frames, *image.shape), np.uint8)
+            self._keys = np.empty((self.frames, key.size), np.float32)
+        self._images[self._count], self._keys[self._count] = image, key
+        self._count += 1
         self._bank = None
         return True
 
     def bank(self) -> MouthExemplars | None:
-        """What is held as a ``MouthExemplars`` (``None`` while empty)."""
-        if self._bank is None and self._images:
-            kw = dict(self.settings, k=min(self.settings["k"], len(self._images)))
-            self._bank = MouthExemplars(np.stack(self._images), np.stack(self._keys), **kw)
+        """What is held as a ``MouthExemplars`` (``None`` while empty); built once however many
+        threads ask for it at once."""
+        n = self._count
+        if self._bank is None and n:
+            with self._lock:
+                if self._bank is None:
+                    kw = dict(self.settings, k=min(self.settings["k"], n))
+                    self._bank = MouthExemplars(self._images[:n], self._keys[:n], **kw)
         return self._bank
+
+    @property
+    def held(self) -> np.ndarray:
+        """The crops held, ``[count, size, size, 3]`` uint8 (a view)."""
+        return self._images[:self._count] if self._images is not None else np.zeros((0, 0, 0, 3), np.uint8)
 
     def refine(self, gen: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
         b = self.bank()
@@ -358,6 +382,13 @@ class LayeredExemplars:
 
     def add(self, frame: np.ndarray, crop) -> bool:
         return self._larger(crop) and self.stream.add(frame, crop)
+
+    @property
+    def gathering(self) -> bool:
+        """Whether a paste may still add to the stream's exemplars: before the first frame fixes their
+        size, and while a face larger than ``own``'s crop fills them."""
+        size = self.stream._size
+        return size is None or (size > self.own.size and self.stream.gathering)
 
     def reset(self) -> None:
         self.stream.reset()

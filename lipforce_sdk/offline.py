@@ -70,6 +70,11 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
             ref = fill_lost([views[i] for i in first])[:n_ref]
             renderer.write_reference(ref, planner, state)
         gen = renderer.render(fill_lost(chunk), mel[k * fv:(k + 1) * fv], k, planner, state)
-        for j, i in enumerate(real):
-            out[i] = frames[i] if views[i] is None else renderer.composite(frames[i], views[i], gen[j])
+        faced = [(j, i) for j, i in enumerate(real) if views[i] is not None]
+        pasted = renderer.composite_many([frames[i] for _, i in faced], [views[i] for _, i in faced],
+                                         [gen[j] for j, _ in faced])
+        for i in real:
+            out[i] = frames[i]
+        for (_, i), image in zip(faced, pasted):
+            out[i] = image
     return out

@@ -37,7 +37,7 @@ stream          150 s  1.3b at 512x512 bf16, torch backend, seeded weights: TTFF
                        DiT step, both
 baseline        150 s  bidirectional 50-step CFG baseline (same scale) on 2 s (and 4 s if it fits), ratio
 sanitizer       120 s  compute-sanitizer memcheck and racecheck on small kernel cases (where it runs)
-profile         120 s  the eager stream of ``stream`` taken apart: each backend stage timed (synchronised),
+profile         150 s  the eager stream of ``stream`` taken apart: each backend stage timed (synchronised),
                        the host's share; then under torch.profiler: GPU busy share, kernels per chunk, the
                        kernels by kind (GEMM, attention, conv, copies, the rest) and the top kernels
 ==============  =====  ==================================================================================
@@ -61,6 +61,7 @@ dynamo recompile; CUDA graphs attack the same launch overhead directly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import gc
@@ -115,7 +116,7 @@ PARTS = (
     PartSpec("stream", "Streaming on the torch backend: TTFF, chunk latency, FPS, memory", 150, 120, 45),
     PartSpec("baseline", "Bidirectional CFG baseline (same scale, whole clip) and the speed ratio", 150, 120, 40),
     PartSpec("sanitizer", "compute-sanitizer memcheck and racecheck on small kernel cases", 120, 60, 45),
-    PartSpec("profile", "Where a streamed chunk's time goes: stages, GPU busy share, kernels", 120, 60, 30),
+    PartSpec("profile", "Where a streamed chunk's time goes: stages, GPU busy share, kernels", 150, 60, 30),
 )
 PART_NAMES = tuple(p.name for p in PARTS)
 
@@ -1389,6 +1390,58 @@ def _stage_label(name: str, args, kwargs, t_land: float) -> str:
                                                     "DiT cache pass (t = 0; reference writes too)")
 
 
+# the host's parts of a chunk the profile names: (label, class path, method), each called on the stream's
+# thread (a chunk's pastes may run on the composite threads inside composite_many: timed as one wall time)
+HOST_TIMERS = (
+    ("crop and mouth mask of each frame", "lipforce_sdk.session:FramePreparer", "__call__"),
+    ("frames and mask for the model (float, masked)", "lipforce_sdk.session:ChunkRenderer", "_pixels"),
+    ("frames and mask for the model (float, masked)", "lipforce_sdk.session:ChunkRenderer", "_mask"),
+    ("noise", "lipforce_sdk.session:ChunkRenderer", "noise"),
+    ("paste into the frames, through the mouth exemplars", "lipforce_sdk.session:ChunkRenderer", "composite_many"),
+)
+_PASTE = HOST_TIMERS[4][0]
+
+
+@contextlib.contextmanager
+def _host_timers(parts: dict):
+    """Times the host's named parts of a stream (``HOST_TIMERS``) into ``parts`` (label -> [seconds, calls])
+    by wrapping the classes' methods for the duration (restored after)."""
+    import importlib
+
+    saved = []
+    for label, where, meth in HOST_TIMERS:
+        mod, cls_name = where.split(":")
+        cls = getattr(importlib.import_module(mod), cls_name)
+        fn = cls.__dict__[meth]
+
+        def wrapped(*a, _fn=fn, _label=label, **k):
+            s0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                p = parts.setdefault(_label, [0.0, 0])
+                p[0] += time.perf_counter() - s0
+                p[1] += 1
+
+        saved.append((cls, meth, fn))
+        setattr(cls, meth, wrapped)
+    try:
+        yield parts
+    finally:
+        for cls, meth, fn in reversed(saved):
+            setattr(cls, meth, fn)
+
+
+def _host_rows(parts: dict, host: float, wall: float, chunks: int) -> tuple[list, dict]:
+    """Rows for the host's time: its named parts, then the rest (mel, transfers, Python). Returns
+    (rows, {label: [seconds, calls]} as in the rows)."""
+    named = {k: list(v) for k, v in parts.items()}
+    rows = [[f"host: {k}", v[1], v[0] * 1e3, v[0] * 1e3 / chunks, 100 * v[0] / wall] for k, v in named.items()]
+    rest = host - sum(v[0] for v in named.values())
+    rows.append(["host: the rest (mel, transfers, Python)", "-", rest * 1e3, rest * 1e3 / chunks, 100 * rest / wall])
+    return rows, named
+
+
 def part_profile(ctx: Ctx, res: PartResult):
     ctx.need_cuda()
     torch = ctx.torch
@@ -1400,9 +1453,13 @@ def part_profile(ctx: Ctx, res: PartResult):
 
     cfg = ctx.stream_config()
     resolution, precision, dev = cfg.stream.resolution, ctx.args.precision, ctx.device
+    # the stages are timed over the stream part's clip (its first 2 s gather the mouth exemplars, then the
+    # steady state); torch.profiler records a 2 s clip (its events take longer to sum up than to record)
     seconds = min(2.0, ctx.args.stream_seconds)
     speech = read_speech(SAMPLE_DIR / "speech.wav")
     frames, audio = latency.make_clip(speech, seconds, resolution, cfg.audio.sample_rate, cfg.stream.fps)
+    frames_t, audio_t = latency.make_clip(speech, ctx.args.stream_seconds, resolution, cfg.audio.sample_rate,
+                                          cfg.stream.fps)
     t0 = time.perf_counter()
     model = seeded_model(ctx, cfg.name, resolution)
     be = TorchBackend(model, device=dev, precision=precision)
@@ -1412,6 +1469,8 @@ def part_profile(ctx: Ctx, res: PartResult):
     shapes = (f"{cfg.name}: dim {cfg.dit.dim}, {cfg.dit.num_layers} layers; {resolution}x{resolution} crop, "
               f"chunk {cfg.video_frames_per_chunk} video frames; clip {seconds:g} s ({len(frames)} frames)")
     context = dict(gpu=ctx.gpu, precision=precision, shapes=shapes, command=ctx.command("profile"))
+    context_t = dict(context, shapes=shapes.replace(f"clip {seconds:g} s ({len(frames)} frames)",
+                                                    f"clip {ctx.args.stream_seconds:g} s ({len(frames_t)} frames)"))
 
     # 1. each backend stage timed with a synchronisation around it (the stages then cannot overlap the host)
     stages: dict[str, list] = {}
@@ -1432,8 +1491,10 @@ def part_profile(ctx: Ctx, res: PartResult):
     names = ("encode_audio", "encode_video", "dit_step", "decode")
     for n in names:
         setattr(be, n, timed(n, getattr(be, n)))
+    host_parts: dict[str, list] = {}
     try:
-        stats, wall = latency.stream_once(engine, frames, audio)
+        with _host_timers(host_parts):
+            stats, wall = latency.stream_once(engine, frames_t, audio_t)
         ctx.sync()
     finally:
         for n in names:
@@ -1441,15 +1502,18 @@ def part_profile(ctx: Ctx, res: PartResult):
     chunks = max(1, stats.chunks)
     rows = [[k, v[1], v[0] * 1e3, v[0] * 1e3 / chunks, 100 * v[0] / wall] for k, v in sorted(stages.items())]
     host = wall - sum(v[0] for v in stages.values())
-    rows.append(["host: crops, mel, paste, transfers, Python (the rest)", "-", host * 1e3, host * 1e3 / chunks,
-                 100 * host / wall])
+    host_rows, named = _host_rows(host_parts, host, wall, chunks)
+    rows += host_rows
     rows.append(["whole stream", chunks, wall * 1e3, wall * 1e3 / chunks, 100.0])
     res.put("stages", {k: {"calls": v[1], "s": v[0]} for k, v in stages.items()} | {"host_s": host, "wall_s": wall,
-                                                                                     "chunks": chunks})
+                                                                                     "chunks": chunks,
+                                                                                     "frames": len(frames_t)})
+    res.put("host", {k: {"calls": v[1], "s": v[0]} for k, v in named.items()})
     res.table("A chunk's stages (each synchronised)", ["stage", "calls", "total ms", "ms per chunk", "% of wall"],
-              rows, **context, wall_s=round(time.perf_counter() - t0, 1),
+              rows, **context_t, wall_s=round(time.perf_counter() - t0, 1),
               timing="synchronised around every backend call, so stage times add up; the stream runs slower "
-                     "than unsynchronised (the stream part's figures)")
+                     "than unsynchronised (the stream part's figures); the host's rows are parts of its time "
+                     "(not synchronised: host code only)")
 
     # 2. the same stream under torch.profiler, no synchronisation added
     from torch.profiler import ProfilerActivity, profile

@@ -47,7 +47,12 @@ def make_engine(args, backend: str, chunk_frames: int, workdir: Path):
     from lipforce_sdk import Engine
     from lipforce_sdk.model import LipSyncModel
 
+    from lipforce_sdk.config import from_name
+
+    stream = from_name(args.preset).stream
     over = {"stream": {"resolution": args.resolution, "chunk_frames": chunk_frames}}
+    if stream.sink == "reference":  # the reference is written in whole chunks: the sink rounded up to them
+        over["stream"]["sink_frames"] = chunk_frames * -(-stream.sink_frames // chunk_frames)
     model = LipSyncModel.from_preset(args.preset, seed=0, **over)
     if backend == "torch":
         from lipforce_sdk.backends.torch_backend import TorchBackend

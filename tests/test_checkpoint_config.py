@@ -119,3 +119,18 @@ def test_presets_and_derived_sizes():
     del old["dit"]["output"], old["stream"]["fill"], old["stream"]["silence"]
     assert ModelConfig.from_dict(old).replace(dit={"output": "source"}, stream={"fill": "reference"}) == t
     assert (ModelConfig.from_dict(old).dit.output, ModelConfig.from_dict(old).stream.fill) == ("flow", "none")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_latency_sample_makes_every_chunk_size_it_measures_by_default(chunk, tmp_path):
+    """samples/latency.py's default chunk sizes (1, 2, 3 latent frames) on `tiny`, whose reference sink
+    (2 frames) is written in whole chunks: the sink is rounded up to a whole number of chunks."""
+    import argparse
+
+    from conftest import load_sample
+
+    lat = load_sample("latency")
+    args = argparse.Namespace(preset="tiny", resolution=64, device="cpu", precision="fp32")
+    engine = lat.make_engine(args, "torch", chunk, tmp_path)
+    s = engine.config.stream
+    assert s.chunk_frames == chunk and s.sink_frames % chunk == 0 and s.sink_frames >= 2

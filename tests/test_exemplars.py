@@ -1,6 +1,7 @@
 """Mouth exemplars (lipforce_sdk.exemplars): an enrolled avatar's and a stream's own; lookup, band split, file, paste."""
 
 import json
+import threading
 
 import cv2
 import numpy as np
@@ -228,7 +229,8 @@ def test_stream_exemplars_hold_only_frames_already_shown_and_stop_at_their_count
         r.composite(f, v, gen)
     assert ex.count == 4 and ex.full  # no more than asked
     assert ex.bank().k == 4
-    held = np.stack(ex._images)
+    held = ex.held
+    assert len(held) == 4
     assert all(np.array_equal(h, v.crop.crop(f, interpolation=cv2.INTER_CUBIC)) for h, f, v in zip(held, frames, views))
     r.reset()  # a new stream: nothing carries over
     assert ex.count == 0 and ex.bank() is None
@@ -492,3 +494,104 @@ def test_sessions_paste_the_same_frames_when_the_exemplars_stop_at_the_paste_foo
         assert np.array_equal(got, want), (case, i)
     if case != "enrolled":
         assert (ex_w.stream if hasattr(ex_w, "stream") else ex_w).count == (0 if case == "layered" else 6)
+
+
+@pytest.mark.parametrize("case", ["none", "enrolled", "stream", "stream, large face", "layered", "layered, large face"])
+def test_a_chunks_frames_pasted_on_threads_equal_one_after_another(case, monkeypatch):
+    """``composite_many`` pastes a chunk's frames on the composite threads once the exemplars stop
+    gathering (before that, one after another: a frame finds the ones before it): the same frames as
+    ``composite`` one by one, through the gathering and after it."""
+    from lipforce_sdk import session as sess
+    from lipforce_sdk.exemplars import LayeredExemplars, StreamExemplars
+    from lipforce_sdk.session import ChunkRenderer
+
+    large = "large" in case
+    cfg, frames, views = (_stream_setup(n=10, images=mouths(10), noise_seed=1, **LARGE) if large
+                          else _stream_setup(10))
+    s = cfg.stream.resolution
+    own = MouthExemplars.build(np.stack([cv2.resize(m, (s, s), interpolation=cv2.INTER_CUBIC) for m in mouths()]), k=3,
+                               far=1e4)
+
+    def make():
+        if case in ("none", "enrolled"):
+            return None if case == "none" else own
+        stream = StreamExemplars(frames=3)  # full after the first chunk's frames
+        return stream if case.startswith("stream") else LayeredExemplars(own, stream)
+
+    gens = [cv2.GaussianBlur(views[(i + 2) % len(views)].image, (0, 0), 1.5) for i in range(len(views))]
+    plain = ChunkRenderer.composite
+    where: list[str] = []
+
+    def composite(self, *a):
+        where.append(threading.current_thread().name)
+        return plain(self, *a)
+
+    monkeypatch.setattr(ChunkRenderer, "composite", composite)
+    monkeypatch.setattr(sess, "COMPOSITE_THREADS_MIN_SIDE", 0)  # these pictures are small: thread them anyway
+    runs, gathering, threaded = {}, [], []
+    for threads in (1, 4):
+        monkeypatch.setenv(sess.COMPOSITE_THREADS_ENV, str(threads))
+        r = ChunkRenderer(None, cfg, 0, exemplars=make())
+        out = []
+        for k in range(0, len(frames), 4):
+            if threads == 4:
+                gathering.append(bool(getattr(r.exemplars, "gathering", False)))
+            where.clear()
+            out += r.composite_many(frames[k:k + 4], views[k:k + 4], gens[k:k + 4])
+            if threads == 4:
+                threaded.append(all(n.startswith("lipforce-composite") for n in where))
+        runs[threads] = out
+    assert len(runs[4]) == len(frames)
+    for i, (a, b) in enumerate(zip(runs[1], runs[4])):
+        assert np.array_equal(a, b), (case, i)
+    # where the stream's exemplars may gather, the first chunk pastes one frame after another (before
+    # its first frame, not even the size they are kept at is known); the later ones run on the threads
+    assert gathering == [case not in ("none", "enrolled"), False, False], gathering
+    assert threaded == [not g for g in gathering], (gathering, threaded)
+    # with the default threshold a picture this small (the crop's 128 px) is pasted on the caller's thread
+    monkeypatch.setattr(sess, "COMPOSITE_THREADS_MIN_SIDE", 192)
+    where.clear()
+    r.composite_many(frames[:4], views[:4], gens[:4])
+    assert r._picture_side(views[0]) >= 192 or not any(n.startswith("lipforce-composite") for n in where)
+
+
+def test_composite_threads_come_from_the_environment_and_bad_values_are_refused(monkeypatch):
+    from lipforce_sdk import session as sess
+    from lipforce_sdk.session import InputError
+
+    monkeypatch.setenv(sess.COMPOSITE_THREADS_ENV, "3")
+    assert sess.composite_threads() == 3 and sess._composite_pool()._max_workers == 3
+    monkeypatch.setenv(sess.COMPOSITE_THREADS_ENV, "1")
+    assert sess.composite_threads() == 1 and sess._composite_pool() is None
+    monkeypatch.delenv(sess.COMPOSITE_THREADS_ENV)
+    assert 1 <= sess.composite_threads() <= 4
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(sess.COMPOSITE_THREADS_ENV, bad)
+        with pytest.raises(InputError, match=sess.COMPOSITE_THREADS_ENV):
+            sess.composite_threads()
+
+
+def test_the_models_pixels_are_the_plain_formula():
+    """``ChunkRenderer._pixels`` (written in place) gives the frames in [-1, 1] and the masked frames
+    exactly as the plain NumPy formula does."""
+    from lipforce_sdk.session import ChunkRenderer
+
+    cfg, frames, views = _stream_setup(4)
+    full, src = ChunkRenderer(None, cfg, 0)._pixels(views)
+    x = np.stack([v.image for v in views]).astype(np.float32) / 127.5 - 1.0
+    keep = 1.0 - np.stack([v.mask.hard for v in views])[..., None]
+    assert full.dtype == src.dtype == np.float32 and full.flags.c_contiguous and src.flags.c_contiguous
+    assert np.array_equal(full, x.transpose(3, 0, 1, 2)[None])
+    assert np.array_equal(src, (x * keep).transpose(3, 0, 1, 2)[None])
+    assert (src[0][:, np.stack([v.mask.hard for v in views]) > 0] == 0).all() and (src != full).any()
+
+
+def test_host_cost_sample_prints_its_table_and_the_frames_agree(capsys):
+    from conftest import load_sample
+
+    hc = load_sample("host_cost")
+    assert hc.main(["--preset", "tiny", "--seconds", "3", "--repeats", "1", "--threads", "1,2"]) == 0
+    out = capsys.readouterr().out
+    rows = [r for r in out.splitlines() if r.startswith("| 1 |") or r.startswith("| 2 |")]
+    assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows), out
+    assert "frames the same with every thread count: yes" in out

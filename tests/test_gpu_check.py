@@ -236,6 +236,14 @@ def test_profile_takes_a_chunk_apart_into_stages_that_add_up(dry_run):
     staged = sum(v["s"] for k, v in st.items() if isinstance(v, dict))
     assert 0 <= st["host_s"] < st["wall_s"]
     assert staged + st["host_s"] == pytest.approx(st["wall_s"], rel=1e-9)
+    # the host's named parts: every one ran, each frame was cropped once and each chunk pasted once, and
+    # they fit in its time
+    host = p["results"]["host"]
+    assert set(host) == {label for label, _, _ in gc.HOST_TIMERS}
+    assert host["crop and mouth mask of each frame"]["calls"] == st["frames"]
+    assert host[gc._PASTE]["calls"] == chunks
+    assert all(v["s"] > 0 for v in host.values())
+    assert sum(v["s"] for v in host.values()) < st["host_s"]
     assert gc.kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32") == "GEMM"
     assert gc.kernel_kind("pytorch_flash::flash_fwd_kernel") == "attention"
     assert gc.kernel_kind("vectorized_elementwise_kernel<4, silu>") == "elementwise and other"
