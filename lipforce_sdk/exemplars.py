@@ -316,12 +316,36 @@ class StreamExemplars:
         fewer than ``frames`` are held; a crop seen before is not kept twice. True where it was kept."""
         if self.full:
             return False
-        image = crop.at_size(self.size_for(crop)).crop(frame, interpolation=cv2.INTER_CUBIC)
+        return self._keep(self._cut(frame, crop))
+
+    def add_many(self, frames, crops, pool=None) -> list[int]:
+        """``add`` each (frame, crop) in order; returns, per frame, how many crops were held just before
+        its own add (what a paste of that frame before it may use: ``detail(..., upto=n)``). The crops
+        are cut and keyed on ``pool`` (a ``concurrent.futures`` executor) where given, then kept in
+        order, as ``add`` one after another keeps them."""
+        if self.full:
+            return [self._count] * len(frames)
+        size = self.size_for(crops[0])  # the first crop fixes the size, as its paste would
+        cut = (lambda f, c: self._cut(f, c, size))
+        cuts = list(pool.map(cut, frames, crops)) if pool is not None else [cut(f, c) for f, c in zip(frames, crops)]
+        counts = []
+        for c in cuts:
+            counts.append(self._count)
+            if not self.full:
+                self._keep(c)
+        return counts
+
+    def _cut(self, frame: np.ndarray, crop, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(the crop cut at the exemplars' size with cubic interpolation, its ``mouth_key``)."""
+        image = crop.at_size(self.size_for(crop) if size is None else size).crop(frame, interpolation=cv2.INTER_CUBIC)
+        return image, mouth_key(image)
+
+    def _keep(self, cut: tuple[np.ndarray, np.ndarray]) -> bool:
+        image, key = cut
         h = hash(image.tobytes())
         if h in self._seen:
             return False
         self._seen.add(h)
-        key = mouth_key(image)
         if self._images is None:
             self._images = np.empty((self.frames, *image.shape), np.uint8)
             self._keys = np.empty((self.frames, key.size), np.float32)
@@ -330,10 +354,15 @@ class StreamExemplars:
         self._bank = None
         return True
 
-    def bank(self) -> MouthExemplars | None:
+    def bank(self, upto: int | None = None) -> MouthExemplars | None:
         """What is held as a ``MouthExemplars`` (``None`` while empty); built once however many
-        threads ask for it at once."""
+        threads ask for it at once. ``upto``: only the first ``upto`` held (a view, not kept)."""
         n = self._count
+        if upto is not None and upto < n:
+            if upto <= 0:
+                return None
+            return MouthExemplars(self._images[:upto], self._keys[:upto],
+                                  **dict(self.settings, k=min(self.settings["k"], upto)))
         if self._bank is None and n:
             with self._lock:
                 if self._bank is None:
@@ -346,18 +375,19 @@ class StreamExemplars:
         """The crops held, ``[count, size, size, 3]`` uint8 (a view)."""
         return self._images[:self._count] if self._images is not None else np.zeros((0, 0, 0, 3), np.uint8)
 
-    def refine(self, gen: np.ndarray, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
-        b = self.bank()
+    def refine(self, gen: np.ndarray, region: tuple[int, int, int, int] | None = None,
+               upto: int | None = None) -> np.ndarray:
+        b = self.bank(upto)
         return np.asarray(gen).copy() if b is None else b.refine(gen, region)
 
-    def detail(self, gen: np.ndarray, crop, weight: np.ndarray | None = None) -> np.ndarray:
+    def detail(self, gen: np.ndarray, crop, weight: np.ndarray | None = None, upto: int | None = None) -> np.ndarray:
         """The picture a session pastes for the generated crop ``gen`` of ``crop``: enlarged to
         ``size_for(crop)`` (bicubic) where that is larger, then ``refine``d (with the paste's
-        ``weight``: only where the paste reads it)."""
+        ``weight``: only where the paste reads it; ``upto``: from the first ``upto`` crops held)."""
         size = self.size_for(crop)
         if size != gen.shape[0]:
             gen = cv2.resize(gen, (size, size), interpolation=cv2.INTER_CUBIC)
-        return self.refine(gen, None if weight is None else _footprint(crop, weight, size))
+        return self.refine(gen, None if weight is None else _footprint(crop, weight, size), upto)
 
 
 class LayeredExemplars:
@@ -375,13 +405,18 @@ class LayeredExemplars:
     def size_for(self, crop) -> int:
         return self.stream.size_for(crop) if self._larger(crop) else self.own.size
 
-    def detail(self, gen: np.ndarray, crop, weight: np.ndarray | None = None) -> np.ndarray:
+    def detail(self, gen: np.ndarray, crop, weight: np.ndarray | None = None, upto: int | None = None) -> np.ndarray:
         if self._larger(crop):  # the stream's stage reads all of the enlarged crop's key box: refine it whole
-            return self.stream.detail(self.own.refine(gen), crop, weight)
+            return self.stream.detail(self.own.refine(gen), crop, weight, upto)
         return self.own.detail(gen, crop, weight)
 
     def add(self, frame: np.ndarray, crop) -> bool:
         return self._larger(crop) and self.stream.add(frame, crop)
+
+    def add_many(self, frames, crops, pool=None) -> list[int]:
+        if self._larger(crops[0]):
+            return self.stream.add_many(frames, crops, pool)
+        return [self.stream.count] * len(frames)
 
     @property
     def gathering(self) -> bool:

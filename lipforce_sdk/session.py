@@ -413,17 +413,28 @@ class ChunkRenderer:
     def composite_many(self, frames: Sequence[np.ndarray], views: Sequence[FrameView],
                        gens: Sequence[np.ndarray]) -> list[np.ndarray]:
         """``composite`` of each (frame, view, generated crop), in order. The frames of a chunk are
-        independent once the exemplars have stopped gathering (or where there are none): they are
-        then pasted on the process's composite threads (``composite_threads``; the same pixels as
-        one after another) where the picture is large enough to pay (``COMPOSITE_THREADS_MIN_SIDE``).
-        While the stream's exemplars still gather, each frame finds the ones before it, so they are
-        pasted one after another."""
+        pasted on the process's composite threads (``composite_threads``; the same pixels as one
+        after another) where the picture is large enough to pay (``COMPOSITE_THREADS_MIN_SIDE``).
+        While the stream's exemplars still gather, a frame finds the ones pasted before it: the
+        chunk's crops are then kept first (``add_many``) and each frame refined from what was held
+        before its own."""
         ex = self.exemplars
         pool = _composite_pool()
-        if (pool is None or len(frames) < 2 or (ex is not None and getattr(ex, "gathering", False))
-                or self._picture_side(views[0]) < COMPOSITE_THREADS_MIN_SIDE):
+        if pool is None or len(frames) < 2 or self._picture_side(views[0]) < COMPOSITE_THREADS_MIN_SIDE:
             return [self.composite(f, v, g) for f, v, g in zip(frames, views, gens)]
+        if ex is not None and getattr(ex, "gathering", False):
+            if not hasattr(ex, "add_many"):
+                return [self.composite(f, v, g) for f, v, g in zip(frames, views, gens)]
+            # the chunk's crops are kept first; each frame is then refined from what was held before it
+            held = ex.add_many(frames, [v.crop for v in views], pool)
+            return list(pool.map(self._paste_held, frames, views, gens, held))
         return list(pool.map(self.composite, frames, views, gens))
+
+    def _paste_held(self, frame: np.ndarray, view: FrameView, gen: np.ndarray, held: int) -> np.ndarray:
+        """``composite`` of a frame whose crop the gathering exemplars already hold: refined from the
+        ``held`` crops kept before it (what ``composite`` one frame after another would use)."""
+        soft = view.mask.soft
+        return view.crop.paste(frame, self.exemplars.detail(gen, view.crop, soft, upto=held), soft)
 
     def _picture_side(self, view: FrameView) -> int:
         """The side of the picture a frame's paste works on: the exemplars' size (the face's own size
@@ -470,6 +481,8 @@ COMPOSITE_THREADS_ENV = "LIPFORCE_COMPOSITE_THREADS"
 COMPOSITE_THREADS_MIN_SIDE = 192
 _POOL: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: it makes its own pool
+    os.register_at_fork(after_in_child=_POOL.clear)
 
 
 def _composite_pool() -> ThreadPoolExecutor | None:

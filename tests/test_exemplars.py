@@ -496,11 +496,12 @@ def test_sessions_paste_the_same_frames_when_the_exemplars_stop_at_the_paste_foo
         assert (ex_w.stream if hasattr(ex_w, "stream") else ex_w).count == (0 if case == "layered" else 6)
 
 
-@pytest.mark.parametrize("case", ["none", "enrolled", "stream", "stream, large face", "layered", "layered, large face"])
+@pytest.mark.parametrize("case", ["none", "enrolled", "stream", "stream, repeats", "stream, large face", "layered",
+                                  "layered, large face"])
 def test_a_chunks_frames_pasted_on_threads_equal_one_after_another(case, monkeypatch):
-    """``composite_many`` pastes a chunk's frames on the composite threads once the exemplars stop
-    gathering (before that, one after another: a frame finds the ones before it): the same frames as
-    ``composite`` one by one, through the gathering and after it."""
+    """``composite_many`` pastes a chunk's frames on the composite threads, while the stream's exemplars
+    gather (each frame refined from the crops held before its own, ``add_many``) and after: the same
+    frames as ``composite`` one by one."""
     from lipforce_sdk import session as sess
     from lipforce_sdk.exemplars import LayeredExemplars, StreamExemplars
     from lipforce_sdk.session import ChunkRenderer
@@ -508,6 +509,8 @@ def test_a_chunks_frames_pasted_on_threads_equal_one_after_another(case, monkeyp
     large = "large" in case
     cfg, frames, views = (_stream_setup(n=10, images=mouths(10), noise_seed=1, **LARGE) if large
                           else _stream_setup(10))
+    if "repeats" in case:  # a frame shown twice in a chunk is kept once: the later frames' counts shift
+        frames[1], views[1], frames[5], views[5] = frames[0], views[0], frames[2], views[2]
     s = cfg.stream.resolution
     own = MouthExemplars.build(np.stack([cv2.resize(m, (s, s), interpolation=cv2.INTER_CUBIC) for m in mouths()]), k=3,
                                far=1e4)
@@ -519,14 +522,16 @@ def test_a_chunks_frames_pasted_on_threads_equal_one_after_another(case, monkeyp
         return stream if case.startswith("stream") else LayeredExemplars(own, stream)
 
     gens = [cv2.GaussianBlur(views[(i + 2) % len(views)].image, (0, 0), 1.5) for i in range(len(views))]
-    plain = ChunkRenderer.composite
     where: list[str] = []
 
-    def composite(self, *a):
-        where.append(threading.current_thread().name)
-        return plain(self, *a)
+    def spy(fn):
+        def wrapped(self, *a):
+            where.append(threading.current_thread().name)
+            return fn(self, *a)
+        return wrapped
 
-    monkeypatch.setattr(ChunkRenderer, "composite", composite)
+    for name in ("composite", "_paste_held"):  # a frame's paste: after the gathering, and during it
+        monkeypatch.setattr(ChunkRenderer, name, spy(getattr(ChunkRenderer, name)))
     monkeypatch.setattr(sess, "COMPOSITE_THREADS_MIN_SIDE", 0)  # these pictures are small: thread them anyway
     runs, gathering, threaded = {}, [], []
     for threads in (1, 4):
@@ -539,15 +544,16 @@ def test_a_chunks_frames_pasted_on_threads_equal_one_after_another(case, monkeyp
             where.clear()
             out += r.composite_many(frames[k:k + 4], views[k:k + 4], gens[k:k + 4])
             if threads == 4:
-                threaded.append(all(n.startswith("lipforce-composite") for n in where))
+                threaded.append(len(where) == len(frames[k:k + 4])
+                                and all(n.startswith("lipforce-composite") for n in where))
         runs[threads] = out
     assert len(runs[4]) == len(frames)
     for i, (a, b) in enumerate(zip(runs[1], runs[4])):
         assert np.array_equal(a, b), (case, i)
-    # where the stream's exemplars may gather, the first chunk pastes one frame after another (before
-    # its first frame, not even the size they are kept at is known); the later ones run on the threads
+    # where the stream's exemplars may gather, the first chunk gathers (before its first frame, not even
+    # the size they are kept at is known); every chunk's frames are pasted on the threads all the same
     assert gathering == [case not in ("none", "enrolled"), False, False], gathering
-    assert threaded == [not g for g in gathering], (gathering, threaded)
+    assert threaded == [True, True, True], threaded
     # with the default threshold a picture this small (the crop's 128 px) is pasted on the caller's thread
     monkeypatch.setattr(sess, "COMPOSITE_THREADS_MIN_SIDE", 192)
     where.clear()
@@ -595,3 +601,33 @@ def test_host_cost_sample_prints_its_table_and_the_frames_agree(capsys):
     rows = [r for r in out.splitlines() if r.startswith("| 1 |") or r.startswith("| 2 |")]
     assert len(rows) == 2 and all(float(r.split("|")[2]) > 0 for r in rows), out
     assert "frames the same with every thread count: yes" in out
+
+
+def test_a_forked_child_pastes_on_threads_of_its_own():
+    """The composite threads do not survive a fork: a child process makes its own pool (a pool
+    inherited without its threads would never run the work)."""
+    import multiprocessing as mp
+    import os
+
+    from lipforce_sdk import session as sess
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("this platform cannot fork")
+    os.environ[sess.COMPOSITE_THREADS_ENV] = "2"
+    try:
+        parent = sess._composite_pool()
+        both = threading.Barrier(2)  # both of the pool's threads are started (and idle) in the parent
+        assert list(parent.map(lambda x: (both.wait(timeout=30), abs(x))[1], [-1, -2])) == [1, 2]
+        assert len(parent._threads) == 2
+        ctx = mp.get_context("fork")
+        with ctx.Pool(1) as p:
+            got = p.apply_async(_child_pool_works).get(timeout=30)
+        assert got == [1, 2, 3]
+    finally:
+        del os.environ[sess.COMPOSITE_THREADS_ENV]
+
+
+def _child_pool_works():
+    from lipforce_sdk import session as sess
+
+    return list(sess._composite_pool().map(abs, [-1, -2, -3]))
