@@ -70,11 +70,6 @@ def render_offline(engine: Engine, audio: np.ndarray, frames: np.ndarray, box=No
             ref = fill_lost([views[i] for i in first])[:n_ref]
             renderer.write_reference(ref, planner, state)
         gen = renderer.render(fill_lost(chunk), mel[k * fv:(k + 1) * fv], k, planner, state)
-        faced = [(j, i) for j, i in enumerate(real) if views[i] is not None]
-        pasted = renderer.composite_many([frames[i] for _, i in faced], [views[i] for _, i in faced],
-                                         [gen[j] for j, _ in faced])
-        for i in real:
-            out[i] = frames[i]
-        for (_, i), image in zip(faced, pasted):
+        for i, image in zip(real, renderer.composite_many([frames[i] for i in real], [views[i] for i in real], gen)):
             out[i] = image
     return out

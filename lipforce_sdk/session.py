@@ -410,25 +410,31 @@ class ChunkRenderer:
         if hasattr(self.exemplars, "reset"):  # gathered from the stream
             self.exemplars.reset()
 
-    def composite_many(self, frames: Sequence[np.ndarray], views: Sequence[FrameView],
-                       gens: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """``composite`` of each (frame, view, generated crop), in order. The frames of a chunk are
-        pasted on the process's composite threads (``composite_threads``; the same pixels as one
-        after another) where the picture is large enough to pay (``COMPOSITE_THREADS_MIN_SIDE``).
-        While the stream's exemplars still gather, a frame finds the ones pasted before it: the
-        chunk's crops are then kept first (``add_many``) and each frame refined from what was held
-        before its own."""
+    def composite_many(self, frames: Sequence[np.ndarray], views: Sequence[FrameView | None],
+                       gens: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+        """``composite`` of each (frame, view, generated crop), in order; a frame without a face
+        (``view`` ``None``) comes back as it is (``gens`` may be ``None`` where no frame has one).
+        The frames of a chunk are pasted on the process's composite threads (``composite_threads``;
+        the same pixels as one after another) where the picture is large enough to pay
+        (``COMPOSITE_THREADS_MIN_SIDE``). While the stream's exemplars still gather, a frame finds the
+        ones pasted before it: the chunk's crops are then kept first (``add_many``) and each frame
+        refined from what was held before its own."""
+        out = list(frames)
+        faced = [j for j, v in enumerate(views) if v is not None]
+        fs, vs, gs = [frames[j] for j in faced], [views[j] for j in faced], [gens[j] for j in faced]
         ex = self.exemplars
         pool = _composite_pool()
-        if pool is None or len(frames) < 2 or self._picture_side(views[0]) < COMPOSITE_THREADS_MIN_SIDE:
-            return [self.composite(f, v, g) for f, v, g in zip(frames, views, gens)]
-        if ex is not None and getattr(ex, "gathering", False):
-            if not hasattr(ex, "add_many"):
-                return [self.composite(f, v, g) for f, v, g in zip(frames, views, gens)]
-            # the chunk's crops are kept first; each frame is then refined from what was held before it
-            held = ex.add_many(frames, [v.crop for v in views], pool)
-            return list(pool.map(self._paste_held, frames, views, gens, held))
-        return list(pool.map(self.composite, frames, views, gens))
+        gathering = ex is not None and getattr(ex, "gathering", False)
+        if (pool is None or len(fs) < 2 or self._picture_side(vs[0]) < COMPOSITE_THREADS_MIN_SIDE
+                or (gathering and not hasattr(ex, "add_many"))):
+            pasted = [self.composite(f, v, g) for f, v, g in zip(fs, vs, gs)]
+        elif gathering:  # the chunk's crops are kept first; each frame is then refined from what was held before it
+            pasted = pool.map(self._paste_held, fs, vs, gs, ex.add_many(fs, [v.crop for v in vs], pool))
+        else:
+            pasted = pool.map(self.composite, fs, vs, gs)
+        for j, image in zip(faced, pasted):
+            out[j] = image
+        return out
 
     def _paste_held(self, frame: np.ndarray, view: FrameView, gen: np.ndarray, held: int) -> np.ndarray:
         """``composite`` of a frame whose crop the gathering exemplars already hold: refined from the
@@ -711,17 +717,15 @@ class Session:
             self._lost = True
         if self._stream_end is not None:
             items = items[:max(0, self._stream_end - first)]
-        faced = [j for j, (_, view) in enumerate(items) if view is not None]
-        pasted = dict(zip(faced, self.renderer.composite_many([items[j][0] for j in faced],
-                                                              [items[j][1] for j in faced], [gen[j] for j in faced])))
+        images = self.renderer.composite_many([f for f, _ in items], [v for _, v in items], gen)
         out = []
-        for j, (frame, view) in enumerate(items):
+        for j, ((frame, view), image) in enumerate(zip(items, images)):
             idx = first + j
             if view is None:
                 self.stats.frames_without_face += 1
                 out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=frame, box=None))
                 continue
-            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=pasted[j], box=view.crop.bbox(),
+            out.append(OutputFrame(index=idx, timestamp=idx / self.fps, image=image, box=view.crop.bbox(),
                                    crop=view.crop))
         del self._pending[:fv]
         self._next_frame += fv

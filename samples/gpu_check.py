@@ -1432,14 +1432,13 @@ def _host_timers(parts: dict):
             setattr(cls, meth, fn)
 
 
-def _host_rows(parts: dict, host: float, wall: float, chunks: int) -> tuple[list, dict]:
-    """Rows for the host's time: its named parts, then the rest (mel, transfers, Python). Returns
-    (rows, {label: [seconds, calls]} as in the rows)."""
-    named = {k: list(v) for k, v in parts.items()}
-    rows = [[f"host: {k}", v[1], v[0] * 1e3, v[0] * 1e3 / chunks, 100 * v[0] / wall] for k, v in named.items()]
-    rest = host - sum(v[0] for v in named.values())
+def _host_rows(parts: dict, host: float, wall: float, chunks: int) -> list:
+    """Rows for the host's time: its named parts (label -> [seconds, calls]), then the rest (mel,
+    transfers, Python)."""
+    rows = [[f"host: {k}", v[1], v[0] * 1e3, v[0] * 1e3 / chunks, 100 * v[0] / wall] for k, v in parts.items()]
+    rest = host - sum(v[0] for v in parts.values())
     rows.append(["host: the rest (mel, transfers, Python)", "-", rest * 1e3, rest * 1e3 / chunks, 100 * rest / wall])
-    return rows, named
+    return rows
 
 
 def part_profile(ctx: Ctx, res: PartResult):
@@ -1466,11 +1465,13 @@ def part_profile(ctx: Ctx, res: PartResult):
     engine = Engine(be)
     latency.stream_once(engine, frames[:2 * cfg.video_frames_per_chunk], audio)  # warm-up
     ctx.sync()
-    shapes = (f"{cfg.name}: dim {cfg.dit.dim}, {cfg.dit.num_layers} layers; {resolution}x{resolution} crop, "
-              f"chunk {cfg.video_frames_per_chunk} video frames; clip {seconds:g} s ({len(frames)} frames)")
-    context = dict(gpu=ctx.gpu, precision=precision, shapes=shapes, command=ctx.command("profile"))
-    context_t = dict(context, shapes=shapes.replace(f"clip {seconds:g} s ({len(frames)} frames)",
-                                                    f"clip {ctx.args.stream_seconds:g} s ({len(frames_t)} frames)"))
+    def shapes(clip_s: float, n: int) -> str:
+        return (f"{cfg.name}: dim {cfg.dit.dim}, {cfg.dit.num_layers} layers; {resolution}x{resolution} crop, "
+                f"chunk {cfg.video_frames_per_chunk} video frames; clip {clip_s:g} s ({n} frames)")
+
+    context = dict(gpu=ctx.gpu, precision=precision, shapes=shapes(seconds, len(frames)),
+                   command=ctx.command("profile"))
+    context_t = dict(context, shapes=shapes(ctx.args.stream_seconds, len(frames_t)))
 
     # 1. each backend stage timed with a synchronisation around it (the stages then cannot overlap the host)
     stages: dict[str, list] = {}
@@ -1502,13 +1503,12 @@ def part_profile(ctx: Ctx, res: PartResult):
     chunks = max(1, stats.chunks)
     rows = [[k, v[1], v[0] * 1e3, v[0] * 1e3 / chunks, 100 * v[0] / wall] for k, v in sorted(stages.items())]
     host = wall - sum(v[0] for v in stages.values())
-    host_rows, named = _host_rows(host_parts, host, wall, chunks)
-    rows += host_rows
+    rows += _host_rows(host_parts, host, wall, chunks)
     rows.append(["whole stream", chunks, wall * 1e3, wall * 1e3 / chunks, 100.0])
     res.put("stages", {k: {"calls": v[1], "s": v[0]} for k, v in stages.items()} | {"host_s": host, "wall_s": wall,
                                                                                      "chunks": chunks,
                                                                                      "frames": len(frames_t)})
-    res.put("host", {k: {"calls": v[1], "s": v[0]} for k, v in named.items()})
+    res.put("host", {k: {"calls": v[1], "s": v[0]} for k, v in host_parts.items()})
     res.table("A chunk's stages (each synchronised)", ["stage", "calls", "total ms", "ms per chunk", "% of wall"],
               rows, **context_t, wall_s=round(time.perf_counter() - t0, 1),
               timing="synchronised around every backend call, so stage times add up; the stream runs slower "

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 
@@ -66,6 +66,9 @@ def null_backend(cfg):
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import latency  # samples/latency.py: the clip and one stream of it, as the GPU check times them
+
     from lipforce_sdk import Engine
     from lipforce_sdk.cli import SAMPLE_DIR
     from lipforce_sdk.config import from_name
@@ -92,19 +95,9 @@ def main(argv=None) -> int:
         print(f"error: --seconds {a.seconds:g} leaves no chunk after the exemplars' first {STREAM_SECONDS:g} s",
               file=sys.stderr)
         return 2
-    audio = np.resize(speech, int(a.seconds * cfg.audio.sample_rate)).astype(np.float32)
-    frames = np.random.default_rng(0).integers(0, 255, (n, res, res, 3), dtype=np.uint8)
-    spf = cfg.samples_per_video_frame
+    frames, audio = latency.make_clip(speech, a.seconds, res, cfg.audio.sample_rate, fps)
     engine = Engine(null_backend(cfg))
     steady_from = int(np.ceil(STREAM_SECONDS * fps / cfg.video_frames_per_chunk))  # first chunk after gathering
-
-    def stream():
-        s = engine.session(box=(0, 0, res, res))
-        outs = []
-        for i, f in enumerate(frames):
-            outs += s.push(audio[i * spf:(i + 1) * spf], f)
-        outs += s.flush()
-        return s.stats, [o.image for o in outs]
 
     times = {t: [] for t in threads}
     steady = {t: [] for t in threads}
@@ -113,9 +106,8 @@ def main(argv=None) -> int:
         for _ in range(a.repeats):
             for t in threads:
                 os.environ[COMPOSITE_THREADS_ENV] = str(t)
-                t0 = time.perf_counter()
-                stats, imgs = stream()
-                wall = time.perf_counter() - t0
+                imgs = []
+                stats, wall = latency.stream_once(engine, frames, audio, keep=imgs)
                 times[t].append(wall * 1e3 / stats.chunks)
                 lat = list(stats.chunk_latency_ms)
                 steady[t].append(float(np.mean(lat[steady_from:])))

@@ -561,6 +561,22 @@ def test_a_chunks_frames_pasted_on_threads_equal_one_after_another(case, monkeyp
     assert r._picture_side(views[0]) >= 192 or not any(n.startswith("lipforce-composite") for n in where)
 
 
+def test_frames_without_a_face_come_back_as_they_are_from_threaded_pastes(monkeypatch):
+    from lipforce_sdk import session as sess
+    from lipforce_sdk.session import ChunkRenderer
+
+    cfg, frames, views = _stream_setup(4)
+    gens = [cv2.GaussianBlur(v.image, (0, 0), 1.5) for v in views]
+    monkeypatch.setattr(sess, "COMPOSITE_THREADS_MIN_SIDE", 0)
+    monkeypatch.setenv(sess.COMPOSITE_THREADS_ENV, "4")
+    r = ChunkRenderer(None, cfg, 0)
+    vs = [views[0], None, views[2], None]
+    out = r.composite_many(frames, vs, [gens[0], None, gens[2], None])
+    assert out[1] is frames[1] and out[3] is frames[3]
+    assert all(np.array_equal(out[j], r.composite(frames[j], views[j], gens[j])) for j in (0, 2))
+    assert all(a is b for a, b in zip(r.composite_many(frames, [None] * 4, None), frames))
+
+
 def test_composite_threads_come_from_the_environment_and_bad_values_are_refused(monkeypatch):
     from lipforce_sdk import session as sess
     from lipforce_sdk.session import InputError
