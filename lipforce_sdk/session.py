@@ -27,7 +27,7 @@ from .cache_plan import RingCachePlanner
 from .config import ModelConfig
 from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
-from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, mouth_mask_for
+from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, match_edge, mouth_mask_for
 from .sampler import fill_hole, hole_of, two_step_sample
 from .silence import SILENCE_MODES, SilenceGate
 from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
@@ -266,6 +266,7 @@ class ChunkRenderer:
         self.backend, self.cfg, self.seed = backend, cfg, seed
         self.exemplars = exemplars  # lipforce_sdk.exemplars: Mouth-, Stream- or LayeredExemplars, or None
         self.silence = silence_mode(cfg, silence)
+        self.edge_match = edge_match_on()
         self.gate = SilenceGate(cfg.audio, cfg.stream.fps) if self.silence == "still" else None
         a = cfg.audio
         self._null_tokens = np.zeros((1, cfg.video_frames_per_chunk, a.tokens_per_frame, a.token_dim), np.float32)
@@ -440,7 +441,13 @@ class ChunkRenderer:
         """``composite`` of a frame whose crop the gathering exemplars already hold: refined from the
         ``held`` crops kept before it (what ``composite`` one frame after another would use)."""
         soft = view.mask.soft
+        gen = self._matched(view, gen)
         return view.crop.paste(frame, self.exemplars.detail(gen, view.crop, soft, upto=held), soft)
+
+    def _matched(self, view: FrameView, gen: np.ndarray) -> np.ndarray:
+        """The generated crop matched to the frame's at the mask's edge (``geometry.match_edge``),
+        unless ``LIPFORCE_EDGE_MATCH=0``."""
+        return match_edge(gen, view.image, view.mask.hard) if self.edge_match else gen
 
     def _picture_side(self, view: FrameView) -> int:
         """The side of the picture a frame's paste works on: the exemplars' size (the face's own size
@@ -457,6 +464,7 @@ class ChunkRenderer:
         Where they are kept at the face's own size in the frame (``StreamExemplars.size_for``), the
         generated crop is enlarged to it (bicubic) and pasted from there (``detail``)."""
         ex = self.exemplars
+        gen = self._matched(view, gen)
         if ex is None:
             return view.crop.paste(frame, gen, view.mask.soft)
         out = view.crop.paste(frame, ex.detail(gen, view.crop, view.mask.soft), view.mask.soft)
@@ -481,6 +489,18 @@ def composite_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def edge_match_on() -> bool:
+    """Whether generated crops are matched to the frame at the mask's edge before the paste
+    (``geometry.match_edge``): the ``LIPFORCE_EDGE_MATCH`` environment variable, 1 (the default) or 0."""
+    env = os.environ.get(EDGE_MATCH_ENV)
+    if env is None or not env.strip():
+        return True
+    if env.strip() not in ("0", "1"):
+        raise InputError(f"{EDGE_MATCH_ENV}={env!r}: give 1 (match the seam, the default) or 0 (paste as drawn)")
+    return env.strip() == "1"
+
+
+EDGE_MATCH_ENV = "LIPFORCE_EDGE_MATCH"
 COMPOSITE_THREADS_ENV = "LIPFORCE_COMPOSITE_THREADS"
 # below this picture side (px) a frame's paste takes ~1 ms and threads cost more than they save
 # (measured on 2 cores, 4 frames: 128 px 3.0 -> 3.3 ms on 2 threads; 224 px 11.7 -> 8.0; 512 px 61 -> 33)

@@ -5,7 +5,8 @@
 
 Only the paste is timed (``ChunkRenderer.composite``; no model): the face mesh finds the face in
 the first frames, the stream's exemplars take the first 2 s, then every later frame's own crop,
-softened as the model's is, is pasted back: plainly (no exemplars), through exemplars kept at the
+softened as the model's is, is pasted back: plainly (no exemplars; first without matching the seam
+to the frame, ``geometry.match_edge``, then with it, as every later row), through exemplars kept at the
 model's crop size (``max_size`` = the crop), and at the face's own size in the frame (the default,
 up to ``STREAM_MAX_SIZE``); the last again with the whole picture refined (the exemplars not told
 the paste's weights, so not stopped at what the paste reads: the frames must come out the same).
@@ -65,8 +66,9 @@ def main(argv=None) -> int:
     soft = [cv2.GaussianBlur(v.image, (0, 0), 1.0) for v in views]  # a model's crop: softer than the frame's
     side = views[0].crop.side
     face, whole = f"exemplars at the face's size (<= {STREAM_MAX_SIZE} px)", "the same, the whole picture refined"
-    settings = {"plain paste (no exemplars)": None, f"exemplars at the crop ({s} px)": s, face: STREAM_MAX_SIZE,
-                whole: STREAM_MAX_SIZE}
+    raw = "plain paste, the seam as drawn (LIPFORCE_EDGE_MATCH=0)"
+    settings = {raw: None, "plain paste (no exemplars)": None, f"exemplars at the crop ({s} px)": s,
+                face: STREAM_MAX_SIZE, whole: STREAM_MAX_SIZE}
     outs: dict[str, list] = {}
     times: dict[str, list[float]] = {k: [] for k in settings}
     detail: dict[str, float] = {}
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
         for name, max_size in settings.items():
             ex = None if max_size is None else StreamExemplars.for_fps(cfg.stream.fps, max_size=max_size)
             r = ChunkRenderer(None, cfg, 0, exemplars=WholePicture(ex) if name == whole else ex)
+            r.edge_match = name != raw  # every other row matches the seam first (geometry.match_edge)
             for f, v, g in zip(frames[:bank], views[:bank], soft[:bank]):
                 r.composite(f, v, g)
             t0 = time.perf_counter()

@@ -73,12 +73,16 @@ def test_run_hears_the_gained_speech_and_writes_the_sound_as_given(tiny_engine, 
     rng = np.random.default_rng(4)
     loud = (0.3 * np.sin(2 * np.pi * 300 * np.arange(12 * 640) / 16000)
             * (1 + 0.5 * rng.standard_normal(12 * 640))).clip(-0.9, 0.9).astype(np.float32)
-    quiet = loud * np.float32(0.25)
+    # written as 16-bit samples that are multiples of 4, so the quiet file is the loud one over 4 exactly
+    # and 4x its samples read back are the loud file's, bit for bit
+    loud_pcm = (np.rint(loud * 8191.0) * 4).astype(np.int16)
+    quiet_pcm = (loud_pcm // 4).astype(np.int16)
+    quiet = quiet_pcm.astype(np.float32) / np.float32(32768.0)
     video = tmp_path / "in.mp4"
     with VideoWriter(video, fps=25) as w:
         for f in frames:
             w.write(f)
-    for name, x in (("loud", loud), ("quiet", quiet)):
+    for name, x in (("loud", loud_pcm), ("quiet", quiet_pcm)):
         write_wav(tmp_path / f"{name}.wav", x)
     run_clip(tiny_engine, video, tmp_path / "loud.wav", tmp_path / "loud.mp4", box=BOX, progress=False)
     run_clip(tiny_engine, video, tmp_path / "quiet.wav", tmp_path / "gained.mp4", box=BOX, progress=False,

@@ -36,8 +36,10 @@ MAX_B = 4
 # one differs by rounding only (~5e-6 on DiT latents of magnitude ~1); frames are uint8 after that.
 TOL_LATENTS = dict(atol=5e-5, rtol=1e-4)  # fp32 per-element plan vs per-stream calls
 TOL_F64 = dict(atol=1e-4, rtol=1e-4)  # fp32 (either way) vs the float64 reference
-FRAME_MAX_DIFF = 1  # uint8 levels, batched stream vs solo stream
-FRAME_DIFF_FRACTION = 1e-4  # of the pixels may differ at all (by one level)
+# uint8 levels, batched stream vs solo stream: a generated pixel one level off by rounding, and the seam's
+# match (geometry.match_edge), which carries that pixel's difference into its neighbours, one more
+FRAME_MAX_DIFF = 2
+FRAME_DIFF_FRACTION = 1e-4  # of the pixels may differ at all
 
 
 @pytest.fixture(scope="module")

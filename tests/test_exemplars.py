@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from lipforce_sdk.geometry import match_edge
 from lipforce_sdk.exemplars import (EXEMPLARS_FILE, MouthExemplars, carry_exemplars, load_exemplars, manifest_entry,
                                     mouth_key, pixel_median)
 
@@ -359,12 +360,13 @@ def test_exemplar_cost_sample_prints_its_table(capsys):
     assert mod.main(["--frames", "6", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r[1].strip().split(" (")[0] for r in rows] == ["plain paste", "exemplars at the crop", "exemplars at the face's size",
+    assert [r[1].strip().split(" (")[0] for r in rows] == ["plain paste, the seam as drawn", "plain paste",
+                                                           "exemplars at the crop", "exemplars at the face's size",
                                                            "the same, the whole picture refined"]
-    assert [int(r[2]) for r in rows] == [128, 128, 128, 128]
+    assert [int(r[2]) for r in rows] == [128, 128, 128, 128, 128]
     assert "the paste's footprint: yes" in out
     detail = [float(r[5]) for r in rows]
-    assert detail[1] > detail[0] + 0.1 and detail[2] > detail[0] + 0.1
+    assert detail[2] > detail[1] + 0.1 and detail[3] > detail[1] + 0.1
 
 
 def test_an_enrolled_avatars_exemplars_take_the_streams_detail_only_where_the_face_is_larger():
@@ -392,7 +394,8 @@ def test_an_enrolled_avatars_exemplars_take_the_streams_detail_only_where_the_fa
     first = r.composite(frame, view, gen)  # nothing held yet: the enrolled picture, enlarged
     size = lay.size_for(view.crop)
     assert size > s and lay.stream.count == 1
-    expect = view.crop.paste(frame, cv2.resize(own.refine(gen), (size, size), interpolation=cv2.INTER_CUBIC), view.mask.soft)
+    gen_m = match_edge(gen, view.image, view.mask.hard)  # the paste matches the seam first (geometry.match_edge)
+    expect = view.crop.paste(frame, cv2.resize(own.refine(gen_m), (size, size), interpolation=cv2.INTER_CUBIC), view.mask.soft)
     assert np.array_equal(first, expect)
     second = r.composite(frame, view, gen)  # the same frame held: its fine detail comes back
     w = view.crop.frame_weight(view.mask.soft, frame.shape[:2]) > 0.9
@@ -488,7 +491,7 @@ def test_sessions_paste_the_same_frames_when_the_exemplars_stop_at_the_paste_foo
     for i, (f, v) in enumerate(zip(frames, views)):
         gen = cv2.GaussianBlur(views[(i + 2) % len(views)].image, (0, 0), 1.5)
         got = r.composite(f, v, gen)
-        want = v.crop.paste(f, ex_whole.detail(gen, v.crop), v.mask.soft)
+        want = v.crop.paste(f, ex_whole.detail(match_edge(gen, v.image, v.mask.hard), v.crop), v.mask.soft)
         if hasattr(ex_whole, "add"):
             ex_whole.add(f, v.crop)
         assert np.array_equal(got, want), (case, i)
@@ -647,3 +650,31 @@ def _child_pool_works():
     from lipforce_sdk import session as sess
 
     return list(sess._composite_pool().map(abs, [-1, -2, -3]))
+
+
+def test_the_paste_matches_the_seam_and_leaves_the_frame_outside_the_mask(monkeypatch):
+    """A generated crop off in shading (+12 levels) is matched to the frame at the mask's edge before
+    the paste (``LIPFORCE_EDGE_MATCH``, on by default): the seam comes closer to the frame, and outside
+    the mask the frame is the same bit for bit with the match and without it; a bad setting is refused."""
+    from lipforce_sdk import session as sess
+    from lipforce_sdk.session import ChunkRenderer, InputError
+
+    cfg, frames, views = _stream_setup(1)
+    frame, view = frames[0], views[0]
+    gen = np.clip(view.image.astype(np.int16) + 12, 0, 255).astype(np.uint8)
+    out = {}
+    for on in ("0", "1"):
+        monkeypatch.setenv(sess.EDGE_MATCH_ENV, on)
+        r = ChunkRenderer(None, cfg, 0, exemplars=None)
+        assert r.edge_match is (on == "1")
+        out[on] = r.composite(frame, view, gen).astype(np.int16)
+    footprint = view.crop.frame_weight(view.mask.hard, frame.shape[:2]) > 0
+    for o in out.values():
+        assert np.array_equal(o[~footprint], frame[~footprint])
+    soft = view.crop.frame_weight(view.mask.soft, frame.shape[:2])
+    seam = footprint & (soft > 0.05) & (soft < 0.5)  # the feathered edge: frame and model both show there
+    err = {k: np.abs(o[seam] - frame[seam].astype(np.int16)).mean() for k, o in out.items()}
+    assert seam.any() and err["1"] < 0.5 * err["0"], err
+    monkeypatch.setenv(sess.EDGE_MATCH_ENV, "yes")
+    with pytest.raises(InputError, match="LIPFORCE_EDGE_MATCH"):
+        ChunkRenderer(None, cfg, 0)

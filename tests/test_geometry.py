@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lipforce_sdk.cli import PHOTO_DIR
-from lipforce_sdk.geometry import (AlignedCrop, CropAligner, CropSpec, FaceKeypoints, mouth_mask_for, soft_mask)
+from lipforce_sdk.geometry import (EDGE_MATCH_RING, EDGE_MATCH_SIGMA, AlignedCrop, CropAligner, CropSpec, FaceKeypoints,
+                                   match_edge, mouth_mask_for, soft_mask)
 from lipforce_sdk.media import read_video
 
 S = 128
@@ -117,6 +118,95 @@ def test_a_cubic_crop_keeps_more_detail_where_the_crop_enlarges_the_face(photo):
     assert lap(cub) > 1.1 * lap(lin)  # 1.15 on this photo at 2x
     assert _psnr(lin, cub) > 30.0  # the same picture
     assert np.array_equal(ac.crop(frame, interpolation=cv2.INTER_LINEAR), lin)
+
+
+def _edge_case(photo, offset):
+    """The photo's crop and mask, and a 'generated' crop: the crop itself with a smooth colour shift
+    (``offset``, as a model off in shading would be) and a different mouth deep inside the mask."""
+    frame, kp = photo
+    ac = AlignedCrop.from_keypoints(kp, S)
+    mm = mouth_mask_for(kp.map(ac.to_crop_affine()), S)
+    image = ac.crop(frame)
+    rng = np.random.default_rng(1)
+    mouth = rng.integers(0, 256, (S, S, 3)).astype(np.float32)
+    gen = image.astype(np.float32) + np.asarray(offset, np.float32)
+    gen = np.where((_dist_inside(mm.hard) > _reach() + 1)[..., None], mouth, gen)
+    return image, mm, np.clip(np.rint(gen), 0, 255).astype(np.uint8)
+
+
+def _reach():
+    """How far inside the mask ``match_edge`` reaches at this crop size: the Gaussian's square kernel,
+    cut at 2 sigma on each axis (its corner: sqrt(2) x that)."""
+    return math.sqrt(2) * math.ceil(2 * EDGE_MATCH_SIGMA * S)
+
+
+def _dist_inside(hard):
+    return cv2.distanceTransform((hard > 0).astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def test_edge_match_takes_the_shading_off_at_the_seam_and_leaves_the_mouth(photo):
+    image, mm, gen = _edge_case(photo, offset=(12.0, -10.0, 7.0))
+    out = match_edge(gen, image, mm.hard)
+    d = _dist_inside(mm.hard)
+    seam = (d > 0) & (d <= 2)  # the mask's first pixels inside its edge: the model's shading there
+    before = np.abs(gen[seam].astype(float) - image[seam].astype(float)).mean()
+    after = np.abs(out[seam].astype(float) - image[seam].astype(float)).mean()
+    assert after < 0.6 * before, (before, after)
+    # the offset is taken off where the ring reaches: the mean error there falls to a few levels
+    shift = (out.astype(float) - gen.astype(float))[seam].mean(axis=0)
+    assert np.allclose(shift, [-12.0, 10.0, -7.0], atol=3.0), shift
+    # the mouth deep inside the mask, past the Gaussian's reach, is left as drawn
+    deep = d > _reach() + 1
+    assert deep.any() and np.array_equal(out[deep], gen[deep])
+
+
+def test_edge_match_changes_nothing_where_the_model_matches_the_frame(photo):
+    image, mm, gen = _edge_case(photo, offset=(0.0, 0.0, 0.0))
+    assert np.array_equal(match_edge(image, image, mm.hard), image)
+    # the generated mouth alone differs (inside the mask): the ring outside sees no difference
+    assert not np.array_equal(gen, image) and np.array_equal(match_edge(gen, image, mm.hard), gen)
+
+
+def test_edge_match_without_a_ring_returns_the_crop():
+    rng = np.random.default_rng(2)
+    gen, image = (rng.integers(0, 256, (S, S, 3), dtype=np.uint8) for _ in range(2))
+    assert match_edge(gen, image, np.zeros((S, S), np.float32)) is gen  # no mask
+    assert np.array_equal(match_edge(gen, image, np.ones((S, S), np.float32)), gen)  # the mask fills the crop
+
+
+def test_edge_match_leaves_out_what_the_model_drew_a_pixel_off(photo):
+    """A ring pixel off by more than the limit (an edge the model moved: hair, jaw line) is not carried
+    into the mask: the same crop with and without such errors in the ring is matched the same."""
+    image, mm, gen = _edge_case(photo, offset=(8.0, 8.0, 8.0))
+    d = cv2.distanceTransform((mm.hard == 0).astype(np.uint8), cv2.DIST_L2, 5)  # outside: pixels to the mask
+    ring = (d > 0) & (d <= 6)
+    spots = ring & (np.random.default_rng(3).random(ring.shape) < 0.2)
+    bad = gen.copy()
+    bad[spots] = np.where(image[spots] > 127, 0, 255).astype(np.uint8)  # 128+ levels off
+    a, b = match_edge(gen, image, mm.hard), match_edge(bad, image, mm.hard)
+    inside = mm.hard > 0
+    # nothing of the spots comes in: inside the mask no pixel moves by more than the shading's 8 levels,
+    # and the two agree but where the ring thinned by the spots changes the weights a little
+    assert np.abs(b[inside].astype(int) - gen[inside]).max() <= 9
+    assert np.abs(a[inside].astype(int) - b[inside]).mean() < 0.5
+    assert np.abs(a[inside].astype(int) - gen[inside]).mean() > 2  # and the shading is still matched
+
+
+def test_edge_match_scales_with_the_crop():
+    """The same mask and shift at 2x and 4x the crop's side (made at 128 px and enlarged,
+    ``EDGE_MATCH_SIDE``): the correction reaches 2x and 4x as far."""
+    reach = []
+    for size in (S, 2 * S, 4 * S):
+        hard = np.zeros((size, size), np.float32)
+        hard[size // 2:, size // 4:3 * size // 4] = 1
+        image = np.full((size, size, 3), 130, np.uint8)
+        gen = np.full((size, size, 3), 140, np.uint8)
+        out = match_edge(gen, image, hard)
+        col = out[size // 2:, size // 2, 0].astype(int)  # down the mask's middle, from its top edge
+        assert col[0] < 133  # matched at the edge
+        reach.append(int(np.argmax(col == 140)))  # first pixel left as drawn
+    assert reach[0] > 0 and abs(reach[1] - 2 * reach[0]) <= 2 and abs(reach[2] - 4 * reach[0]) <= 4, reach
+    assert EDGE_MATCH_RING * S >= 1
 
 
 def test_template_keypoints_from_a_box():
