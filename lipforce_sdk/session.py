@@ -458,8 +458,9 @@ class ChunkRenderer:
         return ex.size_for(view.crop) if hasattr(ex, "size_for") else ex.size
 
     def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
-        """The generated crop pasted into the frame with the mouth mask's soft weights (through
-        the mouth exemplars first, where the renderer has them). Exemplars gathered from the
+        """The generated crop pasted into the frame with the mouth mask's soft weights, matched to
+        the frame at the mask's edge first (``_matched``), then through the mouth exemplars where
+        the renderer has them. Exemplars gathered from the
         stream take this frame's crop after it is pasted: a frame never finds its own mouth.
         Where they are kept at the face's own size in the frame (``StreamExemplars.size_for``), the
         generated crop is enlarged to it (bicubic) and pasted from there (``detail``)."""
