@@ -430,24 +430,12 @@ class ChunkRenderer:
                 or (gathering and not hasattr(ex, "add_many"))):
             pasted = [self.composite(f, v, g) for f, v, g in zip(fs, vs, gs)]
         elif gathering:  # the chunk's crops are kept first; each frame is then refined from what was held before it
-            pasted = pool.map(self._paste_held, fs, vs, gs, ex.add_many(fs, [v.crop for v in vs], pool))
+            pasted = pool.map(self.composite, fs, vs, gs, ex.add_many(fs, [v.crop for v in vs], pool))
         else:
             pasted = pool.map(self.composite, fs, vs, gs)
         for j, image in zip(faced, pasted):
             out[j] = image
         return out
-
-    def _paste_held(self, frame: np.ndarray, view: FrameView, gen: np.ndarray, held: int) -> np.ndarray:
-        """``composite`` of a frame whose crop the gathering exemplars already hold: refined from the
-        ``held`` crops kept before it (what ``composite`` one frame after another would use)."""
-        soft = view.mask.soft
-        gen = self._matched(view, gen)
-        return view.crop.paste(frame, self.exemplars.detail(gen, view.crop, soft, upto=held), soft)
-
-    def _matched(self, view: FrameView, gen: np.ndarray) -> np.ndarray:
-        """The generated crop matched to the frame's at the mask's edge (``geometry.match_edge``),
-        unless ``LIPFORCE_EDGE_MATCH=0``."""
-        return match_edge(gen, view.image, view.mask.hard) if self.edge_match else gen
 
     def _picture_side(self, view: FrameView) -> int:
         """The side of the picture a frame's paste works on: the exemplars' size (the face's own size
@@ -457,18 +445,23 @@ class ChunkRenderer:
             return view.crop.size
         return ex.size_for(view.crop) if hasattr(ex, "size_for") else ex.size
 
-    def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray) -> np.ndarray:
+    def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray, held: int | None = None) -> np.ndarray:
         """The generated crop pasted into the frame with the mouth mask's soft weights, matched to
-        the frame at the mask's edge first (``_matched``), then through the mouth exemplars where
-        the renderer has them. Exemplars gathered from the
-        stream take this frame's crop after it is pasted: a frame never finds its own mouth.
+        the frame at the mask's edge first (``geometry.match_edge``, unless ``LIPFORCE_EDGE_MATCH=0``),
+        then through the mouth exemplars where the renderer has them. Exemplars gathered from the
+        stream take this frame's crop after it is pasted: a frame never finds its own mouth
+        (``held``: they hold it already, kept by ``add_many``; it is refined from the ``held`` crops
+        kept before its own, what this paste one frame after another would use).
         Where they are kept at the face's own size in the frame (``StreamExemplars.size_for``), the
         generated crop is enlarged to it (bicubic) and pasted from there (``detail``)."""
-        ex = self.exemplars
-        gen = self._matched(view, gen)
+        ex, soft = self.exemplars, view.mask.soft
+        if self.edge_match:
+            gen = match_edge(gen, view.image, view.mask.hard)
         if ex is None:
-            return view.crop.paste(frame, gen, view.mask.soft)
-        out = view.crop.paste(frame, ex.detail(gen, view.crop, view.mask.soft), view.mask.soft)
+            return view.crop.paste(frame, gen, soft)
+        if held is not None:
+            return view.crop.paste(frame, ex.detail(gen, view.crop, soft, upto=held), soft)
+        out = view.crop.paste(frame, ex.detail(gen, view.crop, soft), soft)
         if hasattr(ex, "add"):  # gathered from the stream
             ex.add(frame, view.crop)
         return out

@@ -45,9 +45,8 @@ def make_engine(args, backend: str, chunk_frames: int, workdir: Path):
     """The same seeded model on ``backend``: torch directly; onnxruntime from a fresh export;
     tensorrt from a fresh export + engine build (needs a GPU to run)."""
     from lipforce_sdk import Engine
-    from lipforce_sdk.model import LipSyncModel
-
     from lipforce_sdk.config import from_name
+    from lipforce_sdk.model import LipSyncModel
 
     stream = from_name(args.preset).stream
     over = {"stream": {"resolution": args.resolution, "chunk_frames": chunk_frames}}

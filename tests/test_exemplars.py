@@ -533,8 +533,8 @@ def test_a_chunks_frames_pasted_on_threads_equal_one_after_another(case, monkeyp
             return fn(self, *a)
         return wrapped
 
-    for name in ("composite", "_paste_held"):  # a frame's paste: after the gathering, and during it
-        monkeypatch.setattr(ChunkRenderer, name, spy(getattr(ChunkRenderer, name)))
+    # a frame's paste, after the gathering and during it (then with the count held before it)
+    monkeypatch.setattr(ChunkRenderer, "composite", spy(ChunkRenderer.composite))
     monkeypatch.setattr(sess, "COMPOSITE_THREADS_MIN_SIDE", 0)  # these pictures are small: thread them anyway
     runs, gathering, threaded = {}, [], []
     for threads in (1, 4):
