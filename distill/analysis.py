@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lipforce_sdk.geometry import match_edge
+from lipforce_sdk.session import edge_match_on
 
 from .autoencoder import decode_latents
 from .crops import from_unit
@@ -35,12 +36,18 @@ __all__ = ["latents_to_frames", "teacher_latents", "trajectory_curves", "choose_
 def latents_to_frames(vae, z: torch.Tensor, clip) -> np.ndarray:
     """latents ``[z, C, h, w]`` of an evaluation ``CropClip`` (``keep_frames=True``) -> its source
     frames ``[C*Tc, H, W, 3]`` uint8 with the decoded crops pasted as the runtime pastes them
-    (each frame's aligned crop, matched to the frame at the mask's edge, under its soft mask)."""
+    (each frame's aligned crop, matched to the frame at the mask's edge unless ``LIPFORCE_EDGE_MATCH=0``,
+    under its soft mask)."""
     gen = from_unit(decode_latents(vae, z[None])[0])
     src = clip.extra["pair"].source
     crops, masks = clip.extra["crops"], clip.extra["masks"]
-    return np.stack([crops[i].paste(src[i], match_edge(gen[i], crops[i].crop(src[i]), masks[i].hard), masks[i].soft)
-                     for i in range(gen.shape[0])])
+    match = edge_match_on()
+
+    def pasted(i: int) -> np.ndarray:
+        g = match_edge(gen[i], crops[i].crop(src[i]), masks[i].hard) if match else gen[i]
+        return crops[i].paste(src[i], g, masks[i].soft)
+
+    return np.stack([pasted(i) for i in range(gen.shape[0])])
 
 
 @torch.no_grad()

@@ -255,6 +255,32 @@ def test_sync_reward_crop_matches_the_scorer_crop(cfg):
     assert np.abs(got - want).mean() < 0.02, np.abs(got - want).mean()
 
 
+def test_latents_to_frames_follows_the_runtime_seam_switch(cfg, monkeypatch):
+    """The evaluation's frames are pasted as the runtime pastes them: the seam matched to the frame
+    by default, the crop as drawn with ``LIPFORCE_EDGE_MATCH=0``."""
+    import distill.analysis as analysis
+    from distill.crops import procedural_clip
+    from lipforce_sdk.geometry import match_edge
+
+    m = LipSyncModel(cfg)
+    clip = procedural_clip(cfg, 0, "held_out", max_frames=8, keep_frames=True)
+    n = 8 // cfg.vae.temporal_compression
+    z = torch.zeros(cfg.latent_channels, n, *cfg.latent_hw)
+    src, crops, masks = clip.extra["pair"].source, clip.extra["crops"], clip.extra["masks"]
+    # decoded crops a few levels brighter than the frame's: what the seam match is for
+    gen = np.stack([np.clip(crops[i].crop(src[i]).astype(np.int16) + 6, 0, 255).astype(np.uint8)
+                    for i in range(8)])
+    monkeypatch.setattr(analysis, "from_unit", lambda x: gen)
+    drawn = np.stack([crops[i].paste(src[i], gen[i], masks[i].soft) for i in range(8)])
+    matched = np.stack([crops[i].paste(src[i], match_edge(gen[i], crops[i].crop(src[i]), masks[i].hard),
+                                       masks[i].soft) for i in range(8)])
+    assert not np.array_equal(drawn, matched)
+    monkeypatch.delenv("LIPFORCE_EDGE_MATCH", raising=False)
+    assert np.array_equal(analysis.latents_to_frames(m.vae, z, clip), matched)
+    monkeypatch.setenv("LIPFORCE_EDGE_MATCH", "0")
+    assert np.array_equal(analysis.latents_to_frames(m.vae, z, clip), drawn)
+
+
 def test_data_pairs_are_the_real_windows_and_their_renoised_state(cfg):
     """The init's data pairs: x0 = the real latents of a window, step 2's input = those latents
     re-noised to ``t_land`` with noise other than step 1's (as the runtime re-noises), and the
