@@ -41,6 +41,8 @@ def _row(name: str, mode: str, q) -> dict:
             "null_p95": None if s is None else s.null_p95, "null_max": None if s is None else s.null_max,
             "lip_box_db": p.lip_psnr_db, "lip_box_ssim": p.lip_ssim, "lip_box_after_db": None,
             "silence_ratio": None if sil is None else sil.still_ratio, "jump_ratio": None if sil is None else sil.jump_ratio,
+            "silence_within": None if sil is None else sil.still_within,
+            "silence_between": None if sil is None else sil.still_between,
             "motion_ratio": None if sil is None else sil.motion_ratio,
             "control_sharpness": None if q.control is None else q.control.sharpness_ratio,
             "control_skin_db": None if q.control is None else q.control.skin_psnr_db,

@@ -79,6 +79,9 @@ Regions (``Regions.from_points``) and measures:
    output's lip box (the input's box of the later frame cut from both frames) over pairs of
    silent frames, over the same over pairs of speaking frames: what a viewer sees as a mouth
    that quivers, where the opening reads only two landmarks.
+   And the silent std taken apart (``still_within`` / ``still_between``, no goal): around each
+   stretch's own mean (the mouth moving inside a pause) and between the stretches' means (pauses
+   that hold different mouths), each over the speaking std; their squares add up to the ratio's.
 6. **Contact sheet** (``sheet=``, ``--sheet``): input and output mouth crops side by side (input
    above output), eye-aligned 128-pixel crops (``geometry.AlignedCrop`` from the INPUT landmarks,
    the same crop cut from both frames) enlarged 2x with nearest-neighbour pixels, so blur and
@@ -207,7 +210,11 @@ class Silence:
     start or end of the clip has one); ``motion_ratio``: mean frame-to-frame pixel change of the
     output's lip box over pairs of silent frames (the stretches minus the guard frames) over pairs
     of speaking frames: the mouth's quiver in pixels, where the lip opening sees two landmarks
-    (no goal set; an unchanged input scores its own ratio). ``None`` where it cannot be
+    (no goal set; an unchanged input scores its own ratio). ``still_within`` / ``still_between``:
+    ``still_ratio`` taken apart (``still_within ** 2 + still_between ** 2 == still_ratio ** 2``):
+    the opening's std around each stretch's own mean (a mouth that quivers inside a pause), and the
+    std of the stretches' means weighted by their frames (pauses that hold different mouths), each
+    over the speaking std; ``still_between`` needs two stretches. ``None`` where it cannot be
     measured; ``note`` says why.
     """
 
@@ -222,6 +229,8 @@ class Silence:
     boundaries: int = 0
     note: str = ""
     motion_ratio: float | None = None
+    still_within: float | None = None
+    still_between: float | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +330,9 @@ class FaceQuality:
             rows.append(("lip opening vs speech, r", "-", "-", "not measured (see notes)"))
         rows.append(("silence: lip-opening std, silent / speaking frames", _fmt(sil.still_ratio, '.3f'),
                      f"{sil.silent_frames} / {sil.speaking_frames}", f"<= {STILL_GOAL}"))
+        rows.append(("silence: the same within a pause / between the pauses' mouths",
+                     f"{_fmt(sil.still_within, '.3f')} / {_fmt(sil.still_between, '.3f')}",
+                     f"{len(sil.stretches)} pauses", "no goal (which of the two makes the ratio)"))
         rows.append(("silence: largest jump at a speech/silence boundary / p95 jump within speech",
                      _fmt(sil.jump_ratio, '.2f')
                      + (f" ({sil.boundary_jump:.3f} / {sil.speech_jump_p95:.3f})" if sil.jump_ratio is not None else ""),
@@ -572,9 +584,10 @@ def silence_stillness(
     stretches = [(s, e) for s, e in _runs(silent) if e - s >= min_len]
     in_stretch = np.zeros(n, bool)
     core = np.zeros(n, bool)
-    for s, e in stretches:
+    cores = [slice(s + (guard if s > 0 else 0), e - (guard if e < n else 0)) for s, e in stretches]
+    for (s, e), c in zip(stretches, cores):
         in_stretch[s:e] = True
-        core[s + (guard if s > 0 else 0): e - (guard if e < n else 0)] = True
+        core[c] = True
     ok = np.isfinite(op)
     speaking = ~in_stretch
     if not stretches:
@@ -582,13 +595,16 @@ def silence_stillness(
                        f"no silent stretch of >= {min_silence_s:g} s (envelope below {thr:.1f} dB) in this clip")
     notes = []
     so, sp = op[core & ok], op[speaking & ok]
-    still = None
+    still = still_within = still_between = None
     if so.size < 2 or sp.size < 2:
         notes.append(f"too few measured frames for the stds ({so.size} silent, {sp.size} speaking)")
     elif sp.std() < 1e-12:
         notes.append("the lip opening does not change over the speaking frames: no scale to compare the silence with")
     else:
         still = float(so.std() / sp.std())
+        within, between = _within_between(op, ok, cores)
+        still_within = float(within / sp.std())
+        still_between = None if between is None else float(between / sp.std())
     d = np.abs(np.diff(op))  # d[t]: frame t -> t + 1; NaN where either is missing
     near = np.zeros(n - 1, bool)  # pairs at a boundary: across it and `guard` into the silence
     n_bound = sum((s > 0) + (e < n) for s, e in stretches)
@@ -620,7 +636,22 @@ def silence_stillness(
         else:
             notes.append("mouth motion: no measured pair of silent or of speaking frames, or no motion in speech")
     return Silence(thr, tuple(stretches), int(so.size), int(sp.size), still, boundary, p95, jump, n_bound,
-                   "; ".join(notes), motion_ratio)
+                   "; ".join(notes), motion_ratio, still_within, still_between)
+
+
+def _within_between(op: np.ndarray, ok: np.ndarray, cores: list[slice]) -> tuple[float, float | None]:
+    """The silent frames' std (as ``silence_stillness`` pools them: ``cores``, each stretch less its
+    guard frames) split into the std around each stretch's own mean and the frame-weighted std of the
+    stretches' means (``None`` with fewer than two stretches measured); their squares add up to the
+    pooled variance."""
+    parts = [op[c][ok[c]] for c in cores]
+    parts = [x for x in parts if x.size]
+    total = sum(x.size for x in parts)
+    mean = sum(float(x.sum()) for x in parts) / total
+    within = math.sqrt(sum(float(((x - x.mean()) ** 2).sum()) for x in parts) / total)
+    between = (math.sqrt(sum(x.size * (float(x.mean()) - mean) ** 2 for x in parts) / total)
+               if len(parts) >= 2 else None)
+    return within, between
 
 
 # --------------------------------------------------------------------------------------

@@ -215,6 +215,41 @@ def test_silence_mouth_motion_ratio_over_silent_and_speaking_pairs():
         fq.silence_stillness(op, env, motion=motion[:-1])
 
 
+def _two_pauses():
+    """Speech 40, silence 30, speech 40, silence 30, speech 40 frames; a speaking opening."""
+    rng = np.random.default_rng(3)
+    n = 180
+    env = 30.0 + 15.0 * rng.random(n)
+    env[40:70] = env[110:140] = 0.0
+    op = 0.2 + 0.15 * np.sin(2 * np.pi * np.arange(n) / 6.0)
+    return env, op
+
+
+def test_silence_ratio_taken_apart_pauses_that_differ():
+    env, op = _two_pauses()
+    op[40:70], op[110:140] = 0.02, 0.12  # each pause still, the two hold different mouths
+    s = fq.silence_stillness(op, env)
+    assert s.stretches == ((40, 70), (110, 140)) and s.silent_frames == 52
+    assert s.still_within == pytest.approx(0.0, abs=1e-9)
+    assert s.still_between == pytest.approx(s.still_ratio) and s.still_ratio > 0.4, s
+
+
+def test_silence_ratio_taken_apart_a_quiver_in_each_pause():
+    env, op = _two_pauses()
+    rng = np.random.default_rng(4)
+    op[40:70] = 0.05 + 0.03 * rng.standard_normal(30)
+    op[110:140] = 0.05 + 0.03 * rng.standard_normal(30)
+    op[120:130] = np.nan  # not measured: left out of both parts as of the pooled std
+    s = fq.silence_stillness(op, env)
+    assert s.silent_frames == 42
+    assert s.still_within ** 2 + s.still_between ** 2 == pytest.approx(s.still_ratio ** 2, rel=1e-9)
+    assert s.still_between < 0.3 * s.still_within, s
+    # one pause: nothing to compare between
+    one_env, one_op = _speech_and_silence()
+    one = fq.silence_stillness(one_op, one_env)
+    assert one.still_between is None and one.still_within == pytest.approx(one.still_ratio)
+
+
 def test_silence_needs_half_a_second():
     env, op = _speech_and_silence(gap=12)  # 0.48 s at 25 fps
     s = fq.silence_stillness(op, env)
