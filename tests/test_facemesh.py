@@ -412,10 +412,15 @@ def test_smoothing_cuts_jitter_without_lag(clip, models):
         smooth.append(tr.update(noisy).points[:, :2])
         raw.append(tr.last_raw.points[:, :2])
     iod = tr.last_raw.interocular()
-    j_raw = np.array(raw)[5:].std(0).mean() / iod
-    j_smooth = np.array(smooth)[5:].std(0).mean() / iod
+    still = np.setdiff1d(np.arange(fm.NUM_LANDMARKS), fm.MOUTH_POINTS)  # what the filter smooths
+    j_raw = np.array(raw)[5:, still].std(0).mean() / iod
+    j_smooth = np.array(smooth)[5:, still].std(0).mean() / iod
     print(f"jitter on a still noisy face: raw {j_raw:.4f} iod, smoothed {j_smooth:.4f} iod")
     assert j_smooth < 0.6 * j_raw
+    # the mouth and jaw come back as measured: a mask drawn from them does not trail the mouth
+    mouth = list(fm.MOUTH_POINTS)
+    assert np.array_equal(np.array(smooth)[:, mouth], np.array(raw)[:, mouth])
+    assert not np.array_equal(np.array(smooth)[5:, still], np.array(raw)[5:, still])
 
     for speed in (0.5, 2.0):  # pixels per frame: 0.25 and 1 iod per second at 25 fps
         tr.reset()
@@ -430,6 +435,24 @@ def test_smoothing_cuts_jitter_without_lag(clip, models):
             f"moving {speed} px/frame: the smoothed landmarks trail the raw ones by {lag:.2f} frames"
         )
         assert lag < 1.0
+
+
+def test_unsmoothed_points_are_chosen(clip, models):
+    """``unsmoothed=()`` smooths the mouth too; bad indices are refused with the fix named."""
+    rng = np.random.default_rng(3)
+    det, lmm = models
+    every = fm.LandmarkTracker(det, lmm, smoothing=True, unsmoothed=())
+    mouth = list(fm.MOUTH_POINTS)
+    assert len(mouth) == 61 and fm.MOUTH_RIGHT in mouth and fm.LOWER_LIP_INNER in mouth and fm.CHIN in mouth
+    assert not set(mouth) & set(fm.LEFT_EYE + fm.RIGHT_EYE)
+    diff = []
+    for _ in range(8):
+        noisy = np.clip(clip[0] + rng.normal(0, 10, clip[0].shape), 0, 255).astype(np.uint8)
+        diff.append(np.abs(every.update(noisy).points[mouth] - every.last_raw.points[mouth]).max())
+    assert diff[0] == 0 and max(diff[1:]) > 0
+    for bad in ((468,), (-1, 3)):
+        with pytest.raises(ValueError, match="unsmoothed"):
+            fm.LandmarkTracker(det, lmm, unsmoothed=bad)
 
 
 def test_one_euro_filter():

@@ -52,6 +52,7 @@ from .landmarks import (
     LIPS_OUTER,
     LOWER_LIP_INNER,
     MOUTH_LEFT,
+    MOUTH_POINTS,
     MOUTH_RIGHT,
     NOSE_TIP,
     NUM_LANDMARKS,
@@ -90,4 +91,5 @@ __all__ = [
     "LIPS_INNER",
     "FACE_OVAL",
     "JAW",
+    "MOUTH_POINTS",
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "LIPS_INNER",
     "FACE_OVAL",
     "JAW",
+    "MOUTH_POINTS",
 ]
 
 NUM_LANDMARKS = 468
@@ -82,6 +83,9 @@ FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288,
 JAW = (234, 93, 132, 58, 172, 136, 150, 149, 176, 148, 152,
        377, 400, 378, 379, 365, 397, 288, 361, 323, 454)
 # fmt: on
+# what moves with speech: both lip contours (their corners among them) and the jaw line, 61
+# points; ``LandmarkTracker`` passes these unsmoothed
+MOUTH_POINTS = tuple(sorted(set(LIPS_OUTER) | set(LIPS_INNER) | set(JAW)))
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from .detector import FaceDetection, FaceDetector
 from .filters import OneEuroFilter
-from .landmarks import FaceLandmarks, LandmarkModel
+from .landmarks import MOUTH_POINTS, NUM_LANDMARKS, FaceLandmarks, LandmarkModel
 from .roi import check_frame
 
 __all__ = ["LandmarkTracker", "face_selector"]
@@ -49,11 +50,14 @@ class LandmarkTracker:
 
     Smoothing (on by default) filters the returned points with a One Euro filter whose speed
     unit is the inter-ocular distance, so its settings do not depend on the face's size in
-    pixels. The ROI for the next frame always comes from the unsmoothed points (no lag in
-    the tracking itself), and ``last_raw`` keeps them: measure fast mouth motion (e.g.
-    ``lip_opening`` for quality metrics) on ``last_raw``, use the smoothed points for
-    geometry that must not jitter (crop alignment, masks). A re-detection restarts the
-    filter.
+    pixels; the points in ``unsmoothed`` (default ``MOUTH_POINTS``: lips and jaw line) come back
+    as measured. The ROI for the next frame always comes from the unsmoothed points (no lag in
+    the tracking itself), and ``last_raw`` keeps them all. The smoothed points are for geometry
+    that moves with the head and must not jitter (the eyes that align the crop); the mouth and
+    jaw move with speech, faster than the filter follows at its low-speed cutoff, and a mouth
+    mask drawn from smoothed lips trails the mouth it re-renders (on two real talking heads,
+    their own speech through ``lipforce run``: 0.4-0.5 dB of lip box lost, BENCHMARKS.md
+    section 6). A re-detection restarts the filter.
 
     Args:
         detector: a ``FaceDetector`` (default: full range, tiled for large frames).
@@ -62,6 +66,8 @@ class LandmarkTracker:
         smoothing: ``True`` (``OneEuroFilter()``, documented there), ``False`` (off), or a
             ``OneEuroFilter`` (Hz; speed in inter-ocular distances per second), which the
             tracker then owns.
+        unsmoothed: landmark indices returned as measured when smoothing is on (default
+            ``MOUTH_POINTS``; ``()``: smooth every point).
         fps: frame rate used for timestamps when ``update`` is given none.
         tile_every: while no face is seen, the detector's tile search (for small faces in
             large frames, ~20x the cost of a whole-frame search) runs on the first search
@@ -81,6 +87,7 @@ class LandmarkTracker:
         *,
         min_presence: float = 0.5,
         smoothing: bool | OneEuroFilter = True,
+        unsmoothed: Sequence[int] = MOUTH_POINTS,
         fps: float = 25.0,
         tile_every: int = 5,
         threads: int | None = 1,
@@ -105,6 +112,11 @@ class LandmarkTracker:
         self.landmarks = landmarks if landmarks is not None else LandmarkModel(threads=threads)
         self.min_presence = float(min_presence)
         self.smoothing = smoothing  # the tracker owns its state (reset with the tracker)
+        idx = np.unique(np.asarray(list(unsmoothed), np.int64))
+        if idx.size and (idx.min() < 0 or idx.max() >= NUM_LANDMARKS):
+            raise ValueError(f"unsmoothed must hold landmark indices in [0, {NUM_LANDMARKS}), got "
+                             f"{idx.min()}..{idx.max()}; e.g. MOUTH_POINTS, or () to smooth every point")
+        self.unsmoothed = idx
         self.fps = float(fps)
         self.tile_every = tile_every
         self.face = select  # as given; ``select`` picks among a search's faces
@@ -177,6 +189,7 @@ class LandmarkTracker:
             return lm
         iod = max(lm.interocular(), 1.0)
         pts = self.smoothing(lm.points, t, scale=iod).astype(np.float32)
+        pts[self.unsmoothed] = lm.points[self.unsmoothed]
         return FaceLandmarks(pts, lm.score, lm.roi)
 
     __call__ = update
