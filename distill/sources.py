@@ -11,7 +11,7 @@ it, and where it goes under ``DATA`` (``eval_talking/``, ``eval_avatars/``, ``sp
 two talking clips of the enrollment check), so that
 
     python -m distill.sources fetch --out data
-    cd data && python -m distill.realeval --clips eval_talking --speech speech.16k.wav --out runs/realeval
+    python -m distill.realeval --clips data/eval_talking --speech data/speech.16k.wav --out runs/realeval
 
 scores the same bytes the tables were measured on. Sets: ``eval`` (``distill.realeval``: four talking
 heads, three avatars, the new speech), ``enroll`` (``samples/enroll_check.py``: the two talking clips
