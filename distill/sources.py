@@ -37,6 +37,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from lipforce_sdk.manifest import sha256_file
+
 __all__ = ["Source", "SourceError", "MANIFEST", "RAW_URL", "load_sources", "url_of", "fetch", "verify", "main"]
 
 MANIFEST = Path(__file__).with_name("sources.json")
@@ -89,16 +91,8 @@ def url_of(src: Source, base_url: str = RAW_URL) -> str:
     return f"{base_url.rstrip('/')}/{src.repo}/{src.commit}/{urllib.parse.quote(src.path)}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _matches(path: Path, src: Source) -> bool:
-    return path.is_file() and path.stat().st_size == src.size and _sha256(path) == src.sha256
+    return path.is_file() and path.stat().st_size == src.size and sha256_file(path) == src.sha256
 
 
 def _check_existing(out: Path, src: Source) -> list[Path]:
