@@ -10,6 +10,7 @@ unsmoothed face-mesh tracker on the same frames gives the same points).
 from __future__ import annotations
 
 import json
+import os
 import math
 import re
 import subprocess
@@ -353,3 +354,30 @@ def test_api_errors(clip, speech, models):
         fq.face_quality(clip[:3], np.zeros((3, 40, 40, 3), np.uint8), speech, models=models)
     with pytest.raises(ValueError, match="input_order must be 'same' or 'pingpong'"):
         fq.face_quality(clip[:3], clip[:3], speech, input_order="loop", models=models)
+
+
+def test_compare_sheets_cuts_the_sheets_tiles(files, tmp_path):
+    """samples/compare_sheets.py reads face_quality's sheet layout: its rows are the sheet's input
+    tiles and each sheet's output tiles of the picks."""
+    from lipforce_sdk.face_quality import main
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samples"))
+    from compare_sheets import TILE, compare, tile
+
+    d = files
+    for name in ("in", "blur"):
+        assert main(["--input", str(d / "in.mp4"), "--output", str(d / f"{name}.mp4"), "--audio",
+                     str(d / "speech.wav"), "--sheet", str(tmp_path / f"{name}.png")]) == 0
+    same, blur = (cv2.imread(str(tmp_path / f"{n}.png")) for n in ("in", "blur"))
+    np.testing.assert_array_equal(tile(same, 5, False), tile(same, 5, True))  # output == input
+    assert not np.array_equal(tile(blur, 5, False), tile(blur, 5, True))
+    img = compare([("same", same), ("blur", blur)], [1, 5], scale=0.5)
+    size = TILE // 2
+    assert img.shape == (3 * (size + 2), 96 + 2 * (size + 2), 3)
+    x = 96 + size + 2  # second pick
+    np.testing.assert_array_equal(img[:size, x:x + size], cv2.resize(tile(same, 5, False), (size, size),
+                                                                      interpolation=cv2.INTER_AREA))
+    np.testing.assert_array_equal(img[2 * (size + 2):2 * (size + 2) + size, x:x + size],
+                                  cv2.resize(tile(blur, 5, True), (size, size), interpolation=cv2.INTER_AREA))
+    with pytest.raises(ValueError, match="outside the sheet"):
+        tile(same, 8, False)

@@ -29,6 +29,20 @@ def test_manifest_names_what_the_commands_read():
         "eval_talking/edtalk_pose_source2.mp4", "edtalk_pose_source2.mp4", "speech.16k.wav", "obama_cspan_dnc2020.mp4"}
 
 
+def test_training_clips_keep_the_evaluation_people_out():
+    train, others = load_sources(sets=("train",)), load_sources(sets=("eval", "enroll"))
+    assert len(train) == 11 and all(t.startswith("train_clips/") for s in train for t in s.to)
+    used = {(s.repo, s.path) for s in train}
+    assert not used & {(s.repo, s.path) for s in others}
+    # other clips of the evaluation's people in the same repositories (distill/README.md)
+    for repo, path in (("OpenTalker/video-retalking", "examples/face/3.mp4"),
+                       ("tanshuai0219/EDTalk", "test_data/pose_source1.mp4"),
+                       ("tanshuai0219/EDTalk", "test_data/pose_source2.mp4"),
+                       ("tanshuai0219/EDTalk", "test_data/uncrop_Obama.mp4")):
+        assert (repo, path) not in used
+    assert not any("short_case/AOC" in p for _, p in used)
+
+
 def test_url_quotes_the_path():
     s = load_sources(sets=("eval",))
     speech = next(x for x in s if "speech.16k.wav" in x.to)

@@ -1,0 +1,310 @@
+"""Continue a trained student on more real talking heads, without its teacher.
+
+    python -m distill.finetune --data CLIPS --out runs/ft/model            # from the bundled default
+    python -m distill.finetune --data CLIPS --out M --model OTHER --steps 600 --sync-weight 0.2
+
+The recipe (``distill.recipe``) needs its teacher for DMD; this takes an SDK model directory as it
+is (the bundled default, or any model the recipe wrote) and goes on training its DiT and audio
+encoder on a folder of real talking-head clips with their own sound (``--data``, as the recipe's)
+plus procedural pairs (``--procedural``, so the data it was first trained on stays in the mix). The
+objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
+rollout, weighted MSE to the true latents, the mouth and lips weighted up, half the windows with the
+face around the mouth from up to ``--context-shift`` frames away) plus the recipe's SyncNet reward
+(``distill.student.SyncReward``, ``--sync-weight``): without the reward, regression alone makes the
+mouth follow the sound less (BENCHMARKS.md section 6). The VAE is not trained.
+
+Stages, each kept in ``--work`` (default ``OUT.work``) and reused when there:
+
+1. ``clips.json``: every clip tracked (face mesh, cached as ``distill.realdata`` does) and its
+   own-speech lip sync measured (``lipforce_sdk.face_quality``'s landmark opening vs the speech
+   envelope); a clip is trained on only when ``r >= --min-lip-r`` (a sound track of music, of
+   someone else, or out of sync teaches the mouth nothing). The file
+   records each clip's SHA-256, so the data behind a model is known byte for byte.
+2. ``data.npz``: the crops (``distill.crops``: the runtime's eye-aligned crops, masks, references).
+3. ``latents.pt``: the model's frozen VAE encoder over them.
+4. the DiT and audio encoder trained (``--steps``), kept as an exponential moving average.
+
+The model directory at ``--out`` is the input model's with the two weight files replaced and
+``finetune.json`` (settings, clips kept and dropped, losses) beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FinetuneConfig", "select_clips", "finetune", "main"]
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = 600
+    lr: float = 3e-4
+    batch: int = 4
+    video_frames: int = 8  # per training window (rounded to whole chunks)
+    ema: float = 0.995
+    sync_weight: float = 0.2  # SyncNet reward; 0: regression only
+    mouth_weight: float = 4.0
+    lips_weight: float = 16.0
+    context_shift: int = 6  # latent frames; 0: the face around the mouth always from the same frame
+    real_share: float = 0.6  # share of the training windows taken from real clips
+    procedural: int = 80  # procedural training pairs kept in the mix
+    window: int = 50  # real clips cut into pieces of this many frames
+    max_seconds: float = 30.0  # of each clip
+    min_lip_r: float = 0.2  # a clip's own-speech landmark lip r needed to train on it
+    seed: int = 0
+
+    def validate(self) -> "FinetuneConfig":
+        for name in ("steps", "batch", "video_frames", "window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.procedural < 0 or self.context_shift < 0:
+            raise ValueError("--procedural and --context-shift must be >= 0")
+        if not 0.0 <= self.real_share <= 1.0 or not 0.0 <= self.ema < 1.0:
+            raise ValueError("--real-share must be in [0, 1] and --ema in [0, 1)")
+        if self.lr <= 0 or self.sync_weight < 0:
+            raise ValueError("--lr must be > 0 and --sync-weight >= 0")
+        return self
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def own_speech_sync(clip) -> dict:
+    """The clip's landmark lip opening against its own speech envelope: ``r``, ``lag``, the
+    shifted-speech null's 95th percentile (``None`` for clips of 2 s or less)."""
+    from lipforce_sdk.face_quality import _lip_sync
+    from lipforce_sdk.sync_check import speech_envelope
+
+    from .realdata import FPS, SR
+
+    env = speech_envelope(clip.audio, SR, FPS, clip.num_frames)
+    ls = _lip_sync(clip.opening.copy(), env, FPS, [])
+    if ls is None:
+        return {"r": None, "lag": None, "null_p95": None}
+    return {"r": ls.r, "lag": ls.lag, "null_p95": ls.null_p95}
+
+
+def select_clips(rows: list[dict], min_lip_r: float) -> list[dict]:
+    """The rows (``clips.json``) to train on: a face on 80% of the frames or more, and a mouth that
+    follows the clip's own sound (``r >= min_lip_r``). The shifted-speech null is recorded, not
+    required: on clips of 4-5 s it rests on few shifts (p95 0.30-0.52 on the public clips of
+    BENCHMARKS.md section 6, where real speakers reach 0.22-0.88). Each row gets ``kept`` and, when
+    dropped, ``why``."""
+    for row in rows:
+        r = row.get("r")
+        why = None
+        if row["face_share"] < 0.8:
+            why = f"a face on {row['face_share']:.0%} of the frames"
+        elif r is None:
+            why = "lip opening not measured"
+        elif r < min_lip_r:
+            why = f"own-speech lip r {r:.2f} < {min_lip_r:g}"
+        row["kept"], row["why"] = why is None, why
+    return [row for row in rows if row["kept"]]
+
+
+def _track(data: Path, fc: FinetuneConfig, work: Path, progress: bool = True) -> list[dict]:
+    from tqdm import tqdm
+
+    from lipforce_sdk.manifest import sha256_file
+
+    from .realdata import find_clips, load_clip
+
+    path = work / "clips.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    found = find_clips(data)
+    if not found:
+        raise ValueError(f"no clip with sound in {str(data)!r}: put talking-head videos there (each with its audio "
+                         "track or a NAME.wav beside it)")
+    rows = []
+    for v, a in tqdm(found, desc="track clips", unit="clip", disable=not progress):
+        c = load_clip(v, a, max_seconds=fc.max_seconds)
+        rows.append({"name": v.stem, "video": str(v), "audio": str(a), "sha256": sha256_file(v),
+                     "frames": c.num_frames, "face_share": float(c.found().mean()), **own_speech_sync(c)})
+    select_clips(rows, fc.min_lip_r)
+    path.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def _data(rows: list[dict], cfg, fc: FinetuneConfig, work: Path, progress: bool = True):
+    from tqdm import tqdm
+
+    from .crops import CropSet, procedural_clip, real_clips
+    from .realdata import load_clip
+
+    path = work / "data.npz"
+    if path.is_file():
+        return CropSet.load(path)
+    clips = []
+    for row in tqdm([r for r in rows if r["kept"]], desc="real crops", unit="clip", disable=not progress):
+        c = load_clip(row["video"], row["audio"], max_seconds=fc.max_seconds)
+        clips += real_clips(cfg, c, window=fc.window, stride=fc.window)
+    clips += [procedural_clip(cfg, i, "train", max_frames=64)
+              for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
+    cs = CropSet.build(cfg, clips)
+    cs.save(path)
+    return cs
+
+
+def _latents(model, cs, work: Path):
+    import torch
+
+    from .teacher import LatentSet
+
+    path = work / "latents.pt"
+    if path.is_file():
+        return LatentSet(**torch.load(path, weights_only=True))
+    with torch.no_grad():
+        ls = LatentSet.encode(model.vae, cs, model.cfg)
+    torch.save({f.name: getattr(ls, f.name) for f in dataclasses.fields(ls)}, path)
+    return ls
+
+
+def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from .enroll import _shift_condition
+    from .optim import adamw_cosine, optimizer_step
+    from .student import SyncReward, renoiser, reward_inputs, rollout, weighted_mse
+    from .syncnet import SyncScorer
+    from .teacher import lips_map, loss_weight
+
+    cfg = model.cfg
+    tc, c = cfg.vae.temporal_compression, cfg.stream.chunk_frames
+    frames = max(c, (max(1, fc.video_frames // tc) // c) * c)
+    kinds = np.array([cl.kind for cl in cs.clips])
+    fits = np.array([z.shape[1] >= frames for z in ls.z])
+    real = np.flatnonzero((kinds != "procedural") & fits)
+    proc = np.flatnonzero((kinds == "procedural") & fits)
+    if not len(real) and not len(proc):
+        raise ValueError(f"no training clip has {frames} frames")
+    params = list(model.dit.parameters()) + list(model.audio_encoder.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt, sched = adamw_cosine(params, fc.lr, fc.steps, warmup=20)
+    avg = [p.detach().clone() for p in params]
+    rng = np.random.default_rng(fc.seed)
+    gen = torch.Generator().manual_seed(fc.seed)
+    lips, t_land = lips_map(cfg), cfg.schedule.t_land
+    reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
+    model.dit.train()
+    model.audio_encoder.train()
+    hist = []
+    t0 = time.perf_counter()
+    with tqdm(total=fc.steps, desc="finetune", unit="step", disable=not progress) as bar:
+        for it in range(fc.steps):
+            picks = []
+            for _ in range(fc.batch):
+                pool = real if len(real) and (not len(proc) or rng.random() < fc.real_share) else proc
+                i = int(pool[int(rng.integers(len(pool)))])
+                picks.append((i, int(rng.integers(0, ls.z[i].shape[1] - frames + 1))))
+            z, cond, mel, mask, ref = ls.gather(picks, frames)
+            if fc.context_shift:
+                _shift_condition(ls, picks, frames, fc.context_shift, rng, cond)
+            noise = torch.randn(z.shape, generator=gen)
+            eps2 = torch.randn(z.shape, generator=gen)
+            grad_step = int(torch.randint(0, 2, (1,), generator=gen))
+            out = rollout(model.dit, cfg, cond, mask, model.audio_encoder(mel), noise, renoiser(eps2, t_land, c),
+                          t_land, grad_step=grad_step, ref=ref)
+            loss = weighted_mse(out, z, loss_weight(mask, fc.mouth_weight, lips, fc.lips_weight))
+            if reward is not None:
+                src, soft = reward_inputs(cs, picks, frames, tc)
+                loss = loss + fc.sync_weight * reward.loss(out, src, soft, mel)
+            optimizer_step(loss, opt, sched, params)
+            with torch.no_grad():
+                torch._foreach_lerp_(avg, [p.detach() for p in params], 1.0 - min(fc.ema, (1 + it) / (10 + it)))
+            hist.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(hist[-50:]):.4f}")
+    with torch.no_grad():
+        for p, a in zip(params, avg):
+            p.copy_(a)
+    model.eval()
+    return {"first_loss": float(np.mean(hist[:50])), "final_loss": float(np.mean(hist[-50:])),
+            "seconds": time.perf_counter() - t0, "real_windows": int(len(real)), "procedural_windows": int(len(proc))}
+
+
+def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = None, work: str | Path | None = None,
+             fc: FinetuneConfig | None = None, progress: bool = True) -> Path:
+    """Fine-tune ``model_dir`` on the clips in ``data`` (module docstring); returns ``out``."""
+    from safetensors.torch import save_file
+
+    from lipforce_sdk.model import load_model
+    from lipforce_sdk.session import default_model_dir
+
+    fc = (fc or FinetuneConfig()).validate()
+    model_dir, out = Path(model_dir) if model_dir is not None else default_model_dir(), Path(out)
+    if not (model_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{str(model_dir)!r} is not a model directory (no manifest.json)")
+    if out.exists():
+        raise FileExistsError(f"{str(out)!r} exists; pass a new --out (nothing is overwritten)")
+    work = Path(work) if work is not None else out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(model_dir)
+    rows = _track(Path(data), fc, work, progress)
+    kept = [r for r in rows if r["kept"]]
+    for r in rows:
+        _log(f"{'keep' if r['kept'] else 'drop'} {r['name']}: {r['frames']} frames, own-speech lip r "
+             f"{'-' if r['r'] is None else format(r['r'], '.2f')}" + ("" if r["kept"] else f" ({r['why']})"))
+    if not kept and not fc.procedural:
+        raise ValueError("no clip passed the own-speech check and --procedural is 0: nothing to train on")
+    cs = _data(rows, model.cfg, fc, work, progress)
+    ls = _latents(model, cs, work)
+    info = _train(model, cs, ls, fc, progress=progress)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(model_dir, tmp)
+    save_file({k: v.contiguous() for k, v in model.dit.state_dict().items()}, str(tmp / "dit.safetensors"))
+    save_file({k: v.contiguous() for k, v in model.audio_encoder.state_dict().items()},
+              str(tmp / "audio_encoder.safetensors"))
+    (tmp / "finetune.json").write_text(json.dumps({"from": str(model_dir), "settings": asdict(fc), **info,
+                                                   "clips": rows}, indent=1))
+    tmp.rename(out)
+    _log(f"finetune: {len(kept)} of {len(rows)} clips, {fc.procedural} procedural pairs, loss "
+         f"{info['first_loss']:.4f} -> {info['final_loss']:.4f} in {info['seconds'] / 60:.1f} min -> {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m distill.finetune", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="folder of real talking-head clips with their own sound")
+    ap.add_argument("--out", required=True, help="the new model directory (must not exist)")
+    ap.add_argument("--model", default=None, help="model directory to start from (default: the bundled one)")
+    ap.add_argument("--work", default=None, help="intermediate files (default: OUT.work)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--no-progress", action="store_true")
+    d = FinetuneConfig()
+    for f in dataclasses.fields(FinetuneConfig):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name))
+    a = ap.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    fc = FinetuneConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig)})
+    try:
+        finetune(a.data, a.out, a.model, a.work, fc, progress=not a.no_progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`python -m distill.finetune`: a trained student continued on real clips without its teacher."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+pytest.importorskip("torch")
+
+from distill.finetune import FinetuneConfig, main, select_clips  # noqa: E402
+from lipforce_sdk.session import default_model_dir  # noqa: E402
+
+
+def _row(name, r, null=0.2, face=1.0):
+    return {"name": name, "frames": 100, "face_share": face, "r": r, "lag": 0, "null_p95": null}
+
+
+def test_select_clips_keeps_mouths_that_follow_their_own_sound():
+    rows = [_row("sync", 0.45), _row("weak", 0.15), _row("below_null", 0.30, null=0.35), _row("short", 0.3, null=None),
+            _row("unmeasured", None), _row("faceless", 0.6, face=0.5)]
+    kept = select_clips(rows, min_lip_r=0.2)
+    assert [r["name"] for r in kept] == ["sync", "below_null", "short"]  # the null is recorded, not required
+    why = {r["name"]: r["why"] for r in rows}
+    assert why["sync"] is None and why["short"] is None and why["below_null"] is None
+    assert "0.15 < 0.2" in why["weak"]
+    assert "not measured" in why["unmeasured"]
+    assert "50%" in why["faceless"]
+
+
+def test_config_refuses_nonsense():
+    with pytest.raises(ValueError, match="--steps"):
+        FinetuneConfig(steps=0).validate()
+    with pytest.raises(ValueError, match="--real-share"):
+        FinetuneConfig(real_share=1.5).validate()
+
+
+def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_changed(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from lipforce_sdk import Engine
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    photo = REPO / "lipforce_sdk" / "assets" / "photo"
+    shutil.copy(photo / "face.mp4", data / "face.mp4")
+    shutil.copy(photo / "speech.wav", data / "face.wav")  # NAME.wav beside NAME.mp4
+    out = tmp_path / "model"
+    args = ["--data", str(data), "--out", str(out), "--steps", "2", "--batch", "1", "--procedural", "2",
+            "--max-seconds", "2", "--window", "25", "--no-progress"]
+    assert main(args) == 0
+    info = json.loads((out / "finetune.json").read_text())
+    (row,) = info["clips"]
+    assert row["name"] == "face" and row["frames"] == 50 and len(row["sha256"]) == 64
+    assert row["kept"] == (row["why"] is None)
+    assert info["settings"]["steps"] == 2 and info["procedural_windows"] == 2
+    for f in ("vae.safetensors", "manifest.json"):
+        assert (out / f).read_bytes() == (default_model_dir() / f).read_bytes()
+    new, old = load_file(str(out / "dit.safetensors")), load_file(str(default_model_dir() / "dit.safetensors"))
+    assert new.keys() == old.keys()
+    assert any(not (new[k] == old[k]).all() for k in new), "two steps changed no DiT weight"
+    Engine.load(out)  # an ordinary model directory
+    assert main(args) == 1  # out exists: refused, nothing overwritten
+    assert "exists" in capsys.readouterr().err
+
+
+def test_finetune_says_what_to_put_in_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "clips").mkdir()
+    assert main(["--data", str(tmp_path / "clips"), "--out", str(tmp_path / "m"), "--steps", "1"]) == 1
+    assert "no clip with sound" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
