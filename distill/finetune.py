@@ -239,6 +239,19 @@ def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
             "seconds": time.perf_counter() - t0, "real_windows": int(len(real)), "procedural_windows": int(len(proc))}
 
 
+def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[dict]) -> str:
+    kept = [r for r in rows if r["kept"]]
+    lines = [f"- `{r['name']}` ({r['frames']} frames, own-speech lip r {r['r']:.2f}, sha256 {r['sha256'][:12]}...)"
+             for r in kept]
+    return (f"\n\n## Continued with `distill.finetune`\n\nEverything above describes the model this one started "
+            f"from (`{model_dir}`). Its DiT and audio encoder were then trained {fc.steps} more steps (lr {fc.lr:g}, "
+            f"sync reward weight {fc.sync_weight:g}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
+            f"{info['final_loss']:.4f}) on {len(kept)} of {len(rows)} real clips ({info['real_windows']} pieces) and "
+            f"{fc.procedural} procedural pairs, without a teacher; the VAE is the same. Its scores are not the ones "
+            "above: measure it (`python -m distill.realeval --model DIR`). Clips (all of them, with the reason for "
+            "those left out, in `finetune.json`):\n\n" + "\n".join(lines) + "\n")
+
+
 def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = None, work: str | Path | None = None,
              fc: FinetuneConfig | None = None, progress: bool = True) -> Path:
     """Fine-tune ``model_dir`` on the clips in ``data`` (module docstring); returns ``out``."""
@@ -275,6 +288,9 @@ def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = N
               str(tmp / "audio_encoder.safetensors"))
     (tmp / "finetune.json").write_text(json.dumps({"from": str(model_dir), "settings": asdict(fc), **info,
                                                    "clips": rows}, indent=1))
+    card = tmp / "MODEL_CARD.md"
+    with open(card, "a", encoding="utf-8") as f:
+        f.write(_card_section(model_dir, fc, info, rows))
     tmp.rename(out)
     _log(f"finetune: {len(kept)} of {len(rows)} clips, {fc.procedural} procedural pairs, loss "
          f"{info['first_loss']:.4f} -> {info['final_loss']:.4f} in {info['seconds'] / 60:.1f} min -> {out}")

@@ -60,6 +60,9 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
     assert row["name"] == "face" and row["frames"] == 50 and len(row["sha256"]) == 64
     assert row["kept"] == (row["why"] is None)
     assert info["settings"]["steps"] == 2 and info["procedural_windows"] == 2
+    card = (out / "MODEL_CARD.md").read_text()
+    assert card.startswith((default_model_dir() / "MODEL_CARD.md").read_text())
+    assert "## Continued with `distill.finetune`" in card and "trained 2 more steps" in card
     for f in ("vae.safetensors", "manifest.json"):
         assert (out / f).read_bytes() == (default_model_dir() / f).read_bytes()
     new, old = load_file(str(out / "dit.safetensors")), load_file(str(default_model_dir() / "dit.safetensors"))
