@@ -11,7 +11,9 @@ objective is the enrollment's over many faces (``distill.enroll``: the runtime's
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, half the windows with the
 face around the mouth from up to ``--context-shift`` frames away) plus the recipe's SyncNet reward
 (``distill.student.SyncReward``, ``--sync-weight``): without the reward, regression alone makes the
-mouth follow the sound less (BENCHMARKS.md section 6). The VAE is not trained.
+mouth follow the sound less. Measured on eleven public clips (BENCHMARKS.md section 6), neither beat
+the bundled default it starts from: regression shuts the mouth, the reward paints a dark patch in it;
+judge a continued model by ``distill.realeval``'s sheets, not its numbers alone. The VAE is not trained.
 
 Stages, each kept in ``--work`` (default ``OUT.work``) and reused when there:
 
@@ -24,8 +26,10 @@ Stages, each kept in ``--work`` (default ``OUT.work``) and reused when there:
 3. ``latents.pt``: the model's frozen VAE encoder over them.
 4. the DiT and audio encoder trained (``--steps``), kept as an exponential moving average.
 
-The model directory at ``--out`` is the input model's with the two weight files replaced and
-``finetune.json`` (settings, clips kept and dropped, losses) beside them.
+The model directory at ``--out`` is the input model's with the two weight files replaced,
+``finetune.json`` (settings, clips kept and dropped, losses) beside them and a section on what was
+continued appended to its ``MODEL_CARD.md``. A ``--work`` folder made for other data, another model
+or other data settings is refused rather than reused.
 """
 
 from __future__ import annotations
@@ -267,7 +271,14 @@ def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = N
     if out.exists():
         raise FileExistsError(f"{str(out)!r} exists; pass a new --out (nothing is overwritten)")
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
+    key = {"data": str(Path(data).resolve()), "model": str(model_dir.resolve()),
+           **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
+    key_path = work / "work.json"
+    if key_path.is_file() and json.loads(key_path.read_text()) != key:
+        raise ValueError(f"--work {str(work)!r} holds the files of another run ({key_path}: "
+                         f"{key_path.read_text().strip()}); pass a new --work or remove it")
     work.mkdir(parents=True, exist_ok=True)
+    key_path.write_text(json.dumps(key))
     model = load_model(model_dir)
     rows = _track(Path(data), fc, work, progress)
     kept = [r for r in rows if r["kept"]]

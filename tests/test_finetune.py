@@ -71,6 +71,10 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
     Engine.load(out)  # an ordinary model directory
     assert main(args) == 1  # out exists: refused, nothing overwritten
     assert "exists" in capsys.readouterr().err
+    other = args[:3] + [str(tmp_path / "model2"), "--work", str(tmp_path / "model.work")] + args[4:]
+    other[other.index("--procedural") + 1] = "3"
+    assert main(other) == 1  # the work folder of another data setting is not reused
+    assert "another run" in capsys.readouterr().err and not (tmp_path / "model2").exists()
 
 
 def test_finetune_says_what_to_put_in_an_empty_folder(tmp_path, capsys):
