@@ -118,62 +118,51 @@ def select_clips(rows: list[dict], min_lip_r: float) -> list[dict]:
     return [row for row in rows if row["kept"]]
 
 
-def _track(data: Path, fc: FinetuneConfig, work: Path, progress: bool = True) -> list[dict]:
+def _prepare(data: Path, model, fc: FinetuneConfig, work: Path, progress: bool = True):
+    """Stages 1-3: ``clips.json`` and ``data.npz`` in one pass over the clips (each read once), then
+    the latents; each file written whole (``distill.enroll._atomic``) and reused when there."""
+    import torch
     from tqdm import tqdm
 
     from lipforce_sdk.manifest import sha256_file
 
-    from .realdata import find_clips, load_clip
-
-    path = work / "clips.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    found = find_clips(data)
-    if not found:
-        raise ValueError(f"no clip with sound in {str(data)!r}: put talking-head videos there (each with its audio "
-                         "track or a NAME.wav beside it)")
-    rows = []
-    for v, a in tqdm(found, desc="track clips", unit="clip", disable=not progress):
-        c = load_clip(v, a, max_seconds=fc.max_seconds)
-        rows.append({"name": v.stem, "video": str(v), "audio": str(a), "sha256": sha256_file(v),
-                     "frames": c.num_frames, "face_share": float(c.found().mean()), **own_speech_sync(c)})
-    select_clips(rows, fc.min_lip_r)
-    path.write_text(json.dumps(rows, indent=1))
-    return rows
-
-
-def _data(rows: list[dict], cfg, fc: FinetuneConfig, work: Path, progress: bool = True):
-    from tqdm import tqdm
-
     from .crops import CropSet, procedural_clip, real_clips
-    from .realdata import load_clip
-
-    path = work / "data.npz"
-    if path.is_file():
-        return CropSet.load(path)
-    clips = []
-    for row in tqdm([r for r in rows if r["kept"]], desc="real crops", unit="clip", disable=not progress):
-        c = load_clip(row["video"], row["audio"], max_seconds=fc.max_seconds)
-        clips += real_clips(cfg, c, window=fc.window, stride=fc.window)
-    clips += [procedural_clip(cfg, i, "train", max_frames=64)
-              for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
-    cs = CropSet.build(cfg, clips)
-    cs.save(path)
-    return cs
-
-
-def _latents(model, cs, work: Path):
-    import torch
-
+    from .enroll import _atomic, _save_torch
+    from .realdata import find_clips, load_clip
     from .teacher import LatentSet
 
-    path = work / "latents.pt"
-    if path.is_file():
-        return LatentSet(**torch.load(path, weights_only=True))
-    with torch.no_grad():
-        ls = LatentSet.encode(model.vae, cs, model.cfg)
-    torch.save({f.name: getattr(ls, f.name) for f in dataclasses.fields(ls)}, path)
-    return ls
+    cfg = model.cfg
+    rows_path, data_path, lat_path = work / "clips.json", work / "data.npz", work / "latents.pt"
+    if rows_path.is_file() and data_path.is_file():
+        rows, cs = json.loads(rows_path.read_text()), CropSet.load(data_path)
+    else:
+        found = find_clips(data)
+        if not found:
+            raise ValueError(f"no clip with sound in {str(data)!r}: put talking-head videos there (each with its "
+                             "audio track or a NAME.wav beside it)")
+        rows, clips = [], []
+        for v, a in tqdm(found, desc="track clips", unit="clip", disable=not progress):
+            c = load_clip(v, a, max_seconds=fc.max_seconds)
+            row = {"name": v.stem, "video": str(v), "audio": str(a), "sha256": sha256_file(v),
+                   "frames": c.num_frames, "face_share": float(c.found().mean()), **own_speech_sync(c)}
+            rows.append(row)
+            if select_clips([row], fc.min_lip_r):
+                clips += real_clips(cfg, c, window=fc.window, stride=fc.window)
+        if not any(r["kept"] for r in rows) and not fc.procedural:
+            why = "; ".join(f"{r['name']}: {r['why']}" for r in rows)
+            raise ValueError(f"no clip passed the own-speech check ({why}) and --procedural is 0: nothing to train on")
+        clips += [procedural_clip(cfg, i, "train", max_frames=64)
+                  for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
+        cs = CropSet.build(cfg, clips)
+        _atomic(data_path, cs.save)
+        _atomic(rows_path, lambda t: t.write_text(json.dumps(rows, indent=1)))
+    if lat_path.is_file():
+        ls = LatentSet(**torch.load(lat_path, weights_only=True))
+    else:
+        with torch.no_grad():
+            ls = LatentSet.encode(model.vae, cs, cfg)
+        _save_torch(lat_path, {f.name: getattr(ls, f.name) for f in dataclasses.fields(ls)})
+    return rows, cs, ls
 
 
 def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
@@ -280,15 +269,11 @@ def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = N
     work.mkdir(parents=True, exist_ok=True)
     key_path.write_text(json.dumps(key))
     model = load_model(model_dir)
-    rows = _track(Path(data), fc, work, progress)
+    rows, cs, ls = _prepare(Path(data), model, fc, work, progress)
     kept = [r for r in rows if r["kept"]]
     for r in rows:
         _log(f"{'keep' if r['kept'] else 'drop'} {r['name']}: {r['frames']} frames, own-speech lip r "
              f"{'-' if r['r'] is None else format(r['r'], '.2f')}" + ("" if r["kept"] else f" ({r['why']})"))
-    if not kept and not fc.procedural:
-        raise ValueError("no clip passed the own-speech check and --procedural is 0: nothing to train on")
-    cs = _data(rows, model.cfg, fc, work, progress)
-    ls = _latents(model, cs, work)
     info = _train(model, cs, ls, fc, progress=progress)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():

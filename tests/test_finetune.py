@@ -71,6 +71,9 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
     Engine.load(out)  # an ordinary model directory
     assert main(args) == 1  # out exists: refused, nothing overwritten
     assert "exists" in capsys.readouterr().err
+    again = args[:3] + [str(tmp_path / "again"), "--work", str(tmp_path / "model.work")] + args[4:]
+    assert main(again) == 0  # the data stages read back from --work: the same model, byte for byte
+    assert (tmp_path / "again" / "dit.safetensors").read_bytes() == (out / "dit.safetensors").read_bytes()
     other = args[:3] + [str(tmp_path / "model2"), "--work", str(tmp_path / "model.work")] + args[4:]
     other[other.index("--procedural") + 1] = "3"
     assert main(other) == 1  # the work folder of another data setting is not reused
