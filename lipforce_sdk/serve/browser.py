@@ -280,9 +280,11 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
       frames (0-255 levels) while idle and while the typed text plays;
     - ``av_offset_ms``: per tone burst, when the page's audio graph had its onset (placed to the
       sample, on the audio clock) minus the video frame callback of the frame stamped with the
-      burst's frame (positive: sound later); ``av_offset_presented_ms``: the same between when the
-      onset reaches the audio output (``getOutputTimestamp``) and the frame's expected display time
-      (both include the browser's own output estimates, which a headless one makes up);
+      burst's frame (positive: sound later); the onsets are taken in order where the page heard one
+      per burst, else the one nearest each burst's frame within 500 ms; the two utterances are told
+      apart by the id stamped in row 2; ``av_offset_presented_ms``: the same between when the onset
+      reaches the audio output (``getOutputTimestamp``) and the frame's expected display time (both
+      include the browser's own output estimates, which a headless one makes up);
     - ``audio_output_rate``: seconds of received sound the page's audio output played per second
       over the visit (1.0 on a sound card; a headless browser's stand-in output, starved of CPU,
       falls behind and its sound plays that much later, whatever the sender did);
@@ -342,12 +344,12 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     log = [e for e in log if e["stamp"] >= 0]  # a stamp the coding damaged (-1): that frame is left out below
     t = np.array([e["t"] for e in log])
     st = np.array([e["stamp"] for e in log])
+    ut = np.array([e.get("utterance", -1) for e in log])  # the utterance's id (row 2; 0 idle, -1 damaged)
     diff = np.array([np.nan if e["diff"] is None else e["diff"] for e in log])
-    runs = np.flatnonzero((st[1:] > 0) & (st[:-1] == 0)) + 1
-    if len(runs) < 2:
-        raise RuntimeError(f"the page showed {len(runs)} utterance(s), expected 2")
-    ends = [r + (int(np.argmax(st[r:] == 0)) if (st[r:] == 0).any() else len(st) - r) for r in runs]
-    first, tone = slice(runs[0], ends[0]), slice(runs[1], ends[1])
+    ids = list(dict.fromkeys(int(u) for u, s in zip(ut, st) if u > 0 and s > 0))  # in the order shown
+    if len(ids) < 2:
+        raise RuntimeError(f"the page showed {len(ids)} utterance(s), expected 2")
+    first, tone = (ut == ids[0]) & (st > 0), (ut == ids[-1]) & (st > 0)  # the typed text, the WAV
     idle = (st == 0) & (t < t_press)
     idle[:5] = False
     disp = np.array([e["display"] for e in log])
@@ -359,20 +361,28 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         hit = np.flatnonzero(ss == k + 1)
         if hit.size:
             return float(times[hit[0]])
-        before, after = np.flatnonzero((ss < k + 1) & (ss > 0)), np.flatnonzero(ss > k + 1)
+        before, after = np.flatnonzero(ss < k + 1), np.flatnonzero(ss > k + 1)
         if not before.size or not after.size:
             return None
         i, j = before[-1], after[0]
         return float(times[i] + (times[j] - times[i]) * (k + 1 - ss[i]) / (ss[j] - ss[i]))
 
     played = None if played0 is None or played1 is None else played1 - played0  # seconds of sound output took
+    # each burst's onset: the page heard one per burst, in order (however late its output played
+    # them); where it heard more or fewer, the onset nearest the burst's frame, within 500 ms
+    if len(onsets) == len(TONE_FRAMES):
+        heard = list(onsets)
+    else:
+        heard = []
+        for k in TONE_FRAMES:
+            tv = frame_time(tt, k)
+            near = [o for o in onsets if tv is not None and abs(o["decoded"] - tv) < 500.0]
+            heard.append(min(near, key=lambda o: abs(o["decoded"] - tv)) if near else None)
     offsets, presented = [], []
-    for k in TONE_FRAMES:
+    for k, o in zip(TONE_FRAMES, heard):
         tv, dv = frame_time(tt, k), frame_time(dd, k)
-        near = [o for o in onsets if tv is not None and abs(o["decoded"] - tv) < 500.0]
-        if not near:
+        if o is None or tv is None:
             continue
-        o = min(near, key=lambda o: abs(o["decoded"] - tv))
         offsets.append(float(o["decoded"] - tv))
         presented.append(float(o["played"] - dv))
     return {
@@ -385,8 +395,8 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
         "tone_onsets_heard": len(onsets), "tone_frames_shown": int(np.count_nonzero(ss > 0)),
         "audio_output_rate": None if played is None else float(played / (t1 - t0)),
         "audio_output_lag_ms": None if played is None else float(1000.0 * ((t1 - t0) - played)),
-        "text_to_frame_ms": float(t[runs[0]] - t_press),
-        "wav_to_frame_ms": float(t[runs[1]] - t_post),
+        "text_to_frame_ms": float(t[first][0] - t_press),
+        "wav_to_frame_ms": float(t[tone][0] - t_post),
         "sessions": stats["sessions"],
         "backend": stats["backend"],
         "server_latency_ms": [u["latency_ms"] for u in stats["peers"][0]["utterances"]],
