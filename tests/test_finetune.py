@@ -72,8 +72,14 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
     assert main(args) == 1  # out exists: refused, nothing overwritten
     assert "exists" in capsys.readouterr().err
     again = args[:3] + [str(tmp_path / "again"), "--work", str(tmp_path / "model.work")] + args[4:]
-    assert main(again) == 0  # the data stages read back from --work: the same model, byte for byte
-    assert (tmp_path / "again" / "dit.safetensors").read_bytes() == (out / "dit.safetensors").read_bytes()
+    assert main(again) == 0  # the data stages read back from --work: the same model
+    # the same up to rounding: in 6 of 54 reruns here the weights differed in their last bits (3.7e-6
+    # apart where the two steps moved them 0.40; CPU kernels whose summation order is not fixed, cause not
+    # pinned down further); other data or another draw of it puts them 0.55 apart (seed 1)
+    rerun = load_file(str(tmp_path / "again" / "dit.safetensors"))
+    moved = sum(float((new[k].double() - old[k].double()).norm() ** 2) for k in new) ** 0.5
+    apart = sum(float((rerun[k].double() - new[k].double()).norm() ** 2) for k in new) ** 0.5
+    assert apart <= 1e-3 * moved, (apart, moved)
     other = args[:3] + [str(tmp_path / "model2"), "--work", str(tmp_path / "model.work")] + args[4:]
     other[other.index("--procedural") + 1] = "3"
     assert main(other) == 1  # the work folder of another data setting is not reused
