@@ -74,8 +74,9 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
     again = args[:3] + [str(tmp_path / "again"), "--work", str(tmp_path / "model.work")] + args[4:]
     assert main(again) == 0  # the data stages read back from --work: the same model
     # the same up to rounding: in 6 of 54 reruns here the weights differed in their last bits (3.7e-6
-    # apart where the two steps moved them 0.40; CPU kernels whose summation order is not fixed, cause not
-    # pinned down further); other data or another draw of it puts them 0.55 apart (seed 1)
+    # apart where the two steps moved them 0.40). A kernel on the sync reward's path whose two threads do
+    # not always sum in one order: with --threads 1, 0 of 24 differed; with two threads and no reward, 0
+    # of 20; with the reward, 1 of 20. Other data or another draw of it puts them 0.55 apart (seed 1)
     rerun = load_file(str(tmp_path / "again" / "dit.safetensors"))
     moved = sum(float((new[k].double() - old[k].double()).norm() ** 2) for k in new) ** 0.5
     apart = sum(float((rerun[k].double() - new[k].double()).norm() ** 2) for k in new) ** 0.5
