@@ -344,7 +344,7 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     log = [e for e in log if e["stamp"] >= 0]  # a stamp the coding damaged (-1): that frame is left out below
     t = np.array([e["t"] for e in log])
     st = np.array([e["stamp"] for e in log])
-    ut = np.array([e.get("utterance", -1) for e in log])  # the utterance's id (row 2; 0 idle, -1 damaged)
+    ut = np.array([e["utterance"] for e in log])  # the utterance's id (row 2; 0 idle, -1 damaged)
     diff = np.array([np.nan if e["diff"] is None else e["diff"] for e in log])
     ids = list(dict.fromkeys(int(u) for u, s in zip(ut, st) if u > 0 and s > 0))  # in the order shown
     if len(ids) < 2:
@@ -370,19 +370,19 @@ async def measure_page(url: str, token: str | None, text: str, screenshot: str |
     played = None if played0 is None or played1 is None else played1 - played0  # seconds of sound output took
     # each burst's onset: the page heard one per burst, in order (however late its output played
     # them); where it heard more or fewer, the onset nearest the burst's frame, within 500 ms
+    frame_at = [frame_time(tt, k) for k in TONE_FRAMES]
     if len(onsets) == len(TONE_FRAMES):
         heard = list(onsets)
     else:
         heard = []
-        for k in TONE_FRAMES:
-            tv = frame_time(tt, k)
+        for tv in frame_at:
             near = [o for o in onsets if tv is not None and abs(o["decoded"] - tv) < 500.0]
             heard.append(min(near, key=lambda o: abs(o["decoded"] - tv)) if near else None)
     offsets, presented = [], []
-    for k, o in zip(TONE_FRAMES, heard):
-        tv, dv = frame_time(tt, k), frame_time(dd, k)
+    for k, tv, o in zip(TONE_FRAMES, frame_at, heard):
         if o is None or tv is None:
             continue
+        dv = frame_time(dd, k)
         offsets.append(float(o["decoded"] - tv))
         presented.append(float(o["played"] - dv))
     return {
