@@ -1120,20 +1120,25 @@ class _Enrollment:
         return enrollment
 
 
-def _shift_condition(ls, picks, frames: int, shift: int, rng: np.random.Generator, cond) -> list[int]:
+def _shift_condition(ls, picks, frames: int, shift: int, rng: np.random.Generator, cond,
+                     share: float = 0.5) -> list[int]:
     """A talking clip's training windows with the face around the mouth from another moment: each
-    window of ``picks`` (``LatentSet.pick``) has, with probability 1/2, its condition (the masked
+    window of ``picks`` (``LatentSet.pick``) has, with probability ``share``, its condition (the masked
     crops) replaced in ``cond`` by the same clip's from 1 to ``shift`` latent frames earlier or later
-    (kept inside the clip); the targets, sound and mask stay. On a clip's own frames the jaw, cheeks
-    and chin outside the mask show what the mouth does, and a DiT trained on them alone reads the
-    mouth from there: streamed on its avatar loop with new speech, its mouth followed the loop instead
-    of the sound (BENCHMARKS.md section 8). Returns each window's shift (0: as it was)."""
+    (kept inside the clip: where the drawn direction would leave it, the other one); the targets,
+    sound and mask stay. On a clip's own frames the jaw, cheeks and chin outside the mask show what
+    the mouth does, and a DiT trained on them alone reads the mouth from there: streamed on its avatar
+    loop with new speech, its mouth followed the loop instead of the sound (BENCHMARKS.md section 8).
+    Returns each window's shift (0: as it was)."""
     out = []
     for b, (i, s0) in enumerate(picks):
         d = 0
-        if rng.random() < 0.5:
+        if share >= 1.0 or rng.random() < share:  # (share 1 draws nothing for it)
             d = int(rng.integers(1, shift + 1)) * (1 if rng.random() < 0.5 else -1)
-            s1 = int(np.clip(s0 + d, 0, ls.cond[i].shape[1] - frames))
+            last = ls.cond[i].shape[1] - frames
+            s1 = int(np.clip(s0 + d, 0, last))
+            if s1 == s0:
+                s1 = int(np.clip(s0 - d, 0, last))
             d = s1 - s0
             cond[b] = ls.cond[i][:, s1:s1 + frames]
         out.append(d)

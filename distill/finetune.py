@@ -8,10 +8,10 @@ is (the bundled default, or any model the recipe wrote) and goes on training its
 encoder on a folder of real talking-head clips with their own sound (``--data``, as the recipe's)
 plus procedural pairs (``--procedural``, so the data it was first trained on stays in the mix). The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
-rollout, weighted MSE to the true latents, the mouth and lips weighted up, half the windows with the
-face around the mouth from up to ``--context-shift`` frames away) plus the recipe's SyncNet reward
-(``distill.student.SyncReward``, ``--sync-weight``): without the reward, regression alone makes the
-mouth follow the sound less. Measured on eleven public clips (BENCHMARKS.md section 6), neither beat
+rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
+windows (half by default) with the face around the mouth from up to ``--context-shift`` frames away)
+plus the recipe's SyncNet reward (``distill.student.SyncReward``, ``--sync-weight``): without the
+reward, regression alone makes the mouth follow the sound less. Measured on eleven public clips (BENCHMARKS.md section 6), neither beat
 the bundled default it starts from: regression shuts the mouth, the reward paints a dark patch in it;
 judge a continued model by ``distill.realeval``'s sheets, not its numbers alone. The VAE is not trained.
 
@@ -60,6 +60,7 @@ class FinetuneConfig:
     mouth_weight: float = 4.0
     lips_weight: float = 16.0
     context_shift: int = 6  # latent frames; 0: the face around the mouth always from the same frame
+    shift_share: float = 0.5  # share of the windows whose face around the mouth is from another moment
     real_share: float = 0.6  # share of the training windows taken from real clips
     procedural: int = 80  # procedural training pairs kept in the mix
     window: int = 50  # real clips cut into pieces of this many frames
@@ -75,6 +76,8 @@ class FinetuneConfig:
             raise ValueError("--procedural and --context-shift must be >= 0")
         if not 0.0 <= self.real_share <= 1.0 or not 0.0 <= self.ema < 1.0:
             raise ValueError("--real-share must be in [0, 1] and --ema in [0, 1)")
+        if not 0.0 <= self.shift_share <= 1.0:
+            raise ValueError(f"--shift-share must be in [0, 1] (got {self.shift_share})")
         if self.lr <= 0 or self.sync_weight < 0:
             raise ValueError("--lr must be > 0 and --sync-weight >= 0")
         return self
@@ -208,7 +211,7 @@ def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
                 picks.append((i, int(rng.integers(0, ls.z[i].shape[1] - frames + 1))))
             z, cond, mel, mask, ref = ls.gather(picks, frames)
             if fc.context_shift:
-                _shift_condition(ls, picks, frames, fc.context_shift, rng, cond)
+                _shift_condition(ls, picks, frames, fc.context_shift, rng, cond, fc.shift_share)
             noise = torch.randn(z.shape, generator=gen)
             eps2 = torch.randn(z.shape, generator=gen)
             grad_step = int(torch.randint(0, 2, (1,), generator=gen))

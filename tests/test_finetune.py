@@ -39,6 +39,8 @@ def test_config_refuses_nonsense():
         FinetuneConfig(steps=0).validate()
     with pytest.raises(ValueError, match="--real-share"):
         FinetuneConfig(real_share=1.5).validate()
+    with pytest.raises(ValueError, match="--shift-share"):
+        FinetuneConfig(shift_share=-0.1).validate()
 
 
 def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_changed(tmp_path, capsys):
