@@ -107,8 +107,8 @@ def follow(clips: str | Path, models: list[str | Path], work: str | Path | None 
             raise FileNotFoundError(f"{str(m)!r} is not a model directory (no manifest.json)")
     shas = {str(m): _vae_sha(m) for m in models}
     key = {"data": str(clips.resolve()), "vae": shas[str(models[0])]}
-    key_path = work / "work.json"
-    if key_path.is_file() and json.loads(key_path.read_text())["vae"] != key["vae"] or len(set(shas.values())) > 1:
+    key_path = work / "follow.json"
+    if key_path.is_file() and json.loads(key_path.read_text()).get("vae") != key["vae"] or len(set(shas.values())) > 1:
         raise ValueError("the models do not share one VAE (or --work was made with another): the latents are the "
                          "VAE's; measure each VAE with its own --work")
     if key_path.is_file() and json.loads(key_path.read_text()) != key:
@@ -120,7 +120,8 @@ def follow(clips: str | Path, models: list[str | Path], work: str | Path | None 
     _, cs, ls = _prepare(clips, first, fc, work, progress)
     by = defaultdict(list)
     for i, c in enumerate(cs.clips):
-        by[c.name.split("@")[0]].append(i)
+        if c.kind != "procedural":
+            by[c.name.split("@")[0]].append(i)
     rows = []
     for md in models:
         model = first if md == models[0] else load_model(md)
