@@ -86,10 +86,19 @@ def follow_clip(model, ls, pieces: list[int], frames: int = 8, batch: int = 32, 
 
 
 def _vae_sha(model_dir: Path) -> str:
-    from lipforce_sdk.manifest import read_manifest, sha256_file
+    """SHA-256 of the VAE's weights (names, dtypes, shapes and values; not the file's other bytes)."""
+    import hashlib
+
+    from safetensors.numpy import load_file
+
+    from lipforce_sdk.manifest import read_manifest
 
     m, _ = read_manifest(model_dir)
-    return sha256_file(Path(model_dir) / m["weights"]["vae"])
+    h = hashlib.sha256()
+    for k, v in sorted(load_file(str(Path(model_dir) / m["weights"]["vae"])).items()):
+        h.update(f"{k}:{v.dtype}:{v.shape}".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
 
 
 def follow(clips: str | Path, models: list[str | Path], work: str | Path | None = None, frames: int = 8,
