@@ -11,9 +11,10 @@ objective is the enrollment's over many faces (``distill.enroll``: the runtime's
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
 windows (half by default) with the face around the mouth from up to ``--context-shift`` frames away)
 plus the recipe's SyncNet reward (``distill.student.SyncReward``, ``--sync-weight``): without the
-reward, regression alone makes the mouth follow the sound less. Measured on eleven public clips (BENCHMARKS.md section 6), neither beat
-the bundled default it starts from: regression shuts the mouth, the reward paints a dark patch in it;
-judge a continued model by ``distill.realeval``'s sheets, not its numbers alone. The VAE is not trained.
+reward, regression alone makes the mouth follow the sound less. Measured on eleven public clips
+(BENCHMARKS.md section 6), neither beat the bundled default it starts from: regression shuts the mouth,
+the reward paints a dark patch in it; judge a continued model by ``distill.realeval``'s sheets, not its
+numbers alone, and by ``distill.follow`` whether its mouth follows the sound. The VAE is not trained.
 
 Stages, each kept in ``--work`` (default ``OUT.work``) and reused when there:
 

@@ -145,7 +145,8 @@ def _fmt(v) -> str:
 
 def table(rows: list[dict]) -> str:
     """Markdown: one line per (model, clip), then each model's mean over its clips."""
-    out = ["| model | clip | windows | motion | own | other | own - other |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| model | clip | windows | motion | own | other | own - other |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     by = defaultdict(list)
     for r in rows:
         by[r["model"]].append(r)
@@ -153,8 +154,9 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {Path(r['model']).name} | {r['clip']} | {r['windows']} | {_fmt(r['motion'])} | {_fmt(r['own'])} "
                    f"| {_fmt(r['other'])} | {_fmt(d)} |")
     for m, rs in by.items():
-        mean = {k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in rs])) for k in ("motion", "own", "other")}
-        out.append(f"| {Path(m).name} | mean of {len(rs)} clips | {sum(r['windows'] for r in rs)} | {_fmt(mean['motion'])} "
+        mean = {k: float(np.nanmean([np.nan if r[k] is None else r[k] for r in rs])) for k in ("motion", "own", "other")}
+        out.append(f"| {Path(m).name} | mean of {len(rs)} clips | {sum(r['windows'] for r in rs)} "
+                   f"| {_fmt(mean['motion'])} "
                    f"| {_fmt(mean['own'])} | {_fmt(mean['other'])} | {_fmt(mean['own'] - mean['other'])} |")
     return "\n".join(out)
 
