@@ -154,7 +154,8 @@ def table(rows: list[dict]) -> str:
         out.append(f"| {Path(r['model']).name} | {r['clip']} | {r['windows']} | {_fmt(r['motion'])} | {_fmt(r['own'])} "
                    f"| {_fmt(r['other'])} | {_fmt(d)} |")
     for m, rs in by.items():
-        mean = {k: float(np.nanmean([np.nan if r[k] is None else r[k] for r in rs])) for k in ("motion", "own", "other")}
+        mean = {k: float(np.nanmean([np.nan if r[k] is None else r[k] for r in rs]))
+                for k in ("motion", "own", "other")}
         out.append(f"| {Path(m).name} | mean of {len(rs)} clips | {sum(r['windows'] for r in rs)} "
                    f"| {_fmt(mean['motion'])} "
                    f"| {_fmt(mean['own'])} | {_fmt(mean['other'])} | {_fmt(mean['own'] - mean['other'])} |")
