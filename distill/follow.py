@@ -114,13 +114,14 @@ def follow(clips: str | Path, models: list[str | Path], work: str | Path | None 
     for m in models:
         if not (m / "manifest.json").is_file():
             raise FileNotFoundError(f"{str(m)!r} is not a model directory (no manifest.json)")
-    shas = {str(m): _vae_sha(m) for m in models}
-    key = {"data": str(clips.resolve()), "vae": shas[str(models[0])]}
+    shas = [_vae_sha(m) for m in models]
+    key = {"data": str(clips.resolve()), "vae": shas[0]}
     key_path = work / "follow.json"
-    if key_path.is_file() and json.loads(key_path.read_text()).get("vae") != key["vae"] or len(set(shas.values())) > 1:
+    made = json.loads(key_path.read_text()) if key_path.is_file() else key
+    if len(set(shas)) > 1 or made.get("vae") != key["vae"]:
         raise ValueError("the models do not share one VAE (or --work was made with another): the latents are the "
                          "VAE's; measure each VAE with its own --work")
-    if key_path.is_file() and json.loads(key_path.read_text()) != key:
+    if made != key:
         raise ValueError(f"--work {str(work)!r} holds the files of other clips ({key_path}); pass a new --work")
     work.mkdir(parents=True, exist_ok=True)
     key_path.write_text(json.dumps(key))
@@ -130,7 +131,7 @@ def follow(clips: str | Path, models: list[str | Path], work: str | Path | None 
     by = defaultdict(list)
     for i, c in enumerate(cs.clips):
         if c.kind != "procedural":
-            by[c.name.split("@")[0]].append(i)
+            by[c.name.rsplit("@", 1)[0]].append(i)  # pieces are named CLIP@START
     rows = []
     for md in models:
         model = first if md == models[0] else load_model(md)
