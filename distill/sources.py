@@ -1,8 +1,8 @@
 """The public clips behind the real-face figures, fetched and checked byte for byte.
 
-    python -m distill.sources list [--set eval|enroll|train]
-    python -m distill.sources fetch --out DATA [--set eval|enroll|train] [--base-url URL] [--no-progress]
-    python -m distill.sources verify --out DATA [--set eval|enroll|train]
+    python -m distill.sources list [--set eval|enroll|train|photos]
+    python -m distill.sources fetch --out DATA [--set eval|enroll|train|photos] [--base-url URL] [--no-progress]
+    python -m distill.sources verify --out DATA [--set eval|enroll|train|photos]
 
 BENCHMARKS.md measures the models on talking heads, avatars and speech from public GitHub
 repositories that the repository does not carry (they are their owners'). ``sources.json`` names
@@ -16,7 +16,9 @@ two talking clips of the enrollment check), so that
 scores the same bytes the tables were measured on. Sets: ``eval`` (``distill.realeval``: four talking
 heads, three avatars, the new speech), ``enroll`` (``samples/enroll_check.py``: the two talking clips
 and the speech), ``train`` (``distill.finetune --data DATA/train_clips``: eleven other people's talking
-heads with their own speech, BENCHMARKS.md section 6; none of them is a person of ``eval``).
+heads with their own speech, BENCHMARKS.md section 6; none of them is a person of ``eval``), ``photos``
+(``distill.recipe --photos DATA/photos``: still faces, most of them photographs, some illustrated, a
+closed or nearly closed mouth each, none of a person of ``eval``).
 
 ``fetch`` downloads each file from ``--base-url`` (``{base}/{repo}/{commit}/{path}``; by default
 GitHub's raw file host, any mirror with that layout works, ``file://`` included), checks its size and
@@ -44,7 +46,7 @@ __all__ = ["Source", "SourceError", "MANIFEST", "RAW_URL", "load_sources", "url_
 
 MANIFEST = Path(__file__).with_name("sources.json")
 RAW_URL = "https://raw.githubusercontent.com"
-SETS = ("eval", "enroll", "train")
+SETS = ("eval", "enroll", "train", "photos")
 _CHUNK = 1 << 16
 
 

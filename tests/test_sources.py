@@ -43,6 +43,20 @@ def test_training_clips_keep_the_evaluation_people_out():
     assert not any("short_case/AOC" in p for _, p in used)
 
 
+
+def test_photos_are_images_of_no_evaluation_person():
+    photos, others = load_sources(sets=("photos",)), load_sources(sets=("eval", "enroll", "train"))
+    assert len(photos) >= 200 and all(s.sets == ("photos",) for s in photos)
+    assert all(len(s.to) == 1 and s.to[0].startswith("photos/") for s in photos)
+    assert all(Path(s.path).suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"} for s in photos)
+    assert len({s.sha256 for s in photos}) == len(photos)  # no picture twice under two names
+    assert not {(s.repo, s.path) for s in photos} & {(s.repo, s.path) for s in others}
+    # the evaluation's people: nothing from the files their clips came from, nor of them by name
+    assert not any(s.repo in ("MeiGen-AI/InfiniteTalk", "bytedance/LatentSync", "OpenTalker/video-retalking",
+                              "tanshuai0219/EDTalk")
+                   for s in photos)
+    assert not any(w in s.path.lower() for s in photos for w in ("aoc", "ocasio", "wda_", "sun", "yongen"))
+
 def test_url_quotes_the_path():
     s = load_sources(sets=("eval",))
     speech = next(x for x in s if "speech.16k.wav" in x.to)
