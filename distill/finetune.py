@@ -2,11 +2,16 @@
 
     python -m distill.finetune --data CLIPS --out runs/ft/model            # from the bundled default
     python -m distill.finetune --data CLIPS --out M --model OTHER --steps 600 --sync-weight 0.2
+    python -m distill.finetune --photos PHOTOS --photo-clips 1000 --fresh-dit --out M   # speaking photos
 
 The recipe (``distill.recipe``) needs its teacher for DMD; this takes an SDK model directory as it
 is (the bundled default, or any model the recipe wrote) and goes on training its DiT and audio
 encoder on a folder of real talking-head clips with their own sound (``--data``, as the recipe's)
-plus procedural pairs (``--procedural``, so the data it was first trained on stays in the mix). The
+plus procedural pairs (``--procedural``, so the data it was first trained on stays in the mix), and/or on
+face photos made to speak (``--photos``: ``--photo-clips`` clips, round robin over the faces,
+``distill.photoreal``: exact targets, sentences drawn as the procedural pairs'; they count as real
+clips for ``--real-share``). ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
+the model's (the audio encoder and VAE are the model's). The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
 windows (half by default) with the face around the mouth from up to ``--context-shift`` frames away)
@@ -68,13 +73,15 @@ class FinetuneConfig:
     max_seconds: float = 30.0  # of each clip
     min_lip_r: float = 0.2  # a clip's own-speech landmark lip r needed to train on it
     seed: int = 0
+    photo_clips: int = 200  # speaking clips made from --photos
+    fresh_dit: bool = False  # the DiT from a seeded initialisation, not the model's
 
     def validate(self) -> "FinetuneConfig":
         for name in ("steps", "batch", "video_frames", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        if self.procedural < 0 or self.context_shift < 0:
-            raise ValueError("--procedural and --context-shift must be >= 0")
+        if self.procedural < 0 or self.context_shift < 0 or self.photo_clips < 0:
+            raise ValueError("--procedural, --context-shift and --photo-clips must be >= 0")
         if not 0.0 <= self.real_share <= 1.0 or not 0.0 <= self.ema < 1.0:
             raise ValueError("--real-share must be in [0, 1] and --ema in [0, 1)")
         if not 0.0 <= self.shift_share <= 1.0:
@@ -122,7 +129,16 @@ def select_clips(rows: list[dict], min_lip_r: float) -> list[dict]:
     return [row for row in rows if row["kept"]]
 
 
-def _prepare(data: Path, model, fc: FinetuneConfig, work: Path, progress: bool = True):
+def _photo_rows(photos: Path) -> list[dict]:
+    """The image files of ``photos`` (those the face mesh skips too) by name and SHA-256."""
+    from lipforce_sdk.manifest import sha256_file
+
+    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+    return [{"name": p.name, "sha256": sha256_file(p)} for p in sorted(photos.iterdir()) if p.suffix.lower() in exts]
+
+
+def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress: bool = True,
+             photos: Path | None = None):
     """Stages 1-3: ``clips.json`` and ``data.npz`` in one pass over the clips (each read once), then
     the latents; each file written whole (``distill.enroll._atomic``) and reused when there."""
     import torch
@@ -130,7 +146,7 @@ def _prepare(data: Path, model, fc: FinetuneConfig, work: Path, progress: bool =
 
     from lipforce_sdk.manifest import sha256_file
 
-    from .crops import CropSet, procedural_clip, real_clips
+    from .crops import CropSet, photo_clips, procedural_clip, real_clips
     from .enroll import _atomic, _save_torch
     from .realdata import find_clips, load_clip
     from .teacher import LatentSet
@@ -140,8 +156,8 @@ def _prepare(data: Path, model, fc: FinetuneConfig, work: Path, progress: bool =
     if rows_path.is_file() and data_path.is_file():
         rows, cs = json.loads(rows_path.read_text()), CropSet.load(data_path)
     else:
-        found = find_clips(data)
-        if not found:
+        found = find_clips(data) if data is not None else []
+        if data is not None and not found:
             raise ValueError(f"no clip with sound in {str(data)!r}: put talking-head videos there (each with its "
                              "audio track or a NAME.wav beside it)")
         rows, clips = [], []
@@ -152,9 +168,11 @@ def _prepare(data: Path, model, fc: FinetuneConfig, work: Path, progress: bool =
             rows.append(row)
             if select_clips([row], fc.min_lip_r):
                 clips += real_clips(cfg, c, window=fc.window, stride=fc.window)
-        if not any(r["kept"] for r in rows) and not fc.procedural:
+        if not any(r["kept"] for r in rows) and not fc.procedural and not (photos and fc.photo_clips):
             why = "; ".join(f"{r['name']}: {r['why']}" for r in rows)
             raise ValueError(f"no clip passed the own-speech check ({why}) and --procedural is 0: nothing to train on")
+        if photos is not None and fc.photo_clips:
+            clips += photo_clips(cfg, photos, fc.photo_clips, max_frames=64, seed=fc.seed)
         clips += [procedural_clip(cfg, i, "train", max_frames=64)
                   for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
         cs = CropSet.build(cfg, clips)
@@ -236,36 +254,49 @@ def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
             "seconds": time.perf_counter() - t0, "real_windows": int(len(real)), "procedural_windows": int(len(proc))}
 
 
-def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[dict]) -> str:
+def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[dict], photos: dict | None) -> str:
     kept = [r for r in rows if r["kept"]]
     lines = [f"- `{r['name']}` ({r['frames']} frames, own-speech lip r {r['r']:.2f}, sha256 {r['sha256'][:12]}...)"
              for r in kept]
+    dit = ("its DiT started from a seeded initialisation (seed " f"{fc.seed}) and was trained, with the audio encoder, "
+           if fc.fresh_dit else "its DiT and audio encoder were then trained ")
+    spoken = (f", {fc.photo_clips} speaking clips made from {len(photos['files'])} face photos (folder "
+              f"`{Path(photos['folder']).name}`, distill.photoreal)" if photos and fc.photo_clips else "")
     return (f"\n\n## Continued with `distill.finetune`\n\nEverything above describes the model this one started "
-            f"from (`{model_dir}`). Its DiT and audio encoder were then trained {fc.steps} more steps (lr {fc.lr:g}, "
+            f"from (`{model_dir}`). Then {dit}{fc.steps} {'' if fc.fresh_dit else 'more '}steps (lr {fc.lr:g}, "
             f"sync reward weight {fc.sync_weight:g}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
-            f"{info['final_loss']:.4f}) on {len(kept)} of {len(rows)} real clips ({info['real_windows']} pieces) and "
-            f"{fc.procedural} procedural pairs, without a teacher; the VAE is the same. Its scores are not the ones "
+            f"{info['final_loss']:.4f}) on {f'{len(kept)} of {len(rows)} real clips' if rows else 'no real clip'}{spoken} "
+            f"({info['real_windows']} pieces) and {fc.procedural} procedural pairs, without a teacher; the VAE is the same. Its scores are not the ones "
             "above: measure it (`python -m distill.realeval --model DIR`). Clips (all of them, with the reason for "
             "those left out, in `finetune.json`):\n\n" + "\n".join(lines) + "\n")
 
 
-def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = None, work: str | Path | None = None,
-             fc: FinetuneConfig | None = None, progress: bool = True) -> Path:
-    """Fine-tune ``model_dir`` on the clips in ``data`` (module docstring); returns ``out``."""
+def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | None = None,
+             work: str | Path | None = None, fc: FinetuneConfig | None = None, progress: bool = True,
+             photos: str | Path | None = None) -> Path:
+    """Fine-tune ``model_dir`` on the clips in ``data`` and/or the face photos in ``photos`` (module
+    docstring); returns ``out``."""
     from safetensors.torch import save_file
 
     from lipforce_sdk.model import load_model
     from lipforce_sdk.session import default_model_dir
 
     fc = (fc or FinetuneConfig()).validate()
+    if data is None and photos is None:
+        raise ValueError("nothing to train on: pass --data (talking-head clips with their sound) and/or --photos "
+                         "(face photos with a closed mouth)")
+    if photos is not None and not Path(photos).is_dir():
+        raise FileNotFoundError(f"--photos {str(photos)!r} is not a folder")
     model_dir, out = Path(model_dir) if model_dir is not None else default_model_dir(), Path(out)
     if not (model_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{str(model_dir)!r} is not a model directory (no manifest.json)")
     if out.exists():
         raise FileExistsError(f"{str(out)!r} exists; pass a new --out (nothing is overwritten)")
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
-    key = {"data": str(Path(data).resolve()), "model": str(model_dir.resolve()),
+    key = {"data": None if data is None else str(Path(data).resolve()), "model": str(model_dir.resolve()),
            **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
+    if photos is not None:  # (a key without these two stays the key of a work folder made before them)
+        key.update(photos=str(Path(photos).resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
     key_path = work / "work.json"
     if key_path.is_file() and json.loads(key_path.read_text()) != key:
         raise ValueError(f"--work {str(work)!r} holds the files of another run ({key_path}: "
@@ -273,7 +304,16 @@ def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = N
     work.mkdir(parents=True, exist_ok=True)
     key_path.write_text(json.dumps(key))
     model = load_model(model_dir)
-    rows, cs, ls = _prepare(Path(data), model, fc, work, progress)
+    if fc.fresh_dit:
+        import torch
+
+        from lipforce_sdk.model import LipSyncModel
+
+        torch.manual_seed(fc.seed)
+        model.dit.load_state_dict(LipSyncModel(model.cfg).dit.state_dict())
+    rows, cs, ls = _prepare(None if data is None else Path(data), model, fc, work, progress,
+                            None if photos is None else Path(photos))
+    shown = {"folder": str(Path(photos).resolve()), "files": _photo_rows(Path(photos))} if photos is not None else None
     kept = [r for r in rows if r["kept"]]
     for r in rows:
         _log(f"{'keep' if r['kept'] else 'drop'} {r['name']}: {r['frames']} frames, own-speech lip r "
@@ -287,19 +327,21 @@ def finetune(data: str | Path, out: str | Path, model_dir: str | Path | None = N
     save_file({k: v.contiguous() for k, v in model.audio_encoder.state_dict().items()},
               str(tmp / "audio_encoder.safetensors"))
     (tmp / "finetune.json").write_text(json.dumps({"from": str(model_dir), "settings": asdict(fc), **info,
-                                                   "clips": rows}, indent=1))
+                                                   "clips": rows, "photos": shown}, indent=1))
     card = tmp / "MODEL_CARD.md"
     with open(card, "a", encoding="utf-8") as f:
-        f.write(_card_section(model_dir, fc, info, rows))
+        f.write(_card_section(model_dir, fc, info, rows, shown))
     tmp.rename(out)
-    _log(f"finetune: {len(kept)} of {len(rows)} clips, {fc.procedural} procedural pairs, loss "
+    _log(f"finetune: {len(kept)} of {len(rows)} clips, {fc.photo_clips if photos else 0} photo clips, "
+         f"{fc.procedural} procedural pairs, loss "
          f"{info['first_loss']:.4f} -> {info['final_loss']:.4f} in {info['seconds'] / 60:.1f} min -> {out}")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distill.finetune", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", required=True, help="folder of real talking-head clips with their own sound")
+    ap.add_argument("--data", default=None, help="folder of real talking-head clips with their own sound")
+    ap.add_argument("--photos", default=None, help="folder of face photos (closed mouth) to make speak and train on")
     ap.add_argument("--out", required=True, help="the new model directory (must not exist)")
     ap.add_argument("--model", default=None, help="model directory to start from (default: the bundled one)")
     ap.add_argument("--work", default=None, help="intermediate files (default: OUT.work)")
@@ -307,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     d = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name))
+        if isinstance(getattr(d, f.name), bool):
+            ap.add_argument("--" + f.name.replace("_", "-"), action="store_true")
+        else:
+            ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name))
     a = ap.parse_args(argv)
     if a.threads:
         import torch
@@ -315,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     fc = FinetuneConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(FinetuneConfig)})
     try:
-        finetune(a.data, a.out, a.model, a.work, fc, progress=not a.no_progress)
+        finetune(a.data, a.out, a.model, a.work, fc, progress=not a.no_progress, photos=a.photos)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

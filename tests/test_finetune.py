@@ -96,3 +96,35 @@ def test_finetune_says_what_to_put_in_an_empty_folder(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "clips"), "--out", str(tmp_path / "m"), "--steps", "1"]) == 1
     assert "no clip with sound" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_finetune_on_speaking_photos_alone_with_a_fresh_dit(tmp_path, capsys):
+    import cv2
+    from safetensors.torch import load_file
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cap = cv2.VideoCapture(str(REPO / "lipforce_sdk" / "assets" / "photo" / "face.mp4"))
+    ok, frame = cap.read()
+    assert ok
+    cv2.imwrite(str(photos / "face.png"), frame)
+    (photos / "notes.txt").write_text("not an image")
+    out = tmp_path / "model"
+    args = ["--photos", str(photos), "--photo-clips", "2", "--fresh-dit", "--out", str(out), "--steps", "2",
+            "--batch", "1", "--procedural", "1", "--no-progress"]
+    assert main(args) == 0
+    info = json.loads((out / "finetune.json").read_text())
+    assert info["clips"] == [] and info["settings"]["fresh_dit"] and info["settings"]["photo_clips"] == 2
+    assert info["real_windows"] == 2 and info["procedural_windows"] == 1  # the photo clips count as real
+    assert [p["name"] for p in info["photos"]["files"]] == ["face.png"] and len(info["photos"]["files"][0]["sha256"]) == 64
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "seeded initialisation (seed 0)" in card and "2 speaking clips made from 1 face photos" in card
+    # a fresh DiT: two steps from a seeded initialisation are nowhere near the trained default's weights
+    new, old = load_file(str(out / "dit.safetensors")), load_file(str(default_model_dir() / "dit.safetensors"))
+    moved = sum(float((new[k] - old[k]).norm() ** 2) for k in new) ** 0.5
+    size = sum(float(old[k].norm() ** 2) for k in old) ** 0.5
+    assert moved > 0.5 * size, (moved, size)
+    assert main(["--out", str(tmp_path / "m2"), "--steps", "1"]) == 1
+    assert "--data" in capsys.readouterr().err and not (tmp_path / "m2").exists()
+    assert main(["--photos", str(tmp_path / "none"), "--out", str(tmp_path / "m3")]) == 1
+    assert "not a folder" in capsys.readouterr().err
