@@ -258,17 +258,18 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
     kept = [r for r in rows if r["kept"]]
     lines = [f"- `{r['name']}` ({r['frames']} frames, own-speech lip r {r['r']:.2f}, sha256 {r['sha256'][:12]}...)"
              for r in kept]
-    dit = ("its DiT started from a seeded initialisation (seed " f"{fc.seed}) and was trained, with the audio encoder, "
-           if fc.fresh_dit else "its DiT and audio encoder were then trained ")
+    dit = (f"its DiT started from a seeded initialisation (seed {fc.seed}) and was trained, with the audio "
+           "encoder, " if fc.fresh_dit else "its DiT and audio encoder were trained ")
+    real = f"{len(kept)} of {len(rows)} real clips" if rows else "no real clip"
     spoken = (f", {fc.photo_clips} speaking clips made from {len(photos['files'])} face photos (folder "
               f"`{Path(photos['folder']).name}`, distill.photoreal)" if photos and fc.photo_clips else "")
     return (f"\n\n## Continued with `distill.finetune`\n\nEverything above describes the model this one started "
             f"from (`{model_dir}`). Then {dit}{fc.steps} {'' if fc.fresh_dit else 'more '}steps (lr {fc.lr:g}, "
             f"sync reward weight {fc.sync_weight:g}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
-            f"{info['final_loss']:.4f}) on {f'{len(kept)} of {len(rows)} real clips' if rows else 'no real clip'}{spoken} "
-            f"({info['real_windows']} pieces) and {fc.procedural} procedural pairs, without a teacher; the VAE is the same. Its scores are not the ones "
-            "above: measure it (`python -m distill.realeval --model DIR`). Clips (all of them, with the reason for "
-            "those left out, in `finetune.json`):\n\n" + "\n".join(lines) + "\n")
+            f"{info['final_loss']:.4f}) on {real}{spoken} ({info['real_windows']} pieces) and {fc.procedural} "
+            "procedural pairs, without a teacher; the VAE is the same. Its scores are not the ones above: measure it "
+            "(`python -m distill.realeval --model DIR`). Clips (all of them, with the reason for those left out, "
+            "in `finetune.json`):\n\n" + "\n".join(lines) + "\n")
 
 
 def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | None = None,
@@ -295,7 +296,7 @@ def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | N
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
     key = {"data": None if data is None else str(Path(data).resolve()), "model": str(model_dir.resolve()),
            **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
-    if photos is not None:  # (a key without these two stays the key of a work folder made before them)
+    if photos is not None:  # (without photos the key stays that of a work folder made before these options)
         key.update(photos=str(Path(photos).resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
     key_path = work / "work.json"
     if key_path.is_file() and json.loads(key_path.read_text()) != key:

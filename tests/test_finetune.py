@@ -116,7 +116,8 @@ def test_finetune_on_speaking_photos_alone_with_a_fresh_dit(tmp_path, capsys):
     info = json.loads((out / "finetune.json").read_text())
     assert info["clips"] == [] and info["settings"]["fresh_dit"] and info["settings"]["photo_clips"] == 2
     assert info["real_windows"] == 2 and info["procedural_windows"] == 1  # the photo clips count as real
-    assert [p["name"] for p in info["photos"]["files"]] == ["face.png"] and len(info["photos"]["files"][0]["sha256"]) == 64
+    (listed,) = info["photos"]["files"]
+    assert listed["name"] == "face.png" and len(listed["sha256"]) == 64
     card = (out / "MODEL_CARD.md").read_text()
     assert "seeded initialisation (seed 0)" in card and "2 speaking clips made from 1 face photos" in card
     # a fresh DiT: two steps from a seeded initialisation are nowhere near the trained default's weights
