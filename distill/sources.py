@@ -17,8 +17,8 @@ scores the same bytes the tables were measured on. Sets: ``eval`` (``distill.rea
 heads, three avatars, the new speech), ``enroll`` (``samples/enroll_check.py``: the two talking clips
 and the speech), ``train`` (``distill.finetune --data DATA/train_clips``: eleven other people's talking
 heads with their own speech, BENCHMARKS.md section 6; none of them is a person of ``eval``), ``photos``
-(``distill.recipe --photos DATA/photos``: still faces, most of them photographs, some illustrated, a
-closed or nearly closed mouth each, none of a person of ``eval``).
+(``distill.finetune`` / ``distill.recipe --photos DATA/photos``: still faces, most of them photographs,
+some illustrated, a closed or nearly closed mouth each, none of a person of ``eval``).
 
 ``fetch`` downloads each file from ``--base-url`` (``{base}/{repo}/{commit}/{path}``; by default
 GitHub's raw file host, any mirror with that layout works, ``file://`` included), checks its size and

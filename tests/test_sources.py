@@ -43,7 +43,6 @@ def test_training_clips_keep_the_evaluation_people_out():
     assert not any("short_case/AOC" in p for _, p in used)
 
 
-
 def test_photos_are_images_of_no_evaluation_person():
     photos, others = load_sources(sets=("photos",)), load_sources(sets=("eval", "enroll", "train"))
     assert len(photos) >= 200 and all(s.sets == ("photos",) for s in photos)
@@ -56,6 +55,7 @@ def test_photos_are_images_of_no_evaluation_person():
                               "tanshuai0219/EDTalk")
                    for s in photos)
     assert not any(w in s.path.lower() for s in photos for w in ("aoc", "ocasio", "wda_", "sun", "yongen"))
+
 
 def test_url_quotes_the_path():
     s = load_sources(sets=("eval",))
