@@ -261,6 +261,13 @@ def photo_clip(cfg: ModelConfig, face, index: int, split: str = "train", out_siz
     return CropClip(f"{name}-{index}", "photo", src_img, tgt_img, hard, ref, rh, tgt_sp.audio[: f * 640], extra)
 
 
+def photo_files(folder: str | Path) -> list[Path]:
+    """The image files of ``folder`` in name order: those ``load_photo_faces`` reads."""
+    from .enroll import IMAGE_EXT
+
+    return [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXT]
+
+
 def load_photo_faces(folder: str | Path, limit: int | None = None) -> list:
     """``PhotoFace``s of the images in ``folder`` (and of the first frame of its videos) where the
     face mesh finds a face with a closed or nearly closed mouth; the others are skipped."""
@@ -270,11 +277,8 @@ def load_photo_faces(folder: str | Path, limit: int | None = None) -> list:
 
     from .photoreal import PhotoFace
 
-    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
     faces = []
-    for p in sorted(Path(folder).iterdir()):
-        if p.suffix.lower() not in exts:
-            continue
+    for p in photo_files(folder):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             continue

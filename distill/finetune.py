@@ -133,8 +133,9 @@ def _photo_rows(photos: Path) -> list[dict]:
     """The image files of ``photos`` (those the face mesh skips too) by name and SHA-256."""
     from lipforce_sdk.manifest import sha256_file
 
-    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-    return [{"name": p.name, "sha256": sha256_file(p)} for p in sorted(photos.iterdir()) if p.suffix.lower() in exts]
+    from .crops import photo_files
+
+    return [{"name": p.name, "sha256": sha256_file(p)} for p in photo_files(photos)]
 
 
 def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress: bool = True,
@@ -283,10 +284,11 @@ def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | N
     from lipforce_sdk.session import default_model_dir
 
     fc = (fc or FinetuneConfig()).validate()
+    data, photos = (None if p is None else Path(p) for p in (data, photos))
     if data is None and photos is None:
         raise ValueError("nothing to train on: pass --data (talking-head clips with their sound) and/or --photos "
                          "(face photos with a closed mouth)")
-    if photos is not None and not Path(photos).is_dir():
+    if photos is not None and not photos.is_dir():
         raise FileNotFoundError(f"--photos {str(photos)!r} is not a folder")
     model_dir, out = Path(model_dir) if model_dir is not None else default_model_dir(), Path(out)
     if not (model_dir / "manifest.json").is_file():
@@ -294,10 +296,10 @@ def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | N
     if out.exists():
         raise FileExistsError(f"{str(out)!r} exists; pass a new --out (nothing is overwritten)")
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
-    key = {"data": None if data is None else str(Path(data).resolve()), "model": str(model_dir.resolve()),
+    key = {"data": None if data is None else str(data.resolve()), "model": str(model_dir.resolve()),
            **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
     if photos is not None:  # (without photos the key stays that of a work folder made before these options)
-        key.update(photos=str(Path(photos).resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
+        key.update(photos=str(photos.resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
     key_path = work / "work.json"
     if key_path.is_file() and json.loads(key_path.read_text()) != key:
         raise ValueError(f"--work {str(work)!r} holds the files of another run ({key_path}: "
@@ -310,11 +312,10 @@ def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | N
 
         from lipforce_sdk.model import LipSyncModel
 
-        torch.manual_seed(fc.seed)
+        torch.manual_seed(fc.seed)  # the DiT a model built from this seed has
         model.dit.load_state_dict(LipSyncModel(model.cfg).dit.state_dict())
-    rows, cs, ls = _prepare(None if data is None else Path(data), model, fc, work, progress,
-                            None if photos is None else Path(photos))
-    shown = {"folder": str(Path(photos).resolve()), "files": _photo_rows(Path(photos))} if photos is not None else None
+    rows, cs, ls = _prepare(data, model, fc, work, progress, photos)
+    shown = {"folder": str(photos.resolve()), "files": _photo_rows(photos)} if photos is not None else None
     kept = [r for r in rows if r["kept"]]
     for r in rows:
         _log(f"{'keep' if r['kept'] else 'drop'} {r['name']}: {r['frames']} frames, own-speech lip r "
