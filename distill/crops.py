@@ -294,7 +294,7 @@ def load_photo_faces(folder: str | Path, limit: int | None = None) -> list:
 
 
 def photo_clips(cfg: ModelConfig, folder: str | Path, n: int, max_frames: int | None = None, seed: int = 0,
-                out_size: int = 256) -> list[CropClip]:
+                out_size: int = 256, progress: bool = True) -> list[CropClip]:
     """``n`` speaking clips made from the photos in ``folder`` (round robin over the faces)."""
     from tqdm import tqdm
 
@@ -303,4 +303,4 @@ def photo_clips(cfg: ModelConfig, folder: str | Path, n: int, max_frames: int | 
         raise ValueError(f"no usable face photo in {str(folder)!r} (frontal faces with a closed mouth)")
     return [photo_clip(cfg, faces[i % len(faces)], 10_000 + seed * 100_000 + i, max_frames=max_frames,
                        out_size=out_size, name=f"photo{i % len(faces)}")
-            for i in tqdm(range(n), desc="photo clips", unit="clip")]
+            for i in tqdm(range(n), desc="photo clips", unit="clip", disable=not progress)]

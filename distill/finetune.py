@@ -173,7 +173,7 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
             why = "; ".join(f"{r['name']}: {r['why']}" for r in rows)
             raise ValueError(f"no clip passed the own-speech check ({why}) and --procedural is 0: nothing to train on")
         if photos is not None and fc.photo_clips:
-            clips += photo_clips(cfg, photos, fc.photo_clips, max_frames=64, seed=fc.seed)
+            clips += photo_clips(cfg, photos, fc.photo_clips, max_frames=64, seed=fc.seed, progress=progress)
         clips += [procedural_clip(cfg, i, "train", max_frames=64)
                   for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
         cs = CropSet.build(cfg, clips)
