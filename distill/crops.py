@@ -213,6 +213,12 @@ class CropSet:
                  ref_hard=np.concatenate([c.ref_hard for c in cl]), audio=np.concatenate([c.audio for c in cl]),
                  mel=np.concatenate(self.mel))
 
+    @staticmethod
+    def load_kinds(path: str | Path) -> list[str]:
+        """The clips' kinds in a file ``save`` wrote, without reading its crops."""
+        with np.load(path, allow_pickle=False) as z:
+            return [str(k) for k in z["kinds"]]
+
     @classmethod
     def load(cls, path: str | Path) -> "CropSet":
         z = np.load(path, allow_pickle=False)

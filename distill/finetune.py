@@ -139,9 +139,11 @@ def _photo_rows(photos: Path) -> list[dict]:
 
 
 def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress: bool = True,
-             photos: Path | None = None):
+             photos: Path | None = None, crops: bool = True):
     """Stages 1-3: ``clips.json`` and ``data.npz`` in one pass over the clips (each read once), then
-    the latents; each file written whole (``distill.enroll._atomic``) and reused when there."""
+    the latents; each file written whole (``distill.enroll._atomic``) and reused when there. Returns
+    ``(rows, kinds, cs, ls)``; with ``crops=False`` ``cs`` is None (the crops are read only to encode
+    latents not yet made, then let go: 1000 photo clips are about 8 GB of crops)."""
     import torch
     from tqdm import tqdm
 
@@ -155,7 +157,8 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
     cfg = model.cfg
     rows_path, data_path, lat_path = work / "clips.json", work / "data.npz", work / "latents.pt"
     if rows_path.is_file() and data_path.is_file():
-        rows, cs = json.loads(rows_path.read_text()), CropSet.load(data_path)
+        rows, kinds = json.loads(rows_path.read_text()), CropSet.load_kinds(data_path)
+        cs = CropSet.load(data_path) if crops or not lat_path.is_file() else None
     else:
         found = find_clips(data) if data is not None else []
         if data is not None and not found:
@@ -177,6 +180,7 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
         clips += [procedural_clip(cfg, i, "train", max_frames=64)
                   for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
         cs = CropSet.build(cfg, clips)
+        kinds = [c.kind for c in cs.clips]
         _atomic(data_path, cs.save)
         _atomic(rows_path, lambda t: t.write_text(json.dumps(rows, indent=1)))
     if lat_path.is_file():
@@ -185,10 +189,10 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
         with torch.no_grad():
             ls = LatentSet.encode(model.vae, cs, cfg)
         _save_torch(lat_path, {f.name: getattr(ls, f.name) for f in dataclasses.fields(ls)})
-    return rows, cs, ls
+    return rows, kinds, cs if crops else None, ls
 
 
-def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
+def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = True, cs=None) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -201,7 +205,7 @@ def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
     cfg = model.cfg
     tc, c = cfg.vae.temporal_compression, cfg.stream.chunk_frames
     frames = max(c, (max(1, fc.video_frames // tc) // c) * c)
-    kinds = np.array([cl.kind for cl in cs.clips])
+    kinds = np.asarray(kinds)
     fits = np.array([z.shape[1] >= frames for z in ls.z])
     real = np.flatnonzero((kinds != "procedural") & fits)
     proc = np.flatnonzero((kinds == "procedural") & fits)
@@ -217,6 +221,8 @@ def _train(model, cs, ls, fc: FinetuneConfig, progress: bool = True) -> dict:
     rng = np.random.default_rng(fc.seed)
     gen = torch.Generator().manual_seed(fc.seed)
     lips, t_land = lips_map(cfg), cfg.schedule.t_land
+    if fc.sync_weight > 0 and cs is None:
+        raise ValueError("the sync reward needs the crops: pass cs (distill.finetune._prepare with crops=True)")
     reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
     model.dit.train()
     model.audio_encoder.train()
@@ -314,13 +320,13 @@ def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | N
 
         torch.manual_seed(fc.seed)  # the DiT a model built from this seed has
         model.dit.load_state_dict(LipSyncModel(model.cfg).dit.state_dict())
-    rows, cs, ls = _prepare(data, model, fc, work, progress, photos)
+    rows, kinds, cs, ls = _prepare(data, model, fc, work, progress, photos, crops=fc.sync_weight > 0)
     shown = {"folder": str(photos.resolve()), "files": _photo_rows(photos)} if photos is not None else None
     kept = [r for r in rows if r["kept"]]
     for r in rows:
         _log(f"{'keep' if r['kept'] else 'drop'} {r['name']}: {r['frames']} frames, own-speech lip r "
              f"{'-' if r['r'] is None else format(r['r'], '.2f')}" + ("" if r["kept"] else f" ({r['why']})"))
-    info = _train(model, cs, ls, fc, progress=progress)
+    info = _train(model, kinds, ls, fc, progress=progress, cs=cs)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)

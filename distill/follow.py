@@ -127,7 +127,7 @@ def follow(clips: str | Path, models: list[str | Path], work: str | Path | None 
     key_path.write_text(json.dumps(key))
     first = load_model(models[0])
     fc = FinetuneConfig(procedural=0, min_lip_r=-1.0)  # every clip with a face, its sync not required
-    _, cs, ls = _prepare(clips, first, fc, work, progress)
+    _, _, cs, ls = _prepare(clips, first, fc, work, progress)
     by = defaultdict(list)
     for i, c in enumerate(cs.clips):
         if c.kind != "procedural":

@@ -125,6 +125,18 @@ def test_finetune_on_speaking_photos_alone_with_a_fresh_dit(tmp_path, capsys):
     moved = sum(float((new[k] - old[k]).norm() ** 2) for k in new) ** 0.5
     size = sum(float(old[k].norm() ** 2) for k in old) ** 0.5
     assert moved > 0.5 * size, (moved, size)
+    # without the sync reward the training reads the clips' kinds and the latents, not the crops
+    from distill.finetune import _prepare, _train
+    from lipforce_sdk.model import load_model
+
+    fc = FinetuneConfig(photo_clips=2, procedural=1)
+    model = load_model(default_model_dir())
+    rows, kinds, cs, ls = _prepare(None, model, fc, tmp_path / "model.work", False, photos, crops=False)
+    assert rows == [] and kinds == ["photo", "photo", "procedural"] and cs is None and len(ls) == 3
+    _, kinds2, cs2, _ = _prepare(None, model, fc, tmp_path / "model.work", False, photos)
+    assert kinds2 == kinds and [c.kind for c in cs2.clips] == kinds and cs2.clips[0].target.ndim == 4
+    with pytest.raises(ValueError, match="needs the crops"):
+        _train(model, kinds, ls, FinetuneConfig(steps=1, sync_weight=0.1), progress=False)
     assert main(["--out", str(tmp_path / "m2"), "--steps", "1"]) == 1
     assert "--data" in capsys.readouterr().err and not (tmp_path / "m2").exists()
     assert main(["--photos", str(tmp_path / "none"), "--out", str(tmp_path / "m3")]) == 1
