@@ -157,7 +157,7 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
     cfg = model.cfg
     rows_path, data_path, lat_path = work / "clips.json", work / "data.npz", work / "latents.pt"
     if rows_path.is_file() and data_path.is_file():
-        rows, kinds = json.loads(rows_path.read_text()), CropSet.load_kinds(data_path)
+        rows = json.loads(rows_path.read_text())
         cs = CropSet.load(data_path) if crops or not lat_path.is_file() else None
     else:
         found = find_clips(data) if data is not None else []
@@ -180,9 +180,9 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
         clips += [procedural_clip(cfg, i, "train", max_frames=64)
                   for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
         cs = CropSet.build(cfg, clips)
-        kinds = [c.kind for c in cs.clips]
         _atomic(data_path, cs.save)
         _atomic(rows_path, lambda t: t.write_text(json.dumps(rows, indent=1)))
+    kinds = CropSet.load_kinds(data_path) if cs is None else [c.kind for c in cs.clips]
     if lat_path.is_file():
         ls = LatentSet(**torch.load(lat_path, weights_only=True))
     else:
@@ -202,6 +202,8 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
     from .syncnet import SyncScorer
     from .teacher import lips_map, loss_weight
 
+    if fc.sync_weight > 0 and cs is None:
+        raise ValueError("the sync reward needs the crops: pass cs (distill.finetune._prepare with crops=True)")
     cfg = model.cfg
     tc, c = cfg.vae.temporal_compression, cfg.stream.chunk_frames
     frames = max(c, (max(1, fc.video_frames // tc) // c) * c)
@@ -221,8 +223,6 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
     rng = np.random.default_rng(fc.seed)
     gen = torch.Generator().manual_seed(fc.seed)
     lips, t_land = lips_map(cfg), cfg.schedule.t_land
-    if fc.sync_weight > 0 and cs is None:
-        raise ValueError("the sync reward needs the crops: pass cs (distill.finetune._prepare with crops=True)")
     reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
     model.dit.train()
     model.audio_encoder.train()
