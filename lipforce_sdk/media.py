@@ -15,6 +15,12 @@ in ``yuv420p`` plus, optionally, one mono AAC audio stream; both streams start a
 ``yuv420p`` needs an even width and height: frames of odd size are padded by one row and/or
 column (edge pixels repeated) to the next even size, so the file is at most one pixel
 larger than the frames given. ``VideoWriter.padded_size`` says when this happened.
+
+Written files are repeatable: the same frames give the same bytes, run after run. libx264's
+macroblock tree is off for that (``mbtree=0``): with it on (x264's default) and B-frames, this
+build's bitstream for the same frames changed from one encode to the next (a face clip of 150
+frames: 6 different files in 6 encodes), and decoded pixels moved by up to 30-38 levels. Off, at
+crf 17 instead of 18, the encoder's PSNR stays within 0.5 dB of before at 10-20 % more bytes.
 """
 
 from __future__ import annotations
@@ -139,9 +145,6 @@ def _upright(img: np.ndarray, t: tuple[bool, bool, bool] | None) -> np.ndarray:
 
 
 _UNSET = object()
-X264_LOOKAHEAD_BYTES = 256 << 20  # the most memory x264's look-ahead may take in VideoWriter
-_X264_PRESET_LOOKAHEAD = {"ultrafast": 0, "superfast": 0, "veryfast": 10, "faster": 20, "fast": 30, "medium": 40,
-                          "slow": 50, "slower": 60, "veryslow": 60, "placebo": 60}
 
 
 class _VideoDecoder:
@@ -444,7 +447,8 @@ class VideoWriter:
         with_audio: create an AAC audio stream (mono, ``sample_rate``).
         sample_rate: rate of the samples passed to ``write_audio``.
         codec: video encoder; default ``default_video_codec()``.
-        crf: x264 constant rate factor (lower = better, bigger); mpeg4 uses ``qscale``.
+        crf: x264 constant rate factor (lower = better, bigger); mpeg4 uses ``qscale``. x264
+            runs without its macroblock tree, so the file is repeatable (module docstring).
         preset: x264 speed preset (``"ultrafast"`` ... ``"medium"`` ... ``"veryslow"``).
         audio_bitrate: AAC bit rate in bit/s.
         progress: ``True`` for a tqdm bar, a callable ``f(frames_written)`` called per
@@ -460,7 +464,7 @@ class VideoWriter:
         with_audio: bool = False,
         sample_rate: int = 16000,
         codec: str | None = None,
-        crf: int = 18,
+        crf: int = 17,
         preset: str = "medium",
         audio_bitrate: int = 64000,
         progress: bool | Callable[[int], None] | None = None,
@@ -511,12 +515,9 @@ class VideoWriter:
         vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
         vs.codec_context.time_base = 1 / self.fps
         if self.codec == "libx264":
-            opts = {"crf": str(self.crf), "preset": self.preset}
-            # x264 holds ~3.2 bytes a pixel per look-ahead frame: above 1080p, fewer than the
-            # preset's (4K at medium: 10 instead of 40; the encoder alone 0.72 GB instead of 1.46)
-            look = max(10, X264_LOOKAHEAD_BYTES // (16 * ph * pw // 5))
-            if look < _X264_PRESET_LOOKAHEAD.get(self.preset, 40):
-                opts["rc-lookahead"] = str(look)
+            # the macroblock tree off: with it, the same frames did not give the same file twice
+            # (module docstring); crf 17 keeps the picture where crf 18 with the tree had it
+            opts = {"crf": str(self.crf), "preset": self.preset, "x264-params": "mbtree=0"}
             vs.options = opts
         elif self.codec == "mpeg4":
             vs.codec_context.qscale = max(2, min(31, self.crf // 6))
@@ -660,7 +661,7 @@ def write_video(
     progress: bool | Callable[[int], None] | None = None,
     *,
     codec: str | None = None,
-    crf: int = 18,
+    crf: int = 17,
     preset: str = "medium",
 ) -> str:
     """Write frames (and optional mono audio) to an MP4 file.
