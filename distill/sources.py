@@ -14,7 +14,7 @@ two talking clips of the enrollment check), so that
     python -m distill.realeval --clips data/eval_talking --speech data/speech.16k.wav --out runs/realeval
 
 scores the same bytes the tables were measured on. Sets: ``eval`` (``distill.realeval``: four talking
-heads, three avatars, the new speech), ``enroll`` (``samples/enroll_check.py``: the two talking clips
+heads, three avatars, the new speech and a second one, ``speech2.16k.wav``), ``enroll`` (``samples/enroll_check.py``: the two talking clips
 and the speech), ``train`` (``distill.finetune --data DATA/train_clips``: eleven other people's talking
 heads with their own speech, BENCHMARKS.md section 6; none of them is a person of ``eval``), ``photos``
 (``distill.finetune`` / ``distill.recipe --photos DATA/photos``: still faces, most of them photographs,

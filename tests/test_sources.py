@@ -19,7 +19,7 @@ def test_manifest_names_what_the_commands_read():
     for name in ("eval_talking/edtalk_pose_source2.mp4", "eval_talking/infinitetalk_ref_video.mp4",
                  "eval_talking/sadtalker_WDA_AlexandriaOcasioCortez_000.mp4", "eval_talking/videoretalking_face1.mp4",
                  "eval_avatars/latentsync_demo2.mp4", "eval_avatars/musetalk_sun.mp4",
-                 "eval_avatars/musetalk_yongen.mp4", "speech.16k.wav", "edtalk_pose_source2.mp4",
+                 "eval_avatars/musetalk_yongen.mp4", "speech.16k.wav", "speech2.16k.wav", "edtalk_pose_source2.mp4",
                  "obama_cspan_dnc2020.mp4"):
         assert name in dest
     for s in srcs:
