@@ -250,6 +250,20 @@ def test_odd_size_rotated_clip_goes_through_run(tiny_engine, tmp_path):
     assert (out.width, out.height, out.num_frames) == (98, 162, 3)
 
 
+def test_run_writes_the_same_file_every_time(tiny_engine, tmp_path):
+    """The bundled photo clip through lipforce run twice (face mesh, default session): the same bytes.
+    Before the writer went without x264's macroblock tree, the same frames gave different files."""
+    import os
+
+    from lipforce_sdk import media
+
+    photo = os.path.join(os.path.dirname(media.__file__), "assets", "photo")
+    for k in range(2):
+        run_clip(tiny_engine, os.path.join(photo, "face.mp4"), os.path.join(photo, "speech.wav"),
+                 tmp_path / f"{k}.mp4", progress=False)
+    assert (tmp_path / "0.mp4").read_bytes() == (tmp_path / "1.mp4").read_bytes()
+
+
 # -- audio ---------------------------------------------------------------------------------------
 
 def stereo(seconds=2.0, sr=48000):
