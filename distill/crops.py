@@ -300,13 +300,18 @@ def load_photo_faces(folder: str | Path, limit: int | None = None) -> list:
 
 
 def photo_clips(cfg: ModelConfig, folder: str | Path, n: int, max_frames: int | None = None, seed: int = 0,
-                out_size: int = 256, progress: bool = True) -> list[CropClip]:
-    """``n`` speaking clips made from the photos in ``folder`` (round robin over the faces)."""
+                out_size: int = 256, progress: bool = True, teeth_repeat: int = 1) -> list[CropClip]:
+    """``n`` speaking clips made from the photos in ``folder`` (round robin over the faces); a face
+    whose photo shows its teeth (``PhotoFace.has_teeth``) comes ``teeth_repeat`` times in a row in
+    that round."""
     from tqdm import tqdm
 
+    if teeth_repeat < 1:
+        raise ValueError(f"teeth_repeat must be >= 1 (got {teeth_repeat})")
     faces = load_photo_faces(folder)
     if not faces:
         raise ValueError(f"no usable face photo in {str(folder)!r} (frontal faces with a closed mouth)")
+    faces = [f for f in faces for _ in range(teeth_repeat if f.has_teeth else 1)]
     return [photo_clip(cfg, faces[i % len(faces)], 10_000 + seed * 100_000 + i, max_frames=max_frames,
                        out_size=out_size, name=f"photo{i % len(faces)}")
             for i in tqdm(range(n), desc="photo clips", unit="clip", disable=not progress)]

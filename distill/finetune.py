@@ -10,7 +10,8 @@ encoder on a folder of real talking-head clips with their own sound (``--data``,
 plus procedural pairs (``--procedural``, so the data it was first trained on stays in the mix), and/or on
 face photos made to speak (``--photos``: ``--photo-clips`` clips, round robin over the faces,
 ``distill.photoreal``: exact targets, sentences drawn as the procedural pairs'; they count as real
-clips for ``--real-share``). ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
+clips for ``--real-share``; ``--teeth-repeat K`` makes each photo that shows its teeth K times as
+often). ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
 the model's (the audio encoder and VAE are the model's). The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
@@ -74,6 +75,7 @@ class FinetuneConfig:
     min_lip_r: float = 0.2  # a clip's own-speech landmark lip r needed to train on it
     seed: int = 0
     photo_clips: int = 200  # speaking clips made from --photos
+    teeth_repeat: int = 1  # a photo that shows its teeth comes this many times in the photo clips' round
     fresh_dit: bool = False  # the DiT from a seeded initialisation, not the model's
 
     def validate(self) -> "FinetuneConfig":
@@ -82,6 +84,8 @@ class FinetuneConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.procedural < 0 or self.context_shift < 0 or self.photo_clips < 0:
             raise ValueError("--procedural, --context-shift and --photo-clips must be >= 0")
+        if self.teeth_repeat < 1:
+            raise ValueError(f"--teeth-repeat must be >= 1 (got {self.teeth_repeat})")
         if not 0.0 <= self.real_share <= 1.0 or not 0.0 <= self.ema < 1.0:
             raise ValueError("--real-share must be in [0, 1] and --ema in [0, 1)")
         if not 0.0 <= self.shift_share <= 1.0:
@@ -176,7 +180,8 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
             why = "; ".join(f"{r['name']}: {r['why']}" for r in rows)
             raise ValueError(f"no clip passed the own-speech check ({why}) and --procedural is 0: nothing to train on")
         if photos is not None and fc.photo_clips:
-            clips += photo_clips(cfg, photos, fc.photo_clips, max_frames=64, seed=fc.seed, progress=progress)
+            clips += photo_clips(cfg, photos, fc.photo_clips, max_frames=64, seed=fc.seed, progress=progress,
+                                 teeth_repeat=fc.teeth_repeat)
         clips += [procedural_clip(cfg, i, "train", max_frames=64)
                   for i in tqdm(range(fc.procedural), desc="procedural pairs", unit="pair", disable=not progress)]
         cs = CropSet.build(cfg, clips)
@@ -269,7 +274,9 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
            "encoder, " if fc.fresh_dit else "its DiT and audio encoder were trained ")
     real = f"{len(kept)} of {len(rows)} real clips" if rows else "no real clip"
     spoken = (f", {fc.photo_clips} speaking clips made from {len(photos['files'])} face photos (folder "
-              f"`{Path(photos['folder']).name}`, distill.photoreal)" if photos and fc.photo_clips else "")
+              f"`{Path(photos['folder']).name}`, distill.photoreal"
+              f"{f'; those showing their teeth {fc.teeth_repeat} times as often' if fc.teeth_repeat > 1 else ''})"
+              if photos and fc.photo_clips else "")
     return (f"\n\n## Continued with `distill.finetune`\n\nEverything above describes the model this one started "
             f"from (`{model_dir}`). Then {dit}{fc.steps} {'' if fc.fresh_dit else 'more '}steps (lr {fc.lr:g}, "
             f"sync reward weight {fc.sync_weight:g}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
@@ -306,6 +313,8 @@ def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | N
            **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
     if photos is not None:  # (without photos the key stays that of a work folder made before these options)
         key.update(photos=str(photos.resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
+        if fc.teeth_repeat != 1:
+            key.update(teeth_repeat=fc.teeth_repeat)
     key_path = work / "work.json"
     if key_path.is_file() and json.loads(key_path.read_text()) != key:
         raise ValueError(f"--work {str(work)!r} holds the files of another run ({key_path}: "

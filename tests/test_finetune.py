@@ -141,3 +141,23 @@ def test_finetune_on_speaking_photos_alone_with_a_fresh_dit(tmp_path, capsys):
     assert "--data" in capsys.readouterr().err and not (tmp_path / "m2").exists()
     assert main(["--photos", str(tmp_path / "none"), "--out", str(tmp_path / "m3")]) == 1
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_teeth_repeat_gives_the_photos_with_teeth_more_clips(tmp_path, monkeypatch):
+    """``photo_clips(teeth_repeat=K)``: a face whose photo shows its teeth comes K times in a row in
+    the round robin, the others once; ``--teeth-repeat`` below 1 is refused."""
+    from types import SimpleNamespace
+
+    from distill import crops
+
+    faces = [SimpleNamespace(name="a", has_teeth=False), SimpleNamespace(name="t", has_teeth=True),
+             SimpleNamespace(name="b", has_teeth=False)]
+    monkeypatch.setattr(crops, "load_photo_faces", lambda folder: faces)
+    monkeypatch.setattr(crops, "photo_clip", lambda cfg, face, seed, **kw: face.name)
+    assert crops.photo_clips(None, tmp_path, 6, progress=False) == ["a", "t", "b", "a", "t", "b"]
+    assert crops.photo_clips(None, tmp_path, 6, progress=False, teeth_repeat=3) == ["a", "t", "t", "t", "b", "a"]
+    with pytest.raises(ValueError, match="teeth_repeat"):
+        crops.photo_clips(None, tmp_path, 1, progress=False, teeth_repeat=0)
+    with pytest.raises(ValueError, match="--teeth-repeat"):
+        FinetuneConfig(teeth_repeat=0).validate()
+    assert main(["--photos", str(tmp_path), "--out", str(tmp_path / "m"), "--teeth-repeat", "0"]) == 1
