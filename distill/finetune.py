@@ -273,10 +273,9 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
     dit = (f"its DiT started from a seeded initialisation (seed {fc.seed}) and was trained, with the audio "
            "encoder, " if fc.fresh_dit else "its DiT and audio encoder were trained ")
     real = f"{len(kept)} of {len(rows)} real clips" if rows else "no real clip"
+    teeth = f"; those showing their teeth {fc.teeth_repeat} times as often" if fc.teeth_repeat > 1 else ""
     spoken = (f", {fc.photo_clips} speaking clips made from {len(photos['files'])} face photos (folder "
-              f"`{Path(photos['folder']).name}`, distill.photoreal"
-              f"{f'; those showing their teeth {fc.teeth_repeat} times as often' if fc.teeth_repeat > 1 else ''})"
-              if photos and fc.photo_clips else "")
+              f"`{Path(photos['folder']).name}`, distill.photoreal{teeth})" if photos and fc.photo_clips else "")
     return (f"\n\n## Continued with `distill.finetune`\n\nEverything above describes the model this one started "
             f"from (`{model_dir}`). Then {dit}{fc.steps} {'' if fc.fresh_dit else 'more '}steps (lr {fc.lr:g}, "
             f"sync reward weight {fc.sync_weight:g}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
