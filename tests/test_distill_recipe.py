@@ -11,7 +11,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))
 
 from lipforce_sdk.config import from_name  # noqa: E402
 from lipforce_sdk.model.checkpoint import LipSyncModel  # noqa: E402

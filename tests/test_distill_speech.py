@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from distill.sentences import HELD_OUT, SENTENCES, TRAIN  # noqa: E402
 from distill.speech import PAUSE, Phoneme, Speech, espeak_available, synthesize  # noqa: E402

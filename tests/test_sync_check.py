@@ -25,7 +25,7 @@ from lipforce_sdk.sync_check import (
     track_mouth,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # distill/
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # distill/
 
 SKIN = np.array([214, 162, 134], np.float64)
 GAP = (70, 25, 30)

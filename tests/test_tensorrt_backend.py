@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))
 
 from lipforce_sdk.backends.base import BackendError  # noqa: E402
 from lipforce_sdk.backends.tensorrt_backend import (IOPlan, PingPong, TensorRTGraphRunner,  # noqa: E402
