@@ -11,7 +11,9 @@ plus procedural pairs (``--procedural``, so the data it was first trained on sta
 face photos made to speak (``--photos``: ``--photo-clips`` clips, round robin over the faces,
 ``distill.photoreal``: exact targets, sentences drawn as the procedural pairs'; they count as real
 clips for ``--real-share``; ``--teeth-repeat K`` makes each photo that shows its teeth K times as
-often). ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
+often). ``--motion-weight K`` weights each mouth pixel's error up by K times the target's distance
+from the reference frame there (``motion_loss_weight``): regression lands on the average mouth,
+which opens too little. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
 the model's (the audio encoder and VAE are the model's). The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
@@ -76,6 +78,7 @@ class FinetuneConfig:
     seed: int = 0
     photo_clips: int = 200  # speaking clips made from --photos
     teeth_repeat: int = 1  # a photo that shows its teeth comes this many times in the photo clips' round
+    motion_weight: float = 0.0  # the mouth's latent pixels weighted up by how far the target is from the reference
     fresh_dit: bool = False  # the DiT from a seeded initialisation, not the model's
 
     def validate(self) -> "FinetuneConfig":
@@ -90,8 +93,8 @@ class FinetuneConfig:
             raise ValueError("--real-share must be in [0, 1] and --ema in [0, 1)")
         if not 0.0 <= self.shift_share <= 1.0:
             raise ValueError(f"--shift-share must be in [0, 1] (got {self.shift_share})")
-        if self.lr <= 0 or self.sync_weight < 0:
-            raise ValueError("--lr must be > 0 and --sync-weight >= 0")
+        if self.lr <= 0 or self.sync_weight < 0 or self.motion_weight < 0:
+            raise ValueError("--lr must be > 0, --sync-weight and --motion-weight >= 0")
         return self
 
 
@@ -197,6 +200,29 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
     return rows, kinds, cs if crops else None, ls
 
 
+MOTION_CAP = 4.0  # a latent pixel's distance from the reference counts up to this many times the mean
+
+
+def motion_loss_weight(z, ref_x0, mask, motion_weight: float):
+    """Per latent pixel ``[B, 1, L, h, w]``: ``1 + motion_weight * d`` inside the re-rendered mouth
+    (1 outside), ``d`` the target's distance from the first reference frame there (mean over the
+    latent channels) over its mean inside the mouth over the batch, capped at ``MOTION_CAP``.
+
+    Regression to a target drawn from many mouths for one sound lands on their average, a mouth
+    nearer the reference than any of them: it opens too little. A weight that grows with the
+    target's own distance from the reference moves the optimum towards the mouths that move most
+    (the weighted mean ``E[w z] / E[w]``), where the reference is what the model starts from
+    (``stream.fill = "reference"``). ``z`` ``[B, C, L, h, w]``, ``ref_x0`` ``[B, C, R, h, w]``,
+    ``mask`` ``[B, Tc, L, h, w]``."""
+    import torch
+
+    m = mask.amax(1, keepdim=True)
+    d = (z - ref_x0[:, :, :1]).abs().mean(1, keepdim=True)
+    mean = (d * m).sum() / m.sum().clamp(min=1.0)
+    d = (d / mean.clamp(min=1e-8)).clamp(max=MOTION_CAP)
+    return torch.ones_like(d) + motion_weight * d * m
+
+
 def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = True, cs=None) -> dict:
     import torch
     from tqdm import tqdm
@@ -207,6 +233,8 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
     from .syncnet import SyncScorer
     from .teacher import lips_map, loss_weight
 
+    if fc.motion_weight > 0 and not ls.has_ref:
+        raise ValueError("--motion-weight needs the clips' reference frames (the model's stream.sink = 'reference')")
     if fc.sync_weight > 0 and cs is None:
         raise ValueError("the sync reward needs the crops: pass cs (distill.finetune._prepare with crops=True)")
     cfg = model.cfg
@@ -248,7 +276,10 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
             grad_step = int(torch.randint(0, 2, (1,), generator=gen))
             out = rollout(model.dit, cfg, cond, mask, model.audio_encoder(mel), noise, renoiser(eps2, t_land, c),
                           t_land, grad_step=grad_step, ref=ref)
-            loss = weighted_mse(out, z, loss_weight(mask, fc.mouth_weight, lips, fc.lips_weight))
+            w = loss_weight(mask, fc.mouth_weight, lips, fc.lips_weight)
+            if fc.motion_weight > 0:
+                w = w * motion_loss_weight(z, ref.x0, mask, fc.motion_weight)
+            loss = weighted_mse(out, z, w)
             if reward is not None:
                 src, soft = reward_inputs(cs, picks, frames, tc)
                 loss = loss + fc.sync_weight * reward.loss(out, src, soft, mel)
@@ -276,9 +307,11 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
     teeth = f"; those showing their teeth {fc.teeth_repeat} times as often" if fc.teeth_repeat > 1 else ""
     spoken = (f", {fc.photo_clips} speaking clips made from {len(photos['files'])} face photos (folder "
               f"`{Path(photos['folder']).name}`, distill.photoreal{teeth})" if photos and fc.photo_clips else "")
+    motion = (f", the mouth's pixels weighted up by their distance from the reference ({fc.motion_weight:g})"
+              if fc.motion_weight > 0 else "")
     return (f"\n\n## Continued with `distill.finetune`\n\nEverything above describes the model this one started "
             f"from (`{model_dir}`). Then {dit}{fc.steps} {'' if fc.fresh_dit else 'more '}steps (lr {fc.lr:g}, "
-            f"sync reward weight {fc.sync_weight:g}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
+            f"sync reward weight {fc.sync_weight:g}{motion}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
             f"{info['final_loss']:.4f}) on {real}{spoken} ({info['real_windows']} pieces) and {fc.procedural} "
             "procedural pairs, without a teacher; the VAE is the same. Its scores are not the ones above: measure it "
             "(`python -m distill.realeval --model DIR`). Clips (all of them, with the reason for those left out, "

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +138,8 @@ def test_finetune_on_speaking_photos_alone_with_a_fresh_dit(tmp_path, capsys):
     assert kinds2 == kinds and [c.kind for c in cs2.clips] == kinds and cs2.clips[0].target.ndim == 4
     with pytest.raises(ValueError, match="needs the crops"):
         _train(model, kinds, ls, FinetuneConfig(steps=1, sync_weight=0.1), progress=False)
+    info = _train(model, kinds, ls, FinetuneConfig(steps=2, batch=2, sync_weight=0, motion_weight=2.0), progress=False)
+    assert np.isfinite(info["first_loss"]) and np.isfinite(info["final_loss"])
     assert main(["--out", str(tmp_path / "m2"), "--steps", "1"]) == 1
     assert "--data" in capsys.readouterr().err and not (tmp_path / "m2").exists()
     assert main(["--photos", str(tmp_path / "none"), "--out", str(tmp_path / "m3")]) == 1
@@ -161,3 +164,36 @@ def test_teeth_repeat_gives_the_photos_with_teeth_more_clips(tmp_path, monkeypat
     with pytest.raises(ValueError, match="--teeth-repeat"):
         FinetuneConfig(teeth_repeat=0).validate()
     assert main(["--photos", str(tmp_path), "--out", str(tmp_path / "m"), "--teeth-repeat", "0"]) == 1
+
+
+def test_motion_weight_grows_with_the_targets_distance_from_the_reference():
+    """``motion_loss_weight``: 1 outside the mouth and everywhere at weight 0; inside, 1 + K times
+    the distance from the first reference frame over its mean in the mouth, capped; the weighted
+    optimum of a closed and an open target lies nearer the open one than their average does."""
+    import torch
+
+    from distill.finetune import MOTION_CAP, motion_loss_weight
+
+    mask = torch.zeros(1, 2, 2, 4, 4)
+    mask[:, 0, :, 1:3, 1:3] = 1.0  # the mouth: 2 x 2 latent pixels in both latent frames
+    ref = torch.zeros(1, 3, 2, 4, 4)
+    ref[:, :, 1] = 7.0  # only the first reference frame counts
+    z = torch.zeros(1, 3, 2, 4, 4)
+    z[:, :, 0, 1, 1] = 2.0  # distance 2 in the mouth
+    z[:, :, 1, 2, 2] = 6.0  # distance 6 in the mouth
+    z[:, :, 0, 0, 0] = 9.0  # outside the mouth: not weighted
+    w = motion_loss_weight(z, ref, mask, 0.5)
+    assert w.shape == (1, 1, 2, 4, 4)
+    mean = (2.0 + 6.0) / 8  # over the 8 mouth pixels
+    assert float(w[0, 0, 0, 1, 1]) == pytest.approx(1 + 0.5 * min(2.0 / mean, MOTION_CAP))
+    assert float(w[0, 0, 1, 2, 2]) == pytest.approx(1 + 0.5 * MOTION_CAP)  # 6 / 1 capped at 4
+    assert float(w[0, 0, 0, 2, 2]) == 1.0 and float(w[0, 0, 0, 0, 0]) == 1.0
+    assert torch.equal(motion_loss_weight(z, ref, mask, 0.0), torch.ones_like(w))
+    # a closed (= reference) and an open mouth for the same sound: the weighted mean is nearer the open one
+    zz = torch.zeros(2, 1, 1, 4, 4)
+    zz[1] = 1.0
+    m = torch.ones(2, 1, 1, 4, 4)
+    ww = motion_loss_weight(zz, torch.zeros(2, 1, 1, 4, 4), m, 1.0)
+    assert float((ww * zz).sum() / ww.sum()) > 0.6 > float(zz.mean())
+    with pytest.raises(ValueError, match="--motion-weight"):
+        FinetuneConfig(motion_weight=-1).validate()
