@@ -13,7 +13,9 @@ face photos made to speak (``--photos``: ``--photo-clips`` clips, round robin ov
 clips for ``--real-share``; ``--teeth-repeat K`` makes each photo that shows its teeth K times as
 often). ``--motion-weight K`` weights each mouth pixel's error up by K times the target's distance
 from the reference frame there (``motion_loss_weight``): regression lands on the average mouth,
-which opens too little. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
+which opens too little. ``--voice-warp W --voice-tilt DB`` give each training window's log-mels
+another voice (``augment_voice``: the mel axis stretched by ``1 +- W``, a spectral tilt of ``+- DB``),
+so the mouth follows words in voices unlike the training speech's. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
 the model's (the audio encoder and VAE are the model's). The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
@@ -79,6 +81,8 @@ class FinetuneConfig:
     photo_clips: int = 200  # speaking clips made from --photos
     teeth_repeat: int = 1  # a photo that shows its teeth comes this many times in the photo clips' round
     motion_weight: float = 0.0  # the mouth's latent pixels weighted up by how far the target is from the reference
+    voice_warp: float = 0.0  # each window's log-mels stretched along the mel axis by a factor in 1 +- this
+    voice_tilt: float = 0.0  # ... and tilted by up to +- this many dB from the lowest mel band to the highest
     fresh_dit: bool = False  # the DiT from a seeded initialisation, not the model's
 
     def validate(self) -> "FinetuneConfig":
@@ -95,6 +99,9 @@ class FinetuneConfig:
             raise ValueError(f"--shift-share must be in [0, 1] (got {self.shift_share})")
         if self.lr <= 0 or self.sync_weight < 0 or self.motion_weight < 0:
             raise ValueError("--lr must be > 0, --sync-weight and --motion-weight >= 0")
+        if not 0.0 <= self.voice_warp < 0.5 or self.voice_tilt < 0:
+            raise ValueError(f"--voice-warp must be in [0, 0.5) and --voice-tilt >= 0 (got {self.voice_warp}, "
+                             f"{self.voice_tilt})")
         return self
 
 
@@ -223,6 +230,31 @@ def motion_loss_weight(z, ref_x0, mask, motion_weight: float):
     return torch.ones_like(d) + motion_weight * d * m
 
 
+def augment_voice(mel, gen, warp: float, tilt_db: float):
+    """Another voice for the same words: log-mels ``[B, F, W, n_mels]`` (natural log of power, as
+    ``lipforce_sdk.audio``) with each window's mel axis stretched by a factor ``a`` drawn from
+    ``1 +- warp`` (band ``k`` takes the value at ``k / a``, linearly interpolated, the ends held: a
+    longer or shorter vocal tract moves the formants) and a spectral tilt drawn from ``+- tilt_db``
+    dB, linear from the lowest band to the highest (another microphone, room or voice). Two draws
+    per window from ``gen``, warp first."""
+    import math
+
+    import torch
+
+    b, n = mel.shape[0], mel.shape[-1]
+    a = 1 + (torch.rand(b, generator=gen) * 2 - 1) * warp
+    k = torch.arange(n, dtype=mel.dtype)
+    src = (k[None] / a[:, None]).clamp(0, n - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    w = src - lo
+    sh = [b] + [1] * (mel.dim() - 2) + [n]
+    lo, hi, w = lo.view(sh).expand_as(mel), hi.view(sh).expand_as(mel), w.view(sh)
+    mel = torch.gather(mel, -1, lo) * (1 - w) + torch.gather(mel, -1, hi) * w
+    t = (torch.rand(b, generator=gen) * 2 - 1) * tilt_db * math.log(10) / 10
+    return mel + (t[:, None] * torch.linspace(-0.5, 0.5, n)[None]).view(sh)
+
+
 def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = True, cs=None) -> dict:
     import torch
     from tqdm import tqdm
@@ -255,6 +287,7 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
     avg = [p.detach().clone() for p in params]
     rng = np.random.default_rng(fc.seed)
     gen = torch.Generator().manual_seed(fc.seed)
+    voice_gen = torch.Generator().manual_seed(fc.seed + 1)
     lips, t_land = lips_map(cfg), cfg.schedule.t_land
     reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
     model.dit.train()
@@ -274,7 +307,8 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
             noise = torch.randn(z.shape, generator=gen)
             eps2 = torch.randn(z.shape, generator=gen)
             grad_step = int(torch.randint(0, 2, (1,), generator=gen))
-            out = rollout(model.dit, cfg, cond, mask, model.audio_encoder(mel), noise, renoiser(eps2, t_land, c),
+            heard = augment_voice(mel, voice_gen, fc.voice_warp, fc.voice_tilt) if fc.voice_warp or fc.voice_tilt else mel
+            out = rollout(model.dit, cfg, cond, mask, model.audio_encoder(heard), noise, renoiser(eps2, t_land, c),
                           t_land, grad_step=grad_step, ref=ref)
             w = loss_weight(mask, fc.mouth_weight, lips, fc.lips_weight)
             if fc.motion_weight > 0:
@@ -307,11 +341,14 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
     teeth = f"; those showing their teeth {fc.teeth_repeat} times as often" if fc.teeth_repeat > 1 else ""
     spoken = (f", {fc.photo_clips} speaking clips made from {len(photos['files'])} face photos (folder "
               f"`{Path(photos['folder']).name}`, distill.photoreal{teeth})" if photos and fc.photo_clips else "")
-    motion = (f", the mouth's pixels weighted up by their distance from the reference ({fc.motion_weight:g})"
+    extra = (f", the mouth's pixels weighted up by their distance from the reference ({fc.motion_weight:g})"
               if fc.motion_weight > 0 else "")
+    if fc.voice_warp or fc.voice_tilt:
+        extra += (f", the log-mels of each window warped by up to {fc.voice_warp:g} and tilted by up to "
+                   f"{fc.voice_tilt:g} dB (another voice for the same words)")
     return (f"\n\n## Continued with `distill.finetune`\n\nEverything above describes the model this one started "
             f"from (`{model_dir}`). Then {dit}{fc.steps} {'' if fc.fresh_dit else 'more '}steps (lr {fc.lr:g}, "
-            f"sync reward weight {fc.sync_weight:g}{motion}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
+            f"sync reward weight {fc.sync_weight:g}{extra}, EMA {fc.ema:g}; loss {info['first_loss']:.4f} -> "
             f"{info['final_loss']:.4f}) on {real}{spoken} ({info['real_windows']} pieces) and {fc.procedural} "
             "procedural pairs, without a teacher; the VAE is the same. Its scores are not the ones above: measure it "
             "(`python -m distill.realeval --model DIR`). Clips (all of them, with the reason for those left out, "

@@ -197,3 +197,36 @@ def test_motion_weight_grows_with_the_targets_distance_from_the_reference():
     assert float((ww * zz).sum() / ww.sum()) > 0.6 > float(zz.mean())
     with pytest.raises(ValueError, match="--motion-weight"):
         FinetuneConfig(motion_weight=-1).validate()
+
+
+def test_augment_voice_moves_the_formants_and_tilts_the_spectrum():
+    """``augment_voice``: nothing at 0 / 0; a warp moves a band's peak by the drawn factor and keeps
+    its height; a tilt adds a zero-mean linear ramp of at most the asked dB, the same in every
+    frame; the same generator seed gives the same voices; nonsense settings are refused."""
+    import math
+
+    import torch
+
+    from distill.finetune import augment_voice
+
+    n = 80
+    mel = torch.full((64, 3, 4, n), -5.0)
+    mel[..., 39:42] = 2.0  # one formant at bands 39-41
+    same = augment_voice(mel, torch.Generator().manual_seed(0), 0.0, 0.0)
+    assert torch.equal(same, mel)
+    warped = augment_voice(mel, torch.Generator().manual_seed(0), 0.1, 0.0)
+    peaks = warped.argmax(-1)
+    assert bool((peaks == peaks[:, :1, :1]).all())  # one voice per window, all its frames
+    assert int(peaks.min()) >= 35 and int(peaks.max()) <= 44 and len(set(peaks[:, 0, 0].tolist())) >= 5
+    assert float(warped.amax(-1).min()) == pytest.approx(2.0)  # the formant is moved, not smeared away
+    tilted = augment_voice(mel, torch.Generator().manual_seed(0), 0.0, 6.0)
+    ramp = tilted - mel
+    assert torch.allclose(ramp, ramp[:, :1, :1].expand_as(ramp))
+    assert torch.allclose(ramp.mean(-1), torch.zeros(64, 3, 4), atol=1e-5)
+    span = (ramp[..., -1] - ramp[..., 0]).abs().max() * 10 / math.log(10)  # dB from the lowest band to the highest
+    assert 3.0 < float(span) <= 6.0 + 1e-4
+    again = augment_voice(mel, torch.Generator().manual_seed(0), 0.1, 6.0)
+    assert torch.equal(again, augment_voice(mel, torch.Generator().manual_seed(0), 0.1, 6.0))
+    for bad in (dict(voice_warp=0.5), dict(voice_warp=-0.1), dict(voice_tilt=-1.0)):
+        with pytest.raises(ValueError, match="--voice-warp"):
+            FinetuneConfig(**bad).validate()
