@@ -39,7 +39,10 @@ TOL_F64 = dict(atol=1e-4, rtol=1e-4)  # fp32 (either way) vs the float64 referen
 # uint8 levels, batched stream vs solo stream: a generated pixel one level off by rounding, and the seam's
 # match (geometry.match_edge), which carries that pixel's difference into its neighbours, one more
 FRAME_MAX_DIFF = 2
-FRAME_DIFF_FRACTION = 1e-4  # of the pixels may differ at all
+# of the pixels may differ at all: measured up to 1.2e-4 (the bundled default of 2026-12-06, the stream that
+# joins late: one frame whose generated mouth comes out one level off on 67 scattered values, 2 of them two
+# levels; the other streams 2e-6 to 4e-6); a stream fed another's frames or cache differs everywhere
+FRAME_DIFF_FRACTION = 5e-4
 
 
 @pytest.fixture(scope="module")
