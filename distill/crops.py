@@ -311,7 +311,7 @@ def photo_clips(cfg: ModelConfig, folder: str | Path, n: int, max_frames: int | 
     faces = load_photo_faces(folder)
     if not faces:
         raise ValueError(f"no usable face photo in {str(folder)!r} (frontal faces with a closed mouth)")
-    faces = [f for f in faces for _ in range(teeth_repeat if f.has_teeth else 1)]
-    return [photo_clip(cfg, faces[i % len(faces)], 10_000 + seed * 100_000 + i, max_frames=max_frames,
-                       out_size=out_size, name=f"photo{i % len(faces)}")
+    order = [j for j, f in enumerate(faces) for _ in range(teeth_repeat if f.has_teeth else 1)]
+    return [photo_clip(cfg, faces[order[i % len(order)]], 10_000 + seed * 100_000 + i, max_frames=max_frames,
+                       out_size=out_size, name=f"photo{order[i % len(order)]}")  # named after its face
             for i in tqdm(range(n), desc="photo clips", unit="clip", disable=not progress)]

@@ -13,10 +13,11 @@ face photos made to speak (``--photos``: ``--photo-clips`` clips, round robin ov
 clips for ``--real-share``; ``--teeth-repeat K`` makes each photo that shows its teeth K times as
 often). ``--motion-weight K`` weights each mouth pixel's error up by K times the target's distance
 from the reference frame there (``motion_loss_weight``): regression lands on the average mouth,
-which opens too little. ``--voice-warp W --voice-tilt DB`` give each training window's log-mels
-another voice (``augment_voice``: the mel axis stretched by ``1 +- W``, a spectral tilt of ``+- DB``),
-so the mouth follows words in voices unlike the training speech's. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of
-the model's (the audio encoder and VAE are the model's). The
+which opens too little (measured: smudges, not used; BENCHMARKS.md section 6). ``--voice-warp W
+--voice-tilt DB`` give each training window's log-mels another voice (``augment_voice``: the mel axis
+stretched by ``1 +- W``, a spectral tilt of ``+- DB``), so the mouth follows words in voices unlike the
+training speech's. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of the model's
+(the audio encoder and VAE are the model's). The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
 windows (half by default) with the face around the mouth from up to ``--context-shift`` frames away)
@@ -307,7 +308,9 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
             noise = torch.randn(z.shape, generator=gen)
             eps2 = torch.randn(z.shape, generator=gen)
             grad_step = int(torch.randint(0, 2, (1,), generator=gen))
-            heard = augment_voice(mel, voice_gen, fc.voice_warp, fc.voice_tilt) if fc.voice_warp or fc.voice_tilt else mel
+            heard = mel
+            if fc.voice_warp or fc.voice_tilt:
+                heard = augment_voice(mel, voice_gen, fc.voice_warp, fc.voice_tilt)
             out = rollout(model.dit, cfg, cond, mask, model.audio_encoder(heard), noise, renoiser(eps2, t_land, c),
                           t_land, grad_step=grad_step, ref=ref)
             w = loss_weight(mask, fc.mouth_weight, lips, fc.lips_weight)

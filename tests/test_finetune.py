@@ -156,9 +156,11 @@ def test_teeth_repeat_gives_the_photos_with_teeth_more_clips(tmp_path, monkeypat
     faces = [SimpleNamespace(name="a", has_teeth=False), SimpleNamespace(name="t", has_teeth=True),
              SimpleNamespace(name="b", has_teeth=False)]
     monkeypatch.setattr(crops, "load_photo_faces", lambda folder: faces)
-    monkeypatch.setattr(crops, "photo_clip", lambda cfg, face, seed, **kw: face.name)
-    assert crops.photo_clips(None, tmp_path, 6, progress=False) == ["a", "t", "b", "a", "t", "b"]
-    assert crops.photo_clips(None, tmp_path, 6, progress=False, teeth_repeat=3) == ["a", "t", "t", "t", "b", "a"]
+    monkeypatch.setattr(crops, "photo_clip", lambda cfg, face, seed, **kw: (face.name, kw["name"]))
+    assert [f for f, _ in crops.photo_clips(None, tmp_path, 6, progress=False)] == ["a", "t", "b", "a", "t", "b"]
+    got = crops.photo_clips(None, tmp_path, 6, progress=False, teeth_repeat=3)
+    assert [f for f, _ in got] == ["a", "t", "t", "t", "b", "a"]
+    assert [n for _, n in got] == ["photo0", "photo1", "photo1", "photo1", "photo2", "photo0"]  # named after the face
     with pytest.raises(ValueError, match="teeth_repeat"):
         crops.photo_clips(None, tmp_path, 1, progress=False, teeth_repeat=0)
     with pytest.raises(ValueError, match="--teeth-repeat"):
