@@ -40,8 +40,9 @@ Stages, each kept in ``--work`` (default ``OUT.work``) and reused when there:
 
 The model directory at ``--out`` is the input model's with the two weight files replaced,
 ``finetune.json`` (settings, clips kept and dropped, losses) beside them and a section on what was
-continued appended to its ``MODEL_CARD.md``. A ``--work`` folder made for other data, another model
-or other data settings is refused rather than reused.
+continued appended to its ``MODEL_CARD.md``. A ``--work`` folder serves any model with the same VAE
+and configuration (``work_key``: a model continued from another reuses its folder); one made for other
+data, other data settings or another VAE is refused rather than reused.
 """
 
 from __future__ import annotations
@@ -358,6 +359,37 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
             "in `finetune.json`):\n\n" + "\n".join(lines) + "\n")
 
 
+def work_key(model_dir: Path, data: Path | None, photos: Path | None, fc: FinetuneConfig) -> dict:
+    """What a work folder's files (clips, crops, latents) depend on: the data and its settings, the
+    model's configuration (the crop's geometry) and its VAE's weights (the latents), not its DiT or
+    audio encoder, so that a model continued from another shares its work folder."""
+    from lipforce_sdk.manifest import sha256_file
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    key = {"data": None if data is None else str(data.resolve()),
+           "vae": sha256_file(model_dir / manifest["weights"]["vae"]), "config": manifest["config"],
+           **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
+    if photos is not None:
+        key.update(photos=str(photos.resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
+        if fc.teeth_repeat != 1:
+            key.update(teeth_repeat=fc.teeth_repeat)
+    return key
+
+
+def _same_work(old: dict, key: dict, data: Path | None, photos: Path | None, fc: FinetuneConfig) -> bool:
+    """``old`` (a work folder's ``work.json``) holds what ``key`` asks for. A folder made before the
+    key named the VAE names the model directory it was made from instead: it is the same when that
+    directory, still there, gives this key."""
+    if old == key:
+        return True
+    legacy = old.get("model")
+    if "vae" in old or not isinstance(legacy, str) or not (Path(legacy) / "manifest.json").is_file():
+        return False
+    settings = {k: v for k, v in key.items() if k not in ("vae", "config")}
+    return {k: v for k, v in old.items() if k != "model"} == settings \
+        and work_key(Path(legacy), data, photos, fc) == key
+
+
 def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | None = None,
              work: str | Path | None = None, fc: FinetuneConfig | None = None, progress: bool = True,
              photos: str | Path | None = None) -> Path:
@@ -381,14 +413,9 @@ def finetune(data: str | Path | None, out: str | Path, model_dir: str | Path | N
     if out.exists():
         raise FileExistsError(f"{str(out)!r} exists; pass a new --out (nothing is overwritten)")
     work = Path(work) if work is not None else out.with_name(out.name + ".work")
-    key = {"data": None if data is None else str(data.resolve()), "model": str(model_dir.resolve()),
-           **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
-    if photos is not None:  # (without photos the key stays that of a work folder made before these options)
-        key.update(photos=str(photos.resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
-        if fc.teeth_repeat != 1:
-            key.update(teeth_repeat=fc.teeth_repeat)
+    key = work_key(model_dir, data, photos, fc)
     key_path = work / "work.json"
-    if key_path.is_file() and json.loads(key_path.read_text()) != key:
+    if key_path.is_file() and not _same_work(json.loads(key_path.read_text()), key, data, photos, fc):
         raise ValueError(f"--work {str(work)!r} holds the files of another run ({key_path}: "
                          f"{key_path.read_text().strip()}); pass a new --work or remove it")
     work.mkdir(parents=True, exist_ok=True)

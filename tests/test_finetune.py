@@ -92,6 +92,55 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
     assert "another run" in capsys.readouterr().err and not (tmp_path / "model2").exists()
 
 
+def test_a_model_continued_from_another_shares_its_work_folder(tmp_path, capsys):
+    """The work folder is keyed by the data, the model's configuration and its VAE, not by the model
+    directory: a model continued from another (other DiT, same VAE) starts at the training."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from distill.finetune import work_key
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    photo = REPO / "lipforce_sdk" / "assets" / "photo"
+    shutil.copy(photo / "face.mp4", data / "face.mp4")
+    shutil.copy(photo / "speech.wav", data / "face.wav")
+    work = tmp_path / "shared.work"
+
+    def run(out, model=None):
+        return main(["--data", str(data), "--out", str(tmp_path / out), "--work", str(work), "--steps", "1",
+                     "--batch", "1", "--procedural", "1", "--max-seconds", "1", "--window", "25", "--no-progress"]
+                    + ([] if model is None else ["--model", str(model)]))
+
+    assert run("first") == 0
+    made = {f: (work / f).stat().st_mtime_ns for f in ("clips.json", "data.npz", "latents.pt")}
+    key = json.loads((work / "work.json").read_text())
+    assert len(key["vae"]) == 64 and "model" not in key
+    assert run("second", tmp_path / "first") == 0  # another DiT, the same VAE: nothing made again
+    assert {f: (work / f).stat().st_mtime_ns for f in made} == made
+    assert json.loads((work / "work.json").read_text()) == key
+    # a work folder written before the key named the VAE names its model directory: still reused
+    settings = {k: v for k, v in key.items() if k not in ("vae", "config")}
+    legacy = {"model": str(default_model_dir().resolve()), **settings}
+    (work / "work.json").write_text(json.dumps(legacy))
+    assert run("third", tmp_path / "second") == 0
+    assert {f: (work / f).stat().st_mtime_ns for f in made} == made
+    assert json.loads((work / "work.json").read_text()) == key
+    (work / "work.json").write_text(json.dumps({**legacy, "model": str(tmp_path / "gone")}))
+    assert run("fourth") == 1  # a model directory that is not there cannot be checked: refused
+    assert "another run" in capsys.readouterr().err and not (tmp_path / "fourth").exists()
+    (work / "work.json").write_text(json.dumps(key))
+    other = tmp_path / "other_vae"
+    shutil.copytree(tmp_path / "first", other)
+    vae = load_file(str(other / "vae.safetensors"))
+    name = next(iter(vae))
+    vae[name] = vae[name] + torch.ones_like(vae[name]) * 1e-3
+    save_file(vae, str(other / "vae.safetensors"))
+    assert work_key(other, data, None, FinetuneConfig())["vae"] != key["vae"]
+    assert run("fifth", other) == 1  # another VAE would encode other latents: refused
+    assert "another run" in capsys.readouterr().err and not (tmp_path / "fifth").exists()
+
+
 def test_finetune_says_what_to_put_in_an_empty_folder(tmp_path, capsys):
     (tmp_path / "clips").mkdir()
     assert main(["--data", str(tmp_path / "clips"), "--out", str(tmp_path / "m"), "--steps", "1"]) == 1
