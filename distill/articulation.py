@@ -5,7 +5,7 @@
 
 Issue 11's lip r and silence measures both wait on how far the model opens the mouth. On a real
 clip nobody knows how far the person would have opened it for the new speech; here the answer is
-exact. Each face (an image, or a video's first frame, with a closed or nearly closed mouth) is made
+exact. Each face (an image, or the first frame of a video whose lips are together) is made
 to say ``--sentences`` espeak-ng sentences of ``--split`` by ``distill.photoreal`` (the rig the
 photo training clips come from): a clip of the face at rest under a gentle head motion (what the
 model is given, with the sentence's sound) and the same clip with the rig's mouth for that
@@ -19,7 +19,8 @@ sentence (what a perfect model would draw). The model runs as ``lipforce run`` d
   moments, whatever its size).
 
 Writes ``results.json`` / ``results.md``, each clip's videos and, with ``--sheet``, a contact sheet
-per clip (rows: the exact mouth, then the model's) under ``--out``.
+per clip (rows: the exact mouth, then the model's) under ``--out``. A face that cannot be used (none
+found, the lips apart in every frame scanned) is skipped and listed, and the others are measured.
 """
 
 from __future__ import annotations
@@ -89,22 +90,46 @@ def _openings(frames, models) -> np.ndarray:
     return np.array(out)
 
 
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+SCAN_FRAMES = 250  # of a video, for a frame with the lips together
+
+
 def _face(path: Path):
+    """The ``PhotoFace`` of an image, or of a video's first frame whose lips are together (the
+    frame of the smallest lip opening among its first ``SCAN_FRAMES`` when none is)."""
     import cv2
 
-    from .photoreal import PhotoFace
+    from lipforce_sdk.facemesh import LandmarkTracker
 
-    if path.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi", ".webm"):
-        cap = cv2.VideoCapture(str(path))
-        ok, bgr = cap.read()
-        cap.release()
-        if not ok:
-            raise ValueError(f"{str(path)!r}: no frame could be read")
-    else:
+    from .photoreal import PhotoFace, lip_opening
+
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
         bgr = cv2.imread(str(path))
         if bgr is None:
             raise ValueError(f"{str(path)!r} is not an image or video OpenCV can read")
-    return PhotoFace.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        return PhotoFace.detect(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    cap = cv2.VideoCapture(str(path))
+    tracker = LandmarkTracker(smoothing=False)
+    best = None
+    try:
+        for _ in range(SCAN_FRAMES):
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            lm = tracker.update(rgb)
+            if lm is None:
+                continue
+            op = lip_opening(lm.points)
+            if best is None or op < best[0]:
+                best = (op, rgb, lm.points)
+            if op <= 0.15:
+                break
+    finally:
+        cap.release()
+    if best is None:
+        raise ValueError(f"no face found in the first {SCAN_FRAMES} frames of {str(path)!r} (lipforce_sdk.facemesh)")
+    return PhotoFace(best[1], best[2])
 
 
 def probe_face(engine, face_path: str | Path, out: str | Path, sentences: int = 3, split: str = "held_out",
@@ -166,7 +191,8 @@ def to_markdown(rows: list[ArticulationRow]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m distill.articulation", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--faces", nargs="+", required=True, help="face images or videos (first frame), mouth closed")
+    ap.add_argument("--faces", nargs="+", required=True,
+                    help="face images (mouth closed) or videos (their first frame with the lips together)")
     ap.add_argument("--out", required=True, help="folder for the clips and results")
     ap.add_argument("--model", default=None, help="model directory (default: the bundled one)")
     ap.add_argument("--backend", default="torch")
@@ -186,19 +212,24 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine.load(a.model, backend=a.backend)
     out = Path(a.out)
     rows: list[ArticulationRow] = []
+    skipped = []
     for f in a.faces:
         t0 = time.perf_counter()
         try:
             got = probe_face(engine, f, out, a.sentences, a.split, sheet=a.sheet)
-        except ValueError as e:  # no face, mouth open, too few frames read
-            print(f"error: {f}: {e}", file=sys.stderr)
-            return 1
+        except ValueError as e:  # no face, mouth open, too few frames read: the other faces go on
+            print(f"skipped {f}: {e}", file=sys.stderr)
+            skipped.append({"face": str(f), "why": str(e)})
+            continue
         rows += got
         for x in got:
             print(f"{x.face} sentence {x.sentence}: amplitude {x.amplitude:.2f} (std {x.model_std:.3f} of "
                   f"{x.exact_std:.3f}), r {x.r:.2f} at lag {x.lag:+d}", flush=True)
         print(f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
-    (out / "results.json").write_text(json.dumps([asdict(x) for x in rows], indent=1))
+    if not rows:
+        print("error: no face could be measured (above)", file=sys.stderr)
+        return 1
+    (out / "results.json").write_text(json.dumps({"rows": [asdict(x) for x in rows], "skipped": skipped}, indent=1))
     (out / "results.md").write_text(to_markdown(rows))
     print(to_markdown(rows), end="")
     return 0

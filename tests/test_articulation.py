@@ -55,22 +55,30 @@ def test_frames_without_a_face_are_left_out_and_too_few_refused():
 
 
 def test_probe_on_the_bundled_photo_writes_its_clips_and_a_row(tmp_path, capsys):
+    import cv2
+
     from distill.articulation import main
 
     face = REPO / "lipforce_sdk" / "assets" / "photo" / "face.mp4"
+    blank = tmp_path / "blank.png"
+    cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     out = tmp_path / "art"
-    assert main(["--faces", str(face), "--out", str(out), "--sentences", "1"]) == 0
-    (row,) = json.loads((out / "results.json").read_text())
+    assert main(["--faces", str(blank), str(face), "--out", str(out), "--sentences", "1"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (row,) = res["rows"]
     assert row["face"] == "face.mp4" and row["frames"] > 25
     assert row["exact_std"] > 0.02  # the rig's mouth speaks
     assert 0 < row["amplitude"] < 3 and -1 <= row["r"] <= 1 and abs(row["lag"]) <= 2
     for suffix in ("rest.mp4", "exact.mp4", "model.mp4", "wav"):
         assert (out / f"face.0.{suffix}").is_file()
     assert "| face.mp4 | 0 |" in (out / "results.md").read_text()
-    assert "amplitude" in capsys.readouterr().out
+    (skip,) = res["skipped"]  # a face that cannot be used is listed, the others measured
+    assert skip["face"] == str(blank) and "no face found" in skip["why"]
+    captured = capsys.readouterr()
+    assert "amplitude" in captured.out and "skipped" in captured.err
 
 
-def test_probe_says_what_is_wrong_with_a_face(tmp_path, capsys):
+def test_probe_says_what_is_wrong_with_its_input(tmp_path, capsys):
     import cv2
 
     from distill.articulation import main
@@ -80,5 +88,6 @@ def test_probe_says_what_is_wrong_with_a_face(tmp_path, capsys):
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((256, 256, 3), 128, np.uint8))
     assert main(["--faces", str(blank), "--out", str(tmp_path / "o")]) == 1
-    assert "no face found" in capsys.readouterr().err
+    assert "no face could be measured" in capsys.readouterr().err
     assert main(["--faces", str(blank), "--out", str(tmp_path / "o"), "--sentences", "0"]) == 1
+    assert not (tmp_path / "o" / "results.json").exists()
