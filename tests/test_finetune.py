@@ -23,6 +23,16 @@ def _row(name, r, null=0.2, face=1.0):
     return {"name": name, "frames": 100, "face_share": face, "r": r, "lag": 0, "null_p95": null}
 
 
+def _one_clip_folder(tmp_path) -> Path:
+    """A --data folder holding the bundled photo clip with its speech as NAME.wav beside NAME.mp4."""
+    data = tmp_path / "clips"
+    data.mkdir()
+    photo = REPO / "lipforce_sdk" / "assets" / "photo"
+    shutil.copy(photo / "face.mp4", data / "face.mp4")
+    shutil.copy(photo / "speech.wav", data / "face.wav")
+    return data
+
+
 def test_select_clips_keeps_mouths_that_follow_their_own_sound():
     rows = [_row("sync", 0.45), _row("weak", 0.15), _row("below_null", 0.30, null=0.35), _row("short", 0.3, null=None),
             _row("unmeasured", None), _row("faceless", 0.6, face=0.5)]
@@ -49,11 +59,7 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
 
     from lipforce_sdk import Engine
 
-    data = tmp_path / "clips"
-    data.mkdir()
-    photo = REPO / "lipforce_sdk" / "assets" / "photo"
-    shutil.copy(photo / "face.mp4", data / "face.mp4")
-    shutil.copy(photo / "speech.wav", data / "face.wav")  # NAME.wav beside NAME.mp4
+    data = _one_clip_folder(tmp_path)
     out = tmp_path / "model"
     args = ["--data", str(data), "--out", str(out), "--steps", "2", "--batch", "1", "--procedural", "2",
             "--max-seconds", "2", "--window", "25", "--no-progress"]
@@ -100,11 +106,7 @@ def test_a_model_continued_from_another_shares_its_work_folder(tmp_path, capsys)
 
     from distill.finetune import work_key
 
-    data = tmp_path / "clips"
-    data.mkdir()
-    photo = REPO / "lipforce_sdk" / "assets" / "photo"
-    shutil.copy(photo / "face.mp4", data / "face.mp4")
-    shutil.copy(photo / "speech.wav", data / "face.wav")
+    data = _one_clip_folder(tmp_path)
     work = tmp_path / "shared.work"
 
     def run(out, model=None):
