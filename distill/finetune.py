@@ -359,15 +359,32 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
             "in `finetune.json`):\n\n" + "\n".join(lines) + "\n")
 
 
+def vae_sha256(model_dir: str | Path) -> str:
+    """SHA-256 of a model directory's VAE weights (names, dtypes, shapes and values; not the file's
+    other bytes): what the latents made from its crops depend on."""
+    import hashlib
+
+    from safetensors.numpy import load_file
+
+    from lipforce_sdk.manifest import read_manifest
+
+    m, _ = read_manifest(model_dir)
+    h = hashlib.sha256()
+    for k, v in sorted(load_file(str(Path(model_dir) / m["weights"]["vae"])).items()):
+        h.update(f"{k}:{v.dtype}:{v.shape}".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
 def work_key(model_dir: Path, data: Path | None, photos: Path | None, fc: FinetuneConfig) -> dict:
     """What a work folder's files (clips, crops, latents) depend on: the data and its settings, the
     model's configuration (the crop's geometry) and its VAE's weights (the latents), not its DiT or
     audio encoder, so that a model continued from another shares its work folder."""
-    from lipforce_sdk.manifest import sha256_file
+    from lipforce_sdk.manifest import read_manifest
 
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    key = {"data": None if data is None else str(data.resolve()),
-           "vae": sha256_file(model_dir / manifest["weights"]["vae"]), "config": manifest["config"],
+    manifest, _ = read_manifest(model_dir)
+    key = {"data": None if data is None else str(data.resolve()), "vae": vae_sha256(model_dir),
+           "config": manifest["config"],
            **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
     if photos is not None:
         key.update(photos=str(photos.resolve()), photo_clips=fc.photo_clips, seed=fc.seed)

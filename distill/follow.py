@@ -85,28 +85,12 @@ def follow_clip(model, ls, pieces: list[int], frames: int = 8, batch: int = 32, 
     return {"windows": n, "motion": motion, "own": own, "other": other}
 
 
-def _vae_sha(model_dir: Path) -> str:
-    """SHA-256 of the VAE's weights (names, dtypes, shapes and values; not the file's other bytes)."""
-    import hashlib
-
-    from safetensors.numpy import load_file
-
-    from lipforce_sdk.manifest import read_manifest
-
-    m, _ = read_manifest(model_dir)
-    h = hashlib.sha256()
-    for k, v in sorted(load_file(str(Path(model_dir) / m["weights"]["vae"])).items()):
-        h.update(f"{k}:{v.dtype}:{v.shape}".encode())
-        h.update(v.tobytes())
-    return h.hexdigest()
-
-
 def follow(clips: str | Path, models: list[str | Path], work: str | Path | None = None, frames: int = 8,
            progress: bool = True) -> list[dict]:
     """One row per (model, clip): ``model``, ``clip`` and :func:`follow_clip`'s scores."""
     from lipforce_sdk.model import load_model
 
-    from .finetune import FinetuneConfig, _prepare
+    from .finetune import FinetuneConfig, _prepare, vae_sha256
 
     clips = Path(clips)
     work = Path(work) if work is not None else clips.with_name(clips.name + ".follow")
@@ -114,7 +98,7 @@ def follow(clips: str | Path, models: list[str | Path], work: str | Path | None 
     for m in models:
         if not (m / "manifest.json").is_file():
             raise FileNotFoundError(f"{str(m)!r} is not a model directory (no manifest.json)")
-    shas = [_vae_sha(m) for m in models]
+    shas = [vae_sha256(m) for m in models]
     key = {"data": str(clips.resolve()), "vae": shas[0]}
     key_path = work / "follow.json"
     made = json.loads(key_path.read_text()) if key_path.is_file() else key
