@@ -79,17 +79,6 @@ def opening_amplitude(model: np.ndarray, exact: np.ndarray,
     return e_std, m_std, m_std / e_std if e_std > 0 else float("nan"), float(best), best_lag
 
 
-def _openings(frames, models) -> np.ndarray:
-    from lipforce_sdk.facemesh import LandmarkTracker
-
-    tracker = LandmarkTracker(*models, smoothing=False, fps=25.0)
-    out = []
-    for f in frames:
-        lm = tracker.update(f)
-        out.append(np.nan if lm is None else lm.lip_opening())
-    return np.array(out)
-
-
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 SCAN_FRAMES = 250  # of a video, for a frame with the lips together
 
@@ -134,20 +123,20 @@ def _face(path: Path):
 
 def probe_face(engine, face_path: str | Path, out: str | Path, sentences: int = 3, split: str = "held_out",
                sheet: bool = False, models=None, seed: int = 0) -> list[ArticulationRow]:
-    """The rows of one face (module docstring); the clips are written under ``out``."""
+    """The rows of one face (module docstring); the clips are written under ``out``. ``models``:
+    ``(FaceDetector, LandmarkModel)`` for the sheets (default: the bundled face mesh)."""
     from lipforce_sdk.cli import run_clip
-    from lipforce_sdk.facemesh import FaceDetector, LandmarkModel
     from lipforce_sdk.media import read_video, write_video, write_wav
     from lipforce_sdk.sync_check import speech_envelope
 
     from .faces import Motion
     from .photoreal import talk
+    from .realdata import track_points
     from .speech import sample_spec, synthesize
     from .visemes import frame_params
 
     face_path, out = Path(face_path), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models = models if models is not None else (FaceDetector(), LandmarkModel())
     face = _face(face_path)
     fps = engine.config.stream.fps
     rows = []
@@ -168,7 +157,7 @@ def probe_face(engine, face_path: str | Path, out: str | Path, sentences: int = 
         run_clip(engine, rest_path, wav, dst, progress=False)
         got, _ = read_video(dst)
         env = speech_envelope(audio, sp.sample_rate, fps, n)
-        e_std, m_std, amp, r, lag = opening_amplitude(_openings(got[:n], models), _openings(exact.frames, models), env)
+        e_std, m_std, amp, r, lag = opening_amplitude(track_points(got[:n])[1], track_points(exact.frames)[1], env)
         rows.append(ArticulationRow(face_path.name, k, n, e_std, m_std, amp, r, lag))
         if sheet:
             from lipforce_sdk.face_quality import face_quality
