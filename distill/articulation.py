@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for the clips and results")
     ap.add_argument("--model", default=None, help="model directory (default: the bundled one)")
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="audio guidance of the model's second step (default: the model's own; 1 = off)")
     ap.add_argument("--sentences", type=int, default=3, help="sentences per face")
     ap.add_argument("--split", default="held_out", choices=["train", "held_out"], help="whose sentences")
     ap.add_argument("--sheet", action="store_true", help="a contact sheet per clip")
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(f).is_file():
             print(f"error: face {f!r} does not exist", file=sys.stderr)
             return 1
-    engine = Engine.load(a.model, backend=a.backend)
+    engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance)
     out = Path(a.out)
     rows: list[ArticulationRow] = []
     skipped = []

@@ -248,7 +248,7 @@ def _cmd_run(a) -> int:
         return _run_remote(a)
     from .session import Engine
 
-    engine = Engine.load(a.model, backend=a.backend or "torch")
+    engine = Engine.load(a.model, backend=a.backend or "torch", guidance=a.guidance)
     if a.avatar is not None:
         return _run_avatar(a, engine)
     return _run_video(a, engine)
@@ -258,7 +258,8 @@ def _run_remote(a) -> int:
     """``lipforce run --server URL``: the same clip, streamed through a Triton server's model."""
     from .triton.client import RemoteEngine
 
-    local = [f for f, v in (("--model", a.model), ("--backend", a.backend)) if v is not None]
+    local = [f for f, v in (("--model", a.model), ("--backend", a.backend), ("--guidance", a.guidance))
+             if v is not None]
     if local:
         raise ValueError(f"{'/'.join(local)} choose the model where the server runs (lipforce triton --model DIR "
                          f"--backend B); drop them with --server")
@@ -441,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the speech as the model hears it: G times as loud, or auto: quiet speech raised to the level "
                         "of the model's training speech (never clipped); the mouth opens less for quiet speech. "
                         "The sound track is written as given (default: 1, as given; a quiet one is named)")
+    r.add_argument("--guidance", type=float, default=None, metavar="G",
+                   help="audio guidance of the model's second step: the mouth's motion G times what the model draws "
+                        "against the same pass without sound (1: off; each other value costs one more DiT pass per "
+                        "chunk; default: the model's own, schedule.guidance in its manifest)")
     r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
                    help="where the video shows several faces: the one to lip-sync (default: the largest; "
                         "center: nearest the frame's centre; X,Y: nearest that pixel)")

@@ -9,6 +9,7 @@ exactly as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -24,7 +25,7 @@ from .audio import LogMelStream
 from .backends.base import Backend, BackendError, host_array
 from .batching import stream_scope
 from .cache_plan import RingCachePlanner
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
 from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, match_edge, mouth_mask_for
@@ -118,9 +119,16 @@ class Engine:
     takes to wake), and not at all where no other session could join."""
 
     def __init__(self, backend: Backend, model_dir: Path | None = None, max_batch: int = 1,
-                 max_wait_ms: float = 2.0):
+                 max_wait_ms: float = 2.0, guidance: float | None = None):
         self.backend = backend
         self.config: ModelConfig = backend.config
+        if guidance is not None:  # the model's schedule.guidance, replaced for this engine's sessions
+            sched = dataclasses.replace(self.config.schedule, guidance=guidance)
+            try:
+                sched.validate()
+            except ConfigError as e:
+                raise InputError(str(e)) from None
+            self.config = dataclasses.replace(self.config, schedule=sched)
         self.model_dir = model_dir
         self.batching = None
         from .exemplars import load_exemplars
@@ -137,14 +145,16 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path | None = None, backend: str = "torch", max_batch: int = 1,
-             max_wait_ms: float = 2.0, **backend_options) -> "Engine":
+             max_wait_ms: float = 2.0, guidance: float | None = None, **backend_options) -> "Engine":
         """Load a model directory (default: the bundled ``tiny`` model) with a backend:
         ``torch`` (weights), ``onnxruntime`` (exported graphs) or ``tensorrt`` (built engines).
 
         ``max_batch``: run the graph calls of up to this many concurrent sessions in one call
         (``lipforce_sdk.batching``; ONNX Runtime and TensorRT need a model exported with
         ``lipforce export --max-batch N``, N >= max_batch); ``max_wait_ms``: the longest a call
-        waits for others to join it."""
+        waits for others to join it. ``guidance``: the audio guidance of the model's second step
+        (``ScheduleConfig.guidance``; default the model's own; 1 = off, each other value costs one
+        more DiT pass per chunk)."""
         model_dir = Path(path) if path is not None else default_model_dir()
         if backend not in BACKENDS:
             raise BackendError(f"backend={backend!r} is not one of {BACKENDS}")
@@ -160,7 +170,7 @@ class Engine:
             from .backends.tensorrt_backend import TensorRTBackend
 
             be = TensorRTBackend.load(model_dir, **backend_options)
-        return cls(be, model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        return cls(be, model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, guidance=guidance)
 
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
@@ -353,8 +363,16 @@ class ChunkRenderer:
         noise, eps2 = self.noise(chunk_index)
         plan = planner.plan()
 
+        g = self.cfg.schedule.guidance
+
         def step(x_t, t):
-            return be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
+            if g == 1.0 or t != self.cfg.schedule.t_land:
+                return be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
+            # audio guidance of step 2: the null-audio pass first, so that the cache slots it writes
+            # are written again by the pass with the chunk's audio (as without guidance)
+            x_null = be.dit_step(x_t, t, cond, mask, be.asarray(self._null_tokens), plan, state)
+            x_audio = be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
+            return x_null + g * (x_audio - x_null)
 
         x0 = two_step_sample(step, noise, eps2, self.cfg.schedule, finish=self._still(mel, cond, mask_np))
         planner.commit()

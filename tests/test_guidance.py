@@ -1,0 +1,101 @@
+"""Audio guidance of the second step (``ScheduleConfig.guidance``): the passes it runs, its maths
+against a float64 reference, the off value leaves the frames as they were, bad values refused."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import BOX, make_clip
+from lipforce_sdk import Engine
+from lipforce_sdk.config import ConfigError, ScheduleConfig
+from lipforce_sdk.offline import render_offline
+from lipforce_sdk.session import InputError
+
+
+def _spy(engine):
+    """Record every DiT pass of ``engine``'s backend: (t, null audio?, x_t, x0) as float64 arrays."""
+    from lipforce_sdk.backends.base import host_array
+
+    be, calls = engine.backend, []
+    inner = be.dit_step
+
+    def dit_step(x_t, t, cond, mask, audio_tokens, plan, state):
+        x0 = inner(x_t, t, cond, mask, audio_tokens, plan, state)
+        calls.append((t, not np.any(host_array(audio_tokens)), host_array(x_t).astype(np.float64),
+                      host_array(x0).astype(np.float64)))
+        return x0
+
+    be.dit_step = dit_step
+    return calls
+
+
+def test_guided_step_two_is_null_plus_g_times_the_difference():
+    engine = Engine.load(guidance=2.5)
+    calls = _spy(engine)
+    frames, audio = make_clip(8, 3)
+    render_offline(engine, audio, frames, box=BOX)
+    t_land = engine.config.schedule.t_land
+    chunks = [i for i, c in enumerate(calls) if c[0] == 1.0]
+    assert len(chunks) == 8 // engine.config.video_frames_per_chunk
+    for i in chunks:
+        step1, null, audio_pass, clean = calls[i:i + 4]
+        assert not step1[1], "step 1 is not guided: one pass with the chunk's audio"
+        assert (null[0], audio_pass[0], clean[0]) == (t_land, t_land, 0.0)
+        assert null[1] and not audio_pass[1], "step 2: the null-audio pass first, then the audio pass"
+        assert np.array_equal(null[2], audio_pass[2]), "both passes of step 2 see the same x_t"
+        want = null[3] + 2.5 * (audio_pass[3] - null[3])
+        np.testing.assert_allclose(clean[2], want, rtol=0, atol=1e-5)
+        assert np.abs(audio_pass[3] - null[3]).max() > 1e-3, "the audio changes the pass: guidance is not a no-op"
+
+
+def test_guidance_one_is_the_unguided_run(tiny_engine):
+    frames, audio = make_clip(8, 4)
+    ref = render_offline(tiny_engine, audio, frames, box=BOX)
+    assert tiny_engine.config.schedule.guidance >= 1.0
+    off = Engine.load(guidance=1.0)
+    calls = _spy(off)
+    got = render_offline(off, audio, frames, box=BOX)
+    t_land = off.config.schedule.t_land
+    assert sum(c[0] == t_land for c in calls) == len(frames) // off.config.video_frames_per_chunk, "1: one pass per step"
+    if tiny_engine.config.schedule.guidance == 1.0:
+        np.testing.assert_array_equal(got, ref)
+    else:
+        assert not np.array_equal(got, ref), "the model's own guidance shows in its frames"
+
+
+def test_guidance_changes_the_frames_and_a_session_matches_the_offline_pass():
+    engine = Engine.load(guidance=3.0)
+    frames, audio = make_clip(12, 5)
+    ref = render_offline(engine, audio, frames, box=BOX)
+    plain = render_offline(Engine.load(guidance=1.0), audio, frames, box=BOX)
+    assert np.abs(ref.astype(int) - plain.astype(int)).max() > 0
+    s = engine.session(box=BOX)
+    outs = []
+    for i, f in enumerate(frames):
+        outs += s.push(audio[i * 640:(i + 1) * 640], f)
+    outs += s.push(audio[len(frames) * 640:]) + s.flush()
+    for o in outs:
+        np.testing.assert_array_equal(o.image, ref[o.index])
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), "2", True])
+def test_bad_guidance_is_refused(bad):
+    with pytest.raises(ConfigError, match="schedule.guidance"):
+        ScheduleConfig(guidance=bad).validate()
+    with pytest.raises(InputError, match="schedule.guidance"):
+        Engine.load(guidance=bad)
+
+
+def test_guidance_round_trips_through_the_config_dict(tiny_engine):
+    cfg = dataclasses.replace(tiny_engine.config, schedule=dataclasses.replace(tiny_engine.config.schedule, guidance=1.7))
+    again = type(cfg).from_dict(cfg.to_dict())
+    assert again.schedule.guidance == 1.7
+
+
+def test_cli_refuses_a_bad_guidance(tmp_path, capsys):
+    from lipforce_sdk.cli import main
+
+    assert main(["run", "--guidance", "-1", "--out", str(tmp_path / "o.mp4"), "--no-progress"]) == 2
+    assert "schedule.guidance=-1.0 is invalid" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
