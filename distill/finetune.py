@@ -17,7 +17,9 @@ which opens too little (measured: smudges, not used; BENCHMARKS.md section 6). `
 --voice-tilt DB`` give each training window's log-mels another voice (``augment_voice``: the mel axis
 stretched by ``1 +- W``, a spectral tilt of ``+- DB``), so the mouth follows words in voices unlike the
 training speech's. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of the model's
-(the audio encoder and VAE are the model's). The
+(the audio encoder and VAE are the model's). ``--distill-guidance G --distill-weight W`` puts W of the
+loss on the starting model's own output with audio guidance G on its second step (frozen, the same
+windows, noise and voices; ``ScheduleConfig.guidance``), so one pass learns what two passes draw. The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
 windows (half by default) with the face around the mouth from up to ``--context-shift`` frames away)
@@ -86,6 +88,8 @@ class FinetuneConfig:
     voice_warp: float = 0.0  # each window's log-mels stretched along the mel axis by a factor in 1 +- this
     voice_tilt: float = 0.0  # ... and tilted by up to +- this many dB from the lowest mel band to the highest
     fresh_dit: bool = False  # the DiT from a seeded initialisation, not the model's
+    distill_guidance: float = 1.0  # a target: the starting model's own output with this step-2 audio guidance (1: off)
+    distill_weight: float = 0.5  # that target's share of the loss (the true latents' is the rest)
 
     def validate(self) -> "FinetuneConfig":
         for name in ("steps", "batch", "video_frames", "window"):
@@ -101,6 +105,9 @@ class FinetuneConfig:
             raise ValueError(f"--shift-share must be in [0, 1] (got {self.shift_share})")
         if self.lr <= 0 or self.sync_weight < 0 or self.motion_weight < 0:
             raise ValueError("--lr must be > 0, --sync-weight and --motion-weight >= 0")
+        if self.distill_guidance < 0 or not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"--distill-guidance must be >= 0 and --distill-weight in [0, 1] (got "
+                             f"{self.distill_guidance}, {self.distill_weight})")
         if not 0.0 <= self.voice_warp < 0.5 or self.voice_tilt < 0:
             raise ValueError(f"--voice-warp must be in [0, 0.5) and --voice-tilt >= 0 (got {self.voice_warp}, "
                              f"{self.voice_tilt})")
@@ -292,6 +299,9 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
     voice_gen = torch.Generator().manual_seed(fc.seed + 1)
     lips, t_land = lips_map(cfg), cfg.schedule.t_land
     reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
+    guided = fc.distill_guidance != 1.0
+    if guided:  # the starting model, frozen: its guided output is a target
+        start_dit, start_audio = copy.deepcopy(model.dit).eval(), copy.deepcopy(model.audio_encoder).eval()
     model.dit.train()
     model.audio_encoder.train()
     hist = []
@@ -318,6 +328,11 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
             if fc.motion_weight > 0:
                 w = w * motion_loss_weight(z, ref.x0, mask, fc.motion_weight)
             loss = weighted_mse(out, z, w)
+            if guided:
+                with torch.no_grad():
+                    target = rollout(start_dit, cfg, cond, mask, start_audio(heard), noise, renoiser(eps2, t_land, c),
+                                     t_land, grad_step=None, ref=ref, guidance=fc.distill_guidance)
+                loss = (1.0 - fc.distill_weight) * loss + fc.distill_weight * weighted_mse(out, target, w)
             if reward is not None:
                 src, soft = reward_inputs(cs, picks, frames, tc)
                 loss = loss + fc.sync_weight * reward.loss(out, src, soft, mel)
@@ -347,6 +362,9 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
               f"`{Path(photos['folder']).name}`, distill.photoreal{teeth})" if photos and fc.photo_clips else "")
     extra = (f", the mouth's pixels weighted up by their distance from the reference ({fc.motion_weight:g})"
               if fc.motion_weight > 0 else "")
+    if fc.distill_guidance != 1.0:
+        extra += (f", {fc.distill_weight:g} of the loss toward the starting model's own output with audio guidance "
+                  f"{fc.distill_guidance:g} on its second step (the guidance learnt into one pass)")
     if fc.voice_warp or fc.voice_tilt:
         extra += (f", the log-mels of each window warped by up to {fc.voice_warp:g} and tilted by up to "
                    f"{fc.voice_tilt:g} dB (another voice for the same words)")

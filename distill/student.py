@@ -53,7 +53,8 @@ def _plan_tensors(planner: RingCachePlanner):
 
 
 def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Callable, t_land: float,
-            grad_step: int | None = None, context: torch.Tensor | None = None, ref: Ref | None = None) -> torch.Tensor:
+            grad_step: int | None = None, context: torch.Tensor | None = None, ref: Ref | None = None,
+            guidance: float = 1.0) -> torch.Tensor:
     """Autoregressive two-step generation of ``L`` latent frames, one chunk at a time.
 
     cond/noise ``[B, z, L, h, w]``, mask ``[B, Tc, L, h, w]``, tok ``[B, L*Tc, A, Da]``.
@@ -63,6 +64,8 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     teacher's trajectory state in the ODE init). ``grad_step`` (0 or 1) is the step that carries
     the gradient and whose x0 is the chunk's output; ``None``: no gradient, step 2's output.
     ``context`` (teacher forcing): the clean frames written into the cache instead of the outputs.
+    ``guidance``: step 2's audio guidance as the runtime applies it (``ScheduleConfig.guidance``:
+    ``x0_null + g (x0_audio - x0_null)``, the null pass without gradient).
     """
     b, _, n, _, _ = cond.shape
     c = cfg.stream.chunk_frames
@@ -92,15 +95,20 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
         sl = slice(k, k + c)
         idx = _plan_tensors(planner)
 
-        def step(x, t, with_grad):
+        def step(x, t, with_grad, null=False):
             with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
                 tt = torch.full((b,), float(t))
-                return dit.step(x, tt, cond[:, :, sl], mask[:, :, sl], tok[:, k * tc:(k + c) * tc], *idx, caches,
-                                inplace=False)
+                tk = tok[:, k * tc:(k + c) * tc]
+                return dit.step(x, tt, cond[:, :, sl], mask[:, :, sl], tk.new_zeros(tk.shape) if null else tk, *idx,
+                                caches, inplace=False)
 
         x0, _ = step(noise[:, :, sl], 1.0, grad_step == 0)
         if last == 1:
-            x0, _ = step(second(k, x0.detach()), t_land, grad_step == 1)
+            x_t = second(k, x0.detach())
+            x0, _ = step(x_t, t_land, grad_step == 1)
+            if guidance != 1.0:
+                x_null, _ = step(x_t, t_land, False, null=True)
+                x0 = x_null.detach() + guidance * (x0 - x_null.detach())
         outs.append(x0)
         clean = (x0 if context is None else context[:, :, sl]).detach()
         with torch.no_grad():

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from .config import ScheduleConfig
 
-__all__ = ["fill_hole", "hole_of", "renoise", "two_step_sample"]
+__all__ = ["audio_guided", "fill_hole", "hole_of", "renoise", "two_step_sample"]
 
 
 def hole_of(mask: Any) -> Any:
@@ -44,3 +44,22 @@ def two_step_sample(step: Callable[[Any, float], Any], noise: Any, eps2: Any, sc
     if schedule.cache_pass == "clean":
         step(x0, 0.0)
     return x0
+
+
+def audio_guided(step: Callable[[Any, float], Any], null_step: Callable[[Any, float], Any], guidance: float,
+                 t_guided: float) -> Callable[[Any, float], Any]:
+    """``step`` with audio guidance at ``t == t_guided`` (step 2, ``ScheduleConfig.guidance``):
+    ``null_step(x_t, t)`` (the same pass given the null audio tokens) runs first, then ``step``
+    (so the cache slots both write hold the audio pass's keys and values, as without guidance), and
+    the x0 is ``x_null + guidance * (x_audio - x_null)``. ``guidance == 1``: ``step`` itself."""
+    if guidance == 1.0:
+        return step
+
+    def guided(x_t: Any, t: float) -> Any:
+        if t != t_guided:
+            return step(x_t, t)
+        x_null = null_step(x_t, t)
+        x_audio = step(x_t, t)
+        return x_null + guidance * (x_audio - x_null)
+
+    return guided

@@ -29,7 +29,7 @@ from .config import ConfigError, ModelConfig
 from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
 from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, match_edge, mouth_mask_for
-from .sampler import fill_hole, hole_of, two_step_sample
+from .sampler import audio_guided, fill_hole, hole_of, two_step_sample
 from .silence import SILENCE_MODES, SilenceGate
 from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
 
@@ -363,16 +363,15 @@ class ChunkRenderer:
         noise, eps2 = self.noise(chunk_index)
         plan = planner.plan()
 
-        g = self.cfg.schedule.guidance
+        sched = self.cfg.schedule
 
-        def step(x_t, t):
-            if g == 1.0 or t != self.cfg.schedule.t_land:
-                return be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
-            # audio guidance of step 2: the null-audio pass first, so that the cache slots it writes
-            # are written again by the pass with the chunk's audio (as without guidance)
-            x_null = be.dit_step(x_t, t, cond, mask, be.asarray(self._null_tokens), plan, state)
-            x_audio = be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
-            return x_null + g * (x_audio - x_null)
+        def audio_step(x_t, t):
+            return be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
+
+        def null_step(x_t, t):
+            return be.dit_step(x_t, t, cond, mask, be.asarray(self._null_tokens), plan, state)
+
+        step = audio_guided(audio_step, null_step, sched.guidance, sched.t_land)
 
         x0 = two_step_sample(step, noise, eps2, self.cfg.schedule, finish=self._still(mel, cond, mask_np))
         planner.commit()

@@ -3,6 +3,7 @@
     python samples/kiosk.py                                  # bundled clip, bundled model, torch
     python samples/kiosk.py --model DIR --backend onnxruntime --out kiosk.mp4
     python samples/kiosk.py --exemplars on,off               # with and without mouth exemplars, one run
+    python samples/kiosk.py --guidance 1,2                   # without and with audio guidance, one run
 
 Every 40 ms one camera frame and 40 ms of microphone audio arrive (here read from files and
 released on the wall clock); the session returns lip-synced frames as soon as their chunk can run.
@@ -38,12 +39,20 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write what the kiosk shows to this MP4 (the first setting's)")
     ap.add_argument("--exemplars", default="on", help="on, off, or both in turn (on,off): paste through mouth "
                     "exemplars (an enrolled model's, else the stream's first 2 s; lipforce_sdk.exemplars)")
+    ap.add_argument("--guidance", default=None, metavar="G[,G...]",
+                    help="audio guidance of the model's second step, one stream per value in turn (1: off; each "
+                         "other value costs one more DiT pass per chunk; default: the model's own)")
     a = ap.parse_args(argv)
     settings = [x.strip() for x in a.exemplars.split(",")]
     if not settings or any(x not in ("on", "off") for x in settings):
         ap.error(f"--exemplars {a.exemplars!r}: expected on, off or on,off")
+    try:
+        guidance = [None] if a.guidance is None else [float(x) for x in a.guidance.split(",")]
+    except ValueError:
+        ap.error(f"--guidance {a.guidance!r}: expected numbers, e.g. 1,2")
 
-    engine = Engine.load(a.model, backend=a.backend)
+    engines = [Engine.load(a.model, backend=a.backend, guidance=g) for g in guidance]
+    engine = engines[0]
     cfg = engine.config
     fps, sr, spf = cfg.stream.fps, cfg.audio.sample_rate, cfg.samples_per_video_frame
     audio = read_audio(a.audio, sample_rate=sr)
@@ -52,8 +61,9 @@ def main(argv=None) -> int:
     audio = np.resize(audio, n * spf).astype(np.float32)
     order = _video_schedule(len(frames), src_fps, fps, n)
     box = a.box
-    for k, setting in enumerate(settings):
-        _paced(engine, a, frames, order, audio, n, box, setting == "on", a.out if k == 0 else None)
+    runs = [(e, setting) for e in engines for setting in settings]
+    for k, (e, setting) in enumerate(runs):
+        _paced(e, a, frames, order, audio, n, box, setting == "on", a.out if k == 0 else None)
     return 0
 
 
@@ -96,7 +106,7 @@ def _paced(engine, a, frames, order, audio, n, box, exemplars: bool, out) -> Non
     lat = np.array(latency)
     st = session.stats
     print(f"# kiosk: {engine!r}, {n} frames at {fps:g} fps paced in real time, mouth exemplars "
-          f"{'on' if exemplars else 'off'}")
+          f"{'on' if exemplars else 'off'}, audio guidance {cfg.schedule.guidance:g}")
     print(f"  input-to-output latency  p50 {np.percentile(lat, 50):.0f} ms   p95 {np.percentile(lat, 95):.0f} ms   "
           f"max {lat.max():.0f} ms   (budget {a.budget_ms:.0f} ms)")
     print(f"  algorithmic latency      {cfg.algorithmic_latency_ms():.0f} ms from the start of a chunk's first frame "

@@ -34,13 +34,14 @@ def _ref(cfg, b, g):
                (torch.rand(b, cfg.mask_channels, r, h, w, generator=g) > 0.5).float())
 
 
-def test_rollout_equals_the_runtime_two_step_schedule(cfg):
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+def test_rollout_equals_the_runtime_two_step_schedule(cfg, guidance):
     """The student's training rollout is the runtime's computation: the reference written into the
-    sink, then the same cache plan and the same passes per chunk."""
+    sink, then the same cache plan and the same passes per chunk (with step 2's audio guidance)."""
     from distill.student import renoiser, rollout
     from lipforce_sdk.backends.torch_backend import TorchBackend
     from lipforce_sdk.cache_plan import RingCachePlanner
-    from lipforce_sdk.sampler import two_step_sample
+    from lipforce_sdk.sampler import audio_guided, two_step_sample
     from lipforce_sdk.session import ChunkRenderer
 
     m = LipSyncModel.from_preset("tiny", seed=3)
@@ -57,7 +58,8 @@ def test_rollout_equals_the_runtime_two_step_schedule(cfg):
     t_land = 0.375
     sched = cfg.replace(schedule={"t_land": t_land}).schedule
     with torch.no_grad():
-        got = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land, ref=ref)
+        got = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land, ref=ref,
+                      guidance=guidance)
 
     be = TorchBackend(m, device="cpu")
     state = be.new_state()
@@ -77,10 +79,12 @@ def test_rollout_equals_the_runtime_two_step_schedule(cfg):
         sl = slice(k, k + c)
         cond_k = renderer._filled(cond[:, :, sl], mask[:, :, sl].numpy())
 
-        def step(x, t, sl=sl, k=k, plan=plan, cond_k=cond_k):
-            return be.dit_step(x, t, cond_k, mask[:, :, sl], tok[:, k * tc:(k + c) * tc], plan, state)
+        def step(x, t, sl=sl, k=k, plan=plan, cond_k=cond_k, null=False):
+            a = null if null is not False else tok[:, k * tc:(k + c) * tc]
+            return be.dit_step(x, t, cond_k, mask[:, :, sl], a, plan, state)
 
-        want.append(two_step_sample(step, noise[:, :, sl], eps2[:, :, sl], sched))
+        guided = audio_guided(step, lambda x, t, step=step: step(x, t, null=null), guidance, t_land)
+        want.append(two_step_sample(guided, noise[:, :, sl], eps2[:, :, sl], sched))
         planner.commit()
     want = torch.cat(want, dim=2)
     assert torch.allclose(got, want, atol=1e-5, rtol=0), float((got - want).abs().max())

@@ -191,6 +191,10 @@ def test_finetune_on_speaking_photos_alone_with_a_fresh_dit(tmp_path, capsys):
         _train(model, kinds, ls, FinetuneConfig(steps=1, sync_weight=0.1), progress=False)
     info = _train(model, kinds, ls, FinetuneConfig(steps=2, batch=2, sync_weight=0, motion_weight=2.0), progress=False)
     assert np.isfinite(info["first_loss"]) and np.isfinite(info["final_loss"])
+    # the starting model's own guided output as the whole target: another loss from the same draws
+    plain, guided = (_train(load_model(default_model_dir()), kinds, ls, FinetuneConfig(
+        steps=1, batch=2, sync_weight=0, distill_guidance=g, distill_weight=1.0), progress=False) for g in (1.0, 3.0))
+    assert np.isfinite(guided["first_loss"]) and guided["first_loss"] != plain["first_loss"]
     assert main(["--out", str(tmp_path / "m2"), "--steps", "1"]) == 1
     assert "--data" in capsys.readouterr().err and not (tmp_path / "m2").exists()
     assert main(["--photos", str(tmp_path / "none"), "--out", str(tmp_path / "m3")]) == 1
@@ -282,4 +286,7 @@ def test_augment_voice_moves_the_formants_and_tilts_the_spectrum():
     assert torch.equal(again, augment_voice(mel, torch.Generator().manual_seed(0), 0.1, 6.0))
     for bad in (dict(voice_warp=0.5), dict(voice_warp=-0.1), dict(voice_tilt=-1.0)):
         with pytest.raises(ValueError, match="--voice-warp"):
+            FinetuneConfig(**bad).validate()
+    for bad in (dict(distill_guidance=-1.0), dict(distill_weight=1.5)):
+        with pytest.raises(ValueError, match="--distill-guidance"):
             FinetuneConfig(**bad).validate()
