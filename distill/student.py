@@ -32,7 +32,7 @@ from lipforce_sdk.cache_plan import RingCachePlanner
 from lipforce_sdk.config import ModelConfig
 from lipforce_sdk.geometry import CropSpec, soft_mask
 from lipforce_sdk.model.dit import WanDiT
-from lipforce_sdk.sampler import fill_hole, hole_of
+from lipforce_sdk.sampler import audio_guided, fill_hole, hole_of
 
 from .optim import adamw_cosine, optimizer_step
 from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
@@ -64,8 +64,8 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     teacher's trajectory state in the ODE init). ``grad_step`` (0 or 1) is the step that carries
     the gradient and whose x0 is the chunk's output; ``None``: no gradient, step 2's output.
     ``context`` (teacher forcing): the clean frames written into the cache instead of the outputs.
-    ``guidance``: step 2's audio guidance as the runtime applies it (``ScheduleConfig.guidance``:
-    ``x0_null + g (x0_audio - x0_null)``, the null pass without gradient).
+    ``guidance``: step 2's audio guidance, the runtime's own ``lipforce_sdk.sampler.audio_guided``
+    (``ScheduleConfig.guidance``: ``x0_null + g (x0_audio - x0_null)``), the null pass without gradient.
     """
     b, _, n, _, _ = cond.shape
     c = cfg.stream.chunk_frames
@@ -104,11 +104,9 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
 
         x0, _ = step(noise[:, :, sl], 1.0, grad_step == 0)
         if last == 1:
-            x_t = second(k, x0.detach())
-            x0, _ = step(x_t, t_land, grad_step == 1)
-            if guidance != 1.0:
-                x_null, _ = step(x_t, t_land, False, null=True)
-                x0 = x_null.detach() + guidance * (x0 - x_null.detach())
+            guided = audio_guided(lambda x, t: step(x, t, grad_step == 1)[0],
+                                  lambda x, t: step(x, t, False, null=True)[0], guidance, t_land)
+            x0 = guided(second(k, x0.detach()), t_land)
         outs.append(x0)
         clean = (x0 if context is None else context[:, :, sl]).detach()
         with torch.no_grad():

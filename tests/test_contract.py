@@ -1,9 +1,11 @@
 """The graph contract lives in the core (``lipforce_sdk.contract``), not in a backend module."""
 
 import ast
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # engine/ from the source tree, whatever ran before this file
 
 
 def _imports(path: Path) -> set[str]:
