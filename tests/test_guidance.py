@@ -99,3 +99,14 @@ def test_cli_refuses_a_bad_guidance(tmp_path, capsys):
     assert main(["run", "--guidance", "-1", "--out", str(tmp_path / "o.mp4"), "--no-progress"]) == 2
     assert "schedule.guidance=-1.0 is invalid" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_onnxruntime_guides_as_torch_does(exported_tiny):
+    """The graph backends return host arrays: the same combination, the same frames as torch."""
+    frames, audio = make_clip(8, 6)
+    ort = render_offline(Engine.load(exported_tiny[1], backend="onnxruntime", guidance=2.0), audio, frames, box=BOX)
+    ref = render_offline(Engine.load(guidance=2.0), audio, frames, box=BOX)
+    plain = render_offline(Engine.load(exported_tiny[1], backend="onnxruntime"), audio, frames, box=BOX)
+    diff = np.abs(ort.astype(int) - ref.astype(int))
+    assert diff.max() <= 1, f"ONNX Runtime vs torch at guidance 2: {diff.max()} levels"
+    assert np.abs(ort.astype(int) - plain.astype(int)).max() > 2, "guidance changes the ONNX Runtime frames"
