@@ -280,8 +280,17 @@ class ChunkRenderer:
         self.gate = SilenceGate(cfg.audio, cfg.stream.fps) if self.silence == "still" else None
         a = cfg.audio
         self._null_tokens = np.zeros((1, cfg.video_frames_per_chunk, a.tokens_per_frame, a.token_dim), np.float32)
+        self._null_on_backend = None  # the same on the backend, converted at first use (``null_tokens``)
         self._fill = None  # stream.fill == "reference": the first reference frame's latents [1, z, 1, h, w]
         self.reset()
+
+    @property
+    def null_tokens(self):
+        """The null (zero) audio tokens ``[1, Fv, tokens, dim]`` as the backend's array, converted once
+        per renderer (the reference pass and the guided step's null pass read them every chunk)."""
+        if self._null_on_backend is None:
+            self._null_on_backend = self.backend.asarray(self._null_tokens)
+        return self._null_on_backend
 
     def noise(self, chunk_index: int):
         cfg = self.cfg
@@ -346,7 +355,7 @@ class ChunkRenderer:
             if k == 0 and self.cfg.stream.fill == "reference":
                 self._fill = x0[:, :, :1]
             mask = self._mask(views[k:k + fv])
-            be.dit_step(x0, 0.0, self._filled(cond, mask), be.asarray(mask), be.asarray(self._null_tokens),
+            be.dit_step(x0, 0.0, self._filled(cond, mask), be.asarray(mask), self.null_tokens,
                         planner.plan(), state)
             planner.commit()
 
@@ -369,7 +378,7 @@ class ChunkRenderer:
             return be.dit_step(x_t, t, cond, mask, audio_tokens, plan, state)
 
         def null_step(x_t, t):
-            return be.dit_step(x_t, t, cond, mask, be.asarray(self._null_tokens), plan, state)
+            return be.dit_step(x_t, t, cond, mask, self.null_tokens, plan, state)
 
         step = audio_guided(audio_step, null_step, sched.guidance, sched.t_land)
 
