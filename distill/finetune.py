@@ -402,7 +402,7 @@ def work_key(model_dir: Path, data: Path | None, photos: Path | None, fc: Finetu
 
     manifest, _ = read_manifest(model_dir)
     key = {"data": None if data is None else str(data.resolve()), "vae": vae_sha256(model_dir),
-           "config": manifest["config"],
+           "config": _config_key(manifest["config"]),
            **{k: getattr(fc, k) for k in ("window", "max_seconds", "min_lip_r", "procedural")}}
     if photos is not None:
         key.update(photos=str(photos.resolve()), photo_clips=fc.photo_clips, seed=fc.seed)
@@ -411,11 +411,20 @@ def work_key(model_dir: Path, data: Path | None, photos: Path | None, fc: Finetu
     return key
 
 
+def _config_key(config: dict) -> dict:
+    """The part of a manifest's ``config`` a work folder depends on: all of it but the sampling
+    schedule (``schedule``: the steps, the guidance, the seed), which changes no crop or latent. So a
+    manifest written before a schedule field existed and one written after, with the same model,
+    share their work folders."""
+    return {k: v for k, v in config.items() if k != "schedule"} if isinstance(config, dict) else config
+
+
 def _same_work(old: dict, key: dict, data: Path | None, photos: Path | None, fc: FinetuneConfig) -> bool:
-    """``old`` (a work folder's ``work.json``) holds what ``key`` asks for. A folder made before the
-    key named the VAE names the model directory it was made from instead: it is the same when that
-    directory, still there, gives this key."""
-    if old == key:
+    """``old`` (a work folder's ``work.json``) holds what ``key`` asks for (a key written with the
+    schedule in its ``config`` counts without it). A folder made before the key named the VAE names
+    the model directory it was made from instead: it is the same when that directory, still there,
+    gives this key."""
+    if old == key or ("config" in old and {**old, "config": _config_key(old["config"])} == key):
         return True
     legacy = old.get("model")
     if "vae" in old or not isinstance(legacy, str) or not (Path(legacy) / "manifest.json").is_file():

@@ -121,6 +121,18 @@ def test_a_model_continued_from_another_shares_its_work_folder(tmp_path, capsys)
     assert run("second", tmp_path / "first") == 0  # another DiT, the same VAE: nothing made again
     assert {f: (work / f).stat().st_mtime_ns for f in made} == made
     assert json.loads((work / "work.json").read_text()) == key
+    # the sampling schedule changes no crop or latent: it is not in the key, and a key written with it
+    # (before it was left out: a manifest that names the guidance, one that does not) is the same folder
+    assert "schedule" not in key["config"] and "dit" in key["config"]
+    with_schedule = {**key, "config": {**key["config"], "schedule": {"t_land": 0.5, "guidance": 1.0}}}
+    (work / "work.json").write_text(json.dumps(with_schedule))
+    assert run("second_b", tmp_path / "first") == 0
+    assert {f: (work / f).stat().st_mtime_ns for f in made} == made
+    assert json.loads((work / "work.json").read_text()) == key
+    (work / "work.json").write_text(json.dumps({**with_schedule, "config": {**key["config"], "dit": {}}}))
+    assert run("second_c", tmp_path / "first") == 1  # another model's geometry is still another folder
+    assert "another run" in capsys.readouterr().err
+    (work / "work.json").write_text(json.dumps(key))
     # a work folder written before the key named the VAE names its model directory: still reused
     settings = {k: v for k, v in key.items() if k not in ("vae", "config")}
     legacy = {"model": str(default_model_dir().resolve()), **settings}
