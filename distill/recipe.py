@@ -311,7 +311,9 @@ def _mean(scores: list[dict]) -> dict:
 def data_description(rc: RecipeConfig) -> str:
     parts = [f"{rc.train_clips} procedural talking-face pairs (distill.data, split 'train')"]
     if rc.real_data:
-        n = len(list(Path(rc.real_data).glob("*.mp4"))) if Path(rc.real_data).is_dir() else None
+        from .realdata import find_clips  # the clips trained on: those with speech, any video container
+
+        n = len(find_clips(rc.real_data)) if Path(rc.real_data).is_dir() else None
         parts.append(f"{n or 'the'} real talking-head clips with their own speech (folder `{Path(rc.real_data).name}`, "
                      f"cut into {rc.real_window}-frame pieces, self-supervised)")
     if rc.photo_data and rc.photo_clips:

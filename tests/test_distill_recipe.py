@@ -368,3 +368,23 @@ def test_vae_alone_command_scores_a_real_face_clip(capsys):
     assert len(rows) == 1
     crop, lower, mask = (float(v) for v in rows[0].strip("| ").split(" | ")[1:])
     assert lower >= 30.0 and crop >= 30.0 and mask >= 30.0, rows[0]  # measured 38.5 / 37.2 / 39.8
+
+
+def test_data_description_counts_the_real_clips_trained_on(tmp_path):
+    """The manifest's data line counts the clips ``train_clips`` reads (a video with speech, any
+    container), not every .mp4 in the folder: a silent video is not trained on."""
+    import shutil
+
+    from distill.recipe import RecipeConfig, data_description
+
+    photo = REPO / "lipforce_sdk" / "assets" / "photo"
+    d = tmp_path / "clips"
+    d.mkdir()
+    shutil.copy(photo / "face.mp4", d / "a.mp4")
+    shutil.copy(photo / "speech.wav", d / "a.wav")
+    shutil.copy(photo / "face.mp4", d / "b.mov")
+    shutil.copy(photo / "speech.wav", d / "b.wav")
+    for name in ("silent.mp4", "silent2.mp4"):  # no sound of their own, none beside them
+        shutil.copy(photo / "face.mp4", d / name)
+    line = data_description(RecipeConfig(real_data=str(d)))
+    assert "2 real talking-head clips" in line, line
