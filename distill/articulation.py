@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--guidance", type=float, default=None,
                     help="audio guidance of the model's second step (default: the model's own; 1 = off)")
+    ap.add_argument("--guidance-region", choices=("lips", "crop"), default=None,
+                    help="where the guidance acts (default: the model's own, schedule.guidance_region)")
     ap.add_argument("--sentences", type=int, default=3, help="sentences per face")
     ap.add_argument("--split", default="held_out", choices=["train", "held_out"], help="whose sentences")
     ap.add_argument("--sheet", action="store_true", help="a contact sheet per clip")
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(f).is_file():
             print(f"error: face {f!r} does not exist", file=sys.stderr)
             return 1
-    engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance)
+    engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance, guidance_region=a.guidance_region)
     out = Path(a.out)
     rows: list[ArticulationRow] = []
     skipped = []

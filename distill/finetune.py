@@ -19,7 +19,8 @@ stretched by ``1 +- W``, a spectral tilt of ``+- DB``), so the mouth follows wor
 training speech's. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of the model's
 (the audio encoder and VAE are the model's). ``--distill-guidance G --distill-weight W`` puts W of the
 loss on the starting model's own output with audio guidance G on its second step (frozen, the same
-windows, noise and voices; ``ScheduleConfig.guidance``), so one pass learns what two passes draw. The
+windows, noise and voices; ``ScheduleConfig.guidance``; ``--distill-region lips`` (default) or ``crop``:
+where it acts, ``ScheduleConfig.guidance_region``), so one pass learns what two passes draw. The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
 windows (half by default) with the face around the mouth from up to ``--context-shift`` frames away)
@@ -90,6 +91,7 @@ class FinetuneConfig:
     fresh_dit: bool = False  # the DiT from a seeded initialisation, not the model's
     distill_guidance: float = 1.0  # a target: the starting model's own output with this step-2 audio guidance (1: off)
     distill_weight: float = 0.5  # that target's share of the loss (the true latents' is the rest)
+    distill_region: str = "lips"  # where that guidance acts (ScheduleConfig.guidance_region: "lips" or "crop")
 
     def validate(self) -> "FinetuneConfig":
         for name in ("steps", "batch", "video_frames", "window"):
@@ -108,6 +110,8 @@ class FinetuneConfig:
         if self.distill_guidance < 0 or not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"--distill-guidance must be >= 0 and --distill-weight in [0, 1] (got "
                              f"{self.distill_guidance}, {self.distill_weight})")
+        if self.distill_region not in ("lips", "crop"):
+            raise ValueError(f"--distill-region must be lips or crop (got {self.distill_region!r})")
         if not 0.0 <= self.voice_warp < 0.5 or self.voice_tilt < 0:
             raise ValueError(f"--voice-warp must be in [0, 0.5) and --voice-tilt >= 0 (got {self.voice_warp}, "
                              f"{self.voice_tilt})")
@@ -331,7 +335,8 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
             if guided:
                 with torch.no_grad():
                     target = rollout(start_dit, cfg, cond, mask, start_audio(heard), noise, renoiser(eps2, t_land, c),
-                                     t_land, grad_step=None, ref=ref, guidance=fc.distill_guidance)
+                                     t_land, grad_step=None, ref=ref, guidance=fc.distill_guidance,
+                                     guidance_region=fc.distill_region)
                 loss = (1.0 - fc.distill_weight) * loss + fc.distill_weight * weighted_mse(out, target, w)
             if reward is not None:
                 src, soft = reward_inputs(cs, picks, frames, tc)
@@ -364,7 +369,8 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
               if fc.motion_weight > 0 else "")
     if fc.distill_guidance != 1.0:
         extra += (f", {fc.distill_weight:g} of the loss toward the starting model's own output with audio guidance "
-                  f"{fc.distill_guidance:g} on its second step (the guidance learnt into one pass)")
+                  f"{fc.distill_guidance:g} on its second step"
+                  f"{' over the lips' if fc.distill_region == 'lips' else ''} (the guidance learnt into one pass)")
     if fc.voice_warp or fc.voice_tilt:
         extra += (f", the log-mels of each window warped by up to {fc.voice_warp:g} and tilted by up to "
                    f"{fc.voice_tilt:g} dB (another voice for the same words)")

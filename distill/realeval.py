@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
     ap.add_argument("--guidance", type=float, default=None,
                     help="audio guidance of the model's second step (default: the model's own; 1 = off)")
+    ap.add_argument("--guidance-region", choices=("lips", "crop"), default=None,
+                    help="where the guidance acts (default: the model's own, schedule.guidance_region)")
     ap.add_argument("--seconds", type=float, default=10.0, help="speech length per run")
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
     ap.add_argument("--silence", default=None, choices=["still", "model"], help="as `lipforce run --silence`")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from lipforce_sdk.session import Engine
 
-    engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance)
+    engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance, guidance_region=a.guidance_region)
     rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech,
                           silence=a.silence, exemplars=not a.no_exemplars,
                           speech_gain=a.speech_gain)

@@ -54,7 +54,7 @@ def _plan_tensors(planner: RingCachePlanner):
 
 def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Callable, t_land: float,
             grad_step: int | None = None, context: torch.Tensor | None = None, ref: Ref | None = None,
-            guidance: float = 1.0) -> torch.Tensor:
+            guidance: float = 1.0, guidance_region: str = "lips") -> torch.Tensor:
     """Autoregressive two-step generation of ``L`` latent frames, one chunk at a time.
 
     cond/noise ``[B, z, L, h, w]``, mask ``[B, Tc, L, h, w]``, tok ``[B, L*Tc, A, Da]``.
@@ -65,7 +65,8 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     the gradient and whose x0 is the chunk's output; ``None``: no gradient, step 2's output.
     ``context`` (teacher forcing): the clean frames written into the cache instead of the outputs.
     ``guidance``: step 2's audio guidance, the runtime's own ``lipforce_sdk.sampler.audio_guided``
-    (``ScheduleConfig.guidance``: ``x0_null + g (x0_audio - x0_null)``), the null pass without gradient.
+    (``ScheduleConfig.guidance``: ``x0_null + g (x0_audio - x0_null)``), the null pass without gradient;
+    ``guidance_region``: where it acts (``ScheduleConfig.guidance_region``: ``"lips"``, ``lips_map``; ``"crop"``).
     """
     b, _, n, _, _ = cond.shape
     c = cfg.stream.chunk_frames
@@ -90,6 +91,9 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
                 planner.commit()
         caches = [(kc.detach(), vc.detach()) for kc, vc in caches]
     last = 1 if grad_step is None else grad_step
+    region = lips_map(cfg)[None, None, None] if guidance != 1.0 and guidance_region == "lips" else None
+    if guidance_region not in ("lips", "crop"):
+        raise ValueError(f"guidance_region={guidance_region!r}: 'lips' or 'crop'")
     outs = []
     for k in range(0, n, c):
         sl = slice(k, k + c)
@@ -105,7 +109,7 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
         x0, _ = step(noise[:, :, sl], 1.0, grad_step == 0)
         if last == 1:
             guided = audio_guided(lambda x, t: step(x, t, grad_step == 1)[0],
-                                  lambda x, t: step(x, t, False, null=True)[0], guidance, t_land)
+                                  lambda x, t: step(x, t, False, null=True)[0], guidance, t_land, region)
             x0 = guided(second(k, x0.detach()), t_land)
         outs.append(x0)
         clean = (x0 if context is None else context[:, :, sl]).detach()

@@ -171,20 +171,11 @@ class LatentSet:
 
 def lips_map(cfg: ModelConfig) -> torch.Tensor:
     """Per latent pixel ``[h, w]`` in [0, 1]: where the lips and the gap between them are in an
-    eye-aligned crop (a soft box around the mouth's place, ``CropSpec``: the crop is aligned so
-    that every mouth sits there), averaged over each latent pixel."""
-    import cv2
+    eye-aligned crop (``lipforce_sdk.geometry.lips_region``: a soft box around the mouth's place,
+    ``CropSpec``: the crop is aligned so that every mouth sits there), averaged over each latent pixel."""
+    from lipforce_sdk.geometry import lips_region
 
-    from lipforce_sdk.geometry import CropSpec
-
-    s = cfg.stream.resolution
-    spec = CropSpec()
-    cy = 0.5 - spec.down / spec.side  # the mouth corners' line
-    m = np.zeros((s, s), np.float32)
-    m[int((cy - 0.07) * s):int((cy + 0.11) * s), int(0.27 * s):int(0.73 * s)] = 1.0
-    m = cv2.GaussianBlur(m, (0, 0), s / 64)
-    h, w = cfg.latent_hw
-    return torch.from_numpy(m.reshape(h, s // h, w, s // w).mean(axis=(1, 3)))
+    return torch.from_numpy(lips_region(cfg.stream.resolution, cfg.latent_hw))
 
 
 def loss_weight(mask: torch.Tensor, mouth_weight: float, lips: torch.Tensor | None = None,

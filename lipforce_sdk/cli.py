@@ -248,7 +248,8 @@ def _cmd_run(a) -> int:
         return _run_remote(a)
     from .session import Engine
 
-    engine = Engine.load(a.model, backend=a.backend or "torch", guidance=a.guidance)
+    engine = Engine.load(a.model, backend=a.backend or "torch", guidance=a.guidance,
+                         guidance_region=a.guidance_region)
     if a.avatar is not None:
         return _run_avatar(a, engine)
     return _run_video(a, engine)
@@ -258,8 +259,8 @@ def _run_remote(a) -> int:
     """``lipforce run --server URL``: the same clip, streamed through a Triton server's model."""
     from .triton.client import RemoteEngine
 
-    local = [f for f, v in (("--model", a.model), ("--backend", a.backend), ("--guidance", a.guidance))
-             if v is not None]
+    local = [f for f, v in (("--model", a.model), ("--backend", a.backend), ("--guidance", a.guidance),
+                            ("--guidance-region", a.guidance_region)) if v is not None]
     if local:
         raise ValueError(f"{'/'.join(local)} choose the model where the server runs (lipforce triton --model DIR "
                          f"--backend B); drop them with --server")
@@ -410,6 +411,8 @@ def _cmd_doctor(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import GUIDANCE_REGIONS
+
     p = argparse.ArgumentParser(prog="lipforce", description="Real-time few-step diffusion lip sync.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -446,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio guidance of the model's second step: the mouth's motion G times what the model draws "
                         "against the same pass without sound (1: off; each other value costs one more DiT pass per "
                         "chunk; default: the model's own, schedule.guidance in its manifest)")
+    r.add_argument("--guidance-region", choices=GUIDANCE_REGIONS, default=None,
+                   help="where --guidance acts: lips (a soft box over the lips; the chin and cheeks as drawn) or "
+                        "crop (the whole crop); default: the model's own, schedule.guidance_region")
     r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
                    help="where the video shows several faces: the one to lip-sync (default: the largest; "
                         "center: nearest the frame's centre; X,Y: nearest that pixel)")

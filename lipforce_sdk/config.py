@@ -200,6 +200,9 @@ class StreamConfig:
         return self
 
 
+GUIDANCE_REGIONS = ("lips", "crop")  # ScheduleConfig.guidance_region
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
     """Two-step rectified-flow schedule ``x_t = (1-t) x0 + t eps``.
@@ -212,12 +215,17 @@ class ScheduleConfig:
     ``x0_null`` the same pass given the null (zero) audio tokens; 1 is off. Above 1 the mouth opens
     further where the model's regression draws an average, shut mouth, at the price of one more DiT
     pass per chunk (guiding step 1 as well was measured to change nothing: step 2 draws the mouth).
+    ``guidance_region``: where it acts. ``"lips"`` (default): ``x0_audio + (guidance - 1) * L *
+    (x0_audio - x0_null)`` with ``L`` the soft lips box of the crop (``geometry.lips_region``), so the
+    chin and cheeks keep the unguided pass (guided over the whole crop, the widest mouths left grey
+    smudges below the lower lip); ``"crop"``: the formula above over the whole crop.
     """
 
     t_land: float = 0.5
     cache_pass: str = "clean"
     seed: int = 0
     guidance: float = 1.0
+    guidance_region: str = "lips"
 
     def validate(self) -> "ScheduleConfig":
         w = "schedule"
@@ -227,6 +235,8 @@ class ScheduleConfig:
         _check(isinstance(self.guidance, (int, float)) and not isinstance(self.guidance, bool)
                and math.isfinite(self.guidance) and self.guidance >= 0.0, w, "guidance", self.guidance,
                "must be a finite number >= 0 (1 = no audio guidance)")
+        _check(self.guidance_region in GUIDANCE_REGIONS, w, "guidance_region", self.guidance_region,
+               f"must be one of {', '.join(map(repr, GUIDANCE_REGIONS))}")
         return self
 
     @property

@@ -196,6 +196,25 @@ class CropSpec:
         return self
 
 
+def lips_region(resolution: int, latent_hw: tuple[int, int], spec: CropSpec | None = None) -> np.ndarray:
+    """Per latent pixel ``[h, w]`` float32 in [0, 1]: where the lips and the gap between them are in
+    an eye-aligned crop of ``resolution`` pixels (``spec``'s framing puts every mouth there): a box
+    from 0.07 of the crop above the mouth corners' line to 0.11 below it, 0.27-0.73 across, blurred
+    by a Gaussian of 1/64 of the crop, averaged over each latent pixel. The training loss weighs the
+    lips by it (``distill.teacher.lips_map``); audio guidance acts inside it
+    (``ScheduleConfig.guidance_region = "lips"``)."""
+    spec = CropSpec() if spec is None else spec
+    s = int(resolution)
+    h, w = (int(v) for v in latent_hw)
+    if s % h or s % w:
+        raise ValueError(f"the crop ({s} px) must be a whole number of latent pixels ({h} x {w})")
+    cy = 0.5 - spec.down / spec.side  # the mouth corners' line
+    m = np.zeros((s, s), np.float32)
+    m[int((cy - 0.07) * s):int((cy + 0.11) * s), int(0.27 * s):int(0.73 * s)] = 1.0
+    m = cv2.GaussianBlur(m, (0, 0), s / 64)
+    return np.ascontiguousarray(m.reshape(h, s // h, w, s // w).mean(axis=(1, 3)), dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class AlignedCrop:
     """A square crop of ``size`` pixels: crop continuous point ``q`` <-> frame point

@@ -47,11 +47,14 @@ def two_step_sample(step: Callable[[Any, float], Any], noise: Any, eps2: Any, sc
 
 
 def audio_guided(step: Callable[[Any, float], Any], null_step: Callable[[Any, float], Any], guidance: float,
-                 t_guided: float) -> Callable[[Any, float], Any]:
+                 t_guided: float, region: Any = None) -> Callable[[Any, float], Any]:
     """``step`` with audio guidance at ``t == t_guided`` (step 2, ``ScheduleConfig.guidance``):
     ``null_step(x_t, t)`` (the same pass given the null audio tokens) runs first, then ``step``
     (so the cache slots both write hold the audio pass's keys and values, as without guidance), and
-    the x0 is ``x_null + guidance * (x_audio - x_null)``. ``guidance == 1``: ``step`` itself."""
+    the x0 is ``x_null + guidance * (x_audio - x_null)``; with ``region`` (an array that broadcasts
+    over x0, e.g. ``[1, 1, 1, h, w]``: ``geometry.lips_region``) ``x_audio + (guidance - 1) * region *
+    (x_audio - x_null)``, the same where ``region`` is 1 and the audio pass alone where it is 0.
+    ``guidance == 1``: ``step`` itself."""
     if guidance == 1.0:
         return step
 
@@ -60,6 +63,8 @@ def audio_guided(step: Callable[[Any, float], Any], null_step: Callable[[Any, fl
             return step(x_t, t)
         x_null = null_step(x_t, t)
         x_audio = step(x_t, t)
-        return x_null + guidance * (x_audio - x_null)
+        if region is None:
+            return x_null + guidance * (x_audio - x_null)
+        return x_audio + (guidance - 1.0) * region * (x_audio - x_null)
 
     return guided

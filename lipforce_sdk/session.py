@@ -28,7 +28,7 @@ from .cache_plan import RingCachePlanner
 from .config import ConfigError, ModelConfig
 from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
-from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, match_edge, mouth_mask_for
+from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, lips_region, match_edge, mouth_mask_for
 from .sampler import audio_guided, fill_hole, hole_of, two_step_sample
 from .silence import SILENCE_MODES, SilenceGate
 from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
@@ -119,11 +119,12 @@ class Engine:
     takes to wake), and not at all where no other session could join."""
 
     def __init__(self, backend: Backend, model_dir: Path | None = None, max_batch: int = 1,
-                 max_wait_ms: float = 2.0, guidance: float | None = None):
+                 max_wait_ms: float = 2.0, guidance: float | None = None, guidance_region: str | None = None):
         self.backend = backend
         self.config: ModelConfig = backend.config
-        if guidance is not None:  # the model's schedule.guidance, replaced for this engine's sessions
-            sched = dataclasses.replace(self.config.schedule, guidance=guidance)
+        given = {k: v for k, v in (("guidance", guidance), ("guidance_region", guidance_region)) if v is not None}
+        if given:  # the model's schedule.guidance / guidance_region, replaced for this engine's sessions
+            sched = dataclasses.replace(self.config.schedule, **given)
             try:
                 sched.validate()
             except ConfigError as e:
@@ -145,7 +146,8 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path | None = None, backend: str = "torch", max_batch: int = 1,
-             max_wait_ms: float = 2.0, guidance: float | None = None, **backend_options) -> "Engine":
+             max_wait_ms: float = 2.0, guidance: float | None = None, guidance_region: str | None = None,
+             **backend_options) -> "Engine":
         """Load a model directory (default: the bundled ``tiny`` model) with a backend:
         ``torch`` (weights), ``onnxruntime`` (exported graphs) or ``tensorrt`` (built engines).
 
@@ -154,7 +156,8 @@ class Engine:
         ``lipforce export --max-batch N``, N >= max_batch); ``max_wait_ms``: the longest a call
         waits for others to join it. ``guidance``: the audio guidance of the model's second step
         (``ScheduleConfig.guidance``; default the model's own; 1 = off, each other value costs one
-        more DiT pass per chunk)."""
+        more DiT pass per chunk); ``guidance_region``: where it acts, ``"lips"`` or ``"crop"``
+        (``ScheduleConfig.guidance_region``; default the model's own)."""
         model_dir = Path(path) if path is not None else default_model_dir()
         if backend not in BACKENDS:
             raise BackendError(f"backend={backend!r} is not one of {BACKENDS}")
@@ -170,7 +173,8 @@ class Engine:
             from .backends.tensorrt_backend import TensorRTBackend
 
             be = TensorRTBackend.load(model_dir, **backend_options)
-        return cls(be, model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, guidance=guidance)
+        return cls(be, model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, guidance=guidance,
+                   guidance_region=guidance_region)
 
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
@@ -281,6 +285,7 @@ class ChunkRenderer:
         a = cfg.audio
         self._null_tokens = np.zeros((1, cfg.video_frames_per_chunk, a.tokens_per_frame, a.token_dim), np.float32)
         self._null_on_backend = None  # the same on the backend, converted at first use (``null_tokens``)
+        self._region_on_backend = None  # where step 2's guidance acts, on the backend (``guidance_region``)
         self._fill = None  # stream.fill == "reference": the first reference frame's latents [1, z, 1, h, w]
         self.reset()
 
@@ -291,6 +296,18 @@ class ChunkRenderer:
         if self._null_on_backend is None:
             self._null_on_backend = self.backend.asarray(self._null_tokens)
         return self._null_on_backend
+
+    @property
+    def guidance_region(self):
+        """Where step 2's audio guidance acts (``ScheduleConfig.guidance_region``): ``None`` for the
+        whole crop, else ``geometry.lips_region`` as the backend's array ``[1, 1, 1, h, w]`` (made once)."""
+        if self.cfg.schedule.guidance_region == "crop":
+            return None
+        if self._region_on_backend is None:
+            cfg = self.cfg
+            self._region_on_backend = self.backend.asarray(
+                lips_region(cfg.stream.resolution, cfg.latent_hw)[None, None, None])
+        return self._region_on_backend
 
     def noise(self, chunk_index: int):
         cfg = self.cfg
@@ -380,7 +397,8 @@ class ChunkRenderer:
         def null_step(x_t, t):
             return be.dit_step(x_t, t, cond, mask, self.null_tokens, plan, state)
 
-        step = audio_guided(audio_step, null_step, sched.guidance, sched.t_land)
+        region = self.guidance_region if sched.guidance != 1.0 else None
+        step = audio_guided(audio_step, null_step, sched.guidance, sched.t_land, region)
 
         x0 = two_step_sample(step, noise, eps2, self.cfg.schedule, finish=self._still(mel, cond, mask_np))
         planner.commit()

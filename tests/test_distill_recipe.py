@@ -34,8 +34,8 @@ def _ref(cfg, b, g):
                (torch.rand(b, cfg.mask_channels, r, h, w, generator=g) > 0.5).float())
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_rollout_equals_the_runtime_two_step_schedule(cfg, guidance):
+@pytest.mark.parametrize("guidance,region", [(1.0, "lips"), (2.5, "lips"), (2.5, "crop")])
+def test_rollout_equals_the_runtime_two_step_schedule(cfg, guidance, region):
     """The student's training rollout is the runtime's computation: the reference written into the
     sink, then the same cache plan and the same passes per chunk (with step 2's audio guidance)."""
     from distill.student import renoiser, rollout
@@ -59,12 +59,12 @@ def test_rollout_equals_the_runtime_two_step_schedule(cfg, guidance):
     sched = cfg.replace(schedule={"t_land": t_land}).schedule
     with torch.no_grad():
         got = rollout(m.dit, cfg, cond, mask, tok, noise, renoiser(eps2, t_land, c), t_land, ref=ref,
-                      guidance=guidance)
+                      guidance=guidance, guidance_region=region)
 
     be = TorchBackend(m, device="cpu")
     state = be.new_state()
     planner = RingCachePlanner.for_stream(cfg.stream)
-    renderer = ChunkRenderer(be, cfg, 0)  # its fill of the mask with the first reference frame
+    renderer = ChunkRenderer(be, cfg.replace(schedule={"guidance_region": region}), 0)  # its fill, its guidance region
     assert cfg.stream.fill == "reference"
     renderer._fill = ref.x0[:, :, :1]
     null = torch.zeros(1, c * tc, cfg.audio.tokens_per_frame, cfg.audio.token_dim)
@@ -83,7 +83,8 @@ def test_rollout_equals_the_runtime_two_step_schedule(cfg, guidance):
             a = null if null is not False else tok[:, k * tc:(k + c) * tc]
             return be.dit_step(x, t, cond_k, mask[:, :, sl], a, plan, state)
 
-        guided = audio_guided(step, lambda x, t, step=step: step(x, t, null=null), guidance, t_land)
+        guided = audio_guided(step, lambda x, t, step=step: step(x, t, null=null), guidance, t_land,
+                              renderer.guidance_region)
         want.append(two_step_sample(guided, noise[:, :, sl], eps2[:, :, sl], sched))
         planner.commit()
     want = torch.cat(want, dim=2)

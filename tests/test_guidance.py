@@ -2,6 +2,8 @@
 against a float64 reference, the off value leaves the frames as they were, bad values refused."""
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from lipforce_sdk import Engine
 from lipforce_sdk.config import ConfigError, ScheduleConfig
 from lipforce_sdk.offline import render_offline
 from lipforce_sdk.session import InputError
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # distill/ (the training loss's lips map)
 
 
 def _spy(engine):
@@ -30,8 +34,15 @@ def _spy(engine):
     return calls
 
 
-def test_guided_step_two_is_null_plus_g_times_the_difference():
-    engine = Engine.load(guidance=2.5)
+@pytest.mark.parametrize("region", ["crop", "lips"])
+def test_guided_step_two_is_null_plus_g_times_the_difference(region):
+    """crop: x_null + g (x_audio - x_null) over the whole crop; lips (the default region): x_audio +
+    (g - 1) L (x_audio - x_null), L the soft lips box (``geometry.lips_region``): the same formula
+    where L is 1, the audio pass alone where it is 0."""
+    from lipforce_sdk.geometry import lips_region
+
+    engine = Engine.load(guidance=2.5, guidance_region=region)
+    assert engine.config.schedule.guidance_region == region
     calls = _spy(engine)
     frames, audio = make_clip(8, 3)
     render_offline(engine, audio, frames, box=BOX)
@@ -44,7 +55,12 @@ def test_guided_step_two_is_null_plus_g_times_the_difference():
         assert (null[0], audio_pass[0], clean[0]) == (t_land, t_land, 0.0)
         assert null[1] and not audio_pass[1], "step 2: the null-audio pass first, then the audio pass"
         assert np.array_equal(null[2], audio_pass[2]), "both passes of step 2 see the same x_t"
-        want = null[3] + 2.5 * (audio_pass[3] - null[3])
+        if region == "crop":
+            want = null[3] + 2.5 * (audio_pass[3] - null[3])
+        else:
+            cfg = engine.config
+            lips = lips_region(cfg.stream.resolution, cfg.latent_hw).astype(np.float64)
+            want = audio_pass[3] + 1.5 * lips * (audio_pass[3] - null[3])
         np.testing.assert_allclose(clean[2], want, rtol=0, atol=1e-5)
         assert np.abs(audio_pass[3] - null[3]).max() > 1e-3, "the audio changes the pass: guidance is not a no-op"
 
@@ -87,10 +103,55 @@ def test_bad_guidance_is_refused(bad):
         Engine.load(guidance=bad)
 
 
+@pytest.mark.parametrize("bad", ["jaw", "", None, 1])
+def test_bad_guidance_region_is_refused(bad):
+    with pytest.raises(ConfigError, match="schedule.guidance_region"):
+        ScheduleConfig(guidance_region=bad).validate()
+    if bad is not None:  # None: the model's own
+        with pytest.raises(InputError, match="schedule.guidance_region"):
+            Engine.load(guidance=2.0, guidance_region=bad)
+
+
+def test_lips_region_covers_the_lips_and_leaves_the_chin():
+    """The guidance region: 1 over the middle of the lips, 0 at the crop's top (the nose), bottom (the
+    chin) and sides (the cheeks); the training loss's lips weight is the same map."""
+    import torch
+
+    from distill.teacher import lips_map
+    from lipforce_sdk.config import from_name
+    from lipforce_sdk.geometry import CropSpec, lips_region
+
+    cfg = from_name("tiny")
+    s = cfg.stream.resolution
+    h, w = cfg.latent_hw
+    m = lips_region(s, (h, w))
+    assert m.shape == (h, w) and m.dtype == np.float32 and 0.0 <= m.min() and m.max() <= 1.0
+    spec = CropSpec()
+    mouth_row = int((0.5 - spec.down / spec.side + 0.02) * h)
+    assert m[mouth_row, w // 2] > 0.99
+    assert m[: int(0.2 * h)].max() == 0.0 and m[int(0.6 * h):].max() == 0.0  # nose / chin
+    assert m[:, : int(0.2 * w)].max() == 0.0 and m[:, int(0.85 * w):].max() == 0.0  # cheeks
+    assert torch.equal(lips_map(cfg), torch.from_numpy(m))
+    with pytest.raises(ValueError, match="whole number of latent pixels"):
+        lips_region(100, (32, 32))
+
+
+def test_guidance_region_changes_the_frames(tiny_engine):
+    """Lips-guided frames differ from the unguided ones (guidance acts) and from crop-guided ones (the
+    region acts)."""
+    frames, audio = make_clip(8, 7)
+    lips = render_offline(Engine.load(guidance=2.5, guidance_region="lips"), audio, frames, box=BOX)
+    crop = render_offline(Engine.load(guidance=2.5, guidance_region="crop"), audio, frames, box=BOX)
+    plain = render_offline(Engine.load(guidance=1.0), audio, frames, box=BOX)
+    assert np.abs(lips.astype(int) - plain.astype(int)).max() > 2
+    assert np.abs(lips.astype(int) - crop.astype(int)).max() > 2
+
+
 def test_guidance_round_trips_through_the_config_dict(tiny_engine):
-    cfg = dataclasses.replace(tiny_engine.config, schedule=dataclasses.replace(tiny_engine.config.schedule, guidance=1.7))
+    cfg = dataclasses.replace(tiny_engine.config, schedule=dataclasses.replace(
+        tiny_engine.config.schedule, guidance=1.7, guidance_region="crop"))
     again = type(cfg).from_dict(cfg.to_dict())
-    assert again.schedule.guidance == 1.7
+    assert again.schedule.guidance == 1.7 and again.schedule.guidance_region == "crop"
 
 
 def test_cli_refuses_a_bad_guidance(tmp_path, capsys):
@@ -98,6 +159,10 @@ def test_cli_refuses_a_bad_guidance(tmp_path, capsys):
 
     assert main(["run", "--guidance", "-1", "--out", str(tmp_path / "o.mp4"), "--no-progress"]) == 2
     assert "schedule.guidance=-1.0 is invalid" in capsys.readouterr().err
+    assert not (tmp_path / "o.mp4").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--guidance", "2", "--guidance-region", "jaw", "--out", str(tmp_path / "o.mp4")])
+    assert e.value.code == 2 and "invalid choice: 'jaw'" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
 
 
