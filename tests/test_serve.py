@@ -469,10 +469,10 @@ def test_page_in_chromium_plays_the_avatar_in_sync(engine):
                               "tone_onsets_heard", "tone_frames_shown", "audio_output_rate", "audio_output_lag_ms",
                               "server_latency_ms", "stalls")}  # what a failure prints (pytest cuts a long dict)
     assert m["fps"] >= 24.0, said
-    # the idle mouth's change is the video codec's floor (0.31-0.41 here); speaking, the bundled default
-    # moves this smiling photo's mouth 2.15-2.30 (5.5-7.4x; after its second continuation step 1.84-1.87:
-    # 4.6-4.8x; after the first alone 1.39-1.48: 3.5-3.7x; the recipe's student 2.66-2.69: 6.4-7.0x;
-    # BENCHMARKS.md section 6)
+    # the idle mouth's change is the video codec's floor (0.01-0.41 here); speaking, the bundled default
+    # moves this smiling photo's mouth 2.55-2.72 (after its third continuation step 2.15-2.30: 5.5-7.4x;
+    # after the second 1.84-1.87: 4.6-4.8x; after the first alone 1.39-1.48: 3.5-3.7x; the recipe's
+    # student 2.66-2.69: 6.4-7.0x; BENCHMARKS.md section 6)
     assert m["mouth_speaking"] > 3.0 * m["mouth_idle"] and m["mouth_speaking"] > 1.0, said
     assert m["audio_output_lag_ms"] is not None, said  # the page reports how much sound its output played
     lag = max(0.0, m["audio_output_lag_ms"])
