@@ -90,6 +90,14 @@ Regions (``Regions.from_points``) and measures:
    stretch (the quietest frame when there is none), labelled with the frame index, ``in`` /
    ``out`` and the speech level; a header line carries the numbers.
 
+7. **A shade below the lower lip** (``shade_share``, ``shade_mean``; no goal). Box: columns
+   between the mouth corners (61, 291); rows from the lowest point of the outer-lip contour plus 2
+   pixels down to halfway to the chin (152). Per frame the mean HSV value (the largest of R, G, B)
+   of the box, input minus output: ``shade_mean`` its mean over frames, ``shade_share`` the share of
+   frames where the output is darker by more than ``SHADE_LEVELS`` (10) levels: the grey a model
+   leaves on the chin under a mouth it opens without moving the lower lip. On talking heads the
+   input's own jaw moves there too; it reads best on an idle avatar.
+
 ``FaceQuality`` holds the numbers, the frame counts and the per-frame series; ``to_markdown()``
 and ``to_dict()`` (JSON-safe: ``inf``/``nan`` written as the strings ``"inf"``/``"nan"``). Cost:
 two face-mesh passes per frame (about 9-12 ms each on one CPU core at 320x320) plus about 2 ms
@@ -132,6 +140,7 @@ LOWER_FACE_WIDEN = 0.5  # sharpness box: mouth corners widened by this x mouth w
 LIP_BOX_WIDEN = 0.25  # lip box: outer-lip bounds widened by this x mouth width on every side
 LIPS_DILATE_PX = 2  # skin region: the outer-lip polygon grown by this many pixels is left out
 UPPER_LIP_OUTER = (185, 40, 39, 37, 0, 267, 269, 270, 409)  # outer upper lip, corners excluded
+SHADE_LEVELS = 10.0  # measure 7: a frame whose box below the lower lip is this much darker (HSV value) is shaded
 SILENCE_BELOW_DB = 20.0  # silent: envelope this far below its 95th percentile
 MIN_SILENCE_S = 0.5  # shortest silent stretch measured
 GUARD_FRAMES = 2  # frames at a speech/silence boundary left out of the silent std
@@ -158,8 +167,10 @@ class PixelMeasures:
     ``sharpness_ratio``: median over frames of the lower-face Laplacian variance, this video over
     the input (``sharpness_in`` / ``sharpness_out``: the medians of each). ``skin_psnr_db`` /
     ``lip_psnr_db``: pooled PSNR in dB (``inf`` when identical), from ``*_mse`` (mean squared
-    error per RGB value). ``lip_ssim``: pooled SSIM of the lip box. ``*_pixels``: pixels pooled
-    (over all frames); ``*_frames``: frames that had the region. ``None``: not measured.
+    error per RGB value). ``lip_ssim``: pooled SSIM of the lip box. ``shade_share`` /
+    ``shade_mean``: measure 7 (the share of frames darker below the lower lip by more than
+    ``SHADE_LEVELS``; the mean darkening in levels). ``*_pixels``: pixels pooled (over all frames);
+    ``*_frames``: frames that had the region. ``None``: not measured.
     """
 
     sharpness_ratio: float | None
@@ -175,6 +186,9 @@ class PixelMeasures:
     lip_ssim: float | None = None
     lip_pixels: int = 0
     lip_frames: int = 0
+    shade_share: float | None = None
+    shade_mean: float | None = None
+    shade_frames: int = 0
 
 
 @dataclass(frozen=True)
@@ -328,6 +342,11 @@ class FaceQuality:
                          f"max {_fmt(s.null_max, '.3f')}"))
         else:
             rows.append(("lip opening vs speech, r", "-", "-", "not measured (see notes)"))
+        rows.append(("below the lower lip: frames darker than the input by > "
+                     f"{SHADE_LEVELS:g} levels (HSV value) / mean darkening",
+                     f"{_fmt(p.shade_share, '.3f')} / {_fmt(p.shade_mean, '.2f')}", str(p.shade_frames),
+                     "no goal (a grey shade under the mouth; the input's jaw moves there too)"
+                     + (f"; control {_fmt(c.shade_share, '.3f')} / {_fmt(c.shade_mean, '.2f')}" if c else "")))
         rows.append(("silence: lip-opening std, silent / speaking frames", _fmt(sil.still_ratio, '.3f'),
                      f"{sil.silent_frames} / {sil.speaking_frames}", f"<= {STILL_GOAL}"))
         rows.append(("silence: the same within a pause / between the pauses' mouths",
@@ -411,6 +430,7 @@ class Regions:
     skin_mask: np.ndarray
     lip_box: tuple[int, int, int, int]
     crop: AlignedCrop
+    chin_box: tuple[int, int, int, int] = (0, 0, 0, 0)  # measure 7: below the lower lip
 
     @classmethod
     def from_points(cls, points: np.ndarray, frame_hw: tuple[int, int]) -> "Regions":
@@ -438,7 +458,9 @@ class Regions:
         m = LIP_BOX_WIDEN * w
         lip = _box(lips[:, 0].min() - m, lips[:, 0].max() + m, lips[:, 1].min() - m, lips[:, 1].max() + m, frame_hw)
         crop = AlignedCrop.from_keypoints(FaceKeypoints.from_mediapipe(p), CROP_SIZE)
-        return cls(lower, skin, mask, lip, crop)
+        lip_bottom = float(lips[:, 1].max()) + LIPS_DILATE_PX
+        chin = _box(cx_lo, cx_hi, lip_bottom, (lip_bottom + chin_y) / 2.0, frame_hw)
+        return cls(lower, skin, mask, lip, crop, chin)
 
 
 def _laplacian_var(frame: np.ndarray, box) -> float | None:
@@ -476,6 +498,7 @@ class _PixelAccumulator:
         self.skin_sse, self.skin_n, self.skin_frames = 0.0, 0, 0
         self.lip_sse, self.lip_n, self.lip_frames = 0.0, 0, 0
         self.ssim_sum, self.ssim_n = 0.0, 0
+        self.shade: list[float] = []  # per frame: input minus output HSV value, mean over the box below the lower lip
 
     def add(self, reg: Regions, a: np.ndarray, b: np.ndarray) -> float | None:
         """Add frame pair (input ``a``, other ``b``); returns this frame's sharpness ratio."""
@@ -493,6 +516,9 @@ class _PixelAccumulator:
             self.skin_sse += float((d * d).sum())
             self.skin_n += d.size
             self.skin_frames += 1
+        x0, y0, x1, y1 = reg.chin_box
+        if x1 > x0 and y1 > y0:
+            self.shade.append(float(a[y0:y1, x0:x1].max(axis=2).mean()) - float(b[y0:y1, x0:x1].max(axis=2).mean()))
         if self.lip:
             x0, y0, x1, y1 = reg.lip_box
             if x1 > x0 and y1 > y0:
@@ -524,6 +550,8 @@ class _PixelAccumulator:
             lip_psnr_db=lip_psnr if self.lip else None, lip_mse=lip_mse if self.lip else None,
             lip_ssim=(self.ssim_sum / self.ssim_n if self.ssim_n else None) if self.lip else None,
             lip_pixels=self.lip_n // 3, lip_frames=self.lip_frames,
+            shade_share=float(np.mean(np.asarray(self.shade) > SHADE_LEVELS)) if self.shade else None,
+            shade_mean=float(np.mean(self.shade)) if self.shade else None, shade_frames=len(self.shade),
         )
 
 

@@ -107,6 +107,11 @@ def test_regions_follow_their_definitions(clip, points):
     # lip box: the outer lips' bounds widened by W/4
     lx0, ly0, lx1, ly1 = r.lip_box
     assert abs(lx0 - (lips[:, 0].min() - w / 4)) <= 1 and abs(ly1 - (lips[:, 1].max() + w / 4)) <= 1
+    # below the lower lip: between the corners, from just under the lips halfway down to the chin
+    cx0, cy0, cx1, cy1 = r.chin_box
+    assert cx0 >= min(p[61, 0], p[291, 0]) - 0.5 and cx1 <= max(p[61, 0], p[291, 0]) + 0.5 and cx1 > cx0
+    assert cy0 + 0.5 >= lips[:, 1].max() + fq.LIPS_DILATE_PX and cy0 - 0.5 < lips[:, 1].max() + fq.LIPS_DILATE_PX
+    assert abs(cy1 - (lips[:, 1].max() + fq.LIPS_DILATE_PX + p[152, 1]) / 2) <= 1 and cy1 > cy0
 
 
 # --------------------------------------------------------------------------------------
@@ -121,6 +126,7 @@ def test_identical_output_scores_perfect(clip, speech, models):
     assert p.sharpness_ratio == 1.0 and p.sharpness_frames == N
     assert p.skin_psnr_db == math.inf and p.skin_mse == 0.0 and p.skin_pixels > 100 * N
     assert p.lip_psnr_db == math.inf and p.lip_ssim == pytest.approx(1.0, abs=1e-9)
+    assert p.shade_share == 0.0 and p.shade_mean == 0.0 and p.shade_frames == N
     # the photo's mouth does not move: its opening does not follow the speech
     assert q.sync is not None and q.sync.null_p95 is not None and q.sync.null_count > 0
     assert q.sync.r < 0.5, q.sync
@@ -150,6 +156,25 @@ def test_noise_inside_the_lips_leaves_the_skin_alone(clip, speech, models, point
     assert p.skin_psnr_db == math.inf, p  # the noise is inside the lips, the skin region outside them
     assert p.lip_psnr_db < 35.0 and p.lip_ssim < 0.97, p
     assert p.sharpness_ratio > 1.05, p  # noise adds high frequencies to the lower face
+
+
+def test_a_grey_shade_under_the_lower_lip_is_counted(clip, speech, models, points):
+    """Measure 7: the band under the lower lip darkened by 30 levels (a grey smudge) in every other
+    frame: half the frames counted, the mean darkening about 15 levels; the skin above the lip and
+    the lower face's edges barely change."""
+    out = clip.copy()
+    for i, (f, p) in enumerate(zip(out, points)):
+        if i % 2:
+            continue
+        r = fq.Regions.from_points(p.astype(np.float64), clip.shape[1:3])
+        x0, y0, x1, y1 = r.chin_box
+        f[y0:y1, x0:x1] = np.clip(f[y0:y1, x0:x1].astype(int) - 30, 0, 255).astype(np.uint8)
+    q = _measure(clip, out, speech, models)
+    p = q.pixels
+    assert p.shade_frames == N and p.shade_share == pytest.approx(0.5, abs=1.0 / N), p
+    assert 12.0 < p.shade_mean < 16.0, p
+    assert p.skin_psnr_db == math.inf, p
+    assert "below the lower lip" in q.to_markdown()
 
 
 def test_pingpong_input_order_matches_lipforce_run(speech, models, clip):
