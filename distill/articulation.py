@@ -179,16 +179,15 @@ def to_markdown(rows: list[ArticulationRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lipforce_sdk.cli import add_guidance_options  # the same options as `lipforce run`
+
     ap = argparse.ArgumentParser(prog="python -m distill.articulation", description=__doc__.split("\n\n")[0])
     ap.add_argument("--faces", nargs="+", required=True,
                     help="face images (mouth closed) or videos (their first frame with the lips together)")
     ap.add_argument("--out", required=True, help="folder for the clips and results")
     ap.add_argument("--model", default=None, help="model directory (default: the bundled one)")
     ap.add_argument("--backend", default="torch")
-    ap.add_argument("--guidance", type=float, default=None,
-                    help="audio guidance of the model's second step (default: the model's own; 1 = off)")
-    ap.add_argument("--guidance-region", choices=("lips", "crop"), default=None,
-                    help="where the guidance acts (default: the model's own, schedule.guidance_region)")
+    add_guidance_options(ap)
     ap.add_argument("--sentences", type=int, default=3, help="sentences per face")
     ap.add_argument("--split", default="held_out", choices=["train", "held_out"], help="whose sentences")
     ap.add_argument("--sheet", action="store_true", help="a contact sheet per clip")

@@ -110,7 +110,9 @@ class FinetuneConfig:
         if self.distill_guidance < 0 or not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"--distill-guidance must be >= 0 and --distill-weight in [0, 1] (got "
                              f"{self.distill_guidance}, {self.distill_weight})")
-        if self.distill_region not in ("lips", "crop"):
+        from lipforce_sdk.config import GUIDANCE_REGIONS
+
+        if self.distill_region not in GUIDANCE_REGIONS:
             raise ValueError(f"--distill-region must be lips or crop (got {self.distill_region!r})")
         if not 0.0 <= self.voice_warp < 0.5 or self.voice_tilt < 0:
             raise ValueError(f"--voice-warp must be in [0, 0.5) and --voice-tilt >= 0 (got {self.voice_warp}, "

@@ -139,7 +139,7 @@ def _lip_box_after(engine, video, out, wav) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lipforce_sdk.cli import _gain_choice  # the same values as `lipforce run --speech-gain`
+    from lipforce_sdk.cli import _gain_choice, add_guidance_options  # the same values as `lipforce run`
 
     ap = argparse.ArgumentParser(prog="python -m distill.realeval", description=__doc__.split("\n")[0])
     ap.add_argument("--clips", required=True, help="folder of talking-head clips (video + speech)")
@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (videos, sheets, results.md/json)")
     ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
-    ap.add_argument("--guidance", type=float, default=None,
-                    help="audio guidance of the model's second step (default: the model's own; 1 = off)")
-    ap.add_argument("--guidance-region", choices=("lips", "crop"), default=None,
-                    help="where the guidance acts (default: the model's own, schedule.guidance_region)")
+    add_guidance_options(ap)
     ap.add_argument("--seconds", type=float, default=10.0, help="speech length per run")
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
     ap.add_argument("--silence", default=None, choices=["still", "model"], help="as `lipforce run --silence`")

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from lipforce_sdk.cache_plan import RingCachePlanner
-from lipforce_sdk.config import ModelConfig
+from lipforce_sdk.config import GUIDANCE_REGIONS, ModelConfig
 from lipforce_sdk.geometry import CropSpec, soft_mask
 from lipforce_sdk.model.dit import WanDiT
 from lipforce_sdk.sampler import audio_guided, fill_hole, hole_of
@@ -91,9 +91,9 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
                 planner.commit()
         caches = [(kc.detach(), vc.detach()) for kc, vc in caches]
     last = 1 if grad_step is None else grad_step
+    if guidance_region not in GUIDANCE_REGIONS:
+        raise ValueError(f"guidance_region={guidance_region!r}: one of {GUIDANCE_REGIONS}")
     region = lips_map(cfg)[None, None, None] if guidance != 1.0 and guidance_region == "lips" else None
-    if guidance_region not in ("lips", "crop"):
-        raise ValueError(f"guidance_region={guidance_region!r}: 'lips' or 'crop'")
     outs = []
     for k in range(0, n, c):
         sl = slice(k, k + c)

@@ -410,9 +410,23 @@ def _cmd_doctor(a) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_guidance_options(p: argparse.ArgumentParser) -> None:
+    """``--guidance G`` and ``--guidance-region lips|crop`` (``ScheduleConfig.guidance`` /
+    ``guidance_region``; ``None`` = the model's own): ``Engine.load(..., guidance=a.guidance,
+    guidance_region=a.guidance_region)`` takes them as parsed. ``lipforce run`` and the measuring
+    tools (``distill.realeval``, ``distill.articulation``) share them."""
     from .config import GUIDANCE_REGIONS
 
+    p.add_argument("--guidance", type=float, default=None, metavar="G",
+                   help="audio guidance of the model's second step: the mouth's motion G times what the model draws "
+                        "against the same pass without sound (1: off; each other value costs one more DiT pass per "
+                        "chunk; default: the model's own, schedule.guidance in its manifest)")
+    p.add_argument("--guidance-region", choices=GUIDANCE_REGIONS, default=None,
+                   help="where --guidance acts: lips (a soft box over the lips; the chin and cheeks as drawn) or "
+                        "crop (the whole crop); default: the model's own, schedule.guidance_region")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipforce", description="Real-time few-step diffusion lip sync.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -445,13 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the speech as the model hears it: G times as loud, or auto: quiet speech raised to the level "
                         "of the model's training speech (never clipped); the mouth opens less for quiet speech. "
                         "The sound track is written as given (default: 1, as given; a quiet one is named)")
-    r.add_argument("--guidance", type=float, default=None, metavar="G",
-                   help="audio guidance of the model's second step: the mouth's motion G times what the model draws "
-                        "against the same pass without sound (1: off; each other value costs one more DiT pass per "
-                        "chunk; default: the model's own, schedule.guidance in its manifest)")
-    r.add_argument("--guidance-region", choices=GUIDANCE_REGIONS, default=None,
-                   help="where --guidance acts: lips (a soft box over the lips; the chin and cheeks as drawn) or "
-                        "crop (the whole crop); default: the model's own, schedule.guidance_region")
+    add_guidance_options(r)
     r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
                    help="where the video shows several faces: the one to lip-sync (default: the largest; "
                         "center: nearest the frame's centre; X,Y: nearest that pixel)")
