@@ -57,7 +57,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,33 +65,41 @@ import numpy as np
 __all__ = ["FinetuneConfig", "select_clips", "finetune", "main"]
 
 
+def _opt(default, help: str):
+    """A ``FinetuneConfig`` field whose ``help`` is its command-line option's (``main``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class FinetuneConfig:
-    steps: int = 600
-    lr: float = 3e-4
-    batch: int = 4
-    video_frames: int = 8  # per training window (rounded to whole chunks)
-    ema: float = 0.995
-    sync_weight: float = 0.2  # SyncNet reward; 0: regression only
-    mouth_weight: float = 4.0
-    lips_weight: float = 16.0
-    context_shift: int = 6  # latent frames; 0: the face around the mouth always from the same frame
-    shift_share: float = 0.5  # share of the windows whose face around the mouth is from another moment
-    real_share: float = 0.6  # share of the training windows taken from real clips
-    procedural: int = 80  # procedural training pairs kept in the mix
-    window: int = 50  # real clips cut into pieces of this many frames
-    max_seconds: float = 30.0  # of each clip
-    min_lip_r: float = 0.2  # a clip's own-speech landmark lip r needed to train on it
-    seed: int = 0
-    photo_clips: int = 200  # speaking clips made from --photos
-    teeth_repeat: int = 1  # a photo that shows its teeth comes this many times in the photo clips' round
-    motion_weight: float = 0.0  # the mouth's latent pixels weighted up by how far the target is from the reference
-    voice_warp: float = 0.0  # each window's log-mels stretched along the mel axis by a factor in 1 +- this
-    voice_tilt: float = 0.0  # ... and tilted by up to +- this many dB from the lowest mel band to the highest
-    fresh_dit: bool = False  # the DiT from a seeded initialisation, not the model's
-    distill_guidance: float = 1.0  # a target: the starting model's own output with this step-2 audio guidance (1: off)
-    distill_weight: float = 0.5  # that target's share of the loss (the true latents' is the rest)
-    distill_region: str = "lips"  # where that guidance acts (ScheduleConfig.guidance_region: "lips" or "crop")
+    steps: int = _opt(600, "optimiser steps")
+    lr: float = _opt(3e-4, "peak learning rate (AdamW, cosine decay after 20 warm-up steps)")
+    batch: int = _opt(4, "training windows per step")
+    video_frames: int = _opt(8, "video frames per training window (rounded to whole chunks)")
+    ema: float = _opt(0.995, "decay of the weight average kept as the result")
+    sync_weight: float = _opt(0.2, "weight of the SyncNet reward; 0: regression only")
+    mouth_weight: float = _opt(4.0, "added to the loss weight (1) where the mouth is re-rendered (the mask's hole)")
+    lips_weight: float = _opt(16.0, "added to the loss weight over the lips (the soft lips box of the crop) inside the hole")
+    context_shift: int = _opt(6, "latent frames the face around the mouth may come from away from the "
+                                 "window; 0: always from the same frame")
+    shift_share: float = _opt(0.5, "share of the windows whose face around the mouth is from another moment")
+    real_share: float = _opt(0.6, "share of the training windows taken from real clips (the rest procedural)")
+    procedural: int = _opt(80, "procedural training pairs kept in the mix")
+    window: int = _opt(50, "real clips are cut into pieces of this many frames")
+    max_seconds: float = _opt(30.0, "seconds used of each real clip")
+    min_lip_r: float = _opt(0.2, "a real clip's own-speech landmark lip r needed to train on it")
+    seed: int = _opt(0, "seed of the window picks, noise and augmentation")
+    photo_clips: int = _opt(200, "speaking clips made from --photos")
+    teeth_repeat: int = _opt(1, "a photo that shows its teeth comes this many times in the photo clips' round")
+    motion_weight: float = _opt(0.0, "the mouth's latent pixels weighted up by how far the target is from "
+                                     "the reference (0: off)")
+    voice_warp: float = _opt(0.0, "each window's log-mels stretched along the mel axis by a factor in 1 +- this")
+    voice_tilt: float = _opt(0.0, "... and tilted by up to +- this many dB from the lowest mel band to the highest")
+    fresh_dit: bool = _opt(False, "start the DiT from a seeded initialisation, not the model's")
+    distill_guidance: float = _opt(1.0, "a second target: the starting model's own output with this step-2 "
+                                        "audio guidance (1: off)")
+    distill_weight: float = _opt(0.5, "that target's share of the loss (the true latents' is the rest)")
+    distill_region: str = _opt("lips", "where that guidance acts: lips or crop (ScheduleConfig.guidance_region)")
 
     def validate(self) -> "FinetuneConfig":
         for name in ("steps", "batch", "video_frames", "window"):
@@ -517,10 +525,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     d = FinetuneConfig()
     for f in dataclasses.fields(FinetuneConfig):
-        if isinstance(getattr(d, f.name), bool):
-            ap.add_argument("--" + f.name.replace("_", "-"), action="store_true")
+        name, v, help = "--" + f.name.replace("_", "-"), getattr(d, f.name), f.metadata["help"]
+        if isinstance(v, bool):
+            ap.add_argument(name, action="store_true", help=help)
         else:
-            ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(d, f.name)), default=getattr(d, f.name))
+            ap.add_argument(name, type=type(v), default=v, help=f"{help} (default: {v:g})" if not isinstance(v, str)
+                            else f"{help} (default: {v})")
     a = ap.parse_args(argv)
     if a.threads:
         import torch

@@ -55,14 +55,25 @@ def test_config_refuses_nonsense():
 
 
 def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_changed(tmp_path, capsys):
+    import torch
+
+    data = _one_clip_folder(tmp_path)
+    out = tmp_path / "model"
+    # one thread: the sync reward's backward sums in one order, so a rerun is the same (below)
+    args = ["--data", str(data), "--out", str(out), "--steps", "2", "--batch", "1", "--procedural", "2",
+            "--max-seconds", "2", "--window", "25", "--no-progress", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        _writes_a_model(args, data, out, tmp_path, capsys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _writes_a_model(args, data, out, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from lipforce_sdk import Engine
 
-    data = _one_clip_folder(tmp_path)
-    out = tmp_path / "model"
-    args = ["--data", str(data), "--out", str(out), "--steps", "2", "--batch", "1", "--procedural", "2",
-            "--max-seconds", "2", "--window", "25", "--no-progress"]
     assert main(args) == 0
     info = json.loads((out / "finetune.json").read_text())
     (row,) = info["clips"]
@@ -82,10 +93,10 @@ def test_finetune_writes_a_model_that_loads_with_only_the_dit_and_audio_encoder_
     assert "exists" in capsys.readouterr().err
     again = args[:3] + [str(tmp_path / "again"), "--work", str(tmp_path / "model.work")] + args[4:]
     assert main(again) == 0  # the data stages read back from --work: the same model
-    # the same up to rounding: in 6 of 54 reruns here the weights differed in their last bits (3.7e-6
-    # apart where the two steps moved them 0.40). A kernel on the sync reward's path whose two threads do
-    # not always sum in one order: with --threads 1, 0 of 24 differed; with two threads and no reward, 0
-    # of 20; with the reward, 1 of 20. Other data or another draw of it puts them 0.55 apart (seed 1)
+    # the same up to rounding: at two threads 6 of 54 reruns differed in their last bits (3.7e-6 apart
+    # where the two steps moved them 0.40), later 2 of 5 by 5e-4: a kernel on the sync reward's path
+    # whose two threads do not always sum in one order; with --threads 1, 0 of 24 differed. Other data or
+    # another draw of it puts them 0.55 apart (seed 1)
     rerun = load_file(str(tmp_path / "again" / "dit.safetensors"))
     def dist(a, b):
         return sum(float((a[k].double() - b[k].double()).norm() ** 2) for k in a) ** 0.5
@@ -302,3 +313,20 @@ def test_augment_voice_moves_the_formants_and_tilts_the_spectrum():
     for bad in (dict(distill_guidance=-1.0), dict(distill_weight=1.5)):
         with pytest.raises(ValueError, match="--distill-guidance"):
             FinetuneConfig(**bad).validate()
+
+
+def test_every_option_says_what_it_does(capsys, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens otherwise
+    from distill.finetune import FinetuneConfig, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(FinetuneConfig):
+        help = " ".join(f.metadata["help"].split())
+        assert help and f"--{f.name.replace('_', '-')}" in text and help in text, f.name
+        if not isinstance(f.default, bool):  # the default is shown
+            assert f"{help} (default: " in text, f.name
