@@ -29,7 +29,8 @@ crops of the first ``STREAM_SECONDS`` of frames it pastes, each added after its 
 of the person, not hundreds, so only the finest band is taken from them (``STREAM_CUTOFF``, a
 quarter of the enrolled cut-off: skin, lip edges and teeth texture, not where the lips are); the
 model keeps the shape. Where the face is larger in the frame than the model's crop, they are kept
-at the face's own size, and the generated crop is enlarged to it before it takes their detail.
+at the face's own size, and the generated crop is enlarged to it before it takes their detail
+(from the median of fewer of them, at larger key distances: ``STREAM_LARGE``).
 An enrolled avatar's sessions use its own exemplars first and the stream's only for that detail
 above the crop's size (``LayeredExemplars``). Measured in BENCHMARKS.md sections 6 and 8. NumPy and
 OpenCV only: no torch on the runtime path.
@@ -49,7 +50,7 @@ import numpy as np
 from .geometry import CropSpec
 
 __all__ = ["MouthExemplars", "StreamExemplars", "LayeredExemplars", "STREAM_SECONDS", "STREAM_CUTOFF",
-           "STREAM_MAX_SIZE", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
+           "STREAM_MAX_SIZE", "STREAM_LARGE", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
            "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
@@ -60,6 +61,10 @@ JPEG_QUALITY = 95
 STREAM_SECONDS = 2.0  # a general model's exemplars: the crops of the stream's first seconds with a face
 STREAM_CUTOFF = 1.0 / 64  # ... of which only the band above this (crop sides) is used
 STREAM_MAX_SIZE = 256  # ... cut at the face's own size in the frame, up to this many pixels
+# ... and there, where that size is larger than the crop's: fewer exemplars per median and a wider
+# distance before their band fades out (BENCHMARKS.md section 6, "The stream's detail on faces larger
+# than the crop")
+STREAM_LARGE = {"k": 3, "near": 24.0, "far": 48.0}
 
 
 def _key_box(size: int) -> tuple[int, int, int, int]:
@@ -262,14 +267,22 @@ class StreamExemplars:
     detail than the frame: the crops are then kept at the face's own size (``size_for``: the
     aligned crop's side in frame pixels rounded up to 16, at most ``max_size``, fixed by the
     stream's first frame), and the generated crop, enlarged to that size, takes its fine band from
-    them before it is pasted."""
+    them before it is pasted. There the model's picture has none of that band, so the bank takes
+    ``large``'s settings (``STREAM_LARGE``: the median of 3 rather than 5, whose mouths in other
+    poses would blur it, and key distances up to 48 levels rather than 24 before the band fades
+    out, so a mouth drawn unlike the stream's first seconds still gets it); ``None`` keeps the
+    others everywhere."""
 
     def __init__(self, frames: int, k: int = MouthExemplars.k, cutoff: float = STREAM_CUTOFF,
-                 near: float = MouthExemplars.near, far: float = MouthExemplars.far, max_size: int = STREAM_MAX_SIZE):
+                 near: float = MouthExemplars.near, far: float = MouthExemplars.far, max_size: int = STREAM_MAX_SIZE,
+                 large: dict | None = STREAM_LARGE):
         if frames < 1:
             raise ValueError(f"frames={frames} must be >= 1")
-        self.frames, self.settings = int(frames), {"k": int(k), "cutoff": float(cutoff), "near": float(near),
-                                                   "far": float(far)}
+        self.frames = int(frames)
+        self._base = {"k": int(k), "cutoff": float(cutoff), "near": float(near), "far": float(far)}
+        if large and not set(large) <= {"k", "near", "far"}:
+            raise ValueError(f"large={large!r}: only k, near and far can differ on a face larger than the crop")
+        self.large = dict(large or {})
         self.max_size = int(max_size)
         self._lock = threading.Lock()
         self.reset()
@@ -287,14 +300,19 @@ class StreamExemplars:
         self._seen: set[int] = set()
         self._bank: MouthExemplars | None = None
         self._size: int | None = None
+        self.settings = dict(self._base)  # the bank's (MouthExemplars' fields); ``large`` joins them in size_for
 
     def size_for(self, crop) -> int:
         """The side in pixels at which this stream's crops are kept, refined and pasted: ``crop``'s
         (a ``geometry.AlignedCrop``) own where the face is no larger in the frame, else the face's
-        size in the frame (up to ``max_size``); set by the first crop after a reset."""
+        size in the frame (up to ``max_size``, and the bank then takes ``large``'s settings); set by
+        the first crop after a reset."""
         if self._size is None:
             native = 16 * math.ceil(crop.side / 16 - 1e-6)
-            self._size = int(max(crop.size, min(self.max_size, native)))
+            size = int(max(crop.size, min(self.max_size, native)))
+            if size > crop.size and self.large:  # set before the size: a thread that reads the size builds with them
+                self.settings.update(self.large)
+            self._size = size
         return self._size
 
     @property

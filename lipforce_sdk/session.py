@@ -569,8 +569,10 @@ def session_exemplars(engine, exemplars: bool = True):
     if not exemplars:
         return None
     own = getattr(engine, "exemplars", None)
-    stream = StreamExemplars.for_fps(engine.config.stream.fps)
-    return stream if own is None else LayeredExemplars(own, stream)
+    if own is None:
+        return StreamExemplars.for_fps(engine.config.stream.fps)
+    # after an enrolled avatar's own: the settings its figures were measured with (BENCHMARKS.md section 8)
+    return LayeredExemplars(own, StreamExemplars.for_fps(engine.config.stream.fps, large=None))
 
 
 def silence_mode(cfg: ModelConfig, silence: str | None) -> str:

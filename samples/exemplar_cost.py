@@ -8,7 +8,8 @@ the first frames, the stream's exemplars take the first 2 s, then every later fr
 softened as the model's is, is pasted back: plainly (no exemplars; first without matching the seam
 to the frame, ``geometry.match_edge``, then with it, as every later row), through exemplars kept at the
 model's crop size (``max_size`` = the crop), and at the face's own size in the frame (the default,
-up to ``STREAM_MAX_SIZE``); the last again with the whole picture refined (the exemplars not told
+up to ``STREAM_MAX_SIZE``; with ``STREAM_LARGE``'s settings where that is larger than the crop, and
+again with the crop's settings, ``large=None``); the default again with the whole picture refined (the exemplars not told
 the paste's weights, so not stopped at what the paste reads: the frames must come out the same).
 Prints milliseconds per frame (best and median of the repeats, the settings alternated in each)
 and each setting's lower-face detail against the input's. ``--preset 1.3b`` takes that preset's
@@ -67,8 +68,9 @@ def main(argv=None) -> int:
     side = views[0].crop.side
     face, whole = f"exemplars at the face's size (<= {STREAM_MAX_SIZE} px)", "the same, the whole picture refined"
     raw = "plain paste, the seam as drawn (LIPFORCE_EDGE_MATCH=0)"
+    base = "the same with the crop's settings (large=None)"
     settings = {raw: None, "plain paste (no exemplars)": None, f"exemplars at the crop ({s} px)": s,
-                face: STREAM_MAX_SIZE, whole: STREAM_MAX_SIZE}
+                face: STREAM_MAX_SIZE, base: STREAM_MAX_SIZE, whole: STREAM_MAX_SIZE}
     outs: dict[str, list] = {}
     times: dict[str, list[float]] = {k: [] for k in settings}
     detail: dict[str, float] = {}
@@ -81,7 +83,8 @@ def main(argv=None) -> int:
 
     for _ in range(a.repeats):
         for name, max_size in settings.items():
-            ex = None if max_size is None else StreamExemplars.for_fps(cfg.stream.fps, max_size=max_size)
+            kw = {"large": None} if name == base else {}
+            ex = None if max_size is None else StreamExemplars.for_fps(cfg.stream.fps, max_size=max_size, **kw)
             r = ChunkRenderer(None, cfg, 0, exemplars=WholePicture(ex) if name == whole else ex)
             r.edge_match = name != raw  # every other row matches the seam first (geometry.match_edge)
             for f, v, g in zip(frames[:bank], views[:bank], soft[:bank]):

@@ -261,7 +261,7 @@ def test_stream_exemplars_give_a_soft_mouth_the_streams_fine_detail_only_inside_
 
 
 def test_sessions_take_the_models_exemplars_else_the_streams_own():
-    from lipforce_sdk.exemplars import LayeredExemplars, StreamExemplars
+    from lipforce_sdk.exemplars import STREAM_LARGE, LayeredExemplars, StreamExemplars
     from lipforce_sdk.session import Engine, session_exemplars
 
     eng = Engine.load(None, backend="torch")  # the bundled general model: no exemplar file
@@ -274,6 +274,8 @@ def test_sessions_take_the_models_exemplars_else_the_streams_own():
     layered = session_exemplars(eng)
     assert isinstance(layered, LayeredExemplars) and layered.own is own and session_exemplars(eng, False) is None
     assert isinstance(layered.stream, StreamExemplars) and layered.stream is not session_exemplars(eng).stream
+    # after the avatar's own exemplars the stream keeps one set of settings at every face size
+    assert layered.stream.large == {} and s1.renderer.exemplars.large == STREAM_LARGE
 
 
 @pytest.mark.parametrize("angle,size", [(0.0, 208), (0.3, 176), (-0.7, 256)])
@@ -310,7 +312,7 @@ def test_stream_exemplars_work_at_the_faces_own_size_where_it_is_larger_than_the
     """A face twice the model's crop in the frame: the stream's crops are kept at its own size
     (rounded up to 16, at most ``max_size``), the generated crop is enlarged to it and takes back
     the frame's fine detail, which the model's size cannot hold; nothing outside the mask moves."""
-    from lipforce_sdk.exemplars import StreamExemplars
+    from lipforce_sdk.exemplars import STREAM_CUTOFF, STREAM_LARGE, StreamExemplars
     from lipforce_sdk.geometry import FaceKeypoints
     from lipforce_sdk.session import ChunkRenderer, FramePreparer
 
@@ -324,6 +326,10 @@ def test_stream_exemplars_work_at_the_faces_own_size_where_it_is_larger_than_the
     for f, v in zip(frames[:5], views[:5]):
         r.composite(f, v, v.image)
     assert ex.size_for(views[0].crop) == native and ex.bank().images.shape[1:3] == (native, native)
+    b = ex.bank()  # above the crop's size: the median of fewer, at larger key distances (STREAM_LARGE)
+    assert (b.k, b.near, b.far, b.cutoff) == (STREAM_LARGE["k"], STREAM_LARGE["near"], STREAM_LARGE["far"],
+                                              STREAM_CUTOFF)
+    assert (b.k, b.near, b.far) != (MouthExemplars.k, MouthExemplars.near, MouthExemplars.far)
     gen = views[5].image  # the model's crop of the sixth frame: all it can hold at its size
     detailed = r.composite(frames[5], views[5], gen)
     plain = ChunkRenderer(None, cfg, 0).composite(frames[5], views[5], gen)
@@ -347,7 +353,15 @@ def test_stream_exemplars_work_at_the_faces_own_size_where_it_is_larger_than_the
     r2.reset()
     assert small._size is None and small.count == 0
     tiny_face = prep(np.zeros((600, 560, 3), np.uint8), FaceKeypoints.template((100, 100, 300, 300)))
-    assert StreamExemplars(frames=5).size_for(tiny_face.crop) == s  # no larger than the crop: the crop's own size
+    base = {"k": MouthExemplars.k, "cutoff": STREAM_CUTOFF, "near": MouthExemplars.near, "far": MouthExemplars.far}
+    at_crop = StreamExemplars(frames=5)
+    assert at_crop.size_for(tiny_face.crop) == s and at_crop.settings == base  # no larger: the crop's size and settings
+    ex.reset()  # a new stream starts from the base settings, whatever the last face was
+    assert ex.settings == base and ex.size_for(tiny_face.crop) == s and ex.settings == base
+    off = StreamExemplars(frames=5, large=None)
+    assert off.size_for(views[0].crop) == native and off.settings == base
+    with pytest.raises(ValueError, match="only k, near and far"):
+        StreamExemplars(frames=5, large={"cutoff": 0.1})
 
 
 def test_exemplar_cost_sample_prints_its_table(capsys):
@@ -362,8 +376,10 @@ def test_exemplar_cost_sample_prints_its_table(capsys):
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [r[1].strip().split(" (")[0] for r in rows] == ["plain paste, the seam as drawn", "plain paste",
                                                            "exemplars at the crop", "exemplars at the face's size",
+                                                           "the same with the crop's settings",
                                                            "the same, the whole picture refined"]
-    assert [int(r[2]) for r in rows] == [128, 128, 128, 128, 128]
+    assert [int(r[2]) for r in rows] == [128] * 6
+    assert rows[3][5] == rows[4][5]  # a face no larger than the crop: the same settings either way
     assert "the paste's footprint: yes" in out
     detail = [float(r[5]) for r in rows]
     assert detail[2] > detail[1] + 0.1 and detail[3] > detail[1] + 0.1
