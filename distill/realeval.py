@@ -140,6 +140,7 @@ def _lip_box_after(engine, video, out, wav) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     from lipforce_sdk.cli import _gain_choice, add_guidance_options  # the same values as `lipforce run`
+    from lipforce_sdk.config import SILENCE_MODES
 
     ap = argparse.ArgumentParser(prog="python -m distill.realeval", description=__doc__.split("\n")[0])
     ap.add_argument("--clips", required=True, help="folder of talking-head clips (video + speech)")
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     add_guidance_options(ap)
     ap.add_argument("--seconds", type=float, default=10.0, help="speech length per run")
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
-    ap.add_argument("--silence", default=None, choices=["still", "model"], help="as `lipforce run --silence`")
+    ap.add_argument("--silence", default=None, choices=SILENCE_MODES, help="as `lipforce run --silence`")
     ap.add_argument("--no-exemplars", action="store_true", help="as `lipforce run --no-exemplars`")
     ap.add_argument("--speech-gain", type=_gain_choice, default=1.0, metavar="auto|G",
                     help="as `lipforce run --speech-gain`")

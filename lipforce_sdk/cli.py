@@ -427,6 +427,8 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import SILENCE_MODES
+
     p = argparse.ArgumentParser(prog="lipforce", description="Real-time few-step diffusion lip sync.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -447,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frame-memory", type=int, default=None, metavar="MB",
                    help="most memory for decoded video frames (default 256): a longer or larger video is "
                         "decoded as it goes instead of read at once")
-    r.add_argument("--silence", default=None, choices=["still", "model"],
+    r.add_argument("--silence", default=None, choices=SILENCE_MODES,
                    help="still: hold the mouth still while the audio is silent (the model's own mouth at the start "
                         "of each silence); model: the model's output throughout (default: the model's own "
                         "setting: model for one enrolled from a talking clip, still for the bundled one)")
