@@ -79,10 +79,12 @@ class FinetuneConfig:
     ema: float = _opt(0.995, "decay of the weight average kept as the result")
     sync_weight: float = _opt(0.2, "weight of the SyncNet reward; 0: regression only")
     mouth_weight: float = _opt(4.0, "added to the loss weight (1) where the mouth is re-rendered (the mask's hole)")
-    lips_weight: float = _opt(16.0, "added to the loss weight over the lips (the soft lips box of the crop) inside the hole")
+    lips_weight: float = _opt(16.0, "added to the loss weight over the lips (the soft lips box of the crop) "
+                                    "inside the hole")
     context_shift: int = _opt(6, "latent frames the face around the mouth may come from away from the "
                                  "window; 0: always from the same frame")
-    shift_share: float = _opt(0.5, "share of the windows whose face around the mouth is from another moment")
+    shift_share: float = _opt(0.5, "share of the windows whose face around the mouth is from another "
+                                   "moment")
     real_share: float = _opt(0.6, "share of the training windows taken from real clips (the rest procedural)")
     procedural: int = _opt(80, "procedural training pairs kept in the mix")
     window: int = _opt(50, "real clips are cut into pieces of this many frames")

@@ -50,8 +50,8 @@ import numpy as np
 from .geometry import CropSpec
 
 __all__ = ["MouthExemplars", "StreamExemplars", "LayeredExemplars", "STREAM_SECONDS", "STREAM_CUTOFF",
-           "STREAM_MAX_SIZE", "STREAM_LARGE", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry", "copy_exemplars",
-           "name_exemplars", "carry_exemplars"]
+           "STREAM_MAX_SIZE", "STREAM_LARGE", "pixel_median", "EXEMPLARS_FILE", "load_exemplars", "manifest_entry",
+           "copy_exemplars", "name_exemplars", "carry_exemplars"]
 
 EXEMPLARS_FILE = "exemplars.npz"
 KEY_HW = (16, 24)  # key grid (rows, columns) over the mouth box
