@@ -123,7 +123,7 @@ class FinetuneConfig:
         from lipforce_sdk.config import GUIDANCE_REGIONS
 
         if self.distill_region not in GUIDANCE_REGIONS:
-            raise ValueError(f"--distill-region must be lips or crop (got {self.distill_region!r})")
+            raise ValueError(f"--distill-region must be {' or '.join(GUIDANCE_REGIONS)} (got {self.distill_region!r})")
         if not 0.0 <= self.voice_warp < 0.5 or self.voice_tilt < 0:
             raise ValueError(f"--voice-warp must be in [0, 0.5) and --voice-tilt >= 0 (got {self.voice_warp}, "
                              f"{self.voice_tilt})")
@@ -531,8 +531,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(v, bool):
             ap.add_argument(name, action="store_true", help=help)
         else:
-            ap.add_argument(name, type=type(v), default=v, help=f"{help} (default: {v:g})" if not isinstance(v, str)
-                            else f"{help} (default: {v})")
+            shown = v if isinstance(v, str) else f"{v:g}"
+            ap.add_argument(name, type=type(v), default=v, help=f"{help} (default: {shown})")
     a = ap.parse_args(argv)
     if a.threads:
         import torch
