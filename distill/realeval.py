@@ -31,7 +31,7 @@ from pathlib import Path
 __all__ = ["evaluate_clips", "main"]
 
 COLUMNS = ("sharpness", "skin dB", "lip r", "null p95", "lip-box dB", "lip-box SSIM", "silence std ratio",
-           "boundary jump", "mouth motion silent/speaking")
+           "boundary jump", "mouth motion silent/speaking", "lip box green %")
 
 
 def _row(name: str, mode: str, q) -> dict:
@@ -43,7 +43,7 @@ def _row(name: str, mode: str, q) -> dict:
             "silence_ratio": None if sil is None else sil.still_ratio, "jump_ratio": None if sil is None else sil.jump_ratio,
             "silence_within": None if sil is None else sil.still_within,
             "silence_between": None if sil is None else sil.still_between,
-            "motion_ratio": None if sil is None else sil.motion_ratio,
+            "motion_ratio": None if sil is None else sil.motion_ratio, "green_share": p.green_share,
             "control_sharpness": None if q.control is None else q.control.sharpness_ratio,
             "control_skin_db": None if q.control is None else q.control.skin_psnr_db,
             "frames": q.frames, "face_frames": q.face_frames}
@@ -58,15 +58,17 @@ def _f(v, fmt=".2f") -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio | boundary jump | mouth motion silent / speaking | control sharpness / skin dB |"
-    lines = [head, "|" + " --- |" * 12]
+    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio | boundary jump | mouth motion silent / speaking | lip box green % | control sharpness / skin dB |"
+    lines = [head, "|" + " --- |" * 13]
     for r in rows:
         lines.append(
             f"| {r['clip']} | {r['mode']} | {_f(r['sharpness'])} | {_f(r['skin_db'], '.1f')} | "
             f"{_f(r['lip_r'])} ({_f(r['lip_lag'], '+d') if r['lip_lag'] is not None else '-'}) | {_f(r['null_p95'])} | "
             f"{_f(r['lip_box_db'], '.1f')} / {_f(r['lip_box_ssim'], '.3f')} | {_f(r.get('lip_box_after_db'), '.1f')} | "
             f"{_f(r['silence_ratio'])} | "
-            f"{_f(r['jump_ratio'])} | {_f(r.get('motion_ratio'))} | {_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
+            f"{_f(r['jump_ratio'])} | {_f(r.get('motion_ratio'))} | "
+            f"{_f(None if r.get('green_share') is None else 100 * r['green_share'])} | "
+            f"{_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
     return "\n".join(lines) + "\n"
 
 

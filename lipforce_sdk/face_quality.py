@@ -97,6 +97,14 @@ Regions (``Regions.from_points``) and measures:
    frames where the output is darker by more than ``SHADE_LEVELS`` (10) levels: the grey a model
    leaves on the chin under a mouth it opens without moving the lower lip. On talking heads the
    input's own jaw moves there too; it reads best on an idle avatar.
+8. **Colour the person's mouth never shows** (``green_share``, ``green_frames``; no goal). Box: the
+   lip box of 4 (measured with any speech). Per pixel the green-minus-red difference ``G - R``;
+   the threshold is the input's own 99.9th percentile of it over every frame's box plus
+   ``GREEN_LEVELS`` (4); ``green_share`` is the share of the output's box pixels above it, pooled
+   over frames, ``green_frames`` the frames with more than 1 % of their box above it. Lips, skin and
+   the inside of a mouth are red over green; what this counts is a mouth greener or greyer than
+   any of the person's own (the grey-green band a model draws where it cannot resolve teeth),
+   which PSNR, dominated by luma, barely sees. About 0 for the input itself.
 
 ``FaceQuality`` holds the numbers, the frame counts and the per-frame series; ``to_markdown()``
 and ``to_dict()`` (JSON-safe: ``inf``/``nan`` written as the strings ``"inf"``/``"nan"``). Cost:
@@ -141,6 +149,9 @@ LIP_BOX_WIDEN = 0.25  # lip box: outer-lip bounds widened by this x mouth width 
 LIPS_DILATE_PX = 2  # skin region: the outer-lip polygon grown by this many pixels is left out
 UPPER_LIP_OUTER = (185, 40, 39, 37, 0, 267, 269, 270, 409)  # outer upper lip, corners excluded
 SHADE_LEVELS = 10.0  # measure 7: a frame whose box below the lower lip is this much darker (HSV value) is shaded
+GREEN_LEVELS = 4  # measure 8: G - R this far above the input's own 99.9th percentile in the lip box
+GREEN_PERCENTILE = 99.9
+GREEN_FRAME_SHARE = 0.01  # ... and a frame with more than this share of its lip box so coloured counts
 SILENCE_BELOW_DB = 20.0  # silent: envelope this far below its 95th percentile
 MIN_SILENCE_S = 0.5  # shortest silent stretch measured
 GUARD_FRAMES = 2  # frames at a speech/silence boundary left out of the silent std
@@ -169,7 +180,10 @@ class PixelMeasures:
     ``lip_psnr_db``: pooled PSNR in dB (``inf`` when identical), from ``*_mse`` (mean squared
     error per RGB value). ``lip_ssim``: pooled SSIM of the lip box. ``shade_share`` /
     ``shade_mean``: measure 7 (the share of frames darker below the lower lip by more than
-    ``SHADE_LEVELS``; the mean darkening in levels). ``*_pixels``: pixels pooled (over all frames);
+    ``SHADE_LEVELS``; the mean darkening in levels). ``green_share`` / ``green_frames``: measure 8
+    (the lip box's pixels greener than the input's own, pooled; frames with more than 1 % of them,
+    of ``green_measured``).
+    ``*_pixels``: pixels pooled (over all frames);
     ``*_frames``: frames that had the region. ``None``: not measured.
     """
 
@@ -189,6 +203,9 @@ class PixelMeasures:
     shade_share: float | None = None
     shade_mean: float | None = None
     shade_frames: int = 0
+    green_share: float | None = None
+    green_frames: int = 0
+    green_measured: int = 0
 
 
 @dataclass(frozen=True)
@@ -347,6 +364,11 @@ class FaceQuality:
                      f"{_fmt(p.shade_share, '.3f')} / {_fmt(p.shade_mean, '.2f')}", str(p.shade_frames),
                      "no goal (a grey shade under the mouth; the input's jaw moves there too)"
                      + (f"; control {_fmt(c.shade_share, '.3f')} / {_fmt(c.shade_mean, '.2f')}" if c else "")))
+        rows.append(("lip box: pixels greener (G - R) than the input's 99.9th percentile + "
+                     f"{GREEN_LEVELS} levels / frames with > 1 %",
+                     f"{_fmt(p.green_share, '.4f')} / {p.green_frames}", str(p.green_measured),
+                     "no goal (a grey-green mouth; about 0 for the input itself)"
+                     + (f"; control {_fmt(c.green_share, '.4f')} / {c.green_frames}" if c else "")))
         rows.append(("silence: lip-opening std, silent / speaking frames", _fmt(sil.still_ratio, '.3f'),
                      f"{sil.silent_frames} / {sil.speaking_frames}", f"<= {STILL_GOAL}"))
         rows.append(("silence: the same within a pause / between the pauses' mouths",
@@ -474,6 +496,12 @@ def _laplacian_var(frame: np.ndarray, box) -> float | None:
     return float(lap[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0].var())
 
 
+def _green_minus_red(px: np.ndarray) -> np.ndarray:
+    """Histogram ``[511]`` of ``G - R`` over the RGB ``uint8`` pixels ``px`` (bin ``d + 255``; measure 8)."""
+    d = px[..., 1].astype(np.int16) - px[..., 0].astype(np.int16) + 255
+    return np.bincount(d.ravel(), minlength=511)
+
+
 def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM map of two luma images (float64, 0-255), Gaussian window sigma 1.5 (11x11)."""
     def blur(x):
@@ -499,6 +527,8 @@ class _PixelAccumulator:
         self.lip_sse, self.lip_n, self.lip_frames = 0.0, 0, 0
         self.ssim_sum, self.ssim_n = 0.0, 0
         self.shade: list[float] = []  # per frame: input minus output HSV value, mean over the box below the lower lip
+        self.green_in = np.zeros(511, np.int64)  # lip box G - R (+ 255) of the input, all frames
+        self.green_out: list[np.ndarray] = []  # ... of the other video, per frame
 
     def add(self, reg: Regions, a: np.ndarray, b: np.ndarray) -> float | None:
         """Add frame pair (input ``a``, other ``b``); returns this frame's sharpness ratio."""
@@ -519,8 +549,11 @@ class _PixelAccumulator:
         x0, y0, x1, y1 = reg.chin_box
         if x1 > x0 and y1 > y0:
             self.shade.append(float(a[y0:y1, x0:x1].max(axis=2).mean()) - float(b[y0:y1, x0:x1].max(axis=2).mean()))
+        x0, y0, x1, y1 = reg.lip_box
+        if x1 > x0 and y1 > y0:
+            self.green_in += _green_minus_red(a[y0:y1, x0:x1])
+            self.green_out.append(_green_minus_red(b[y0:y1, x0:x1]))
         if self.lip:
-            x0, y0, x1, y1 = reg.lip_box
             if x1 > x0 and y1 > y0:
                 pa = a[y0:y1, x0:x1].astype(np.float64)
                 pb = b[y0:y1, x0:x1].astype(np.float64)
@@ -552,7 +585,19 @@ class _PixelAccumulator:
             lip_pixels=self.lip_n // 3, lip_frames=self.lip_frames,
             shade_share=float(np.mean(np.asarray(self.shade) > SHADE_LEVELS)) if self.shade else None,
             shade_mean=float(np.mean(self.shade)) if self.shade else None, shade_frames=len(self.shade),
+            **self._green(),
         )
+
+    def _green(self) -> dict:
+        """Measure 8 from the histograms."""
+        if not self.green_out:
+            return {}
+        c = np.cumsum(self.green_in) / self.green_in.sum()
+        above = int(np.searchsorted(c, GREEN_PERCENTILE / 100.0)) + GREEN_LEVELS + 1  # first bin counted
+        h = np.stack(self.green_out)
+        over, n = h[:, above:].sum(axis=1), h.sum(axis=1)
+        return {"green_share": float(over.sum() / n.sum()), "green_frames": int((over > GREEN_FRAME_SHARE * n).sum()),
+                "green_measured": len(n)}
 
 
 # --------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ def test_identical_output_scores_perfect(clip, speech, models):
     assert p.skin_psnr_db == math.inf and p.skin_mse == 0.0 and p.skin_pixels > 100 * N
     assert p.lip_psnr_db == math.inf and p.lip_ssim == pytest.approx(1.0, abs=1e-9)
     assert p.shade_share == 0.0 and p.shade_mean == 0.0 and p.shade_frames == N
+    assert p.green_share <= 1e-3 and p.green_frames == 0 and p.green_measured == N  # the input's own tail
     # the photo's mouth does not move: its opening does not follow the speech
     assert q.sync is not None and q.sync.null_p95 is not None and q.sync.null_count > 0
     assert q.sync.r < 0.5, q.sync
@@ -175,6 +176,28 @@ def test_a_grey_shade_under_the_lower_lip_is_counted(clip, speech, models, point
     assert 12.0 < p.shade_mean < 16.0, p
     assert p.skin_psnr_db == math.inf, p
     assert "below the lower lip" in q.to_markdown()
+
+
+def test_a_grey_green_band_in_the_mouth_is_counted(clip, speech, models, points):
+    """Measure 8: a band across the middle third of the lip box in every other frame, greener than
+    anything in the input's mouth (green 30 levels above red, or a neutral grey): those frames
+    counted, the pooled share about a sixth of the box in half the frames; the same band in a red
+    darker than the lips counts nothing."""
+    def banded(colour):
+        out = clip.copy()
+        for i, (f, p) in enumerate(zip(out, points)):
+            if i % 2 == 0:
+                x0, y0, x1, y1 = fq.Regions.from_points(p.astype(np.float64), clip.shape[1:3]).lip_box
+                h = (y1 - y0) // 3
+                f[y0 + h:y0 + 2 * h, x0:x1] = colour
+        return out
+
+    for colour in ((90, 120, 100), (110, 110, 110)):
+        p = _measure(clip, banded(colour), speech, models).pixels
+        assert p.green_measured == N and p.green_frames == (N + 1) // 2, (colour, p)
+        assert 0.5 / 6 < p.green_share < 0.5 / 3 + 0.01, (colour, p)
+    red = _measure(clip, banded((120, 40, 40)), speech, models).pixels
+    assert red.green_share <= 1e-3 and red.green_frames == 0, red  # the input's own tail, no more
 
 
 def test_pingpong_input_order_matches_lipforce_run(speech, models, clip):
