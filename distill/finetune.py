@@ -20,7 +20,10 @@ training speech's. ``--fresh-dit`` starts the DiT from a seeded initialisation i
 (the audio encoder and VAE are the model's). ``--distill-guidance G --distill-weight W`` puts W of the
 loss on the starting model's own output with audio guidance G on its second step (frozen, the same
 windows, noise and voices; ``ScheduleConfig.guidance``; ``--distill-region lips`` (default) or ``crop``:
-where it acts, ``ScheduleConfig.guidance_region``), so one pass learns what two passes draw. The
+where it acts, ``ScheduleConfig.guidance_region``), so one pass learns what two passes draw.
+``--pixel-weight P`` adds P times a loss on the decoded mouth (``distill.student.MouthPixelLoss``: L1
+and image-gradient L1 of the frozen decoder's mouth box against the decoded true latents, whatever the
+latent target), so the mouth is judged as the decoder draws it against the real frames. The
 objective is the enrollment's over many faces (``distill.enroll``: the runtime's own two-step cached
 rollout, weighted MSE to the true latents, the mouth and lips weighted up, ``--shift-share`` of the
 windows (half by default) with the face around the mouth from up to ``--context-shift`` frames away)
@@ -102,6 +105,8 @@ class FinetuneConfig:
                                         "audio guidance (1: off)")
     distill_weight: float = _opt(0.5, "that target's share of the loss (the true latents' is the rest)")
     distill_region: str = _opt("lips", "where that guidance acts: lips or crop (ScheduleConfig.guidance_region)")
+    pixel_weight: float = _opt(0.0, "weight of a loss on the decoded mouth (L1 and image-gradient L1 against the "
+                               "decoded true latents, distill.student.MouthPixelLoss); 0: latents only")
 
     def validate(self) -> "FinetuneConfig":
         for name in ("steps", "batch", "video_frames", "window"):
@@ -115,8 +120,8 @@ class FinetuneConfig:
             raise ValueError("--real-share must be in [0, 1] and --ema in [0, 1)")
         if not 0.0 <= self.shift_share <= 1.0:
             raise ValueError(f"--shift-share must be in [0, 1] (got {self.shift_share})")
-        if self.lr <= 0 or self.sync_weight < 0 or self.motion_weight < 0:
-            raise ValueError("--lr must be > 0, --sync-weight and --motion-weight >= 0")
+        if self.lr <= 0 or self.sync_weight < 0 or self.motion_weight < 0 or self.pixel_weight < 0:
+            raise ValueError("--lr must be > 0, --sync-weight, --motion-weight and --pixel-weight >= 0")
         if self.distill_guidance < 0 or not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"--distill-guidance must be >= 0 and --distill-weight in [0, 1] (got "
                              f"{self.distill_guidance}, {self.distill_weight})")
@@ -224,7 +229,7 @@ def _prepare(data: Path | None, model, fc: FinetuneConfig, work: Path, progress:
         _atomic(rows_path, lambda t: t.write_text(json.dumps(rows, indent=1)))
     kinds = CropSet.load_kinds(data_path) if cs is None else [c.kind for c in cs.clips]
     if lat_path.is_file():
-        ls = LatentSet(**torch.load(lat_path, weights_only=True))
+        ls = LatentSet(**torch.load(lat_path, weights_only=True, mmap=True))  # shared pages, read as used
     else:
         with torch.no_grad():
             ls = LatentSet.encode(model.vae, cs, cfg)
@@ -286,7 +291,7 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
 
     from .enroll import _shift_condition
     from .optim import adamw_cosine, optimizer_step
-    from .student import SyncReward, renoiser, reward_inputs, rollout, weighted_mse
+    from .student import MouthPixelLoss, SyncReward, renoiser, reward_inputs, rollout, weighted_mse
     from .syncnet import SyncScorer
     from .teacher import lips_map, loss_weight
 
@@ -315,6 +320,7 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
     voice_gen = torch.Generator().manual_seed(fc.seed + 1)
     lips, t_land = lips_map(cfg), cfg.schedule.t_land
     reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
+    pixel = MouthPixelLoss(copy.deepcopy(model.vae), cfg) if fc.pixel_weight > 0 else None
     guided = fc.distill_guidance != 1.0
     if guided:  # the starting model, frozen: its guided output is a target
         start_dit, start_audio = copy.deepcopy(model.dit).eval(), copy.deepcopy(model.audio_encoder).eval()
@@ -350,6 +356,8 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
                                      t_land, grad_step=None, ref=ref, guidance=fc.distill_guidance,
                                      guidance_region=fc.distill_region)
                 loss = (1.0 - fc.distill_weight) * loss + fc.distill_weight * weighted_mse(out, target, w)
+            if pixel is not None:
+                loss = loss + fc.pixel_weight * pixel.loss(out, z)  # the real frames, whatever the latent target
             if reward is not None:
                 src, soft = reward_inputs(cs, picks, frames, tc)
                 loss = loss + fc.sync_weight * reward.loss(out, src, soft, mel)
@@ -383,6 +391,9 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
         extra += (f", {fc.distill_weight:g} of the loss toward the starting model's own output with audio guidance "
                   f"{fc.distill_guidance:g} on its second step"
                   f"{' over the lips' if fc.distill_region == 'lips' else ''} (the guidance learnt into one pass)")
+    if fc.pixel_weight > 0:
+        extra += (f", a loss on the decoded mouth (L1 and image-gradient L1 against the decoded real frames, weight "
+                  f"{fc.pixel_weight:g})")
     if fc.voice_warp or fc.voice_tilt:
         extra += (f", the log-mels of each window warped by up to {fc.voice_warp:g} and tilted by up to "
                    f"{fc.voice_tilt:g} dB (another voice for the same words)")

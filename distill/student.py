@@ -39,7 +39,8 @@ from .syncnet import MAX_OFFSET, VIDEO_HW, WINDOW
 from .teacher import (LatentSet, Ref, Teacher, flow_matching_loss, lips_map, loss_weight, sample, sample_t,
                       time_grid, window_guidance)
 
-__all__ = ["rollout", "weighted_mse", "ode_pairs", "data_pairs", "pairs_ref", "train_ode_init", "DMDConfig", "train_dmd", "SyncReward", "reward_inputs"]
+__all__ = ["rollout", "weighted_mse", "ode_pairs", "data_pairs", "pairs_ref", "train_ode_init", "DMDConfig",
+           "train_dmd", "SyncReward", "MouthDecoder", "MouthPixelLoss", "reward_inputs"]
 
 
 def weighted_mse(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -218,16 +219,13 @@ def train_ode_init(student: Teacher, cfg: ModelConfig, pairs: dict, steps: int, 
 # ------------------------------------------------------------------------------------------
 
 
-class SyncReward:
-    """Differentiable sync loss of generated mouth latents (frozen VAE decoder and SyncNet).
+class MouthDecoder:
+    """The frozen VAE decoder run on the latents around the crop's mouth box only (the decoder is
+    convolutional: ``margin`` latent pixels round the box give it its context)."""
 
-    Decodes only the latents around the scorer's mouth box (the decoder is convolutional),
-    composites them over the source crop under the soft paste mask as the runtime pastes them,
-    and takes the SyncNet's grey mouth crop of that."""
-
-    def __init__(self, vae, scorer_net, cfg: ModelConfig, margin: int = 1):
-        self.vae, self.net = vae, scorer_net.eval()
-        for p in list(vae.parameters()) + list(scorer_net.parameters()):
+    def __init__(self, vae, cfg: ModelConfig, margin: int = 1):
+        self.vae = vae
+        for p in vae.parameters():
             p.requires_grad_(False)
         s = cfg.stream.resolution
         sc = cfg.vae.spatial_compression
@@ -237,17 +235,65 @@ class SyncReward:
         self.lat = (max(0, r0 // sc - margin), min(s // sc, -(-r1 // sc) + margin),
                     max(0, c0 // sc - margin), min(s // sc, -(-c1 // sc) + margin))
         self.sc = sc
-        self.grey = torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1, 1)
 
-    def mouth_grey(self, z: torch.Tensor, source_unit: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-        """z ``[B, z, L, h, w]``, source crops ``[B, 3, L*Tc, S, S]`` in [-1, 1], paste weights
-        ``[B, L*Tc, S, S]`` -> ``[B, F, 32, 48]``."""
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """z ``[B, z, L, h, w]`` -> the mouth box decoded, ``[B, 3, F, H, W]`` in [-1, 1]."""
         a0, a1, b0, b1 = self.lat
         zc = z[:, :, :, a0:a1, b0:b1]
         caches = [torch.zeros(*s[:-2], a1 - a0, b1 - b0) for s in self.vae.cache_shapes(z.shape[0])["dec"]]
         y = self.vae.decode(zc, caches)[0]  # [B, 3, F, (a1-a0)*sc, (b1-b0)*sc]
         r0, r1, c0, c1 = self.box
-        gen = y[..., r0 - a0 * self.sc:r1 - a0 * self.sc, c0 - b0 * self.sc:c1 - b0 * self.sc]
+        return y[..., r0 - a0 * self.sc:r1 - a0 * self.sc, c0 - b0 * self.sc:c1 - b0 * self.sc]
+
+
+class MouthPixelLoss:
+    """The student's mouth judged in pixels, not latents: L1 and image-gradient L1 between the
+    decoded mouth box of the student's latents and of the target's (frozen decoder), the lips
+    (``geometry.lips_region``) weighted up by ``lips_weight``.
+
+    A latent regression lands on the average latent of the mouths the audio leaves open, and the
+    decoder never saw an average latent: decoded, the open mouth's inside comes out as a grey-green
+    band rather than a softer mouth. Judged after the decoder, the student is asked for latents
+    that decode to the pixels' median (L1) with their edges (the gradient term)."""
+
+    def __init__(self, vae, cfg: ModelConfig, lips_weight: float = 4.0):
+        from lipforce_sdk.geometry import lips_region
+
+        self.dec = MouthDecoder(vae, cfg)
+        s = cfg.stream.resolution
+        r0, r1, c0, c1 = self.dec.box
+        lips = torch.from_numpy(lips_region(s, (s, s))[r0:r1, c0:c1])
+        self.weight = (1.0 + lips_weight * lips)[None, None, None]  # [1, 1, 1, H, W]
+
+    def loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from .autoencoder import _grad_l1
+
+        y = self.dec(z)
+        with torch.no_grad():
+            x = self.dec(target)
+        w = self.weight
+        return ((y - x).abs() * w).mean() / w.mean() + _grad_l1(y, x, w.expand_as(y))
+
+
+class SyncReward:
+    """Differentiable sync loss of generated mouth latents (frozen VAE decoder and SyncNet).
+
+    Decodes only the latents around the scorer's mouth box (``MouthDecoder``), composites them
+    over the source crop under the soft paste mask as the runtime pastes them, and takes the
+    SyncNet's grey mouth crop of that."""
+
+    def __init__(self, vae, scorer_net, cfg: ModelConfig, margin: int = 1):
+        self.dec, self.net = MouthDecoder(vae, cfg, margin), scorer_net.eval()
+        for p in scorer_net.parameters():
+            p.requires_grad_(False)
+        self.box = self.dec.box
+        self.grey = torch.tensor([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1, 1)
+
+    def mouth_grey(self, z: torch.Tensor, source_unit: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """z ``[B, z, L, h, w]``, source crops ``[B, 3, L*Tc, S, S]`` in [-1, 1], paste weights
+        ``[B, L*Tc, S, S]`` -> ``[B, F, 32, 48]``."""
+        gen = self.dec(z)
+        r0, r1, c0, c1 = self.box
         src = source_unit[..., r0:r1, c0:c1]
         comp = src + (gen - src) * soft[:, None, :, r0:r1, c0:c1]
         grey = ((comp + 1.0) * 0.5 * self.grey).sum(1)  # [B, F, H, W] in [0, 1]

@@ -212,7 +212,8 @@ def test_finetune_on_speaking_photos_alone_with_a_fresh_dit(tmp_path, capsys):
     assert kinds2 == kinds and [c.kind for c in cs2.clips] == kinds and cs2.clips[0].target.ndim == 4
     with pytest.raises(ValueError, match="needs the crops"):
         _train(model, kinds, ls, FinetuneConfig(steps=1, sync_weight=0.1), progress=False)
-    info = _train(model, kinds, ls, FinetuneConfig(steps=2, batch=2, sync_weight=0, motion_weight=2.0), progress=False)
+    fc2 = FinetuneConfig(steps=2, batch=2, sync_weight=0, motion_weight=2.0, pixel_weight=1.0)
+    info = _train(model, kinds, ls, fc2, progress=False)
     assert np.isfinite(info["first_loss"]) and np.isfinite(info["final_loss"])
     # the starting model's own guided output as the whole target: another loss from the same draws
     plain, guided = (_train(load_model(default_model_dir()), kinds, ls, FinetuneConfig(
@@ -330,3 +331,39 @@ def test_every_option_says_what_it_does(capsys, monkeypatch):
         assert help and f"--{f.name.replace('_', '-')}" in text and help in text, f.name
         if not isinstance(f.default, bool):  # the default is shown
             assert f"{help} (default: " in text, f.name
+
+
+def test_mouth_pixel_loss_is_weighted_l1_and_gradient_l1_of_the_decoded_mouth():
+    """``MouthPixelLoss``: 0 for the target itself; otherwise the lips-weighted L1 of the two decoded
+    mouth boxes plus the L1 of their image gradients (checked in float64); its gradient reaches the
+    latents round the mouth box only, the target gets none; ``--pixel-weight`` below 0 is refused."""
+    import torch
+
+    from distill.student import MouthPixelLoss
+    from lipforce_sdk.model import load_model
+
+    model = load_model(default_model_dir())
+    cfg = model.cfg
+    pix = MouthPixelLoss(model.vae, cfg, lips_weight=4.0)
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(1, cfg.latent_channels, 2, *cfg.latent_hw, generator=g)
+    z = (target + 0.3 * torch.randn(target.shape, generator=g)).requires_grad_(True)
+    assert float(pix.loss(target, target)) == 0.0
+    loss = pix.loss(z, target)
+    with torch.no_grad():
+        y, x = (pix.dec(t).double().numpy() for t in (z, target))
+    w = np.broadcast_to(pix.weight.double().numpy(), y.shape)
+    d = y - x
+    want = (np.abs(d) * w).mean() / w.mean()
+    dy, dx = d[..., 1:, :] - d[..., :-1, :], d[..., :, 1:] - d[..., :, :-1]
+    want += ((np.abs(dy) * w[..., 1:, :]).mean() + (np.abs(dx) * w[..., :, 1:]).mean()) / w.mean()
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    assert w.max() == pytest.approx(5.0, abs=0.05) and w.min() >= 1.0  # the lips weighted up to 1 + 4
+    loss.backward()
+    a0, a1, b0, b1 = pix.dec.lat
+    inside = torch.zeros_like(z, dtype=torch.bool)
+    inside[..., a0:a1, b0:b1] = True
+    assert z.grad[inside].abs().sum() > 0 and z.grad[~inside].abs().sum() == 0
+    assert not target.requires_grad and target.grad is None
+    with pytest.raises(ValueError, match="--pixel-weight"):
+        FinetuneConfig(pixel_weight=-1).validate()
