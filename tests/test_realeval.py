@@ -1,0 +1,32 @@
+"""`python -m distill.realeval`'s table: one cell per column, the lip box's green share in percent."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from distill.realeval import to_markdown  # noqa: E402
+
+
+def _row(**kw):
+    row = {"clip": "face", "mode": "new speech", "sharpness": 0.83, "skin_db": 38.9, "lip_r": 0.55, "lip_lag": 1,
+           "null_p95": 0.24, "lip_box_db": None, "lip_box_ssim": None, "lip_box_after_db": None,
+           "silence_ratio": 0.36, "jump_ratio": 0.27, "motion_ratio": 0.70, "green_share": 0.0037,
+           "control_sharpness": 1.03, "control_skin_db": 40.8}
+    row.update(kw)
+    return row
+
+
+def test_every_row_has_a_cell_per_column_and_the_green_share_in_percent():
+    own = _row(mode="own speech", lip_box_db=21.2, lip_box_ssim=0.737, green_share=None)
+    lines = to_markdown([_row(), own]).splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert "lip box green %" in head and len(lines) == 4
+    for line in lines[1:]:
+        assert line.count("|") == lines[0].count("|"), line
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    k = head.index("lip box green %")
+    assert cells[0][k] == "0.37" and cells[1][k] == "-"  # a share of 0.0037 is 0.37 %; not measured: -
+    assert cells[1][head.index("lip box dB / SSIM")] == "21.2 / 0.737"
