@@ -319,8 +319,9 @@ def _train(model, kinds: list[str], ls, fc: FinetuneConfig, progress: bool = Tru
     gen = torch.Generator().manual_seed(fc.seed)
     voice_gen = torch.Generator().manual_seed(fc.seed + 1)
     lips, t_land = lips_map(cfg), cfg.schedule.t_land
-    reward = SyncReward(copy.deepcopy(model.vae), SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
-    pixel = MouthPixelLoss(copy.deepcopy(model.vae), cfg) if fc.pixel_weight > 0 else None
+    frozen_vae = copy.deepcopy(model.vae) if fc.sync_weight > 0 or fc.pixel_weight > 0 else None  # decodes only
+    reward = SyncReward(frozen_vae, SyncScorer.load().net, cfg) if fc.sync_weight > 0 else None
+    pixel = MouthPixelLoss(frozen_vae, cfg) if fc.pixel_weight > 0 else None
     guided = fc.distill_guidance != 1.0
     if guided:  # the starting model, frozen: its guided output is a target
         start_dit, start_audio = copy.deepcopy(model.dit).eval(), copy.deepcopy(model.audio_encoder).eval()

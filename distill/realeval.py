@@ -30,9 +30,6 @@ from pathlib import Path
 
 __all__ = ["evaluate_clips", "main"]
 
-COLUMNS = ("sharpness", "skin dB", "lip r", "null p95", "lip-box dB", "lip-box SSIM", "silence std ratio",
-           "boundary jump", "mouth motion silent/speaking", "lip box green %")
-
 
 def _row(name: str, mode: str, q) -> dict:
     p, s, sil = q.pixels, q.sync, q.silence

@@ -553,8 +553,7 @@ class _PixelAccumulator:
         if x1 > x0 and y1 > y0:
             self.green_in += _green_minus_red(a[y0:y1, x0:x1])
             self.green_out.append(_green_minus_red(b[y0:y1, x0:x1]))
-        if self.lip:
-            if x1 > x0 and y1 > y0:
+            if self.lip:
                 pa = a[y0:y1, x0:x1].astype(np.float64)
                 pb = b[y0:y1, x0:x1].astype(np.float64)
                 d = pa - pb
