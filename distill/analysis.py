@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lipforce_sdk.geometry import match_edge
-from lipforce_sdk.session import edge_match_on
+from lipforce_sdk.geometry import GreenLimit
+from lipforce_sdk.session import edge_match_on, fit_to_frame, green_limit_on
 
 from .autoencoder import decode_latents
 from .crops import from_unit
@@ -37,14 +37,15 @@ def latents_to_frames(vae, z: torch.Tensor, clip) -> np.ndarray:
     """latents ``[z, C, h, w]`` of an evaluation ``CropClip`` (``keep_frames=True``) -> its source
     frames ``[C*Tc, H, W, 3]`` uint8 with the decoded crops pasted as the runtime pastes them
     (each frame's aligned crop, matched to the frame at the mask's edge unless ``LIPFORCE_EDGE_MATCH=0``,
-    under its soft mask)."""
+    its mouth no greener than the frame's unless ``LIPFORCE_GREEN_LIMIT=0``, under its soft mask)."""
     gen = from_unit(decode_latents(vae, z[None])[0])
     src = clip.extra["pair"].source
-    crops, masks = clip.extra["crops"], clip.extra["masks"]
-    match = edge_match_on()
+    crops, masks, kps = clip.extra["crops"], clip.extra["masks"], clip.extra["keypoints"]
+    match, limit = edge_match_on(), (GreenLimit() if green_limit_on() else None)
 
     def pasted(i: int) -> np.ndarray:
-        g = match_edge(gen[i], crops[i].crop(src[i]), masks[i].hard) if match else gen[i]
+        image, kc = crops[i].crop(src[i]), kps[i].map(crops[i].to_crop_affine())
+        g = fit_to_frame(gen[i], image, masks[i].hard, kc, match, limit.see(image, kc) if limit else None)
         return crops[i].paste(src[i], g, masks[i].soft)
 
     return np.stack([pasted(i) for i in range(gen.shape[0])])

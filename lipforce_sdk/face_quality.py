@@ -104,7 +104,10 @@ Regions (``Regions.from_points``) and measures:
    over frames, ``green_frames`` the frames with more than 1 % of their box above it. Lips, skin and
    the inside of a mouth are red over green; what this counts is a mouth greener or greyer than
    any of the person's own (the grey-green band a model draws where it cannot resolve teeth),
-   which PSNR, dominated by luma, barely sees. About 0 for the input itself.
+   which PSNR, dominated by luma, barely sees. About 0 for the input itself. The runtime limits the
+   same colour before the paste (``geometry.GreenLimit``, in frame order and in the crop); on its
+   output this counts what is left: pixels at the limit that the paste's resampling, the stream's
+   exemplars and the video codec move a level or two over it.
 
 ``FaceQuality`` holds the numbers, the frame counts and the per-frame series; ``to_markdown()``
 and ``to_dict()`` (JSON-safe: ``inf``/``nan`` written as the strings ``"inf"``/``"nan"``). Cost:

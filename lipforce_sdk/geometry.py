@@ -35,6 +35,9 @@ __all__ = [
     "MouthMask",
     "CropAligner",
     "mouth_mask_for",
+    "limit_green",
+    "GreenLimit",
+    "lip_box",
     "mouth_polygon",
     "soft_mask",
     "match_edge",
@@ -515,6 +518,88 @@ def _edge_fill(gen: np.ndarray, image: np.ndarray, h: np.ndarray, sig: float, ri
     fill = np.zeros(h.shape + (3,), np.float32)
     fill[y0:y1, x0:x1] = num / np.maximum(den, np.float32(1e-3))[..., None]  # fades out where the ring's weight ends
     return fill
+
+
+# The mouth's colour limit (``GreenLimit``, ``limit_green``): the box round the lips (outer-lip
+# bounds widened by this x mouth width on every side, as ``face_quality``'s lip box), the levels of
+# G - R allowed above the person's own 99.9th percentile there (as measure 8), and the ramp at the
+# box's edge (x crop side)
+GREEN_BOX_WIDEN = 0.25
+GREEN_LEVELS = 4
+GREEN_PERCENTILE = 99.9
+GREEN_FEATHER = 0.03
+# the luma-keeping step that takes G - R down by one level: red up, green down (Rec. 601 weights)
+_WARM = np.array([0.587, -0.299, 0.0], np.float32) / np.float32(0.886)
+
+
+def lip_box(kp_crop: FaceKeypoints, size: int, widen: float = GREEN_BOX_WIDEN) -> tuple[int, int, int, int] | None:
+    """``(x0, y0, x1, y1)`` crop pixels of the box round the outer lips, widened by ``widen`` x the
+    mouth's width on every side and cut to the crop; ``None`` where nothing of it is in the crop."""
+    lips = kp_crop.lips_outer
+    m = widen * kp_crop.mouth_width
+    x0, y0 = (int(math.floor(max(v, 0.0))) for v in lips.min(0) - m)
+    x1, y1 = (int(math.ceil(min(v, float(size)))) for v in lips.max(0) + m)
+    return None if x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
+
+
+class GreenLimit:
+    """How green a stream's mouth may be drawn: the person's own ``G - R`` over the lip box of every
+    input crop seen so far (a histogram, in frame order), its 99.9th percentile plus ``levels``.
+
+    Lips, skin, teeth and the inside of a mouth are red over green, each person by their own margin
+    (BENCHMARKS.md section 6 has the percentile on its real clips), and the general model draws an
+    open mouth as a grey-green band above it.
+    ``see(image, kp_crop)`` adds one input crop and returns the limit for its frame (``None`` where
+    its lip box is outside the crop); ``reset()`` starts a new stream. Frame order only: a stream cut
+    into any pieces gets the same limits."""
+
+    def __init__(self, levels: float = GREEN_LEVELS, widen: float = GREEN_BOX_WIDEN):
+        self.levels, self.widen = float(levels), float(widen)
+        self.reset()
+
+    def reset(self) -> None:
+        self.hist = np.zeros(511, np.int64)  # bin G - R + 255
+
+    def see(self, image: np.ndarray, kp_crop: FaceKeypoints) -> float | None:
+        box = lip_box(kp_crop, image.shape[0], self.widen)
+        if box is None:
+            return None
+        x0, y0, x1, y1 = box
+        own = image[y0:y1, x0:x1].astype(np.int16)
+        self.hist += np.bincount((own[..., 1] - own[..., 0]).ravel() + 255, minlength=511)
+        c = np.cumsum(self.hist)
+        return float(np.searchsorted(c, GREEN_PERCENTILE / 100.0 * c[-1]) - 255) + self.levels
+
+
+def limit_green(gen: np.ndarray, kp_crop: FaceKeypoints, limit: float | None, widen: float = GREEN_BOX_WIDEN,
+                feather: float = GREEN_FEATHER) -> np.ndarray:
+    """A generated crop ``gen`` (``[S, S, 3]`` RGB uint8) whose mouth is no greener than ``limit``
+    (``GreenLimit``: the person's own): in the box round the lips (``lip_box``; ``kp_crop``: the
+    frame's keypoints in crop pixels), a pixel whose ``G - R`` is above the limit has red raised and
+    green lowered, its luma kept (Rec. 601), until it is at the limit: a grey-green band drawn where
+    teeth and the inside of the mouth belong takes the person's own warmth. Every pixel at or under
+    the limit, and every pixel outside the box, comes back bit-identical; the step ramps in over
+    ``feather * S`` pixels at the box's edge. ``limit`` ``None``: ``gen`` as it is."""
+    if limit is None:
+        return gen
+    s = gen.shape[0]
+    box = lip_box(kp_crop, s, widen)
+    if box is None:
+        return gen
+    x0, y0, x1, y1 = box
+    b = gen[y0:y1, x0:x1]
+    over = b[..., 1].astype(np.int16) - b[..., 0] - np.float32(limit)
+    ys, xs = np.nonzero(over > 0)
+    if ys.size == 0:
+        return gen
+    # the box's ramp: 0 at its edge to 1 at feather * S inside it (smoothstep), at the pixels over
+    inside = np.minimum(np.minimum(ys + 0.5, (y1 - y0) - ys - 0.5), np.minimum(xs + 0.5, (x1 - x0) - xs - 0.5))
+    t = np.clip(inside / max(feather * s, 1.0), 0.0, 1.0).astype(np.float32)
+    step = over[ys, xs].astype(np.float32) * (t * t * (3.0 - 2.0 * t))
+    px = b[ys, xs].astype(np.float32) + step[:, None] * _WARM
+    out = gen.copy()
+    out[y0 + ys, x0 + xs] = np.clip(np.rint(px), 0, 255).astype(np.uint8)
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from .cache_plan import RingCachePlanner
 from .config import ConfigError, ModelConfig
 from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
-from .geometry import AlignedCrop, CropAligner, FaceKeypoints, MouthMask, lips_region, match_edge, mouth_mask_for
+from .geometry import (AlignedCrop, CropAligner, FaceKeypoints, GreenLimit, MouthMask, limit_green, lips_region,
+                       match_edge, mouth_mask_for)
 from .sampler import audio_guided, fill_hole, hole_of, two_step_sample
 from .silence import SILENCE_MODES, SilenceGate
 from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
@@ -281,6 +282,8 @@ class ChunkRenderer:
         self.exemplars = exemplars  # lipforce_sdk.exemplars: Mouth-, Stream- or LayeredExemplars, or None
         self.silence = silence_mode(cfg, silence)
         self.edge_match = edge_match_on()
+        self.green_limit = green_limit_on()
+        self.green = GreenLimit()  # the person's own G - R over the stream's input crops so far
         self.gate = SilenceGate(cfg.audio, cfg.stream.fps) if self.silence == "still" else None
         a = cfg.audio
         self._null_tokens = np.zeros((1, cfg.video_frames_per_chunk, a.tokens_per_frame, a.token_dim), np.float32)
@@ -454,6 +457,7 @@ class ChunkRenderer:
             self.gate.reset()
         if hasattr(self.exemplars, "reset"):  # gathered from the stream
             self.exemplars.reset()
+        self.green.reset()
 
     def composite_many(self, frames: Sequence[np.ndarray], views: Sequence[FrameView | None],
                        gens: Sequence[np.ndarray] | None) -> list[np.ndarray]:
@@ -470,13 +474,14 @@ class ChunkRenderer:
         ex = self.exemplars
         pool = _composite_pool()
         gathering = ex is not None and getattr(ex, "gathering", False)
+        limits = [self.green_limit_for(v) for v in vs]  # in frame order, before any thread
         if (pool is None or len(fs) < 2 or self._picture_side(vs[0]) < COMPOSITE_THREADS_MIN_SIDE
                 or (gathering and not hasattr(ex, "add_many"))):
-            pasted = [self.composite(f, v, g) for f, v, g in zip(fs, vs, gs)]
+            pasted = [self.composite(f, v, g, green=x) for f, v, g, x in zip(fs, vs, gs, limits)]
         elif gathering:  # the chunk's crops are kept first; each frame is then refined from what was held before it
-            pasted = pool.map(self.composite, fs, vs, gs, ex.add_many(fs, [v.crop for v in vs], pool))
+            pasted = pool.map(self.composite, fs, vs, gs, ex.add_many(fs, [v.crop for v in vs], pool), limits)
         else:
-            pasted = pool.map(self.composite, fs, vs, gs)
+            pasted = pool.map(self.composite, fs, vs, gs, [None] * len(fs), limits)
         for j, image in zip(faced, pasted):
             out[j] = image
         return out
@@ -489,7 +494,15 @@ class ChunkRenderer:
             return view.crop.size
         return ex.size_for(view.crop) if hasattr(ex, "size_for") else ex.size
 
-    def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray, held: int | None = None) -> np.ndarray:
+    def green_limit_for(self, view: FrameView) -> float | None:
+        """The stream's next frame's mouth colour limit (``geometry.GreenLimit``: the person's own
+        ``G - R`` over the input crops so far, this one included); ``None`` with the limit off."""
+        if not self.green_limit:
+            return None
+        return self.green.see(view.image, view.keypoints.map(view.crop.to_crop_affine()))
+
+    def composite(self, frame: np.ndarray, view: FrameView, gen: np.ndarray, held: int | None = None,
+                  green: float | None = None) -> np.ndarray:
         """The generated crop pasted into the frame with the mouth mask's soft weights, matched to
         the frame at the mask's edge first (``geometry.match_edge``, unless ``LIPFORCE_EDGE_MATCH=0``),
         then through the mouth exemplars where the renderer has them. Exemplars gathered from the
@@ -497,10 +510,13 @@ class ChunkRenderer:
         (``held``: they hold it already, kept by ``add_many``; it is refined from the ``held`` crops
         kept before its own, what this paste one frame after another would use).
         Where they are kept at the face's own size in the frame (``StreamExemplars.size_for``), the
-        generated crop is enlarged to it (bicubic) and pasted from there (``detail``)."""
+        generated crop is enlarged to it (bicubic) and pasted from there (``detail``). Its mouth is
+        kept no greener than ``green`` (``green_limit_for``, taken here where not given)."""
         ex, soft = self.exemplars, view.mask.soft
-        if self.edge_match:
-            gen = match_edge(gen, view.image, view.mask.hard)
+        if green is None:
+            green = self.green_limit_for(view)
+        gen = fit_to_frame(gen, view.image, view.mask.hard, view.keypoints.map(view.crop.to_crop_affine()),
+                           self.edge_match, green)
         if ex is None:
             return view.crop.paste(frame, gen, soft)
         if held is not None:
@@ -538,7 +554,30 @@ def edge_match_on() -> bool:
     return env.strip() == "1"
 
 
+def fit_to_frame(gen: np.ndarray, image: np.ndarray, hard: np.ndarray, kp_crop: FaceKeypoints, edge_match: bool = True,
+                 green: float | None = None) -> np.ndarray:
+    """A generated crop made ready for the paste: matched to the input crop ``image`` at the edge
+    of the hard mask (``geometry.match_edge``) where asked (``edge_match_on``), then its mouth kept
+    no greener than ``green`` (``geometry.limit_green``, the stream's ``GreenLimit``; ``None``: as
+    drawn; ``kp_crop``: the frame's keypoints in crop pixels)."""
+    if edge_match:
+        gen = match_edge(gen, image, hard)
+    return limit_green(gen, kp_crop, green)
+
+
+def green_limit_on() -> bool:
+    """Whether a generated mouth is kept from turning greener than the person's own
+    (``geometry.limit_green``): the ``LIPFORCE_GREEN_LIMIT`` environment variable, 1 (the default) or 0."""
+    env = os.environ.get(GREEN_LIMIT_ENV)
+    if env is None or not env.strip():
+        return True
+    if env.strip() not in ("0", "1"):
+        raise InputError(f"{GREEN_LIMIT_ENV}={env!r}: give 1 (limit the mouth's green, the default) or 0 (as drawn)")
+    return env.strip() == "1"
+
+
 EDGE_MATCH_ENV = "LIPFORCE_EDGE_MATCH"
+GREEN_LIMIT_ENV = "LIPFORCE_GREEN_LIMIT"
 COMPOSITE_THREADS_ENV = "LIPFORCE_COMPOSITE_THREADS"
 # below this picture side (px) a frame's paste takes ~1 ms and threads cost more than they save
 # (measured on 2 cores, 4 frames: 128 px 3.0 -> 3.3 ms on 2 threads; 224 px 11.7 -> 8.0; 512 px 61 -> 33)

@@ -281,8 +281,44 @@ def test_latents_to_frames_follows_the_runtime_seam_switch(cfg, monkeypatch):
                                        masks[i].soft) for i in range(8)])
     assert not np.array_equal(drawn, matched)
     monkeypatch.delenv("LIPFORCE_EDGE_MATCH", raising=False)
+    monkeypatch.setenv("LIPFORCE_GREEN_LIMIT", "0")
     assert np.array_equal(analysis.latents_to_frames(m.vae, z, clip), matched)
     monkeypatch.setenv("LIPFORCE_EDGE_MATCH", "0")
+    assert np.array_equal(analysis.latents_to_frames(m.vae, z, clip), drawn)
+
+
+def test_latents_to_frames_follows_the_runtime_green_limit(cfg, monkeypatch):
+    """The evaluation's frames keep the mouth no greener than the frame's, as the runtime does
+    (``geometry.limit_green``), and as drawn with ``LIPFORCE_GREEN_LIMIT=0``."""
+    import distill.analysis as analysis
+    from distill.crops import procedural_clip
+    from lipforce_sdk.geometry import GreenLimit, limit_green
+
+    m = LipSyncModel(cfg)
+    clip = procedural_clip(cfg, 0, "held_out", max_frames=8, keep_frames=True)
+    n = 8 // cfg.vae.temporal_compression
+    z = torch.zeros(cfg.latent_channels, n, *cfg.latent_hw)
+    src, crops, masks, kps = (clip.extra[k] for k in ("pair", "crops", "masks", "keypoints"))
+    src = src.source
+    gen = []
+    for i in range(8):  # the frame's crop with a grey-green band across the mouth
+        g = crops[i].crop(src[i]).copy()
+        c = kps[i].map(crops[i].to_crop_affine()).mouth_corners.mean(0).astype(int)
+        g[c[1] - 2:c[1] + 2, c[0] - 10:c[0] + 10] = (120, 180, 160)
+        gen.append(g)
+    gen = np.stack(gen)
+    monkeypatch.setattr(analysis, "from_unit", lambda x: gen)
+    monkeypatch.setenv("LIPFORCE_EDGE_MATCH", "0")
+    drawn = np.stack([crops[i].paste(src[i], gen[i], masks[i].soft) for i in range(8)])
+    gl, limited = GreenLimit(), []
+    for i in range(8):  # one stream: the limit pools the clip's crops in frame order
+        image, kc = crops[i].crop(src[i]), kps[i].map(crops[i].to_crop_affine())
+        limited.append(crops[i].paste(src[i], limit_green(gen[i], kc, gl.see(image, kc)), masks[i].soft))
+    limited = np.stack(limited)
+    assert not np.array_equal(drawn, limited)
+    monkeypatch.delenv("LIPFORCE_GREEN_LIMIT", raising=False)
+    assert np.array_equal(analysis.latents_to_frames(m.vae, z, clip), limited)
+    monkeypatch.setenv("LIPFORCE_GREEN_LIMIT", "0")
     assert np.array_equal(analysis.latents_to_frames(m.vae, z, clip), drawn)
 
 

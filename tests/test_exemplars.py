@@ -694,3 +694,39 @@ def test_the_paste_matches_the_seam_and_leaves_the_frame_outside_the_mask(monkey
     monkeypatch.setenv(sess.EDGE_MATCH_ENV, "yes")
     with pytest.raises(InputError, match="LIPFORCE_EDGE_MATCH"):
         ChunkRenderer(None, cfg, 0)
+
+
+def test_the_paste_keeps_the_mouth_no_greener_than_the_face(monkeypatch):
+    """A generated crop with a grey-green band across the mouth (what the general model draws where
+    an open mouth's teeth belong) is pasted with that band taken to the face's own colour range
+    (``LIPFORCE_GREEN_LIMIT``, on by default; ``geometry.limit_green``); off, as drawn; outside the
+    mask the frame is the same bit for bit either way; a bad setting is refused."""
+    from lipforce_sdk import session as sess
+    from lipforce_sdk.session import ChunkRenderer, InputError
+
+    cfg, frames, views = _stream_setup(1)
+    frame, view = frames[0], views[0]
+    kc = view.keypoints.map(view.crop.to_crop_affine())
+    cx, cy = kc.mouth_corners.mean(0).astype(int)
+    gen = view.image.copy()
+    gen[cy - 2:cy + 2, cx - 8:cx + 8] = (120, 180, 160)
+    band = np.zeros(gen.shape[:2], np.float32)
+    band[cy - 2:cy + 2, cx - 8:cx + 8] = 1
+    at = view.crop.frame_weight(band * view.mask.soft, frame.shape[:2]) > 0.9  # the band where it is pasted whole
+    monkeypatch.setenv(sess.EDGE_MATCH_ENV, "0")
+    out = {}
+    for on in ("0", "1"):
+        monkeypatch.setenv(sess.GREEN_LIMIT_ENV, on)
+        r = ChunkRenderer(None, cfg, 0, exemplars=None)
+        assert r.green_limit is (on == "1")
+        out[on] = r.composite(frame, view, gen).astype(np.int16)
+    footprint = view.crop.frame_weight(view.mask.hard, frame.shape[:2]) > 0
+    for o in out.values():
+        assert np.array_equal(o[~footprint], frame[~footprint])
+    green = {k: (o[at][:, 1] - o[at][:, 0]) for k, o in out.items()}
+    own = frame[footprint].astype(np.int16)
+    assert at.any() and green["0"].min() > 25, green["0"].min()  # as drawn: the band's green (resampled)
+    assert green["1"].max() <= max(int((own[:, 1] - own[:, 0]).max()), 0) + 6, green["1"].max()
+    monkeypatch.setenv(sess.GREEN_LIMIT_ENV, "yes")
+    with pytest.raises(InputError, match="LIPFORCE_GREEN_LIMIT"):
+        ChunkRenderer(None, cfg, 0)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from lipforce_sdk.cli import PHOTO_DIR
-from lipforce_sdk.geometry import (EDGE_MATCH_RING, EDGE_MATCH_SIGMA, AlignedCrop, CropAligner, CropSpec, FaceKeypoints,
-                                   match_edge, mouth_mask_for, soft_mask)
+from lipforce_sdk.geometry import (EDGE_MATCH_RING, EDGE_MATCH_SIGMA, AlignedCrop, CropAligner, CropSpec,
+                                   FaceKeypoints, GreenLimit, limit_green, lip_box, match_edge, mouth_mask_for,
+                                   soft_mask)
 from lipforce_sdk.media import read_video
 
 S = 128
@@ -250,3 +251,71 @@ def test_bad_keypoints_are_rejected(bad, match):
     kw.update(bad)
     with pytest.raises(ValueError, match=match):
         FaceKeypoints(**kw)
+
+
+
+def _green_case(photo):
+    """The photo's crop, its keypoints in crop pixels, and a generated crop: the crop with a band
+    between the lips painted grey-green (as the general model draws an open mouth), a dark red band
+    below the lips and a green patch at the crop's corner, far outside the box round the lips."""
+    frame, kp = photo
+    ac = AlignedCrop.from_keypoints(kp, S)
+    image, kc = ac.crop(frame), kp.map(ac.to_crop_affine())
+    gen = image.copy()
+    cx, cy = kc.mouth_corners.mean(0)
+    hw = int(0.3 * kc.mouth_width)
+    band = np.zeros((S, S), bool)
+    band[int(cy) - 2:int(cy) + 2, int(cx) - hw:int(cx) + hw] = True
+    gen[band] = (120, 180, 160)  # mint: G - R = 60
+    red = np.zeros((S, S), bool)
+    low = int(kc.lips_outer[:, 1].max()) + 1
+    red[low:low + 2, int(cx) - hw:int(cx) + hw] = True
+    gen[red] = (90, 30, 40)
+    corner = np.zeros((S, S), bool)
+    corner[:6, :6] = True
+    gen[corner] = (60, 200, 60)
+    return image, kc, gen, band, red, corner
+
+
+def _luma(p):
+    return p.astype(float) @ np.array([0.299, 0.587, 0.114])
+
+
+def test_green_limit_is_the_persons_own_percentile_in_frame_order(photo):
+    image, kc, *_ = _green_case(photo)
+    x0, y0, x1, y1 = lip_box(kc, S)
+    own = image[y0:y1, x0:x1].astype(int)
+    d = own[..., 1] - own[..., 0]
+    gl = GreenLimit()
+    first = gl.see(image, kc)
+    assert first == pytest.approx(np.percentile(d, 99.9, method="inverted_cdf") + 4, abs=1.0)
+    assert first < 10, f"the photo's own lip box reaches G - R = {first - 4}: not a red-over-green face"
+    # a later crop with greener pixels raises the pooled limit; a reset forgets it
+    greener = image.copy()
+    greener[y0:y1, x0:x1, 1] = np.clip(greener[y0:y1, x0:x1, 0].astype(int) + 30, 0, 255)
+    assert gl.see(greener, kc) > first + 20
+    gl.reset()
+    assert gl.see(image, kc) == first
+
+
+def test_limit_green_takes_a_grey_green_mouth_to_the_persons_own_warmth_and_nothing_else(photo):
+    image, kc, gen, band, red, corner = _green_case(photo)
+    limit = GreenLimit().see(image, kc)
+    out = limit_green(gen, kc, limit)
+    g = out[band].astype(float)
+    # the band is at the limit (rounding: 1 level), its luma kept
+    assert np.all(np.abs((g[:, 1] - g[:, 0]) - limit) <= 1.0), (g[:, 1] - g[:, 0]).max()
+    assert np.all(np.abs(_luma(g) - _luma(gen[band])) <= 1.0)
+    # the dark red band, the corner outside the box and every pixel at or under the limit: bit-identical
+    assert np.array_equal(out[red], gen[red]) and np.array_equal(out[corner], gen[corner])
+    d = gen.astype(int)[..., 1] - gen.astype(int)[..., 0]
+    assert np.array_equal(out[d <= limit], gen[d <= limit])
+    assert np.array_equal(limit_green(gen, kc, None), gen)  # no limit: as drawn
+
+
+def test_limit_green_keeps_a_green_the_person_has(photo):
+    """An illustrated avatar with green lips: its own lip box reaches the band's green, which stays."""
+    image, kc, gen, band, *_ = _green_case(photo)
+    painted = image.copy()
+    painted[band] = (120, 180, 160)
+    assert np.array_equal(limit_green(gen, kc, GreenLimit().see(painted, kc)), gen)
