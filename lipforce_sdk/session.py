@@ -477,7 +477,7 @@ class ChunkRenderer:
         limits = [self.green_limit_for(v) for v in vs]  # in frame order, before any thread
         if (pool is None or len(fs) < 2 or self._picture_side(vs[0]) < COMPOSITE_THREADS_MIN_SIDE
                 or (gathering and not hasattr(ex, "add_many"))):
-            pasted = [self.composite(f, v, g, green=x) for f, v, g, x in zip(fs, vs, gs, limits)]
+            pasted = [self.composite(f, v, g, None, x) for f, v, g, x in zip(fs, vs, gs, limits)]
         elif gathering:  # the chunk's crops are kept first; each frame is then refined from what was held before it
             pasted = pool.map(self.composite, fs, vs, gs, ex.add_many(fs, [v.crop for v in vs], pool), limits)
         else:
