@@ -543,15 +543,27 @@ def composite_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def edge_match_on() -> bool:
-    """Whether generated crops are matched to the frame at the mask's edge before the paste
-    (``geometry.match_edge``): the ``LIPFORCE_EDGE_MATCH`` environment variable, 1 (the default) or 0."""
-    env = os.environ.get(EDGE_MATCH_ENV)
+def _switch_on(name: str, on: str, off: str) -> bool:
+    """An on/off environment variable ``name``: unset or empty is on; 1 on, 0 off; anything else is refused
+    naming what each does (``on``, ``off``)."""
+    env = os.environ.get(name)
     if env is None or not env.strip():
         return True
     if env.strip() not in ("0", "1"):
-        raise InputError(f"{EDGE_MATCH_ENV}={env!r}: give 1 (match the seam, the default) or 0 (paste as drawn)")
+        raise InputError(f"{name}={env!r}: give 1 ({on}, the default) or 0 ({off})")
     return env.strip() == "1"
+
+
+def edge_match_on() -> bool:
+    """Whether generated crops are matched to the frame at the mask's edge before the paste
+    (``geometry.match_edge``): the ``LIPFORCE_EDGE_MATCH`` environment variable, 1 (the default) or 0."""
+    return _switch_on(EDGE_MATCH_ENV, "match the seam", "paste as drawn")
+
+
+def green_limit_on() -> bool:
+    """Whether a generated mouth is kept from turning greener than the person's own
+    (``geometry.limit_green``): the ``LIPFORCE_GREEN_LIMIT`` environment variable, 1 (the default) or 0."""
+    return _switch_on(GREEN_LIMIT_ENV, "limit the mouth's green", "as drawn")
 
 
 def fit_to_frame(gen: np.ndarray, image: np.ndarray, hard: np.ndarray, kp_crop: FaceKeypoints, edge_match: bool = True,
@@ -563,17 +575,6 @@ def fit_to_frame(gen: np.ndarray, image: np.ndarray, hard: np.ndarray, kp_crop: 
     if edge_match:
         gen = match_edge(gen, image, hard)
     return limit_green(gen, kp_crop, green)
-
-
-def green_limit_on() -> bool:
-    """Whether a generated mouth is kept from turning greener than the person's own
-    (``geometry.limit_green``): the ``LIPFORCE_GREEN_LIMIT`` environment variable, 1 (the default) or 0."""
-    env = os.environ.get(GREEN_LIMIT_ENV)
-    if env is None or not env.strip():
-        return True
-    if env.strip() not in ("0", "1"):
-        raise InputError(f"{GREEN_LIMIT_ENV}={env!r}: give 1 (limit the mouth's green, the default) or 0 (as drawn)")
-    return env.strip() == "1"
 
 
 EDGE_MATCH_ENV = "LIPFORCE_EDGE_MATCH"
