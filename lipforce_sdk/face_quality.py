@@ -132,7 +132,7 @@ import cv2
 import numpy as np
 
 from .facemesh.landmarks import CHIN, LIPS_OUTER, MOUTH_LEFT, MOUTH_RIGHT, NOSE_TIP
-from .geometry import AlignedCrop, FaceKeypoints
+from .geometry import AlignedCrop, FaceKeypoints, green_minus_red_histogram
 from .sync_check import null_correlations, score_series, speech_envelope
 
 __all__ = [
@@ -499,12 +499,6 @@ def _laplacian_var(frame: np.ndarray, box) -> float | None:
     return float(lap[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0].var())
 
 
-def _green_minus_red(px: np.ndarray) -> np.ndarray:
-    """Histogram ``[511]`` of ``G - R`` over the RGB ``uint8`` pixels ``px`` (bin ``d + 255``; measure 8)."""
-    d = px[..., 1].astype(np.int16) - px[..., 0].astype(np.int16) + 255
-    return np.bincount(d.ravel(), minlength=511)
-
-
 def _ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM map of two luma images (float64, 0-255), Gaussian window sigma 1.5 (11x11)."""
     def blur(x):
@@ -554,8 +548,8 @@ class _PixelAccumulator:
             self.shade.append(float(a[y0:y1, x0:x1].max(axis=2).mean()) - float(b[y0:y1, x0:x1].max(axis=2).mean()))
         x0, y0, x1, y1 = reg.lip_box
         if x1 > x0 and y1 > y0:
-            self.green_in += _green_minus_red(a[y0:y1, x0:x1])
-            self.green_out.append(_green_minus_red(b[y0:y1, x0:x1]))
+            self.green_in += green_minus_red_histogram(a[y0:y1, x0:x1])
+            self.green_out.append(green_minus_red_histogram(b[y0:y1, x0:x1]))
             if self.lip:
                 pa = a[y0:y1, x0:x1].astype(np.float64)
                 pb = b[y0:y1, x0:x1].astype(np.float64)

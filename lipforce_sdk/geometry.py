@@ -38,6 +38,7 @@ __all__ = [
     "limit_green",
     "GreenLimit",
     "lip_box",
+    "green_minus_red_histogram",
     "mouth_polygon",
     "soft_mask",
     "match_edge",
@@ -532,6 +533,12 @@ GREEN_FEATHER = 0.03
 _WARM = np.array([0.587, -0.299, 0.0], np.float32) / np.float32(0.886)
 
 
+def green_minus_red_histogram(px: np.ndarray) -> np.ndarray:
+    """Histogram ``[511]`` of ``G - R`` over the RGB ``uint8`` pixels ``px`` (bin ``d + 255``)."""
+    d = px[..., 1].astype(np.int16) - px[..., 0].astype(np.int16) + 255
+    return np.bincount(d.ravel(), minlength=511)
+
+
 def lip_box(kp_crop: FaceKeypoints, size: int, widen: float = GREEN_BOX_WIDEN) -> tuple[int, int, int, int] | None:
     """``(x0, y0, x1, y1)`` crop pixels of the box round the outer lips, widened by ``widen`` x the
     mouth's width on every side and cut to the crop; ``None`` where nothing of it is in the crop."""
@@ -565,8 +572,7 @@ class GreenLimit:
         if box is None:
             return None
         x0, y0, x1, y1 = box
-        own = image[y0:y1, x0:x1].astype(np.int16)
-        self.hist += np.bincount((own[..., 1] - own[..., 0]).ravel() + 255, minlength=511)
+        self.hist += green_minus_red_histogram(image[y0:y1, x0:x1])
         c = np.cumsum(self.hist)
         return float(np.searchsorted(c, GREEN_PERCENTILE / 100.0 * c[-1]) - 255) + self.levels
 
