@@ -15,8 +15,10 @@ For every video of ``--clips`` (with its speech where it has some, as
 then ``lipforce_sdk.face_quality`` on each output against its input: lower-face sharpness
 (Laplacian variance nose tip to chin, output / input), the skin between nose and upper lip
 outside the lips (PSNR), the landmark lip opening against the speech envelope (r, and its
-shifted-speech null), the lip box against the real frames (own speech) and whether silence stays
-still; an H.264 copy of the input is the control. Writes ``results.md`` / ``results.json`` and a
+shifted-speech null), the lip box against the real frames (own speech), whether silence stays
+still, the lip box's colour the person never shows (measure 8: share of pixels, and in
+``results.json`` the frames over 1 %) and the frames shaded below the lower lip (measure 7); an
+H.264 copy of the input is the control. Writes ``results.md`` / ``results.json`` and a
 contact sheet per run (input vs output mouth crops) under ``--out``.
 """
 
@@ -41,6 +43,7 @@ def _row(name: str, mode: str, q) -> dict:
             "silence_within": None if sil is None else sil.still_within,
             "silence_between": None if sil is None else sil.still_between,
             "motion_ratio": None if sil is None else sil.motion_ratio, "green_share": p.green_share,
+            "green_frames": p.green_frames, "shade_share": p.shade_share,
             "control_sharpness": None if q.control is None else q.control.sharpness_ratio,
             "control_skin_db": None if q.control is None else q.control.skin_psnr_db,
             "frames": q.frames, "face_frames": q.face_frames}
@@ -55,8 +58,8 @@ def _f(v, fmt=".2f") -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio | boundary jump | mouth motion silent / speaking | lip box green % | control sharpness / skin dB |"
-    lines = [head, "|" + " --- |" * 13]
+    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio | boundary jump | mouth motion silent / speaking | lip box green % | shaded below the lip % | control sharpness / skin dB |"
+    lines = [head, "|" + " --- |" * 14]
     for r in rows:
         lines.append(
             f"| {r['clip']} | {r['mode']} | {_f(r['sharpness'])} | {_f(r['skin_db'], '.1f')} | "
@@ -65,6 +68,7 @@ def to_markdown(rows: list[dict]) -> str:
             f"{_f(r['silence_ratio'])} | "
             f"{_f(r['jump_ratio'])} | {_f(r.get('motion_ratio'))} | "
             f"{_f(None if r.get('green_share') is None else 100 * r['green_share'])} | "
+            f"{_f(None if r.get('shade_share') is None else 100 * r['shade_share'], '.1f')} | "
             f"{_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,5 @@
-"""`python -m distill.realeval`'s table: one cell per column, the lip box's green share in percent."""
+"""`python -m distill.realeval`'s table: one cell per column, the lip box's green share and the shaded
+frames in percent."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def test_every_row_has_a_cell_per_column_and_the_green_share_in_percent():
     k = head.index("lip box green %")
     assert cells[0][k] == "0.37" and cells[1][k] == "-"  # a share of 0.0037 is 0.37 %; not measured: -
     assert cells[1][head.index("lip box dB / SSIM")] == "21.2 / 0.737"
+
+
+def test_the_shaded_frames_below_the_lip_in_percent():
+    rows = [_row(shade_share=0.004), _row(mode="own speech")]  # older results: not measured
+    lines = to_markdown(rows).splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    k = head.index("shaded below the lip %")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    assert cells[0][k] == "0.4" and cells[1][k] == "-"
