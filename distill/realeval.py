@@ -16,7 +16,8 @@ then ``lipforce_sdk.face_quality`` on each output against its input: lower-face 
 (Laplacian variance nose tip to chin, output / input), the skin between nose and upper lip
 outside the lips (PSNR), the landmark lip opening against the speech envelope (r, and its
 shifted-speech null), the lip box against the real frames (own speech), whether silence stays
-still, the lip box's colour the person never shows (measure 8: share of pixels, and in
+still (beside it, the ratio the input's own mouth scores over the same silent frames), the lip
+box's colour the person never shows (measure 8: share of pixels, and in
 ``results.json`` the frames over 1 %) and the frames shaded below the lower lip (measure 7); an
 H.264 copy of the input is the control. Writes ``results.md`` / ``results.json`` and a
 contact sheet per run (input vs output mouth crops) under ``--out``.
@@ -42,6 +43,7 @@ def _row(name: str, mode: str, q) -> dict:
             "silence_ratio": None if sil is None else sil.still_ratio, "jump_ratio": None if sil is None else sil.jump_ratio,
             "silence_within": None if sil is None else sil.still_within,
             "silence_between": None if sil is None else sil.still_between,
+            "silence_input_ratio": None if sil is None else sil.input_still_ratio,
             "motion_ratio": None if sil is None else sil.motion_ratio, "green_share": p.green_share,
             "green_frames": p.green_frames, "shade_share": p.shade_share,
             "control_sharpness": None if q.control is None else q.control.sharpness_ratio,
@@ -58,14 +60,14 @@ def _f(v, fmt=".2f") -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio | boundary jump | mouth motion silent / speaking | lip box green % | shaded below the lip % | control sharpness / skin dB |"
+    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio (the input's own) | boundary jump | mouth motion silent / speaking | lip box green % | shaded below the lip % | control sharpness / skin dB |"
     lines = [head, "|" + " --- |" * 14]
     for r in rows:
         lines.append(
             f"| {r['clip']} | {r['mode']} | {_f(r['sharpness'])} | {_f(r['skin_db'], '.1f')} | "
             f"{_f(r['lip_r'])} ({_f(r['lip_lag'], '+d') if r['lip_lag'] is not None else '-'}) | {_f(r['null_p95'])} | "
             f"{_f(r['lip_box_db'], '.1f')} / {_f(r['lip_box_ssim'], '.3f')} | {_f(r.get('lip_box_after_db'), '.1f')} | "
-            f"{_f(r['silence_ratio'])} | "
+            f"{_f(r['silence_ratio'])} ({_f(r.get('silence_input_ratio'))}) | "
             f"{_f(r['jump_ratio'])} | {_f(r.get('motion_ratio'))} | "
             f"{_f(None if r.get('green_share') is None else 100 * r['green_share'])} | "
             f"{_f(None if r.get('shade_share') is None else 100 * r['shade_share'], '.1f')} | "

@@ -82,6 +82,11 @@ Regions (``Regions.from_points``) and measures:
    And the silent std taken apart (``still_within`` / ``still_between``, no goal): around each
    stretch's own mean (the mouth moving inside a pause) and between the stretches' means (pauses
    that hold different mouths), each over the speaking std; their squares add up to the ratio's.
+   And the reference (``input_still_ratio``, no goal): the INPUT's own lip opening (the face mesh
+   runs on the input frames anyway) over the same silent frames, its std over the output's speaking
+   std: what a mouth exactly as still as the person's own would score. On an idle avatar it is the
+   loop's own small motion and the mesh's jitter; where it is near or above 0.2, the ratio's goal
+   asks the output to speak with more motion, not to hold the pauses stiller.
 6. **Contact sheet** (``sheet=``, ``--sheet``): input and output mouth crops side by side (input
    above output), eye-aligned 128-pixel crops (``geometry.AlignedCrop`` from the INPUT landmarks,
    the same crop cut from both frames) enlarged 2x with nearest-neighbour pixels, so blur and
@@ -248,8 +253,11 @@ class Silence:
     ``still_ratio`` taken apart (``still_within ** 2 + still_between ** 2 == still_ratio ** 2``):
     the opening's std around each stretch's own mean (a mouth that quivers inside a pause), and the
     std of the stretches' means weighted by their frames (pauses that hold different mouths), each
-    over the speaking std; ``still_between`` needs two stretches. ``None`` where it cannot be
-    measured; ``note`` says why.
+    over the speaking std; ``still_between`` needs two stretches. ``input_still_ratio``: the
+    INPUT's own lip opening std over the same silent frames, over the output's speaking std: the
+    ratio a mouth exactly as still as the person's own in those frames would score (on an idle
+    avatar its loop's own small motion and the face mesh's jitter; no goal). ``None`` where it cannot
+    be measured; ``note`` says why.
     """
 
     threshold_db: float | None
@@ -265,6 +273,7 @@ class Silence:
     motion_ratio: float | None = None
     still_within: float | None = None
     still_between: float | None = None
+    input_still_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -377,6 +386,9 @@ class FaceQuality:
         rows.append(("silence: the same within a pause / between the pauses' mouths",
                      f"{_fmt(sil.still_within, '.3f')} / {_fmt(sil.still_between, '.3f')}",
                      f"{len(sil.stretches)} pauses", "no goal (which of the two makes the ratio)"))
+        rows.append(("silence: the INPUT's own lip-opening std over the same silent frames / the output's "
+                     "speaking std", _fmt(sil.input_still_ratio, '.3f'), f"{sil.silent_frames} / {sil.speaking_frames}",
+                     "no goal (what a mouth as still as the person's own in those frames would score)"))
         rows.append(("silence: largest jump at a speech/silence boundary / p95 jump within speech",
                      _fmt(sil.jump_ratio, '.2f')
                      + (f" ({sil.boundary_jump:.3f} / {sil.speech_jump_p95:.3f})" if sil.jump_ratio is not None else ""),
@@ -617,6 +629,7 @@ def silence_stillness(
     below_db: float = SILENCE_BELOW_DB,
     guard: int = GUARD_FRAMES,
     motion=None,
+    input_opening=None,
 ) -> Silence:
     """Measure 5 on per-frame series: does the mouth stay still while the speech is silent?
 
@@ -633,6 +646,8 @@ def silence_stillness(
             next to it inside the stretch.
         motion: ``[F - 1]`` pixel change of the mouth from frame ``t`` to ``t + 1`` (NaN where
             not measured), for ``motion_ratio``; ``None``: not measured.
+        input_opening: ``[F]`` the input's own lip opening (NaN where not measured), for
+            ``input_still_ratio``; ``None``: not measured.
 
     Returns:
         ``Silence`` (see there); with no stretch of ``min_silence_s`` its ratios are ``None``.
@@ -704,8 +719,16 @@ def silence_stillness(
             motion_ratio = float(ms.mean() / mp.mean())
         else:
             notes.append("mouth motion: no measured pair of silent or of speaking frames, or no motion in speech")
+    input_still = None
+    if input_opening is not None:
+        io = np.asarray(input_opening, np.float64)
+        if io.shape != (n,):
+            raise ValueError(f"input_opening must be [F] = [{n}] like opening, got {io.shape}")
+        si = io[core & np.isfinite(io)]
+        if still is not None and si.size >= 2:
+            input_still = float(si.std() / sp.std())
     return Silence(thr, tuple(stretches), int(so.size), int(sp.size), still, boundary, p95, jump, n_bound,
-                   "; ".join(notes), motion_ratio, still_within, still_between)
+                   "; ".join(notes), motion_ratio, still_within, still_between, input_still)
 
 
 def _within_between(op: np.ndarray, ok: np.ndarray, cores: list[slice]) -> tuple[float, float | None]:
@@ -913,6 +936,7 @@ def face_quality(
 
     regions: list[Regions | None] = []
     opening: list[float] = []
+    opening_in: list[float] = []  # the input's own, for the silence measure's reference
     motion: list[float] = []  # output lip box, frame t-1 -> t (the input's box of frame t)
     prev_b = None
     acc = _PixelAccumulator(own_speech)
@@ -934,6 +958,7 @@ def face_quality(
                     acc.add(reg, a, b)
                     out_missing += lm_out is None
                 opening.append(lm_out.lip_opening() if (reg is not None and lm_out is not None) else math.nan)
+                opening_in.append(lm_in.lip_opening() if lm_in is not None else math.nan)
                 if prev_b is not None:
                     motion.append(_box_change(prev_b, b, reg.lip_box) if reg is not None else math.nan)
                 prev_b = b
@@ -961,7 +986,8 @@ def face_quality(
     env = speech_envelope(samples, sr, fps, n)
     notes: list[str] = []
     sync = _lip_sync(op, env, fps, notes)
-    silence = silence_stillness(op, env, fps, motion=np.array(motion, np.float64))
+    silence = silence_stillness(op, env, fps, motion=np.array(motion, np.float64),
+                                input_opening=np.array(opening_in, np.float64))
     pixels = acc.result()
     picks: tuple[int, ...] = ()
     if sheet is not None:

@@ -136,6 +136,25 @@ def test_identical_output_scores_perfect(clip, speech, models):
     assert sc.opening.size == N and np.all(np.isfinite(sc.opening))
 
 
+def test_the_silence_reference_is_the_inputs_own_mouth(clip, speech, models):
+    """With 0.8 s of the speech silenced: the input's own opening over the silent frames (read off an
+    identical run, whose output is the input) over the output's speaking std; the output here is the
+    clip played backwards, so the two series differ."""
+    quiet = speech.copy()
+    quiet[20 * 640:40 * 640] = 0
+    same = _measure(clip, clip.copy(), quiet, models)
+    (a, b), = same.silence.stretches  # the silenced 0.8 s, and any quiet frames next to it
+    assert a <= 20 and b >= 40 and 0 < a and b < N, same.silence
+    assert same.silence.input_still_ratio == pytest.approx(same.silence.still_ratio, rel=1e-9)
+    q = _measure(clip, clip[::-1].copy(), quiet, models)
+    assert q.silence.stretches == ((a, b),)
+    core, speaking = np.r_[a + 2:b - 2], np.r_[0:a, b:N]
+    want = np.nanstd(same.opening[core]) / np.nanstd(q.opening[speaking])
+    assert q.silence.input_still_ratio == pytest.approx(want, rel=1e-9)
+    assert q.silence.still_ratio != pytest.approx(q.silence.input_still_ratio, rel=1e-3)
+    assert "the INPUT's own lip-opening std" in q.to_markdown()
+
+
 def test_blurred_lower_face_loses_sharpness_and_skin_psnr(clip, speech, models, points):
     q = _measure(clip, _blur_lower_face(clip, points), speech, models)
     p = q.pixels
@@ -262,6 +281,23 @@ def test_silence_mouth_motion_ratio_over_silent_and_speaking_pairs():
     assert fq.silence_stillness(op, env).motion_ratio is None
     with pytest.raises(ValueError, match="motion must be"):
         fq.silence_stillness(op, env, motion=motion[:-1])
+
+
+def test_silence_input_own_stillness_over_the_same_frames():
+    """``input_still_ratio``: the input's opening std over the silent frames the ratio counts (the
+    guard frames and unmeasured frames left out) over the output's speaking std."""
+    env, op = _speech_and_silence()
+    op[50:80] = 0.02
+    ref = np.full(op.size, 0.5)  # speaking frames of the input: not counted
+    ref[52:78] = 0.1 + 0.01 * np.random.default_rng(5).standard_normal(26)
+    ref[50:52] = ref[78:80] = 9.0  # the guard frames: not counted
+    ref[60] = np.nan  # not measured: left out
+    s = fq.silence_stillness(op, env, input_opening=ref)
+    core = np.r_[52:60, 61:78]
+    assert s.input_still_ratio == pytest.approx(ref[core].std() / op[np.r_[0:50, 80:130]].std(), rel=1e-12)
+    assert fq.silence_stillness(op, env).input_still_ratio is None
+    with pytest.raises(ValueError, match="input_opening must be"):
+        fq.silence_stillness(op, env, input_opening=ref[:-1])
 
 
 def _two_pauses():

@@ -31,6 +31,8 @@ def test_every_row_has_a_cell_per_column_and_the_green_share_in_percent():
     k = head.index("lip box green %")
     assert cells[0][k] == "0.37" and cells[1][k] == "-"  # a share of 0.0037 is 0.37 %; not measured: -
     assert cells[1][head.index("lip box dB / SSIM")] == "21.2 / 0.737"
+    k = head.index("silence std ratio (the input's own)")
+    assert cells[0][k] == "0.36 (-)" and cells[1][k] == "0.36 (-)"  # results written before it was measured
 
 
 def test_the_shaded_frames_below_the_lip_in_percent():
@@ -40,3 +42,10 @@ def test_the_shaded_frames_below_the_lip_in_percent():
     k = head.index("shaded below the lip %")
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert cells[0][k] == "0.4" and cells[1][k] == "-"
+
+
+def test_the_silence_ratio_beside_the_inputs_own():
+    lines = to_markdown([_row(silence_input_ratio=0.59)]).splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[head.index("silence std ratio (the input's own)")] == "0.36 (0.59)"
