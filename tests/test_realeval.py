@@ -20,14 +20,24 @@ def _row(**kw):
     return row
 
 
+def _split(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _table(rows) -> tuple[list[str], list[list[str]]]:
+    """``to_markdown(rows)`` read back: its header's column names and each row's cells."""
+    lines = to_markdown(rows).splitlines()
+    return _split(lines[0]), [_split(line) for line in lines[2:]]
+
+
 def test_every_row_has_a_cell_per_column_and_the_green_share_in_percent():
     own = _row(mode="own speech", lip_box_db=21.2, lip_box_ssim=0.737, green_share=None)
     lines = to_markdown([_row(), own]).splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert "lip box green %" in head and len(lines) == 4
+    assert len(lines) == 4
     for line in lines[1:]:
         assert line.count("|") == lines[0].count("|"), line
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    head, cells = _table([_row(), own])
+    assert "lip box green %" in head
     k = head.index("lip box green %")
     assert cells[0][k] == "0.37" and cells[1][k] == "-"  # a share of 0.0037 is 0.37 %; not measured: -
     assert cells[1][head.index("lip box dB / SSIM")] == "21.2 / 0.737"
@@ -37,15 +47,11 @@ def test_every_row_has_a_cell_per_column_and_the_green_share_in_percent():
 
 def test_the_shaded_frames_below_the_lip_in_percent():
     rows = [_row(shade_share=0.004), _row(mode="own speech")]  # older results: not measured
-    lines = to_markdown(rows).splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    head, cells = _table(rows)
     k = head.index("shaded below the lip %")
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert cells[0][k] == "0.4" and cells[1][k] == "-"
 
 
 def test_the_silence_ratio_beside_the_inputs_own():
-    lines = to_markdown([_row(silence_input_ratio=0.59)]).splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    cells = [c.strip() for c in lines[2].strip("|").split("|")]
-    assert cells[head.index("silence std ratio (the input's own)")] == "0.36 (0.59)"
+    head, cells = _table([_row(silence_input_ratio=0.59)])
+    assert cells[0][head.index("silence std ratio (the input's own)")] == "0.36 (0.59)"
