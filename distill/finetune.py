@@ -19,7 +19,7 @@ stretched by ``1 +- W``, a spectral tilt of ``+- DB``), so the mouth follows wor
 training speech's. ``--fresh-dit`` starts the DiT from a seeded initialisation instead of the model's
 (the audio encoder and VAE are the model's). ``--distill-guidance G --distill-weight W`` puts W of the
 loss on the starting model's own output with audio guidance G on its second step (frozen, the same
-windows, noise and voices; ``ScheduleConfig.guidance``; ``--distill-region lips`` (default) or ``crop``:
+windows, noise and voices; ``ScheduleConfig.guidance``; ``--distill-region lips`` (default), ``mouth`` or ``crop``:
 where it acts, ``ScheduleConfig.guidance_region``), so one pass learns what two passes draw.
 ``--pixel-weight P`` adds P times a loss on the decoded mouth (``distill.student.MouthPixelLoss``: L1
 and image-gradient L1 of the frozen decoder's mouth box against the decoded true latents, whatever the
@@ -104,7 +104,8 @@ class FinetuneConfig:
     distill_guidance: float = _opt(1.0, "a second target: the starting model's own output with this step-2 "
                                         "audio guidance (1: off)")
     distill_weight: float = _opt(0.5, "that target's share of the loss (the true latents' is the rest)")
-    distill_region: str = _opt("lips", "where that guidance acts: lips or crop (ScheduleConfig.guidance_region)")
+    distill_region: str = _opt("lips", "where that guidance acts: lips, mouth or crop "
+                                             "(ScheduleConfig.guidance_region)")
     pixel_weight: float = _opt(0.0, "weight of a loss on the decoded mouth (L1 and image-gradient L1 against the "
                                "decoded true latents, distill.student.MouthPixelLoss); 0: latents only")
 
@@ -391,7 +392,8 @@ def _card_section(model_dir: Path, fc: FinetuneConfig, info: dict, rows: list[di
     if fc.distill_guidance != 1.0:
         extra += (f", {fc.distill_weight:g} of the loss toward the starting model's own output with audio guidance "
                   f"{fc.distill_guidance:g} on its second step"
-                  f"{' over the lips' if fc.distill_region == 'lips' else ''} (the guidance learnt into one pass)")
+                  f"{ {'lips': ' over the lips', 'mouth': ' between the mouth corners'}.get(fc.distill_region, '')}"
+                  " (the guidance learnt into one pass)")
     if fc.pixel_weight > 0:
         extra += (f", a loss on the decoded mouth (L1 and image-gradient L1 against the decoded real frames, weight "
                   f"{fc.pixel_weight:g})")

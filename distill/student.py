@@ -67,7 +67,8 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     ``context`` (teacher forcing): the clean frames written into the cache instead of the outputs.
     ``guidance``: step 2's audio guidance, the runtime's own ``lipforce_sdk.sampler.audio_guided``
     (``ScheduleConfig.guidance``: ``x0_null + g (x0_audio - x0_null)``), the null pass without gradient;
-    ``guidance_region``: where it acts (``ScheduleConfig.guidance_region``: ``"lips"``, ``lips_map``; ``"crop"``).
+    ``guidance_region``: where it acts (``ScheduleConfig.guidance_region``: ``"lips"``, ``lips_map``; ``"mouth"``,
+    ``geometry.mouth_region``; ``"crop"``).
     """
     b, _, n, _, _ = cond.shape
     c = cfg.stream.chunk_frames
@@ -94,7 +95,11 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     last = 1 if grad_step is None else grad_step
     if guidance_region not in GUIDANCE_REGIONS:
         raise ValueError(f"guidance_region={guidance_region!r}: one of {GUIDANCE_REGIONS}")
-    region = lips_map(cfg)[None, None, None] if guidance != 1.0 and guidance_region == "lips" else None
+    region = None
+    if guidance != 1.0 and guidance_region != "crop":
+        from lipforce_sdk.geometry import guidance_region as region_map
+
+        region = torch.from_numpy(region_map(guidance_region, cfg.stream.resolution, cfg.latent_hw))[None, None, None]
     outs = []
     for k in range(0, n, c):
         sl = slice(k, k + c)

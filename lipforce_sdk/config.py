@@ -200,7 +200,7 @@ class StreamConfig:
         return self
 
 
-GUIDANCE_REGIONS = ("lips", "crop")  # ScheduleConfig.guidance_region
+GUIDANCE_REGIONS = ("lips", "mouth", "crop")  # ScheduleConfig.guidance_region
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,9 @@ class ScheduleConfig:
     ``guidance_region``: where it acts. ``"lips"`` (default): ``x0_audio + (guidance - 1) * L *
     (x0_audio - x0_null)`` with ``L`` the soft lips box of the crop (``geometry.lips_region``), so the
     chin and cheeks keep the unguided pass (guided over the whole crop, the widest mouths left grey
-    smudges below the lower lip); ``"crop"``: the formula above over the whole crop.
+    smudges below the lower lip); ``"mouth"``: the same with ``L`` the box between the mouth corners
+    (``geometry.mouth_region``), so the corners and the skin beside them keep the unguided pass too;
+    ``"crop"``: the formula above over the whole crop.
     """
 
     t_land: float = 0.5

@@ -42,6 +42,11 @@ __all__ = [
     "mouth_polygon",
     "soft_mask",
     "match_edge",
+    "lips_region",
+    "mouth_region",
+    "guidance_region",
+    "LIPS_BOX",
+    "MOUTH_BOX",
     "MEDIAPIPE",
 ]
 
@@ -200,23 +205,58 @@ class CropSpec:
         return self
 
 
-def lips_region(resolution: int, latent_hw: tuple[int, int], spec: CropSpec | None = None) -> np.ndarray:
-    """Per latent pixel ``[h, w]`` float32 in [0, 1]: where the lips and the gap between them are in
-    an eye-aligned crop of ``resolution`` pixels (``spec``'s framing puts every mouth there): a box
-    from 0.07 of the crop above the mouth corners' line to 0.11 below it, 0.27-0.73 across, blurred
-    by a Gaussian of 1/64 of the crop, averaged over each latent pixel. The training loss weighs the
-    lips by it (``distill.teacher.lips_map``); audio guidance acts inside it
-    (``ScheduleConfig.guidance_region = "lips"``)."""
+# Boxes of an eye-aligned crop, as crop fractions (x0, x1 across; above, below the mouth corners' line):
+# ``LIPS_BOX`` the lips and the gap between them (``lips_region``); ``MOUTH_BOX`` the part of it
+# between the mouth corners (``mouth_region``: every framing's corners lie outside it, at about 0.29
+# and 0.71 of the crop) and from the upper lip's middle to the lower lip's.
+LIPS_BOX = (0.27, 0.73, 0.07, 0.11)
+MOUTH_BOX = (0.36, 0.64, 0.05, 0.08)
+
+
+def _box_region(resolution: int, latent_hw: tuple[int, int], box: tuple[float, float, float, float],
+                spec: CropSpec | None) -> np.ndarray:
     spec = CropSpec() if spec is None else spec
     s = int(resolution)
     h, w = (int(v) for v in latent_hw)
     if s % h or s % w:
         raise ValueError(f"the crop ({s} px) must be a whole number of latent pixels ({h} x {w})")
+    x0, x1, up, down = box
     cy = 0.5 - spec.down / spec.side  # the mouth corners' line
     m = np.zeros((s, s), np.float32)
-    m[int((cy - 0.07) * s):int((cy + 0.11) * s), int(0.27 * s):int(0.73 * s)] = 1.0
+    m[int((cy - up) * s):int((cy + down) * s), int(x0 * s):int(x1 * s)] = 1.0
     m = cv2.GaussianBlur(m, (0, 0), s / 64)
     return np.ascontiguousarray(m.reshape(h, s // h, w, s // w).mean(axis=(1, 3)), dtype=np.float32)
+
+
+def lips_region(resolution: int, latent_hw: tuple[int, int], spec: CropSpec | None = None) -> np.ndarray:
+    """Per latent pixel ``[h, w]`` float32 in [0, 1]: where the lips and the gap between them are in
+    an eye-aligned crop of ``resolution`` pixels (``spec``'s framing puts every mouth there): a box
+    from 0.07 of the crop above the mouth corners' line to 0.11 below it, 0.27-0.73 across
+    (``LIPS_BOX``), blurred by a Gaussian of 1/64 of the crop, averaged over each latent pixel. The
+    training loss weighs the lips by it (``distill.teacher.lips_map``); audio guidance acts inside
+    it with ``ScheduleConfig.guidance_region = "lips"``."""
+    return _box_region(resolution, latent_hw, LIPS_BOX, spec)
+
+
+def mouth_region(resolution: int, latent_hw: tuple[int, int], spec: CropSpec | None = None) -> np.ndarray:
+    """As ``lips_region`` over ``MOUTH_BOX``: between the mouth corners (0.36-0.64 across), from
+    0.05 of the crop above the corners' line to 0.08 below it. Audio guidance acts inside it with
+    ``ScheduleConfig.guidance_region = "mouth"``: the lips part further, the corners and the skin
+    beside and below them as the unguided pass draws them."""
+    return _box_region(resolution, latent_hw, MOUTH_BOX, spec)
+
+
+def guidance_region(name: str, resolution: int, latent_hw: tuple[int, int],
+                    spec: CropSpec | None = None) -> np.ndarray | None:
+    """Where audio guidance acts (``ScheduleConfig.guidance_region``): ``None`` for ``"crop"`` (all of
+    it), else ``lips_region`` (``"lips"``) or ``mouth_region`` (``"mouth"``), ``[h, w]`` float32."""
+    if name == "crop":
+        return None
+    if name == "lips":
+        return lips_region(resolution, latent_hw, spec)
+    if name == "mouth":
+        return mouth_region(resolution, latent_hw, spec)
+    raise ValueError(f"guidance region {name!r}: one of 'lips', 'mouth', 'crop'")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from .cache_plan import RingCachePlanner
 from .config import ConfigError, ModelConfig
 from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
-from .geometry import (AlignedCrop, CropAligner, FaceKeypoints, GreenLimit, MouthMask, limit_green, lips_region,
+from .geometry import (AlignedCrop, CropAligner, FaceKeypoints, GreenLimit, MouthMask, limit_green, guidance_region,
                        match_edge, mouth_mask_for)
 from .sampler import audio_guided, fill_hole, hole_of, two_step_sample
 from .silence import SILENCE_MODES, SilenceGate
@@ -303,13 +303,14 @@ class ChunkRenderer:
     @property
     def guidance_region(self):
         """Where step 2's audio guidance acts (``ScheduleConfig.guidance_region``): ``None`` for the
-        whole crop, else ``geometry.lips_region`` as the backend's array ``[1, 1, 1, h, w]`` (made once)."""
+        whole crop, else ``geometry.guidance_region`` (the lips' or the mouth's box) as the backend's
+        array ``[1, 1, 1, h, w]`` (made once)."""
         if self.cfg.schedule.guidance_region == "crop":
             return None
         if self._region_on_backend is None:
             cfg = self.cfg
             self._region_on_backend = self.backend.asarray(
-                lips_region(cfg.stream.resolution, cfg.latent_hw)[None, None, None])
+                guidance_region(cfg.schedule.guidance_region, cfg.stream.resolution, cfg.latent_hw)[None, None, None])
         return self._region_on_backend
 
     def noise(self, chunk_index: int):

@@ -34,7 +34,7 @@ def _ref(cfg, b, g):
                (torch.rand(b, cfg.mask_channels, r, h, w, generator=g) > 0.5).float())
 
 
-@pytest.mark.parametrize("guidance,region", [(1.0, "lips"), (2.5, "lips"), (2.5, "crop")])
+@pytest.mark.parametrize("guidance,region", [(1.0, "lips"), (2.5, "lips"), (2.5, "crop"), (2.5, "mouth")])
 def test_rollout_equals_the_runtime_two_step_schedule(cfg, guidance, region):
     """The student's training rollout is the runtime's computation: the reference written into the
     sink, then the same cache plan and the same passes per chunk (with step 2's audio guidance)."""

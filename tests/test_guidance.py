@@ -34,12 +34,13 @@ def _spy(engine):
     return calls
 
 
-@pytest.mark.parametrize("region", ["crop", "lips"])
+@pytest.mark.parametrize("region", ["crop", "lips", "mouth"])
 def test_guided_step_two_is_null_plus_g_times_the_difference(region):
     """crop: x_null + g (x_audio - x_null) over the whole crop; lips (the default region): x_audio +
     (g - 1) L (x_audio - x_null), L the soft lips box (``geometry.lips_region``): the same formula
-    where L is 1, the audio pass alone where it is 0."""
-    from lipforce_sdk.geometry import lips_region
+    where L is 1, the audio pass alone where it is 0; mouth: the same with L the box between the
+    mouth corners (``geometry.mouth_region``)."""
+    from lipforce_sdk.geometry import lips_region, mouth_region
 
     engine = Engine.load(guidance=2.5, guidance_region=region)
     assert engine.config.schedule.guidance_region == region
@@ -59,7 +60,8 @@ def test_guided_step_two_is_null_plus_g_times_the_difference(region):
             want = null[3] + 2.5 * (audio_pass[3] - null[3])
         else:
             cfg = engine.config
-            lips = lips_region(cfg.stream.resolution, cfg.latent_hw).astype(np.float64)
+            box = {"lips": lips_region, "mouth": mouth_region}[region]
+            lips = box(cfg.stream.resolution, cfg.latent_hw).astype(np.float64)
             want = audio_pass[3] + 1.5 * lips * (audio_pass[3] - null[3])
         np.testing.assert_allclose(clean[2], want, rtol=0, atol=1e-5)
         assert np.abs(audio_pass[3] - null[3]).max() > 1e-3, "the audio changes the pass: guidance is not a no-op"
@@ -136,15 +138,43 @@ def test_lips_region_covers_the_lips_and_leaves_the_chin():
         lips_region(100, (32, 32))
 
 
+def test_mouth_region_lies_between_the_corners_inside_the_lips_box():
+    """The "mouth" guidance region: 1 over the mouth's middle, inside the lips box everywhere, 0 where
+    every framing puts the mouth corners (0.29 and 0.71 of the crop: ``CropSpec`` aligns the eyes and
+    the mouth sits 0.7-0.8 eye distances wide) and beyond; ``guidance_region`` names the three."""
+    from lipforce_sdk.config import from_name
+    from lipforce_sdk.geometry import CropSpec, guidance_region, lips_region, mouth_region
+
+    cfg = from_name("tiny")
+    s = cfg.stream.resolution
+    h, w = cfg.latent_hw
+    m, lips = mouth_region(s, (h, w)), lips_region(s, (h, w))
+    assert m.shape == (h, w) and m.dtype == np.float32 and 0.0 <= m.min() and m.max() <= 1.0
+    spec = CropSpec()
+    mouth_row = int((0.5 - spec.down / spec.side + 0.02) * h)
+    assert m[mouth_row, w // 2] > 0.99
+    assert (m <= lips + 1e-6).all() and m.sum() < 0.7 * lips.sum()
+    corners = [int(0.29 * w), int(0.71 * w)]
+    assert m[:, :corners[0] + 1].max() < 0.05 and m[:, corners[1]:].max() < 0.05, "no guidance at the corners"
+    assert lips[mouth_row, corners].min() > 0.5, "the lips box reaches them"
+    np.testing.assert_array_equal(guidance_region("mouth", s, (h, w)), m)
+    np.testing.assert_array_equal(guidance_region("lips", s, (h, w)), lips)
+    assert guidance_region("crop", s, (h, w)) is None
+    with pytest.raises(ValueError, match="guidance region"):
+        guidance_region("jaw", s, (h, w))
+
+
 def test_guidance_region_changes_the_frames(tiny_engine):
     """Lips-guided frames differ from the unguided ones (guidance acts) and from crop-guided ones (the
     region acts)."""
     frames, audio = make_clip(8, 7)
     lips = render_offline(Engine.load(guidance=2.5, guidance_region="lips"), audio, frames, box=BOX)
     crop = render_offline(Engine.load(guidance=2.5, guidance_region="crop"), audio, frames, box=BOX)
+    mouth = render_offline(Engine.load(guidance=2.5, guidance_region="mouth"), audio, frames, box=BOX)
     plain = render_offline(Engine.load(guidance=1.0), audio, frames, box=BOX)
     assert np.abs(lips.astype(int) - plain.astype(int)).max() > 2
     assert np.abs(lips.astype(int) - crop.astype(int)).max() > 2
+    assert np.abs(mouth.astype(int) - lips.astype(int)).max() > 2
 
 
 def test_guidance_round_trips_through_the_config_dict(tiny_engine):
