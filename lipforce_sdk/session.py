@@ -28,8 +28,9 @@ from .cache_plan import RingCachePlanner
 from .config import ConfigError, ModelConfig
 from .exemplars import LayeredExemplars, StreamExemplars
 from .face import FaceBox, FaceNotFoundError, FaceTracker
-from .geometry import (AlignedCrop, CropAligner, FaceKeypoints, GreenLimit, MouthMask, limit_green, guidance_region,
+from .geometry import (AlignedCrop, CropAligner, FaceKeypoints, GreenLimit, MouthMask, limit_green,
                        match_edge, mouth_mask_for)
+from .geometry import guidance_region as guidance_region_map
 from .sampler import audio_guided, fill_hole, hole_of, two_step_sample
 from .silence import SILENCE_MODES, SilenceGate
 from .tracking import BoxFaceSource, FaceSource, HaarFaceSource, KeypointsFaceSource, default_face_source
@@ -310,7 +311,7 @@ class ChunkRenderer:
         if self._region_on_backend is None:
             cfg = self.cfg
             self._region_on_backend = self.backend.asarray(
-                guidance_region(cfg.schedule.guidance_region, cfg.stream.resolution, cfg.latent_hw)[None, None, None])
+                guidance_region_map(cfg.schedule.guidance_region, cfg.stream.resolution, cfg.latent_hw)[None, None, None])
         return self._region_on_backend
 
     def noise(self, chunk_index: int):
