@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from lipforce_sdk.cache_plan import RingCachePlanner
 from lipforce_sdk.config import GUIDANCE_REGIONS, ModelConfig
 from lipforce_sdk.geometry import CropSpec, soft_mask
+from lipforce_sdk.geometry import guidance_region as region_map
 from lipforce_sdk.model.dit import WanDiT
 from lipforce_sdk.sampler import audio_guided, fill_hole, hole_of
 
@@ -96,10 +97,9 @@ def rollout(dit: WanDiT, cfg: ModelConfig, cond, mask, tok, noise, second: Calla
     if guidance_region not in GUIDANCE_REGIONS:
         raise ValueError(f"guidance_region={guidance_region!r}: one of {GUIDANCE_REGIONS}")
     region = None
-    if guidance != 1.0 and guidance_region != "crop":
-        from lipforce_sdk.geometry import guidance_region as region_map
-
-        region = torch.from_numpy(region_map(guidance_region, cfg.stream.resolution, cfg.latent_hw))[None, None, None]
+    if guidance != 1.0:
+        box = region_map(guidance_region, cfg.stream.resolution, cfg.latent_hw)  # None over the whole crop
+        region = None if box is None else torch.from_numpy(box)[None, None, None]
     outs = []
     for k in range(0, n, c):
         sl = slice(k, k + c)

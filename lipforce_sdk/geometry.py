@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from .config import GUIDANCE_REGIONS
 from .face import FaceBox, _antialias, _antialias_sigma, _as_box, _check_frame, _gather
 
 __all__ = [
@@ -250,13 +251,10 @@ def guidance_region(name: str, resolution: int, latent_hw: tuple[int, int],
                     spec: CropSpec | None = None) -> np.ndarray | None:
     """Where audio guidance acts (``ScheduleConfig.guidance_region``): ``None`` for ``"crop"`` (all of
     it), else ``lips_region`` (``"lips"``) or ``mouth_region`` (``"mouth"``), ``[h, w]`` float32."""
-    if name == "crop":
-        return None
-    if name == "lips":
-        return lips_region(resolution, latent_hw, spec)
-    if name == "mouth":
-        return mouth_region(resolution, latent_hw, spec)
-    raise ValueError(f"guidance region {name!r}: one of 'lips', 'mouth', 'crop'")
+    boxes = {"lips": LIPS_BOX, "mouth": MOUTH_BOX}
+    if name not in GUIDANCE_REGIONS:
+        raise ValueError(f"guidance region {name!r}: one of {', '.join(map(repr, GUIDANCE_REGIONS))}")
+    return None if name == "crop" else _box_region(resolution, latent_hw, boxes[name], spec)
 
 
 @dataclass(frozen=True)
