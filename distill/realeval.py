@@ -1,7 +1,7 @@
 """Keep the face: a model on real (and illustrated) clips it never saw, one command.
 
     python -m distill.realeval --clips DIR --speech SPEECH.wav --out runs/realeval [--model DIR]
-        [--backend torch] [--seconds 10] [--no-own-speech]
+        [--backend torch] [--seconds 10] [--no-own-speech] [--still-baseline]
 
 For every video of ``--clips`` (with its speech where it has some, as
 ``distill.realdata.find_clips`` finds it):
@@ -10,7 +10,9 @@ For every video of ``--clips`` (with its speech where it has some, as
   back and forth when shorter than the speech) with the first ``--seconds`` of ``--speech``;
 - **own speech** (unless ``--no-own-speech``; clips with speech only): the clip driven by its own
   speech (its frames are then the ground truth; the lip box is also given from the 2 s mark on,
-  past the frames a general model takes its mouth exemplars from, ``lipforce_sdk.exemplars``);
+  past the frames a general model takes its mouth exemplars from, ``lipforce_sdk.exemplars``; with
+  ``--still-baseline`` also of the clip driven by silence as long as its speech: the model's still
+  mouth, the score a speaking mouth must beat to move more like the person than not moving);
 
 then ``lipforce_sdk.face_quality`` on each output against its input: lower-face sharpness
 (Laplacian variance nose tip to chin, output / input), the skin between nose and upper lip
@@ -40,6 +42,7 @@ def _row(name: str, mode: str, q) -> dict:
             "lip_r": None if s is None else s.r, "lip_lag": None if s is None else s.lag,
             "null_p95": None if s is None else s.null_p95, "null_max": None if s is None else s.null_max,
             "lip_box_db": p.lip_psnr_db, "lip_box_ssim": p.lip_ssim, "lip_box_after_db": None,
+            "lip_box_still_db": None,
             "silence_ratio": None if sil is None else sil.still_ratio, "jump_ratio": None if sil is None else sil.jump_ratio,
             "silence_within": None if sil is None else sil.still_within,
             "silence_between": None if sil is None else sil.still_between,
@@ -60,13 +63,14 @@ def _f(v, fmt=".2f") -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | silence std ratio (the input's own) | boundary jump | mouth motion silent / speaking | lip box green % | shaded below the lip % | control sharpness / skin dB |"
-    lines = [head, "|" + " --- |" * 14]
+    head = "| clip | speech | sharpness (out/in) | skin dB | lip r (lag) | null p95 | lip box dB / SSIM | lip box from 2 s dB | lip box of a still mouth dB | silence std ratio (the input's own) | boundary jump | mouth motion silent / speaking | lip box green % | shaded below the lip % | control sharpness / skin dB |"
+    lines = [head, "|" + " --- |" * 15]
     for r in rows:
         lines.append(
             f"| {r['clip']} | {r['mode']} | {_f(r['sharpness'])} | {_f(r['skin_db'], '.1f')} | "
             f"{_f(r['lip_r'])} ({_f(r['lip_lag'], '+d') if r['lip_lag'] is not None else '-'}) | {_f(r['null_p95'])} | "
             f"{_f(r['lip_box_db'], '.1f')} / {_f(r['lip_box_ssim'], '.3f')} | {_f(r.get('lip_box_after_db'), '.1f')} | "
+            f"{_f(r.get('lip_box_still_db'), '.1f')} | "
             f"{_f(r['silence_ratio'])} ({_f(r.get('silence_input_ratio'))}) | "
             f"{_f(r['jump_ratio'])} | {_f(r.get('motion_ratio'))} | "
             f"{_f(None if r.get('green_share') is None else 100 * r['green_share'])} | "
@@ -77,7 +81,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out: str | Path, seconds: float = 10.0,
                    own_speech: bool = True, progress: bool = True, log=print, silence: str | None = None,
-                   exemplars: bool = True, speech_gain: float | str = 1.0) -> list[dict]:
+                   exemplars: bool = True, speech_gain: float | str = 1.0, still_baseline: bool = False) -> list[dict]:
     import numpy as np
 
     from lipforce_sdk.cli import run_clip
@@ -117,11 +121,31 @@ def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out
             rows.append(_row(name, mode, q))
             if is_own:
                 rows[-1]["lip_box_after_db"] = _lip_box_after(engine, video, dst, wav)
+                if still_baseline:
+                    rows[-1]["lip_box_still_db"] = _lip_box_still(engine, video, wav, out / f"{name}.still.mp4",
+                                                                  silence=silence, exemplars=exemplars)
             log(f"{name} ({mode}): {json.dumps({k: v for k, v in rows[-1].items() if k not in ('clip', 'mode')}, default=str)}"
                 f"  [{time.perf_counter() - t0:.0f} s]")
     (out / "results.json").write_text(json.dumps(rows, indent=1, default=lambda v: None if v != v else str(v)))
     (out / "results.md").write_text(to_markdown(rows))
     return rows
+
+
+def _lip_box_still(engine, video, own_wav, dst, silence=None, exemplars: bool = True) -> float | None:
+    """The own-speech lip box PSNR of the same clip driven by silence as long as its speech: the
+    model's own still mouth against the real frames. A speaking mouth that scores under it moves
+    less like the person than not moving at all."""
+    import numpy as np
+
+    from lipforce_sdk.cli import run_clip
+    from lipforce_sdk.face_quality import face_quality
+    from lipforce_sdk.media import read_audio, write_wav
+
+    quiet = Path(dst).with_suffix(".wav")
+    write_wav(quiet, np.zeros_like(read_audio(own_wav, 16000)))
+    run_clip(engine, video, quiet, dst, progress=False, silence=silence, exemplars=exemplars)
+    q = face_quality(video, dst, own_wav, own_speech=True, input_order="pingpong")
+    return q.pixels.lip_psnr_db
 
 
 def _lip_box_after(engine, video, out, wav) -> float | None:
@@ -160,13 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-exemplars", action="store_true", help="as `lipforce run --no-exemplars`")
     ap.add_argument("--speech-gain", type=_gain_choice, default=1.0, metavar="auto|G",
                     help="as `lipforce run --speech-gain`")
+    ap.add_argument("--still-baseline", action="store_true",
+                    help="own-speech clips also driven by silence: the lip box of the model's still mouth (a "
+                         "baseline for the speaking one)")
     a = ap.parse_args(argv)
     from lipforce_sdk.session import Engine
 
     engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance, guidance_region=a.guidance_region)
     rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech,
                           silence=a.silence, exemplars=not a.no_exemplars,
-                          speech_gain=a.speech_gain)
+                          speech_gain=a.speech_gain, still_baseline=a.still_baseline)
     print(to_markdown(rows))
     return 0
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from distill.realeval import to_markdown  # noqa: E402
+from distill.realeval import _lip_box_still, to_markdown  # noqa: E402
 
 
 def _row(**kw):
@@ -55,3 +55,28 @@ def test_the_shaded_frames_below_the_lip_in_percent():
 def test_the_silence_ratio_beside_the_inputs_own():
     head, cells = _table([_row(silence_input_ratio=0.59)])
     assert cells[0][head.index("silence std ratio (the input's own)")] == "0.36 (0.59)"
+
+
+def test_the_still_mouths_lip_box_beside_the_speaking_ones():
+    own = _row(mode="own speech", lip_box_db=21.2, lip_box_ssim=0.737, lip_box_still_db=22.97)
+    head, cells = _table([_row(), own])
+    k = head.index("lip box of a still mouth dB")
+    assert head.index("lip box dB / SSIM") < k
+    assert cells[0][k] == "-" and cells[1][k] == "23.0"  # new speech: no ground truth; own: one decimal
+
+
+def test_the_still_mouth_is_the_clip_driven_by_silence_as_long_as_its_speech(tiny_engine, tmp_path):
+    """``--still-baseline``: the clip run again on silence of its own speech's length, the lip box of that
+    output against the real frames."""
+    import numpy as np
+
+    from lipforce_sdk.media import read_audio, read_video, write_wav
+
+    photo = Path(__file__).resolve().parents[1] / "lipforce_sdk" / "assets" / "photo"
+    own = tmp_path / "own.wav"
+    write_wav(own, read_audio(photo / "speech.wav", 16000)[:24320])  # 38 frames of 640 samples
+    db = _lip_box_still(tiny_engine, photo / "face.mp4", own, tmp_path / "still.mp4")
+    quiet = read_audio(tmp_path / "still.wav", 16000)
+    assert len(quiet) == 24320 and not np.any(quiet)
+    assert len(read_video(tmp_path / "still.mp4")[0]) == 38  # one frame per 640 samples at 25 fps
+    assert db is not None and 20.0 < db < 60.0
