@@ -21,8 +21,8 @@ shifted-speech null), the lip box against the real frames (own speech), whether 
 still (beside it, the ratio the input's own mouth scores over the same silent frames), the lip
 box's colour the person never shows (measure 8: share of pixels, and in
 ``results.json`` the frames over 1 %) and the frames shaded below the lower lip (measure 7); an
-H.264 copy of the input is the control. Writes ``results.md`` / ``results.json`` and a
-contact sheet per run (input vs output mouth crops) under ``--out``.
+H.264 copy of the input is the control. Writes ``results.md`` (with how many runs pass each bar of
+``CRITERIA``) / ``results.json`` and a contact sheet per run (input vs output mouth crops) under ``--out``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["evaluate_clips", "main"]
+__all__ = ["CRITERIA", "criteria", "evaluate_clips", "main"]
 
 
 def _row(name: str, mode: str, q) -> dict:
@@ -76,6 +76,37 @@ def to_markdown(rows: list[dict]) -> str:
             f"{_f(None if r.get('green_share') is None else 100 * r['green_share'])} | "
             f"{_f(None if r.get('shade_share') is None else 100 * r['shade_share'], '.1f')} | "
             f"{_f(r['control_sharpness'])} / {_f(r['control_skin_db'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+# The bars of a face that is kept (BENCHMARKS.md section 6), per run, and the speaking mouth against the
+# still one (``--still-baseline``): (name, row key, test on the row); ``criteria`` counts them
+CRITERIA = (
+    ("sharpness >= 0.7", "sharpness", lambda r: r["sharpness"] >= 0.7),
+    ("skin >= 30 dB", "skin_db", lambda r: r["skin_db"] >= 30.0),
+    ("lip r >= 0.4, above its null", "lip_r", lambda r: r["lip_r"] >= 0.4 and r["lip_r"] > (r.get("null_p95") or 0.0)),
+    ("silence std ratio <= 0.2", "silence_ratio", lambda r: r["silence_ratio"] <= 0.2),
+    ("boundary jump <= 1", "jump_ratio", lambda r: r["jump_ratio"] <= 1.0),
+    ("own-speech lip box >= 24 dB", "lip_box_db", lambda r: r["lip_box_db"] >= 24.0),
+    ("own-speech lip box above the still mouth's", "lip_box_still_db",
+     lambda r: r["lip_box_db"] is not None and r["lip_box_db"] > r["lip_box_still_db"]),
+)
+
+
+def criteria(rows: list[dict]) -> list[tuple[str, int, int]]:
+    """``(criterion, runs passing, runs measured)`` for each of ``CRITERIA`` over ``rows``; a run
+    counts where it has the measure (the lip box: own-speech runs; the still mouth's: with
+    ``--still-baseline``)."""
+    out = []
+    for name, key, ok in CRITERIA:
+        have = [r for r in rows if r.get(key) is not None and r[key] == r[key]]
+        out.append((name, sum(bool(ok(r)) for r in have), len(have)))
+    return out
+
+
+def criteria_markdown(rows: list[dict]) -> str:
+    lines = ["| criterion | runs passing |", "| --- | --- |"]
+    lines += [f"| {name} | {k}/{n} |" for name, k, n in criteria(rows) if n]
     return "\n".join(lines) + "\n"
 
 
@@ -127,7 +158,7 @@ def evaluate_clips(engine, clips_dir: str | Path, speech: str | Path | None, out
             log(f"{name} ({mode}): {json.dumps({k: v for k, v in rows[-1].items() if k not in ('clip', 'mode')}, default=str)}"
                 f"  [{time.perf_counter() - t0:.0f} s]")
     (out / "results.json").write_text(json.dumps(rows, indent=1, default=lambda v: None if v != v else str(v)))
-    (out / "results.md").write_text(to_markdown(rows))
+    (out / "results.md").write_text(to_markdown(rows) + "\n" + criteria_markdown(rows))
     return rows
 
 
@@ -195,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                           silence=a.silence, exemplars=not a.no_exemplars,
                           speech_gain=a.speech_gain, still_baseline=a.still_baseline)
     print(to_markdown(rows))
+    print(criteria_markdown(rows))
     return 0
 
 

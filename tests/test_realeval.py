@@ -80,3 +80,21 @@ def test_the_still_mouth_is_the_clip_driven_by_silence_as_long_as_its_speech(tin
     assert len(quiet) == 24320 and not np.any(quiet)
     assert len(read_video(tmp_path / "still.mp4")[0]) == 38  # one frame per 640 samples at 25 fps
     assert db is not None and 20.0 < db < 60.0
+
+
+def test_the_runs_passing_each_bar():
+    from distill.realeval import criteria
+
+    rows = [_row(),                                                   # passes all it measures but silence
+            _row(sharpness=0.69, lip_r=0.3, jump_ratio=1.2, silence_ratio=0.2),
+            _row(lip_r=0.5, null_p95=0.55, skin_db=29.9),              # r over 0.4 but under its null
+            _row(mode="own speech", lip_box_db=24.4, lip_box_still_db=25.5, silence_ratio=None),
+            _row(mode="own speech", lip_box_db=21.2, lip_box_still_db=float("nan"))]
+    got = {name: (k, n) for name, k, n in criteria(rows)}
+    assert got["sharpness >= 0.7"] == (4, 5)
+    assert got["skin >= 30 dB"] == (4, 5)
+    assert got["lip r >= 0.4, above its null"] == (3, 5)
+    assert got["silence std ratio <= 0.2"] == (1, 4)  # 0.2 passes; None is not measured
+    assert got["boundary jump <= 1"] == (4, 5)
+    assert got["own-speech lip box >= 24 dB"] == (1, 2)
+    assert got["own-speech lip box above the still mouth's"] == (0, 1)  # NaN is not measured
