@@ -179,7 +179,7 @@ def to_markdown(rows: list[ArticulationRow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lipforce_sdk.cli import add_guidance_options  # the same options as `lipforce run`
+    from lipforce_sdk.cli import add_schedule_options, schedule_choice  # the same options as `lipforce run`
 
     ap = argparse.ArgumentParser(prog="python -m distill.articulation", description=__doc__.split("\n\n")[0])
     ap.add_argument("--faces", nargs="+", required=True,
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="folder for the clips and results")
     ap.add_argument("--model", default=None, help="model directory (default: the bundled one)")
     ap.add_argument("--backend", default="torch")
-    add_guidance_options(ap)
+    add_schedule_options(ap)
     ap.add_argument("--sentences", type=int, default=3, help="sentences per face")
     ap.add_argument("--split", default="held_out", choices=["train", "held_out"], help="whose sentences")
     ap.add_argument("--sheet", action="store_true", help="a contact sheet per clip")
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(f).is_file():
             print(f"error: face {f!r} does not exist", file=sys.stderr)
             return 1
-    engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance, guidance_region=a.guidance_region)
+    engine = Engine.load(a.model, backend=a.backend, **schedule_choice(a))
     out = Path(a.out)
     rows: list[ArticulationRow] = []
     skipped = []

@@ -400,14 +400,15 @@ def _tensorrt_unavailable() -> str | None:
 
 def compare_backends(model_dir: str | Path | None = None, backends: Sequence[str] = ("torch", "onnxruntime"),
                      clips: int = 8, max_frames: int | None = None, out: str | Path | None = None, scorer=None,
-                     log: Callable[[str], None] | None = print) -> BackendComparison:
+                     log: Callable[[str], None] | None = print, steps: int | None = None) -> BackendComparison:
     """Render the same held-out pairs with each backend and compare every metric with torch's.
 
     ``model_dir`` (default: the bundled model) holds PyTorch weights; for ``onnxruntime`` /
     ``tensorrt`` it is exported to ONNX (fp32, ``attention="decomposed"``) under ``out``
     (default: a temporary directory, removed afterwards) and, for ``tensorrt``, built into
     engines there. ``tensorrt`` is skipped, with the reason logged, where TensorRT does not
-    import or there is no GPU. torch is the reference and always runs.
+    import or there is no GPU. torch is the reference and always runs. ``steps``: the schedule's
+    denoising steps for every backend (``Engine.load(steps=)``; default the model's own).
     """
     from lipforce_sdk.session import Engine, default_model_dir
 
@@ -454,7 +455,7 @@ def compare_backends(model_dir: str | Path | None = None, backends: Sequence[str
         say(f"{len(pairs)} held-out pairs, {n_frames} frames")
         summaries: dict[str, Summary] = {}
         for b in names:
-            engine = Engine.load(dirs[b], backend=b)
+            engine = Engine.load(dirs[b], backend=b, steps=steps)
             summaries[b] = evaluate(engine, pairs, scorer, keep_frames=True, name=b)
             close = getattr(engine.backend, "close", None)
             if callable(close):
@@ -497,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="cut each pair to at most this many frames")
     p.add_argument("--out", default=None, help="keep the exported ONNX / engines here (default: a temporary dir)")
     p.add_argument("--scorer", default=None, help="sync scorer weights (default: distill/weights/syncnet.safetensors)")
+    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
+                   help="denoising steps per chunk, as `lipforce run --steps` (default: the model's own)")
     return p
 
 
@@ -509,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
 
         scorer = SyncScorer.load(a.scorer)
     res = compare_backends(a.model, a.backends, a.clips, a.max_frames, a.out, scorer,
-                           log=lambda s: print(s, file=sys.stderr))
+                           log=lambda s: print(s, file=sys.stderr), steps=a.steps)
     print(res.to_markdown())
     return 0 if res.ok else 1
 

@@ -199,7 +199,7 @@ def _lip_box_after(engine, video, out, wav) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lipforce_sdk.cli import _gain_choice, add_guidance_options  # the same values as `lipforce run`
+    from lipforce_sdk.cli import _gain_choice, add_schedule_options, schedule_choice  # as `lipforce run`
     from lipforce_sdk.config import SILENCE_MODES
 
     ap = argparse.ArgumentParser(prog="python -m distill.realeval", description=__doc__.split("\n")[0])
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (videos, sheets, results.md/json)")
     ap.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
-    add_guidance_options(ap)
+    add_schedule_options(ap)
     ap.add_argument("--seconds", type=float, default=10.0, help="speech length per run")
     ap.add_argument("--no-own-speech", action="store_true", help="skip the runs driven by each clip's own speech")
     ap.add_argument("--silence", default=None, choices=SILENCE_MODES, help="as `lipforce run --silence`")
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from lipforce_sdk.session import Engine
 
-    engine = Engine.load(a.model, backend=a.backend, guidance=a.guidance, guidance_region=a.guidance_region)
+    engine = Engine.load(a.model, backend=a.backend, **schedule_choice(a))
     rows = evaluate_clips(engine, a.clips, a.speech, a.out, a.seconds, own_speech=not a.no_own_speech,
                           silence=a.silence, exemplars=not a.no_exemplars,
                           speech_gain=a.speech_gain, still_baseline=a.still_baseline)

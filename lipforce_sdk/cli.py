@@ -248,8 +248,7 @@ def _cmd_run(a) -> int:
         return _run_remote(a)
     from .session import Engine
 
-    engine = Engine.load(a.model, backend=a.backend or "torch", guidance=a.guidance,
-                         guidance_region=a.guidance_region)
+    engine = Engine.load(a.model, backend=a.backend or "torch", **schedule_choice(a))
     if a.avatar is not None:
         return _run_avatar(a, engine)
     return _run_video(a, engine)
@@ -260,7 +259,7 @@ def _run_remote(a) -> int:
     from .triton.client import RemoteEngine
 
     local = [f for f, v in (("--model", a.model), ("--backend", a.backend), ("--guidance", a.guidance),
-                            ("--guidance-region", a.guidance_region)) if v is not None]
+                            ("--guidance-region", a.guidance_region), ("--steps", a.steps)) if v is not None]
     if local:
         raise ValueError(f"{'/'.join(local)} choose the model where the server runs (lipforce triton --model DIR "
                          f"--backend B); drop them with --server")
@@ -410,11 +409,11 @@ def _cmd_doctor(a) -> int:
     return 0
 
 
-def add_guidance_options(p: argparse.ArgumentParser) -> None:
-    """``--guidance G`` and ``--guidance-region lips|crop`` (``ScheduleConfig.guidance`` /
-    ``guidance_region``; ``None`` = the model's own): ``Engine.load(..., guidance=a.guidance,
-    guidance_region=a.guidance_region)`` takes them as parsed. ``lipforce run`` and the measuring
-    tools (``distill.realeval``, ``distill.articulation``) share them."""
+def add_schedule_options(p: argparse.ArgumentParser) -> None:
+    """``--guidance G``, ``--guidance-region lips|mouth|crop`` and ``--steps 1|2``
+    (``ScheduleConfig.guidance`` / ``guidance_region`` / ``steps``; ``None`` = the model's own):
+    ``Engine.load(..., **schedule_choice(a))`` takes them as parsed. ``lipforce run`` and the
+    measuring tools (``distill.realeval``, ``distill.articulation``) share them."""
     from .config import GUIDANCE_REGIONS
 
     p.add_argument("--guidance", type=float, default=None, metavar="G",
@@ -424,6 +423,15 @@ def add_guidance_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-region", choices=GUIDANCE_REGIONS, default=None,
                    help="where --guidance acts: lips (a soft box over the lips; the chin and cheeks as drawn) or "
                         "crop (the whole crop); default: the model's own, schedule.guidance_region")
+    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
+                   help="denoising steps per chunk: 2 runs both; 1 runs the second alone, started from the frame "
+                        "with its mouth filled from the reference (one DiT pass per chunk fewer; models with "
+                        "stream.fill reference); default: the model's own, schedule.steps")
+
+
+def schedule_choice(a: argparse.Namespace) -> dict:
+    """The ``Engine.load`` keywords of ``add_schedule_options``' parsed options."""
+    return {"guidance": a.guidance, "guidance_region": a.guidance_region, "steps": a.steps}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the speech as the model hears it: G times as loud, or auto: quiet speech raised to the level "
                         "of the model's training speech (never clipped); the mouth opens less for quiet speech. "
                         "The sound track is written as given (default: 1, as given; a quiet one is named)")
-    add_guidance_options(r)
+    add_schedule_options(r)
     r.add_argument("--face", type=_face_choice, default="largest", metavar="largest|center|X,Y",
                    help="where the video shows several faces: the one to lip-sync (default: the largest; "
                         "center: nearest the frame's centre; X,Y: nearest that pixel)")

@@ -221,6 +221,12 @@ class ScheduleConfig:
     smudges below the lower lip); ``"mouth"``: the same with ``L`` the box between the mouth corners
     (``geometry.mouth_region``), so the corners and the skin beside them keep the unguided pass too;
     ``"crop"``: the formula above over the whole crop.
+
+    ``steps``: 2 (default) runs both steps. 1 takes step 1's x0 to be the chunk's condition latents
+    with the mouth's hole filled from the reference (``stream.fill == "reference"`` only), re-noises
+    that to ``t_land`` and runs step 2 alone: one DiT pass per chunk fewer (two of three with the
+    clean cache pass). On the bundled default step 2 draws the mouth from the fill and the sound and
+    hardly uses its input, so its 18 real-face runs score as with two steps (BENCHMARKS.md section 6).
     """
 
     t_land: float = 0.5
@@ -228,9 +234,13 @@ class ScheduleConfig:
     seed: int = 0
     guidance: float = 1.0
     guidance_region: str = "lips"
+    steps: int = 2
 
     def validate(self) -> "ScheduleConfig":
         w = "schedule"
+        _check(isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps in (1, 2), w,
+               "steps", self.steps,
+               "must be 2 (both steps) or 1 (step 2 alone, started from the filled condition)")
         _check(0.0 < self.t_land < 1.0, w, "t_land", self.t_land, "must be strictly between 0 and 1")
         _check(self.cache_pass in ("clean", "last_step"), w, "cache_pass", self.cache_pass,
                "must be 'clean' (a t=0 pass writes the cache) or 'last_step'")
@@ -243,7 +253,7 @@ class ScheduleConfig:
 
     @property
     def timesteps(self) -> tuple[float, ...]:
-        return (1.0, self.t_land)
+        return (1.0, self.t_land) if self.steps == 2 else (self.t_land,)
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,9 @@ class ModelConfig:
         self.audio.validate(self.stream.fps)
         self.stream.validate(self.vae, self.dit)
         self.schedule.validate()
+        _check(self.schedule.steps == 2 or self.stream.fill == "reference", "schedule", "steps", self.schedule.steps,
+               "1 starts step 2 from the condition with the mouth filled from the reference: needs "
+               f"stream.fill='reference' (this model: {self.stream.fill!r})")
         return self
 
     # ---- derived sizes (computed, never stored) ----

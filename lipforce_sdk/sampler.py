@@ -4,6 +4,7 @@ Rectified flow ``x_t = (1 - t) x0 + t eps``: step 1 at ``t = 1`` predicts x0 fro
 re-noise to ``t_land``; step 2 predicts the final x0; then (``cache_pass == "clean"``) one pass at
 ``t = 0`` on the clean chunk writes its keys/values into the cache (Self Forcing). Every pass writes
 the chunk's cache slots, so with ``cache_pass == "last_step"`` the keys/values of step 2 stay.
+With ``steps == 1`` step 1 is not run: its x0 is the chunk's filled condition.
 """
 
 from __future__ import annotations
@@ -34,10 +35,17 @@ def renoise(x0: Any, eps: Any, t: float) -> Any:
 
 
 def two_step_sample(step: Callable[[Any, float], Any], noise: Any, eps2: Any, schedule: ScheduleConfig,
-                    finish: Callable[[Any], Any] | None = None) -> Any:
+                    finish: Callable[[Any], Any] | None = None, condition: Any = None) -> Any:
     """``step(x_t, t) -> x0`` runs one DiT pass of the current chunk; returns the chunk's x0.
-    ``finish(x0) -> x0``: applied to the final x0 before the cache pass (the silence gate)."""
-    x0 = step(noise, 1.0)
+    ``finish(x0) -> x0``: applied to the final x0 before the cache pass (the silence gate).
+    ``condition``: the chunk's condition latents with the hole filled (``fill_hole``), step 1's x0
+    where ``schedule.steps == 1``."""
+    if schedule.steps == 2:
+        x0 = step(noise, 1.0)
+    elif condition is None:
+        raise ValueError("schedule.steps == 1 starts step 2 from the filled condition: pass condition=")
+    else:
+        x0 = condition
     x0 = step(renoise(x0, eps2, schedule.t_land), schedule.t_land)
     if finish is not None:
         x0 = finish(x0)

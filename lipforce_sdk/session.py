@@ -121,17 +121,19 @@ class Engine:
     takes to wake), and not at all where no other session could join."""
 
     def __init__(self, backend: Backend, model_dir: Path | None = None, max_batch: int = 1,
-                 max_wait_ms: float = 2.0, guidance: float | None = None, guidance_region: str | None = None):
+                 max_wait_ms: float = 2.0, guidance: float | None = None, guidance_region: str | None = None,
+                 steps: int | None = None):
         self.backend = backend
         self.config: ModelConfig = backend.config
-        given = {k: v for k, v in (("guidance", guidance), ("guidance_region", guidance_region)) if v is not None}
-        if given:  # the model's schedule.guidance / guidance_region, replaced for this engine's sessions
-            sched = dataclasses.replace(self.config.schedule, **given)
+        given = {k: v for k, v in (("guidance", guidance), ("guidance_region", guidance_region), ("steps", steps))
+                 if v is not None}
+        if given:  # the model's schedule.guidance / guidance_region / steps, replaced for this engine's sessions
+            config = dataclasses.replace(self.config, schedule=dataclasses.replace(self.config.schedule, **given))
             try:
-                sched.validate()
+                config.validate()
             except ConfigError as e:
                 raise InputError(str(e)) from None
-            self.config = dataclasses.replace(self.config, schedule=sched)
+            self.config = config
         self.model_dir = model_dir
         self.batching = None
         from .exemplars import load_exemplars
@@ -149,7 +151,7 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path | None = None, backend: str = "torch", max_batch: int = 1,
              max_wait_ms: float = 2.0, guidance: float | None = None, guidance_region: str | None = None,
-             **backend_options) -> "Engine":
+             steps: int | None = None, **backend_options) -> "Engine":
         """Load a model directory (default: the bundled ``tiny`` model) with a backend:
         ``torch`` (weights), ``onnxruntime`` (exported graphs) or ``tensorrt`` (built engines).
 
@@ -159,7 +161,9 @@ class Engine:
         waits for others to join it. ``guidance``: the audio guidance of the model's second step
         (``ScheduleConfig.guidance``; default the model's own; 1 = off, each other value costs one
         more DiT pass per chunk); ``guidance_region``: where it acts, ``"lips"`` or ``"crop"``
-        (``ScheduleConfig.guidance_region``; default the model's own)."""
+        (``ScheduleConfig.guidance_region``; default the model's own); ``steps``: 2 runs both
+        denoising steps, 1 step 2 alone from the filled condition, one DiT pass per chunk fewer
+        (``ScheduleConfig.steps``; default the model's own)."""
         model_dir = Path(path) if path is not None else default_model_dir()
         if backend not in BACKENDS:
             raise BackendError(f"backend={backend!r} is not one of {BACKENDS}")
@@ -176,7 +180,7 @@ class Engine:
 
             be = TensorRTBackend.load(model_dir, **backend_options)
         return cls(be, model_dir, max_batch=max_batch, max_wait_ms=max_wait_ms, guidance=guidance,
-                   guidance_region=guidance_region)
+                   guidance_region=guidance_region, steps=steps)
 
     def session(self, box: FaceBox | tuple[float, float, float, float] | None = None, seed: int | None = None,
                 tracker: FaceTracker | None = None, face_source: FaceSource | None = None,
@@ -405,7 +409,8 @@ class ChunkRenderer:
         region = self.guidance_region if sched.guidance != 1.0 else None
         step = audio_guided(audio_step, null_step, sched.guidance, sched.t_land, region)
 
-        x0 = two_step_sample(step, noise, eps2, self.cfg.schedule, finish=self._still(mel, cond, mask_np))
+        x0 = two_step_sample(step, noise, eps2, self.cfg.schedule, finish=self._still(mel, cond, mask_np),
+                             condition=cond)
         planner.commit()
         gen = be.decode(x0, state)[0].transpose(1, 2, 3, 0)  # [Fv, S, S, 3] in [-1, 1]
         return np.clip((gen + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)

@@ -4,6 +4,7 @@
     python samples/kiosk.py --model DIR --backend onnxruntime --out kiosk.mp4
     python samples/kiosk.py --exemplars on,off               # with and without mouth exemplars, one run
     python samples/kiosk.py --guidance 1,2                   # without and with audio guidance, one run
+    python samples/kiosk.py --steps 2,1                      # both denoising steps, then step 2 alone
 
 Every 40 ms one camera frame and 40 ms of microphone audio arrive (here read from files and
 released on the wall clock); the session returns lip-synced frames as soon as their chunk can run.
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--guidance", default=None, metavar="G[,G...]",
                     help="audio guidance of the model's second step, one stream per value in turn (1: off; each "
                          "other value costs one more DiT pass per chunk; default: the model's own)")
+    ap.add_argument("--steps", default=None, metavar="S[,S...]",
+                    help="denoising steps per chunk, one stream per value in turn: 2 both, 1 the second alone from "
+                         "the filled condition (one DiT pass fewer; default: the model's own)")
     a = ap.parse_args(argv)
     settings = [x.strip() for x in a.exemplars.split(",")]
     if not settings or any(x not in ("on", "off") for x in settings):
@@ -50,8 +54,12 @@ def main(argv=None) -> int:
         guidance = [None] if a.guidance is None else [float(x) for x in a.guidance.split(",")]
     except ValueError:
         ap.error(f"--guidance {a.guidance!r}: expected numbers, e.g. 1,2")
+    steps = [None] if a.steps is None else [x.strip() for x in a.steps.split(",")]
+    if any(x is not None and x not in ("1", "2") for x in steps):
+        ap.error(f"--steps {a.steps!r}: expected 1, 2 or both in turn (2,1)")
 
-    engines = [Engine.load(a.model, backend=a.backend, guidance=g) for g in guidance]
+    engines = [Engine.load(a.model, backend=a.backend, guidance=g, steps=None if k is None else int(k))
+               for g in guidance for k in steps]
     engine = engines[0]
     cfg = engine.config
     fps, sr, spf = cfg.stream.fps, cfg.audio.sample_rate, cfg.samples_per_video_frame
@@ -106,7 +114,8 @@ def _paced(engine, a, frames, order, audio, n, box, exemplars: bool, out) -> Non
     lat = np.array(latency)
     st = session.stats
     print(f"# kiosk: {engine!r}, {n} frames at {fps:g} fps paced in real time, mouth exemplars "
-          f"{'on' if exemplars else 'off'}, audio guidance {cfg.schedule.guidance:g}")
+          f"{'on' if exemplars else 'off'}, audio guidance {cfg.schedule.guidance:g}, "
+          f"denoising steps {cfg.schedule.steps}")
     print(f"  input-to-output latency  p50 {np.percentile(lat, 50):.0f} ms   p95 {np.percentile(lat, 95):.0f} ms   "
           f"max {lat.max():.0f} ms   (budget {a.budget_ms:.0f} ms)")
     print(f"  algorithmic latency      {cfg.algorithmic_latency_ms():.0f} ms from the start of a chunk's first frame "
