@@ -133,3 +133,16 @@ def test_onnxruntime_one_step_matches_torch(exported_tiny):
     ref = render_offline(Engine.load(steps=1), audio, frames, box=BOX)
     diff = np.abs(ort.astype(int) - ref.astype(int))
     assert diff.max() <= 1, f"ONNX Runtime vs torch with one step: {diff.max()} levels"
+
+
+def test_serve_takes_steps():
+    import argparse
+
+    from lipforce_sdk import serve
+
+    p = argparse.ArgumentParser()
+    serve.add_arguments(p)
+    assert p.parse_args([]).steps is None
+    a = p.parse_args(["--steps", "1"])
+    assert serve.load_engine(None, "torch", steps=a.steps).config.schedule.steps == 1
+    assert serve.load_engine(None, "torch").config.schedule.steps == 2

@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"],
                    help="onnxruntime (default; the model is exported to a cache folder on first use), torch, or "
                         "tensorrt (--model: an engine directory)")
+    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
+                   help="denoising steps per chunk, as `lipforce run --steps`: 1 runs one DiT pass per chunk fewer "
+                        "(default: the model's own)")
     p.add_argument("--token", default=None, help="require this token on the page (?token=) and the endpoints; "
                                                  "'auto' makes one up and prints the page's address with it")
     p.add_argument("--voice", default="en-us", help="espeak-ng voice for typed text")
@@ -85,18 +88,18 @@ def model_for(model: str | None, avatar: str | None) -> str | None:
     return model or (str(PHOTO_AVATAR_DIR) if avatar is None else None)
 
 
-def load_engine(model: str | os.PathLike | None, backend: str = "onnxruntime"):
+def load_engine(model: str | os.PathLike | None, backend: str = "onnxruntime", steps: int | None = None):
     """``model`` (None: the bundled model) on ``backend``. For ONNX Runtime a directory of exported
     graphs loads as it is; a weights directory is exported once into the cache
-    (``exported_graphs``, needs torch)."""
+    (``exported_graphs``, needs torch). ``steps``: ``Engine.load(steps=)`` (None: the model's own)."""
     from ..session import Engine, default_model_dir
 
     src = Path(model) if model else default_model_dir()
     if backend != "onnxruntime":
-        return Engine.load(src, backend=backend)
+        return Engine.load(src, backend=backend, steps=steps)
     if (src / "manifest.json").is_file() and any(src.glob("*.onnx")):
-        return Engine.load(src, backend="onnxruntime")
-    return Engine.load(exported_graphs(src), backend="onnxruntime")
+        return Engine.load(src, backend="onnxruntime", steps=steps)
+    return Engine.load(exported_graphs(src), backend="onnxruntime", steps=steps)
 
 
 def exported_graphs(model_dir: Path, max_batch: int = 1) -> Path:
@@ -143,7 +146,7 @@ def run_args(a) -> int:
     from .server import AvatarServer, ServeLimits
 
     model = model_for(a.model, a.avatar)
-    engine = load_engine(model, a.backend)
+    engine = load_engine(model, a.backend, steps=a.steps)
     avatar = load_avatar(engine, a.avatar, model)
     token = secrets.token_urlsafe(16) if a.token == "auto" else a.token
     limits = ServeLimits(max_sessions=a.max_sessions, max_text_chars=a.max_text, max_seconds=a.max_seconds,
