@@ -146,3 +146,16 @@ def test_serve_takes_steps():
     a = p.parse_args(["--steps", "1"])
     assert serve.load_engine(None, "torch", steps=a.steps).config.schedule.steps == 1
     assert serve.load_engine(None, "torch").config.schedule.steps == 2
+
+
+def test_triton_passes_steps_as_an_engine_option():
+    import argparse
+
+    from lipforce_sdk.triton.server import add_arguments, engine_options_of
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert engine_options_of(p.parse_args([])) == {}
+    opts = engine_options_of(p.parse_args(["--steps", "1", "--threads", "2"]))
+    assert opts == {"threads": 2, "steps": 1}
+    assert Engine.load(**{k: v for k, v in opts.items() if k == "steps"}).config.schedule.steps == 1

@@ -429,12 +429,20 @@ def add_arguments(p) -> None:
                         "be exported with lipforce export --max-batch N or more, or served with --backend torch)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="with --max-batch: the longest a call waits for others to join it (default 2)")
+    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
+                   help="denoising steps per chunk, as `lipforce run --steps` (engine_options; default: the model's own)")
     p.add_argument("--instances", type=int, default=None,
                    help="model instances (processes, each with its own engine; default: the repository's, 1)")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
                    help="free a stream after this many seconds without a request (default: the repository's, 60)")
     p.add_argument("--log", default=None, metavar="FILE",
                    help="write the server's log here (default: a temporary file)")
+
+
+def engine_options_of(a) -> dict:
+    """The ``engine_options`` (``Engine.load`` keywords) that ``lipforce triton``'s options ask for."""
+    return {k: v for k, v in (("threads", a.threads), ("max_batch", a.max_batch), ("max_wait_ms", a.max_wait_ms),
+                              ("steps", a.steps)) if v is not None}
 
 
 def run_args(a) -> int:
@@ -446,8 +454,7 @@ def run_args(a) -> int:
     tmp = None
     if a.max_wait_ms is not None and a.max_batch is None:
         raise ValueError("--max-wait-ms goes with --max-batch N (it is how long a call waits for others to batch with)")
-    opts = {k: v for k, v in (("threads", a.threads), ("max_batch", a.max_batch), ("max_wait_ms", a.max_wait_ms))
-            if v is not None}
+    opts = engine_options_of(a)
     over = {"model_dir": a.model, "backend": a.backend, "idle_timeout_s": a.idle_timeout, "instances": a.instances,
             "engine_options": opts or None}
     if any(v is not None for v in over.values()):
