@@ -278,6 +278,17 @@ def test_torch_backend_batches_with_the_same_results(solo_frames):
                             max_diff=2, fraction=1.0)
 
 
+def test_one_step_sessions_batch_with_the_same_results():
+    """``steps=1`` (two DiT calls per chunk, step 2 and the cache pass): batched as alone."""
+    engine = Engine.load(backend="torch", max_batch=3, max_wait_ms=50.0, steps=1)
+    solo = Engine.load(backend="torch", steps=1)
+    results, errors = run_threads(engine, 3, late=2)
+    assert not errors, errors
+    assert max(engine.batching.stats.by_size()) > 1, engine.batching.stats.summary()
+    for i in range(3):
+        assert_frames_close(results[i], push_clip(solo, i), f"one-step torch stream {i} batched vs alone")
+
+
 def test_lone_session_never_waits(batched_dir, solo_frames):
     # a long max_wait: a call that waited would show in the stats (and cost 0.2 s)
     engine = Engine.load(batched_dir[0], backend="onnxruntime", max_batch=MAX_B, max_wait_ms=200.0)
