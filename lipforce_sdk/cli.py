@@ -421,8 +421,9 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
                         "against the same pass without sound (1: off; each other value costs one more DiT pass per "
                         "chunk; default: the model's own, schedule.guidance in its manifest)")
     p.add_argument("--guidance-region", choices=GUIDANCE_REGIONS, default=None,
-                   help="where --guidance acts: lips (a soft box over the lips; the chin and cheeks as drawn) or "
-                        "crop (the whole crop); default: the model's own, schedule.guidance_region")
+                   help="where --guidance acts: lips (a soft box over the lips; the chin and cheeks as drawn), "
+                        "mouth (the part of it between the mouth corners) or crop (the whole crop); default: the "
+                        "model's own, schedule.guidance_region")
     p.add_argument("--steps", type=int, choices=(1, 2), default=None,
                    help="denoising steps per chunk: 2 runs both; 1 runs the second alone, started from the frame "
                         "with its mouth filled from the reference (one DiT pass per chunk fewer; models with "

@@ -226,7 +226,8 @@ class ScheduleConfig:
     with the mouth's hole filled from the reference (``stream.fill == "reference"`` only), re-noises
     that to ``t_land`` and runs step 2 alone: one DiT pass per chunk fewer (two of three with the
     clean cache pass). On the bundled default step 2 draws the mouth from the fill and the sound and
-    hardly uses its input, so its 18 real-face runs score as with two steps (BENCHMARKS.md section 6).
+    hardly uses its input, so its real-face runs score as with two steps (BENCHMARKS.md section 2,
+    "One denoising step").
     """
 
     t_land: float = 0.5
