@@ -36,6 +36,38 @@ def make_clip(n_frames: int, seed: int = 0, hw=(96, 80), extra_samples: int = 32
 BOX = (8.0, 10.0, 72.0, 74.0)
 
 
+def spy_dit_passes(engine):
+    """Record every DiT pass of ``engine``'s backend from now on: a list of ``SimpleNamespace(t, null,
+    x_t, cond, x0)``, ``null`` whether the pass got the null (all-zero) audio tokens, the arrays as
+    float64 host copies (``cond``: the condition as the DiT is given it, the hole filled)."""
+    from types import SimpleNamespace
+
+    from lipforce_sdk.backends.base import host_array
+
+    be, calls = engine.backend, []
+    inner = be.dit_step
+
+    def dit_step(x_t, t, cond, mask, audio_tokens, plan, state):
+        x0 = inner(x_t, t, cond, mask, audio_tokens, plan, state)
+        calls.append(SimpleNamespace(t=t, null=not np.any(host_array(audio_tokens)),
+                                     x_t=host_array(x_t).astype(np.float64), cond=host_array(cond).astype(np.float64),
+                                     x0=host_array(x0).astype(np.float64)))
+        return x0
+
+    be.dit_step = dit_step
+    return calls
+
+
+def stream_clip(engine, frames, audio, box=BOX):
+    """``frames`` and their 640 samples each pushed one by one through a new session, the rest of the
+    audio after them, then flushed: the frames it returned, in the order returned."""
+    s = engine.session(box=box)
+    outs = []
+    for i, f in enumerate(frames):
+        outs += s.push(audio[i * 640:(i + 1) * 640], f)
+    return outs + s.push(audio[len(frames) * 640:]) + s.flush()
+
+
 def frame_views(frames, cfg, box=BOX):
     """What the session gives ``ChunkRenderer`` for ``frames`` streamed with a fixed ``box``."""
     from lipforce_sdk.geometry import FaceKeypoints

@@ -8,30 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BOX, make_clip
+from conftest import BOX, make_clip, spy_dit_passes, stream_clip
 from lipforce_sdk import Engine
 from lipforce_sdk.config import ConfigError, ScheduleConfig
 from lipforce_sdk.offline import render_offline
 from lipforce_sdk.session import InputError
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # distill/ (the training loss's lips map)
-
-
-def _spy(engine):
-    """Record every DiT pass of ``engine``'s backend: (t, null audio?, x_t, x0) as float64 arrays."""
-    from lipforce_sdk.backends.base import host_array
-
-    be, calls = engine.backend, []
-    inner = be.dit_step
-
-    def dit_step(x_t, t, cond, mask, audio_tokens, plan, state):
-        x0 = inner(x_t, t, cond, mask, audio_tokens, plan, state)
-        calls.append((t, not np.any(host_array(audio_tokens)), host_array(x_t).astype(np.float64),
-                      host_array(x0).astype(np.float64)))
-        return x0
-
-    be.dit_step = dit_step
-    return calls
 
 
 @pytest.mark.parametrize("region", ["crop", "lips", "mouth"])
@@ -44,27 +27,27 @@ def test_guided_step_two_is_null_plus_g_times_the_difference(region):
 
     engine = Engine.load(guidance=2.5, guidance_region=region)
     assert engine.config.schedule.guidance_region == region
-    calls = _spy(engine)
+    calls = spy_dit_passes(engine)
     frames, audio = make_clip(8, 3)
     render_offline(engine, audio, frames, box=BOX)
     t_land = engine.config.schedule.t_land
-    chunks = [i for i, c in enumerate(calls) if c[0] == 1.0]
+    chunks = [i for i, c in enumerate(calls) if c.t == 1.0]
     assert len(chunks) == 8 // engine.config.video_frames_per_chunk
     for i in chunks:
         step1, null, audio_pass, clean = calls[i:i + 4]
-        assert not step1[1], "step 1 is not guided: one pass with the chunk's audio"
-        assert (null[0], audio_pass[0], clean[0]) == (t_land, t_land, 0.0)
-        assert null[1] and not audio_pass[1], "step 2: the null-audio pass first, then the audio pass"
-        assert np.array_equal(null[2], audio_pass[2]), "both passes of step 2 see the same x_t"
+        assert not step1.null, "step 1 is not guided: one pass with the chunk's audio"
+        assert (null.t, audio_pass.t, clean.t) == (t_land, t_land, 0.0)
+        assert null.null and not audio_pass.null, "step 2: the null-audio pass first, then the audio pass"
+        assert np.array_equal(null.x_t, audio_pass.x_t), "both passes of step 2 see the same x_t"
         if region == "crop":
-            want = null[3] + 2.5 * (audio_pass[3] - null[3])
+            want = null.x0 + 2.5 * (audio_pass.x0 - null.x0)
         else:
             cfg = engine.config
             box = {"lips": lips_region, "mouth": mouth_region}[region]
             lips = box(cfg.stream.resolution, cfg.latent_hw).astype(np.float64)
-            want = audio_pass[3] + 1.5 * lips * (audio_pass[3] - null[3])
-        np.testing.assert_allclose(clean[2], want, rtol=0, atol=1e-5)
-        assert np.abs(audio_pass[3] - null[3]).max() > 1e-3, "the audio changes the pass: guidance is not a no-op"
+            want = audio_pass.x0 + 1.5 * lips * (audio_pass.x0 - null.x0)
+        np.testing.assert_allclose(clean.x_t, want, rtol=0, atol=1e-5)
+        assert np.abs(audio_pass.x0 - null.x0).max() > 1e-3, "the audio changes the pass: guidance is not a no-op"
 
 
 def test_guidance_one_is_the_unguided_run(tiny_engine):
@@ -72,10 +55,10 @@ def test_guidance_one_is_the_unguided_run(tiny_engine):
     ref = render_offline(tiny_engine, audio, frames, box=BOX)
     assert tiny_engine.config.schedule.guidance >= 1.0
     off = Engine.load(guidance=1.0)
-    calls = _spy(off)
+    calls = spy_dit_passes(off)
     got = render_offline(off, audio, frames, box=BOX)
     t_land = off.config.schedule.t_land
-    assert sum(c[0] == t_land for c in calls) == len(frames) // off.config.video_frames_per_chunk, "1: one pass per step"
+    assert sum(c.t == t_land for c in calls) == len(frames) // off.config.video_frames_per_chunk, "1: one pass per step"
     if tiny_engine.config.schedule.guidance == 1.0:
         np.testing.assert_array_equal(got, ref)
     else:
@@ -88,12 +71,7 @@ def test_guidance_changes_the_frames_and_a_session_matches_the_offline_pass():
     ref = render_offline(engine, audio, frames, box=BOX)
     plain = render_offline(Engine.load(guidance=1.0), audio, frames, box=BOX)
     assert np.abs(ref.astype(int) - plain.astype(int)).max() > 0
-    s = engine.session(box=BOX)
-    outs = []
-    for i, f in enumerate(frames):
-        outs += s.push(audio[i * 640:(i + 1) * 640], f)
-    outs += s.push(audio[len(frames) * 640:]) + s.flush()
-    for o in outs:
+    for o in stream_clip(engine, frames, audio):
         np.testing.assert_array_equal(o.image, ref[o.index])
 
 

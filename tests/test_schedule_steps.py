@@ -7,29 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import BOX, make_clip
+from conftest import BOX, make_clip, spy_dit_passes, stream_clip
 from lipforce_sdk import Engine
 from lipforce_sdk.config import ConfigError, ScheduleConfig, from_name
 from lipforce_sdk.offline import render_offline
 from lipforce_sdk.sampler import two_step_sample
 from lipforce_sdk.session import InputError
-
-
-def _spy(engine):
-    """Record every DiT pass of ``engine``'s backend: (t, x_t, filled cond, x0) as float64 arrays."""
-    from lipforce_sdk.backends.base import host_array
-
-    be, calls = engine.backend, []
-    inner = be.dit_step
-
-    def dit_step(x_t, t, cond, mask, audio_tokens, plan, state):
-        x0 = inner(x_t, t, cond, mask, audio_tokens, plan, state)
-        calls.append((t, host_array(x_t).astype(np.float64), host_array(cond).astype(np.float64),
-                      host_array(x0).astype(np.float64)))
-        return x0
-
-    be.dit_step = dit_step
-    return calls
 
 
 def test_one_step_runs_step_two_from_the_filled_condition_renoised():
@@ -40,24 +23,25 @@ def test_one_step_runs_step_two_from_the_filled_condition_renoised():
     two, one = Engine.load(), Engine.load(steps=1)
     assert (two.config.schedule.steps, one.config.schedule.steps) == (2, 1)
     assert one.config.schedule.timesteps == (one.config.schedule.t_land,)
-    calls2, calls1 = _spy(two), _spy(one)
+    calls2, calls1 = spy_dit_passes(two), spy_dit_passes(one)
     out2 = render_offline(two, audio, frames, box=BOX)
     out1 = render_offline(one, audio, frames, box=BOX)
     t = one.config.schedule.t_land
     chunks = len(frames) // one.config.video_frames_per_chunk
-    steps2 = [i for i, c in enumerate(calls2) if c[0] == 1.0]
-    assert len(steps2) == chunks and not any(c[0] == 1.0 for c in calls1), "steps=1 runs no pass at t = 1"
-    firsts = [i for i, c in enumerate(calls1) if c[0] == t]
+    steps2 = [i for i, c in enumerate(calls2) if c.t == 1.0]
+    assert len(steps2) == chunks and not any(c.t == 1.0 for c in calls1), "steps=1 runs no pass at t = 1"
+    firsts = [i for i, c in enumerate(calls1) if c.t == t]
     assert len(firsts) == chunks
     assert len(calls2) - len(calls1) == chunks, "exactly one DiT pass per chunk fewer"
     for i2, i1 in zip(steps2, firsts):
         step1, land2, clean2 = calls2[i2:i2 + 3]
         land1, clean1 = calls1[i1:i1 + 2]
-        assert (land2[0], clean2[0], clean1[0]) == (t, 0.0, 0.0)
-        eps2 = (land2[1] - (1.0 - t) * step1[3]) / t
-        np.testing.assert_allclose(land1[1], (1.0 - t) * land1[2] + t * eps2, rtol=0, atol=1e-5)
-        np.testing.assert_allclose(clean1[1], land1[3], rtol=0, atol=1e-6), "the cache pass sees step 2's x0"
-        assert np.abs(step1[3] - land1[2]).max() > 1e-3, "the model's step 1 is not the filled condition"
+        assert (land2.t, clean2.t, clean1.t) == (t, 0.0, 0.0)
+        eps2 = (land2.x_t - (1.0 - t) * step1.x0) / t
+        np.testing.assert_allclose(land1.x_t, (1.0 - t) * land1.cond + t * eps2, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(clean1.x_t, land1.x0, rtol=0, atol=1e-6,
+                                   err_msg="the cache pass sees step 2's x0")
+        assert np.abs(step1.x0 - land1.cond).max() > 1e-3, "the model's step 1 is not the filled condition"
     assert out1.shape == out2.shape and out1.dtype == np.uint8
     assert np.abs(out1.astype(int) - out2.astype(int)).max() > 0, "leaving step 1 out shows in the frames"
 
@@ -66,11 +50,7 @@ def test_one_step_session_matches_the_offline_pass():
     engine = Engine.load(steps=1)
     frames, audio = make_clip(12, 5)
     ref = render_offline(engine, audio, frames, box=BOX)
-    s = engine.session(box=BOX)
-    outs = []
-    for i, f in enumerate(frames):
-        outs += s.push(audio[i * 640:(i + 1) * 640], f)
-    outs += s.push(audio[len(frames) * 640:]) + s.flush()
+    outs = stream_clip(engine, frames, audio)
     assert len(outs) == len(frames)
     for o in outs:
         np.testing.assert_array_equal(o.image, ref[o.index])
