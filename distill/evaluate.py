@@ -490,6 +490,8 @@ def compare_backends(model_dir: str | Path | None = None, backends: Sequence[str
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lipforce_sdk.config import SCHEDULE_STEPS
+
     p = argparse.ArgumentParser(prog="python -m distill.evaluate",
                                 description="Held-out lip-sync measures per backend, each checked against torch.")
     p.add_argument("--model", default=None, help="model directory with PyTorch weights (default: the bundled model)")
@@ -498,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="cut each pair to at most this many frames")
     p.add_argument("--out", default=None, help="keep the exported ONNX / engines here (default: a temporary dir)")
     p.add_argument("--scorer", default=None, help="sync scorer weights (default: distill/weights/syncnet.safetensors)")
-    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
+    p.add_argument("--steps", type=int, choices=SCHEDULE_STEPS, default=None,
                    help="denoising steps per chunk, as `lipforce run --steps` (default: the model's own)")
     return p
 

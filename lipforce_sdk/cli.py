@@ -414,7 +414,7 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
     (``ScheduleConfig.guidance`` / ``guidance_region`` / ``steps``; ``None`` = the model's own):
     ``Engine.load(..., **schedule_choice(a))`` takes them as parsed. ``lipforce run`` and the
     measuring tools (``distill.realeval``, ``distill.articulation``) share them."""
-    from .config import GUIDANCE_REGIONS
+    from .config import GUIDANCE_REGIONS, SCHEDULE_STEPS
 
     p.add_argument("--guidance", type=float, default=None, metavar="G",
                    help="audio guidance of the model's second step: the mouth's motion G times what the model draws "
@@ -424,7 +424,7 @@ def add_schedule_options(p: argparse.ArgumentParser) -> None:
                    help="where --guidance acts: lips (a soft box over the lips; the chin and cheeks as drawn), "
                         "mouth (the part of it between the mouth corners) or crop (the whole crop); default: the "
                         "model's own, schedule.guidance_region")
-    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
+    p.add_argument("--steps", type=int, choices=SCHEDULE_STEPS, default=None,
                    help="denoising steps per chunk: 2 runs both; 1 runs the second alone, started from the frame "
                         "with its mouth filled from the reference (one DiT pass per chunk fewer; models with "
                         "stream.fill reference); default: the model's own, schedule.steps")

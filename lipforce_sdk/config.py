@@ -201,6 +201,7 @@ class StreamConfig:
 
 
 GUIDANCE_REGIONS = ("lips", "mouth", "crop")  # ScheduleConfig.guidance_region
+SCHEDULE_STEPS = (1, 2)  # ScheduleConfig.steps
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ class ScheduleConfig:
 
     def validate(self) -> "ScheduleConfig":
         w = "schedule"
-        _check(isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps in (1, 2), w,
+        _check(isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps in SCHEDULE_STEPS, w,
                "steps", self.steps,
                "must be 2 (both steps) or 1 (step 2 alone, started from the filled condition)")
         _check(0.0 < self.t_land < 1.0, w, "t_land", self.t_land, "must be strictly between 0 and 1")

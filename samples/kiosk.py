@@ -26,6 +26,7 @@ import numpy as np
 def main(argv=None) -> int:
     from lipforce_sdk import Engine
     from lipforce_sdk.cli import SAMPLE_DIR, _video_schedule
+    from lipforce_sdk.config import SCHEDULE_STEPS
     from lipforce_sdk.media import read_audio, read_video
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     except ValueError:
         ap.error(f"--guidance {a.guidance!r}: expected numbers, e.g. 1,2")
     steps = [None] if a.steps is None else [x.strip() for x in a.steps.split(",")]
-    if any(x is not None and x not in ("1", "2") for x in steps):
+    if any(x is not None and x not in {str(k) for k in SCHEDULE_STEPS} for x in steps):
         ap.error(f"--steps {a.steps!r}: expected 1, 2 or both in turn (2,1)")
 
     engines = [Engine.load(a.model, backend=a.backend, guidance=g, steps=None if k is None else int(k))

@@ -55,6 +55,8 @@ def load_avatar(engine, avatar: str | None, model: str | None):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..config import SCHEDULE_STEPS
+
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only; 0.0.0.0 opens "
                                                        "it to the network: use --token)")
     p.add_argument("--port", type=int, default=8080)
@@ -65,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch", "tensorrt"],
                    help="onnxruntime (default; the model is exported to a cache folder on first use), torch, or "
                         "tensorrt (--model: an engine directory)")
-    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
+    p.add_argument("--steps", type=int, choices=SCHEDULE_STEPS, default=None,
                    help="denoising steps per chunk, as `lipforce run --steps`: 1 runs one DiT pass per chunk fewer "
                         "(default: the model's own)")
     p.add_argument("--token", default=None, help="require this token on the page (?token=) and the endpoints; "

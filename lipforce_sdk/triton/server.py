@@ -413,6 +413,8 @@ class TritonServer:
 
 
 def add_arguments(p) -> None:
+    from ..config import SCHEDULE_STEPS
+
     p.add_argument("--repository", default=None, metavar="DIR",
                    help="the model repository (default: deploy/triton of this checkout)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -429,8 +431,9 @@ def add_arguments(p) -> None:
                         "be exported with lipforce export --max-batch N or more, or served with --backend torch)")
     p.add_argument("--max-wait-ms", type=float, default=None,
                    help="with --max-batch: the longest a call waits for others to join it (default 2)")
-    p.add_argument("--steps", type=int, choices=(1, 2), default=None,
-                   help="denoising steps per chunk, as `lipforce run --steps` (engine_options; default: the model's own)")
+    p.add_argument("--steps", type=int, choices=SCHEDULE_STEPS, default=None,
+                   help="denoising steps per chunk, as `lipforce run --steps` (engine_options; default: the "
+                        "model's own)")
     p.add_argument("--instances", type=int, default=None,
                    help="model instances (processes, each with its own engine; default: the repository's, 1)")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
